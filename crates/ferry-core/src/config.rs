@@ -1,0 +1,251 @@
+//! `ferry.toml`: parsing with errors that name the file, line, key and fix.
+
+use crate::spec::{Problem, ServiceSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// One error in a config file, positioned when the position is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+    /// The offending source line, shown under the message.
+    pub snippet: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let (Some(line), Some(snippet)) = (self.line, &self.snippet) {
+            write!(f, "\n{line:>5} | {snippet}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse and validate a config file's text. Every problem is returned, not
+/// only the first.
+pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let config: Config = match toml_edit::de::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            let message = e.message().trim().to_string();
+            let message = if message.contains("missing field") {
+                format!("{message}; see `ferry init` for a complete example")
+            } else {
+                message
+            };
+            return Err(vec![ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key: None,
+                message,
+                snippet: line.and_then(|l| text.lines().nth(l - 1)).map(str::to_string),
+            }]);
+        }
+    };
+    let problems = validate(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    Err(problems
+        .into_iter()
+        .map(|p| positioned(file, text, &p))
+        .collect())
+}
+
+/// Validate a parsed config: each service, then what spans services.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut listens: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, spec) in &config.services {
+        problems.extend(spec.validate(name));
+        if let Some(addr) = spec.listen_addr() {
+            let key = addr.to_string();
+            if let Some(other) = listens.get(&key) {
+                problems.push(Problem {
+                    path: vec!["services".into(), name.clone(), "listen".into()],
+                    message: format!(
+                        "listen = \"{key}\" is already used by service `{other}`; give each service its own address"
+                    ),
+                });
+            } else {
+                listens.insert(key, name);
+            }
+        }
+    }
+    problems
+}
+
+/// Attach file, line and column to a problem found after parsing.
+pub fn positioned(file: &Path, text: &str, problem: &Problem) -> ConfigError {
+    let offset = locate(text, &problem.path);
+    let (line, column) = offset
+        .map(|o| line_col(text, o))
+        .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: Some(problem.key()),
+        message: problem.message.clone(),
+        snippet: line.and_then(|l| text.lines().nth(l - 1)).map(str::to_string),
+    }
+}
+
+/// Byte offset of the deepest key of `path` that exists in the document.
+pub fn locate(text: &str, path: &[String]) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut best = None;
+    let mut item: &toml_edit::Item = doc.as_item();
+    for key in path {
+        let Some((k, next)) = item.as_table_like().and_then(|t| t.get_key_value(key)) else {
+            return best;
+        };
+        best = k.span().or_else(|| next.span()).map(|s| s.start).or(best);
+        item = next;
+    }
+    best
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+/// The example `ferry init` writes; it must always parse.
+pub const EXAMPLE: &str = r#"# ferry.toml: the services Ferry runs, and how it releases them.
+# Check it with `ferry check`; release with `ferry deploy web --version v1`.
+# Durations take a unit: "500ms", "30s", "2m".
+
+[services.web]
+# The program and its arguments (spawned directly, no shell). {port} is the
+# port Ferry assigns to each instance (also in $PORT); {version} is the
+# deploy's --version. A plain string instead of a list runs through `sh -c`.
+command = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1",
+           "--directory", "releases/{version}"]
+instances = 3
+listen = "127.0.0.1:8080"       # the proxy accepts this service's traffic here
+env = { GREETING = "hello" }    # names with SECRET/TOKEN/PASSWORD/KEY are never printed
+# workdir = "."                 # where instances run (default: this file's directory)
+# pre_deploy = ["./migrate", "up"]   # runs once before new instances start
+# pre_deploy_timeout = "10m"
+# log_max_bytes = 10485760      # per-instance log cap; older output rotates to .1
+
+[services.web.readiness]        # gates traffic; default: TCP connect every 1s
+http = "/health"                # GET must answer 2xx within timeout
+interval = "500ms"
+timeout = "1s"
+failure_threshold = 3
+# success_threshold = 1
+# initial_delay = "0s"
+
+[services.web.liveness]         # failing it restarts the instance (checked once it was ready)
+http = "/health"
+interval = "2s"
+failure_threshold = 3
+
+[services.web.deploy]
+strategy = "rolling"            # rolling | blue-green
+max_surge = 1                   # extra instances allowed during a rolling deploy
+max_unavailable = 0             # instances allowed to be missing during a rolling deploy
+min_ready = "1s"                # ready this long before it takes traffic
+drain_timeout = "30s"           # in-flight requests get this long before an instance stops
+deploy_timeout = "2m"           # an instance not ready by then fails the deploy
+# stop_timeout = "10s"          # SIGTERM, then SIGKILL after this long
+# auto_promote = false          # blue-green: switch without `ferry approve`
+# scale_down_delay = "30s"      # blue-green: keep the old set this long (instant rollback)
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(Path::new("ferry.toml"), text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let c = parse(Path::new("ferry.toml"), EXAMPLE).unwrap();
+        let web = &c.services["web"];
+        assert_eq!(web.instances, 3);
+        assert_eq!(web.deploy.min_ready, crate::duration::Dur::secs(1));
+        assert_eq!(web.readiness.as_ref().unwrap().interval, crate::duration::Dur::millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstancez = 3\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("ferry.toml:4:"), "{}", e[0]);
+        assert!(e[0].contains("instancez"), "{}", e[0]);
+    }
+
+    #[test]
+    fn impossible_values_are_positioned() {
+        let text = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstances = 0\n\n[services.web.deploy]\nmax_surge = 0\nmax_unavailable = 0\n";
+        let e = errors(text);
+        assert!(e.iter().any(|l| l.starts_with("ferry.toml:4:1: services.web.instances:")), "{e:?}");
+        assert!(e.iter().any(|l| l.starts_with("ferry.toml:7:1: services.web.deploy.max_surge:")), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_durations() {
+        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstances = \"three\"\n");
+        assert!(e[0].contains(":4:"), "{e:?}");
+        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n[services.web.deploy]\nmin_ready = \"5\"\n");
+        assert!(e[0].contains("no unit"), "{e:?}");
+    }
+
+    #[test]
+    fn duplicate_listen_is_rejected() {
+        let text = "[services.a]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9\"\n[services.b]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9\"\n";
+        let e = errors(text);
+        assert!(e[0].contains("already used by service `a`"), "{e:?}");
+        assert!(e[0].contains(":6:"), "{e:?}");
+    }
+
+    #[test]
+    fn inline_table_keys_are_located() {
+        let text = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\nenv = { A = \"{nope}\" }\n";
+        let e = errors(text);
+        assert!(e[0].contains(":4:"), "{e:?}");
+    }
+}

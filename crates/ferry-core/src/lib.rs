@@ -1,0 +1,16 @@
+//! Ferry's pure domain: service specs and their validation, revisions, and the
+//! rollout state machine. Nothing here does I/O, reads a clock or spawns a
+//! task: every decision is a function of stored state, observations and a
+//! timestamp passed in, so it can be tested exhaustively without processes.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod duration;
+pub mod redact;
+pub mod revision;
+pub mod rollout;
+pub mod spec;
+
+/// Milliseconds since the Unix epoch. The shell reads the clock; the core only
+/// compares these.
+pub type Millis = u64;

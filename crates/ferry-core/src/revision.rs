@@ -1,0 +1,76 @@
+//! Revisions: immutable, numbered snapshots of a service's spec plus the
+//! version and overrides of one deploy.
+
+use crate::Millis;
+use crate::spec::{ServiceSpec, fill_placeholders};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub service: String,
+    pub number: u64,
+    pub version: String,
+    /// The spec as the config file said at deploy time.
+    pub spec: ServiceSpec,
+    /// `--set KEY=VALUE` environment overrides.
+    pub overrides: BTreeMap<String, String>,
+    /// Absolute directory of the config file: relative paths resolve here.
+    pub base_dir: String,
+    pub config_file: String,
+    pub message: Option<String>,
+    pub author: String,
+    pub created_at: Millis,
+}
+
+impl Revision {
+    /// The environment of an instance on `port`: the spec's env, then the
+    /// overrides, placeholders filled, plus what Ferry itself sets.
+    pub fn env(&self, port: u16) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self
+            .spec
+            .env
+            .iter()
+            .chain(self.overrides.iter())
+            .map(|(k, v)| (k.clone(), fill_placeholders(v, port, &self.version)))
+            .collect();
+        env.insert("PORT".into(), port.to_string());
+        env.insert("FERRY_SERVICE".into(), self.service.clone());
+        env.insert("FERRY_REVISION".into(), self.number.to_string());
+        env.insert("FERRY_VERSION".into(), self.version.clone());
+        env
+    }
+
+    /// The argument list of an instance on `port`.
+    pub fn argv(&self, port: u16) -> Vec<String> {
+        self.spec
+            .command
+            .argv(|a| fill_placeholders(a, port, &self.version))
+    }
+
+    /// Where instances and hooks run.
+    pub fn workdir(&self) -> PathBuf {
+        let base = PathBuf::from(&self.base_dir);
+        match &self.spec.workdir {
+            Some(w) => base.join(fill_placeholders(w, 0, &self.version)),
+            None => base,
+        }
+    }
+}
+
+/// Validate a version label given on the command line.
+pub fn check_version(version: &str) -> Result<(), String> {
+    if version.is_empty() || version.len() > 128 {
+        return Err("--version must be 1 to 128 characters".into());
+    }
+    if !version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+    {
+        return Err(format!(
+            "--version `{version}` may use only letters, digits, `.`, `-`, `_` and `+` (it is filled into paths and commands)"
+        ));
+    }
+    Ok(())
+}

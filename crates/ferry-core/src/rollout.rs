@@ -1,0 +1,555 @@
+//! The rollout state machine: a pure function from stored state plus
+//! observations plus time to the next stored state.
+//!
+//! The shell (ferry-server) persists what [`advance`] returns before acting on
+//! it: it starts or stops instances until each revision runs `scale[rev]`
+//! instances, and routes traffic to the available instances of the revisions
+//! in `traffic`. Because the desired world is derived from stored state, a
+//! daemon restarted after a crash simply calls `advance` again.
+
+use crate::Millis;
+use crate::spec::{ServiceSpec, Strategy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What each service should look like right now. Persisted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    /// The revision that serves when no rollout is under way.
+    pub stable: Option<u64>,
+    /// Desired instance count per revision.
+    pub scale: BTreeMap<u64, u32>,
+    /// Revisions whose available instances receive traffic.
+    pub traffic: Vec<u64>,
+    /// Revisions kept running after a blue-green switch, until a time.
+    pub retiring: BTreeMap<u64, Millis>,
+    /// The rollout in progress, if any.
+    pub active_rollout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutKind {
+    Deploy,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Running the `pre_deploy` hook; nothing else is touched yet.
+    PreDeploy,
+    /// Starting new instances (and, rolling, stopping old ones).
+    Progressing,
+    /// Blue-green: the new set is ready; waiting for `ferry approve`.
+    AwaitingApproval,
+    /// Failed or aborted: bringing the previous revision back to full size
+    /// before the new one stops.
+    Reverting,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// The numbers a rollout follows, copied from the target revision's spec
+/// when it starts so the rollout never depends on a later edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    pub instances: u32,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub min_ready_ms: u64,
+    pub deploy_timeout_ms: u64,
+    pub scale_down_delay_ms: u64,
+    pub auto_promote: bool,
+    pub has_pre_deploy: bool,
+}
+
+impl Params {
+    pub fn from_spec(spec: &ServiceSpec) -> Params {
+        Params {
+            instances: spec.instances,
+            max_surge: spec.deploy.max_surge,
+            max_unavailable: spec.deploy.max_unavailable,
+            min_ready_ms: spec.deploy.min_ready.as_millis(),
+            deploy_timeout_ms: spec.deploy.deploy_timeout.as_millis(),
+            scale_down_delay_ms: spec.deploy.scale_down_delay.as_millis(),
+            auto_promote: spec.deploy.auto_promote,
+            has_pre_deploy: spec.pre_deploy.is_some(),
+        }
+    }
+}
+
+/// The result of the `pre_deploy` hook, recorded by the shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    pub ok: bool,
+    pub summary: String,
+    /// The last part of the hook's output.
+    pub output: String,
+}
+
+/// One rollout. Persisted; `advance` returns its next value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    pub service: String,
+    pub kind: RolloutKind,
+    pub from: Option<u64>,
+    /// Instances the `from` revision had when the rollout started.
+    pub from_instances: u32,
+    pub to: u64,
+    pub strategy: Strategy,
+    pub phase: Phase,
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub params: Params,
+    pub auto_approve: bool,
+    pub approved_by: Option<String>,
+    pub abort_requested_by: Option<String>,
+    pub hook: Option<HookResult>,
+    pub started_at: Millis,
+    pub phase_since: Millis,
+    pub last_progress_at: Millis,
+    /// Most instances of the new revision seen available so far.
+    #[serde(default)]
+    pub seen_available: u32,
+    pub finished_at: Option<Millis>,
+    /// The instance whose failure failed the rollout (the shell adds its log).
+    pub failed_instance: Option<String>,
+}
+
+impl Rollout {
+    /// A rollout that begins now, in its first phase.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        id: u64,
+        service: &str,
+        kind: RolloutKind,
+        from: Option<u64>,
+        from_instances: u32,
+        to: u64,
+        strategy: Strategy,
+        params: Params,
+        auto_approve: bool,
+        now: Millis,
+    ) -> Rollout {
+        let phase = if params.has_pre_deploy && kind == RolloutKind::Deploy {
+            Phase::PreDeploy
+        } else {
+            Phase::Progressing
+        };
+        Rollout {
+            id,
+            service: service.to_string(),
+            kind,
+            from,
+            from_instances,
+            to,
+            strategy,
+            phase,
+            outcome: None,
+            reason: None,
+            params,
+            auto_approve,
+            approved_by: None,
+            abort_requested_by: None,
+            hook: None,
+            started_at: now,
+            phase_since: now,
+            last_progress_at: now,
+            seen_available: 0,
+            finished_at: None,
+            failed_instance: None,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+/// What the shell saw of one live (not stopping) instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceObs {
+    pub id: String,
+    pub revision: u64,
+    /// When the instance was first created (restarts keep it).
+    pub created_at: Millis,
+    /// Since when its readiness probe has passed, if it passes now.
+    pub ready_since: Option<Millis>,
+    /// Set when the instance crash-loops: what happened.
+    pub crash_loop: Option<String>,
+    /// The last probe result, for error messages.
+    pub last_probe: Option<String>,
+}
+
+/// An instance takes traffic once it has been ready for `min_ready`.
+pub fn is_available(ready_since: Option<Millis>, min_ready_ms: u64, now: Millis) -> bool {
+    ready_since.is_some_and(|t| now >= t.saturating_add(min_ready_ms))
+}
+
+/// A line for the rollout's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: String,
+    pub message: String,
+}
+
+fn event(kind: &str, message: String) -> Event {
+    Event {
+        kind: kind.into(),
+        message,
+    }
+}
+
+/// What `advance` decided: the next stored state and what to tell people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub state: ServiceState,
+    pub rollout: Rollout,
+    pub events: Vec<Event>,
+}
+
+struct Counts {
+    desired: u32,
+    available: u32,
+}
+
+fn counts(state: &ServiceState, obs: &[InstanceObs], rev: u64, min_ready: u64, now: Millis) -> Counts {
+    Counts {
+        desired: state.scale.get(&rev).copied().unwrap_or(0),
+        available: obs
+            .iter()
+            .filter(|i| i.revision == rev && is_available(i.ready_since, min_ready, now))
+            .count() as u32,
+    }
+}
+
+/// Decide the next step of `rollout` given what was observed at `now`.
+/// Pure: the same inputs always give the same outputs.
+pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now: Millis) -> Step {
+    let mut s = state.clone();
+    let mut r = rollout.clone();
+    let mut events = Vec::new();
+    if r.is_done() {
+        return Step { state: s, rollout: r, events };
+    }
+
+    if let Some(who) = r.abort_requested_by.clone()
+        && r.phase != Phase::Reverting
+    {
+        begin_revert(&mut s, &mut r, Outcome::Aborted, format!("aborted by {who}"), None, obs, now, &mut events);
+        return Step { state: s, rollout: r, events };
+    }
+
+    match r.phase {
+        Phase::PreDeploy => match &r.hook {
+            None => {}
+            Some(h) if h.ok => {
+                events.push(event("hook", format!("pre_deploy hook succeeded: {}", h.summary)));
+                set_phase(&mut r, Phase::Progressing, now);
+                r.last_progress_at = now;
+            }
+            Some(h) => {
+                let reason = format!("pre_deploy hook failed: {}", h.summary);
+                // Nothing was touched yet: finish at once.
+                finish(&mut s, &mut r, Outcome::Failed, reason, now, &mut events);
+            }
+        },
+        Phase::Progressing | Phase::AwaitingApproval => {
+            if let Some((instance, reason)) = failure(&r, obs, now) {
+                begin_revert(&mut s, &mut r, Outcome::Failed, reason, instance, obs, now, &mut events);
+            } else {
+                match r.strategy {
+                    Strategy::Rolling => rolling(&mut s, &mut r, obs, now, &mut events),
+                    Strategy::BlueGreen => blue_green(&mut s, &mut r, obs, now, &mut events),
+                }
+            }
+        }
+        Phase::Reverting => revert(&mut s, &mut r, obs, now, &mut events),
+        Phase::Done => {}
+    }
+    Step { state: s, rollout: r, events }
+}
+
+/// Why the new revision is failing, if it is.
+fn failure(r: &Rollout, obs: &[InstanceObs], now: Millis) -> Option<(Option<String>, String)> {
+    for i in obs.iter().filter(|i| i.revision == r.to) {
+        if let Some(why) = &i.crash_loop {
+            return Some((Some(i.id.clone()), format!("instance {} is crash-looping: {why}", i.id)));
+        }
+        let waited = now.saturating_sub(i.created_at);
+        if i.ready_since.is_none() && waited > r.params.deploy_timeout_ms {
+            let saw = i.last_probe.as_deref().unwrap_or("no probe answered yet");
+            return Some((
+                Some(i.id.clone()),
+                format!(
+                    "instance {} was not ready within deploy_timeout ({}); readiness probe saw: {saw}",
+                    i.id,
+                    fmt_ms(r.params.deploy_timeout_ms)
+                ),
+            ));
+        }
+    }
+    if r.phase == Phase::Progressing && now.saturating_sub(r.last_progress_at) > r.params.deploy_timeout_ms {
+        return Some((
+            None,
+            format!("no progress for deploy_timeout ({})", fmt_ms(r.params.deploy_timeout_ms)),
+        ));
+    }
+    None
+}
+
+fn fmt_ms(ms: u64) -> String {
+    crate::duration::Dur::millis(ms).to_string()
+}
+
+fn set_phase(r: &mut Rollout, phase: Phase, now: Millis) {
+    r.phase = phase;
+    r.phase_since = now;
+}
+
+fn set_scale(s: &mut ServiceState, rev: u64, n: u32) {
+    if n == 0 {
+        s.scale.remove(&rev);
+    } else {
+        s.scale.insert(rev, n);
+    }
+}
+
+fn rolling(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+    let p = &r.params;
+    let n = p.instances;
+    let new = counts(s, obs, r.to, p.min_ready_ms, now);
+    let old_desired = r.from.map_or(0, |f| counts(s, obs, f, p.min_ready_ms, now).desired);
+    let want_traffic: Vec<u64> = r.from.into_iter().chain([r.to]).collect();
+    if s.traffic != want_traffic {
+        s.traffic = want_traffic;
+    }
+
+    // Scale the new revision up within the surge budget...
+    let mut new_desired = new.desired;
+    let max_total = n + p.max_surge;
+    let total = old_desired + new_desired;
+    if new_desired < n && total < max_total {
+        new_desired += (max_total - total).min(n - new_desired);
+    }
+    // ...then the old one down as far as availability allows.
+    let min_available = n.saturating_sub(p.max_unavailable);
+    let new_unavailable = new_desired.saturating_sub(new.available);
+    let total = old_desired + new_desired;
+    let removable = total.saturating_sub(min_available).saturating_sub(new_unavailable);
+    let old_next = old_desired.saturating_sub(removable);
+
+    if new_desired != new.desired || old_next != old_desired {
+        set_scale(s, r.to, new_desired);
+        if let Some(from) = r.from {
+            set_scale(s, from, old_next);
+            events.push(event(
+                "scale",
+                format!(
+                    "revision {} → {new_desired}/{n} instances, revision {from} → {old_next}",
+                    r.to
+                ),
+            ));
+        } else {
+            events.push(event("scale", format!("revision {} → {new_desired}/{n} instances", r.to)));
+        }
+    }
+    if progress_mark(r, new.available, now) {
+        events.push(event(
+            "available",
+            format!("revision {}: {}/{n} instances available", r.to, new.available.min(n)),
+        ));
+    }
+    if new_desired >= n && new.available >= n && old_next == 0 {
+        s.stable = Some(r.to);
+        s.traffic = vec![r.to];
+        finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+    }
+}
+
+/// Record progress when the new revision's availability grew.
+fn progress_mark(r: &mut Rollout, available: u32, now: Millis) -> bool {
+    if available > r.seen_available {
+        r.seen_available = available;
+        r.last_progress_at = now;
+        return true;
+    }
+    false
+}
+
+fn blue_green(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+    let n = r.params.instances;
+    let new = counts(s, obs, r.to, r.params.min_ready_ms, now);
+    if new.desired != n {
+        set_scale(s, r.to, n);
+        events.push(event("scale", format!("starting the new set: revision {} → {n} instances", r.to)));
+    }
+    let Some(from) = r.from else {
+        s.traffic = vec![r.to];
+        if progress_mark(r, new.available, now) {
+            events.push(event("available", format!("revision {}: {}/{n} instances available", r.to, new.available.min(n))));
+        }
+        if new.available >= n {
+            s.stable = Some(r.to);
+            finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+        }
+        return;
+    };
+    s.traffic = vec![from];
+    if progress_mark(r, new.available, now) {
+        events.push(event("available", format!("revision {}: {}/{n} instances available", r.to, new.available.min(n))));
+    }
+    if new.available < n {
+        return;
+    }
+    let approved = r.auto_approve || r.params.auto_promote || r.kind == RolloutKind::Rollback || r.approved_by.is_some();
+    if !approved {
+        if r.phase != Phase::AwaitingApproval {
+            set_phase(r, Phase::AwaitingApproval, now);
+            events.push(event(
+                "awaiting-approval",
+                format!(
+                    "the new set (revision {}) is ready; traffic stays on revision {from} until `ferry approve {}`",
+                    r.to, r.service
+                ),
+            ));
+        }
+        return;
+    }
+    if let Some(who) = &r.approved_by {
+        events.push(event("approved", format!("approved by {who}")));
+    }
+    s.traffic = vec![r.to];
+    s.stable = Some(r.to);
+    if r.params.scale_down_delay_ms == 0 {
+        set_scale(s, from, 0);
+    } else {
+        s.retiring.insert(from, now + r.params.scale_down_delay_ms);
+    }
+    events.push(event(
+        "switched",
+        format!(
+            "all traffic switched to revision {}; revision {from} keeps running for {} (instant rollback)",
+            r.to,
+            fmt_ms(r.params.scale_down_delay_ms)
+        ),
+    ));
+    finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn begin_revert(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    outcome: Outcome,
+    reason: String,
+    instance: Option<String>,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
+    r.failed_instance = instance;
+    r.outcome = Some(outcome);
+    r.reason = Some(reason.clone());
+    events.push(event(outcome.as_str(), reason));
+    match r.from {
+        Some(from) => {
+            s.retiring.remove(&from);
+            set_scale(s, from, r.from_instances.max(1));
+            // Healthy new instances keep serving until the old revision is
+            // back at full size; the rest stop now.
+            let new_available = counts(s, obs, r.to, r.params.min_ready_ms, now).available;
+            set_scale(s, r.to, new_available);
+            s.traffic = if new_available > 0 && s.traffic.contains(&r.to) {
+                vec![from, r.to]
+            } else {
+                vec![from]
+            };
+            events.push(event(
+                "reverting",
+                format!("traffic returns to revision {from}; revision {} is being stopped", r.to),
+            ));
+            set_phase(r, Phase::Reverting, now);
+            revert(s, r, obs, now, events);
+        }
+        None => {
+            set_scale(s, r.to, 0);
+            s.traffic.clear();
+            let reason = r.reason.clone().unwrap_or_default();
+            finish(s, r, outcome, reason, now, events);
+        }
+    }
+}
+
+fn revert(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+    let Some(from) = r.from else { return };
+    let old = counts(s, obs, from, 0, now);
+    let timed_out = now.saturating_sub(r.phase_since) > r.params.deploy_timeout_ms;
+    if old.available >= old.desired || timed_out {
+        set_scale(s, r.to, 0);
+        s.traffic = vec![from];
+        s.stable = Some(from);
+        let outcome = r.outcome.unwrap_or(Outcome::Failed);
+        let reason = r.reason.clone().unwrap_or_default();
+        if timed_out {
+            events.push(event(
+                "warning",
+                format!("revision {from} has only {}/{} instances available", old.available, old.desired),
+            ));
+        }
+        finish(s, r, outcome, reason, now, events);
+    }
+}
+
+fn finish(s: &mut ServiceState, r: &mut Rollout, outcome: Outcome, reason: String, now: Millis, events: &mut Vec<Event>) {
+    r.outcome = Some(outcome);
+    r.reason = Some(reason.clone());
+    r.finished_at = Some(now);
+    set_phase(r, Phase::Done, now);
+    s.active_rollout = None;
+    events.push(event("done", format!("rollout {} {}: {reason}", r.id, outcome.as_str())));
+}
+
+/// Housekeeping when no rollout is under way: retire revisions whose
+/// scale-down delay has passed. Pure.
+pub fn settle(state: &ServiceState, now: Millis) -> (ServiceState, Vec<Event>) {
+    let mut s = state.clone();
+    let mut events = Vec::new();
+    let expired: Vec<u64> = s
+        .retiring
+        .iter()
+        .filter(|(rev, until)| **until <= now && Some(**rev) != s.stable)
+        .map(|(rev, _)| *rev)
+        .collect();
+    for rev in expired {
+        s.retiring.remove(&rev);
+        s.scale.remove(&rev);
+        s.traffic.retain(|t| *t != rev);
+        events.push(event("retired", format!("revision {rev} stopped after its scale-down delay")));
+    }
+    s.retiring.retain(|rev, _| Some(*rev) != s.stable);
+    (s, events)
+}
+
+#[cfg(test)]
+mod tests;

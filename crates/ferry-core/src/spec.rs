@@ -1,0 +1,504 @@
+//! The service spec: what `ferry.toml` declares for one service, and the
+//! checks that reject impossible values before anything runs.
+
+use crate::duration::Dur;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// A command: an argument list (spawned directly) or a string the user wrote
+/// for a shell (spawned as `sh -c STRING`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandSpec {
+    /// The argument list to spawn, with placeholders filled in by `fill`.
+    pub fn argv(&self, fill: impl Fn(&str) -> String) -> Vec<String> {
+        match self {
+            CommandSpec::Argv(args) => args.iter().map(|a| fill(a)).collect(),
+            CommandSpec::Shell(script) => vec!["sh".into(), "-c".into(), fill(script)],
+        }
+    }
+    fn parts(&self) -> Vec<(String, &str)> {
+        match self {
+            CommandSpec::Argv(args) => args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("[{i}]"), a.as_str()))
+                .collect(),
+            CommandSpec::Shell(s) => vec![(String::new(), s.as_str())],
+        }
+    }
+    fn is_empty(&self) -> bool {
+        match self {
+            CommandSpec::Argv(args) => args.first().is_none_or(|a| a.trim().is_empty()),
+            CommandSpec::Shell(s) => s.trim().is_empty(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    #[default]
+    Rolling,
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "rolling" => Some(Strategy::Rolling),
+            "blue-green" | "bluegreen" | "blue_green" => Some(Strategy::BlueGreen),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rolling => "rolling",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
+/// A readiness or liveness probe. Defaults follow Kubernetes: every 10s,
+/// 1s timeout, 3 failures to fail, 1 success to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// Path for an HTTP GET; any 2xx within `timeout` passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Pass when the port accepts a TCP connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
+    #[serde(default = "defaults::probe_interval")]
+    pub interval: Dur,
+    #[serde(default = "defaults::probe_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "defaults::success_threshold")]
+    pub success_threshold: u32,
+    #[serde(default)]
+    pub initial_delay: Dur,
+}
+
+impl ProbeSpec {
+    /// The probe used when a service declares no readiness: the port accepts
+    /// TCP connections, checked every second.
+    pub fn default_readiness() -> ProbeSpec {
+        ProbeSpec {
+            http: None,
+            tcp: true,
+            interval: Dur::secs(1),
+            timeout: defaults::probe_timeout(),
+            failure_threshold: defaults::failure_threshold(),
+            success_threshold: 1,
+            initial_delay: Dur::default(),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match &self.http {
+            Some(path) => format!("HTTP GET {path} every {}", self.interval),
+            None => format!("TCP connect every {}", self.interval),
+        }
+    }
+}
+
+/// How a new revision replaces the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default = "defaults::max_surge")]
+    pub max_surge: u32,
+    #[serde(default)]
+    pub max_unavailable: u32,
+    #[serde(default)]
+    pub min_ready: Dur,
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Dur,
+    #[serde(default = "defaults::deploy_timeout")]
+    pub deploy_timeout: Dur,
+    #[serde(default = "defaults::stop_timeout")]
+    pub stop_timeout: Dur,
+    /// Blue-green: switch traffic without waiting for `ferry approve`.
+    #[serde(default)]
+    pub auto_promote: bool,
+    /// Blue-green: how long the old set keeps running after the switch.
+    #[serde(default = "defaults::scale_down_delay")]
+    pub scale_down_delay: Dur,
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            strategy: Strategy::Rolling,
+            max_surge: defaults::max_surge(),
+            max_unavailable: 0,
+            min_ready: Dur::default(),
+            drain_timeout: defaults::drain_timeout(),
+            deploy_timeout: defaults::deploy_timeout(),
+            stop_timeout: defaults::stop_timeout(),
+            auto_promote: false,
+            scale_down_delay: defaults::scale_down_delay(),
+        }
+    }
+}
+
+/// One service as declared in `ferry.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub command: CommandSpec,
+    #[serde(default = "defaults::instances")]
+    pub instances: u32,
+    /// Where Ferry's proxy accepts this service's traffic.
+    pub listen: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of instances (relative to the config file's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    #[serde(default)]
+    pub deploy: DeploySpec,
+    /// Runs once, to completion, before any new instance starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deploy: Option<CommandSpec>,
+    #[serde(default = "defaults::pre_deploy_timeout")]
+    pub pre_deploy_timeout: Dur,
+    /// Per-instance log file cap in bytes; older output rotates to `.1`.
+    #[serde(default = "defaults::log_max_bytes")]
+    pub log_max_bytes: u64,
+}
+
+impl ServiceSpec {
+    pub fn readiness_probe(&self) -> ProbeSpec {
+        self.readiness
+            .clone()
+            .unwrap_or_else(ProbeSpec::default_readiness)
+    }
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+pub mod defaults {
+    use crate::duration::Dur;
+    pub fn instances() -> u32 {
+        1
+    }
+    pub fn probe_interval() -> Dur {
+        Dur::secs(10)
+    }
+    pub fn probe_timeout() -> Dur {
+        Dur::secs(1)
+    }
+    pub fn failure_threshold() -> u32 {
+        3
+    }
+    pub fn success_threshold() -> u32 {
+        1
+    }
+    pub fn max_surge() -> u32 {
+        1
+    }
+    pub fn drain_timeout() -> Dur {
+        Dur::secs(30)
+    }
+    pub fn deploy_timeout() -> Dur {
+        Dur::secs(300)
+    }
+    pub fn stop_timeout() -> Dur {
+        Dur::secs(10)
+    }
+    pub fn scale_down_delay() -> Dur {
+        Dur::secs(30)
+    }
+    pub fn pre_deploy_timeout() -> Dur {
+        Dur::secs(600)
+    }
+    pub fn log_max_bytes() -> u64 {
+        10 * 1024 * 1024
+    }
+}
+
+/// One thing wrong with a spec: where (a key path under the service), what,
+/// and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Key path from the top of the file, e.g. `["services","web","instances"]`.
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: &[String], message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.to_vec(),
+            message: message.into(),
+        }
+    }
+    pub fn key(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+/// Placeholders Ferry fills in `command` and `env` values.
+pub const PLACEHOLDERS: [&str; 2] = ["port", "version"];
+
+/// Fill `{port}` and `{version}`; `{{` and `}}` stand for literal braces.
+pub fn fill_placeholders(text: &str, port: u16, version: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+        } else if let Some(name) = tail.strip_prefix("{port}") {
+            out.push_str(&port.to_string());
+            rest = name;
+        } else if let Some(name) = tail.strip_prefix("{version}") {
+            out.push_str(version);
+            rest = name;
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Names of `{placeholders}` in `text` that Ferry does not know.
+fn unknown_placeholders(text: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i..];
+        if tail.starts_with("{{") {
+            rest = &tail[2..];
+            continue;
+        }
+        match tail.find('}') {
+            Some(end) => {
+                let name = &tail[1..end];
+                let looks_like_name =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if looks_like_name && !PLACEHOLDERS.contains(&name) {
+                    unknown.push(name.to_string());
+                }
+                rest = &tail[end + 1..];
+            }
+            None => break,
+        }
+    }
+    unknown
+}
+
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(['=', '\0'])
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl ServiceSpec {
+    /// Every problem with this spec (empty = valid). Paths start at
+    /// `services.<name>`. Checks that need I/O (is `listen` free?) are the
+    /// caller's.
+    pub fn validate(&self, name: &str) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let base = vec!["services".to_string(), name.to_string()];
+        let at = |k: &[&str]| -> Vec<String> {
+            base.iter().cloned().chain(k.iter().map(|s| s.to_string())).collect()
+        };
+        if !valid_service_name(name) {
+            p.push(Problem::new(
+                &base,
+                format!(
+                    "service name `{name}` is not allowed; use lowercase letters, digits, `-` and `_` (at most 63), starting with a letter or digit"
+                ),
+            ));
+        }
+        if self.command.is_empty() {
+            p.push(Problem::new(
+                &at(&["command"]),
+                "command is empty; give the program and its arguments, e.g. [\"python3\", \"app.py\", \"--port\", \"{port}\"]",
+            ));
+        }
+        for (suffix, part) in self.command.parts() {
+            for bad in unknown_placeholders(part) {
+                p.push(Problem::new(
+                    &at(&["command"]),
+                    format!(
+                        "command{suffix} uses unknown placeholder {{{bad}}}; Ferry fills in {{port}} and {{version}} (write {{{{ for a literal brace)"
+                    ),
+                ));
+            }
+        }
+        if self.instances == 0 {
+            p.push(Problem::new(
+                &at(&["instances"]),
+                "instances = 0 would serve nothing; set at least 1",
+            ));
+        } else if self.instances > 256 {
+            p.push(Problem::new(
+                &at(&["instances"]),
+                format!("instances = {} is more than one host should run; use at most 256", self.instances),
+            ));
+        }
+        match self.listen.parse::<SocketAddr>() {
+            Err(_) => p.push(Problem::new(
+                &at(&["listen"]),
+                format!("listen = \"{}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\"", self.listen),
+            )),
+            Ok(addr) if addr.port() == 0 => p.push(Problem::new(
+                &at(&["listen"]),
+                "listen needs a fixed port, not 0; e.g. \"127.0.0.1:8080\"",
+            )),
+            Ok(_) => {}
+        }
+        for (k, v) in &self.env {
+            if !valid_env_name(k) {
+                p.push(Problem::new(
+                    &at(&["env"]),
+                    format!("env name `{k}` is not a valid variable name; use letters, digits and `_`"),
+                ));
+            }
+            for bad in unknown_placeholders(v) {
+                p.push(Problem::new(
+                    &at(&["env", k]),
+                    format!("env {k} uses unknown placeholder {{{bad}}}; Ferry fills in {{port}} and {{version}}"),
+                ));
+            }
+        }
+        for (key, probe) in [("readiness", &self.readiness), ("liveness", &self.liveness)] {
+            if let Some(probe) = probe {
+                validate_probe(probe, &at(&[key]), &mut p);
+            }
+        }
+        let d = &self.deploy;
+        if d.max_surge == 0 && d.max_unavailable == 0 {
+            p.push(Problem::new(
+                &at(&["deploy", "max_surge"]),
+                "max_surge = 0 with max_unavailable = 0 can never make progress; allow a surge (max_surge = 1) or some unavailability (max_unavailable = 1)",
+            ));
+        }
+        if self.instances > 0 && d.max_unavailable >= self.instances {
+            p.push(Problem::new(
+                &at(&["deploy", "max_unavailable"]),
+                format!(
+                    "max_unavailable = {} would let every one of the {} instances be down at once; set it below instances",
+                    d.max_unavailable, self.instances
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("deploy_timeout", d.deploy_timeout),
+            ("drain_timeout", d.drain_timeout),
+            ("stop_timeout", d.stop_timeout),
+        ] {
+            if value.is_zero() {
+                p.push(Problem::new(
+                    &at(&["deploy", key]),
+                    format!("{key} = \"0s\" leaves no time at all; give a positive duration such as \"30s\""),
+                ));
+            }
+        }
+        if let Some(hook) = &self.pre_deploy
+            && hook.is_empty()
+        {
+            p.push(Problem::new(
+                &at(&["pre_deploy"]),
+                "pre_deploy is empty; give a command such as [\"./migrate\", \"up\"] or remove the key",
+            ));
+        }
+        if self.pre_deploy_timeout.is_zero() {
+            p.push(Problem::new(&at(&["pre_deploy_timeout"]), "pre_deploy_timeout must be positive"));
+        }
+        if self.log_max_bytes < 4096 {
+            p.push(Problem::new(
+                &at(&["log_max_bytes"]),
+                "log_max_bytes below 4096 keeps almost nothing; use at least 4096",
+            ));
+        }
+        p
+    }
+}
+
+fn validate_probe(probe: &ProbeSpec, at: &[String], p: &mut Vec<Problem>) {
+    match (&probe.http, probe.tcp) {
+        (None, false) => p.push(Problem::new(
+            at,
+            "a probe needs a check: http = \"/health\" or tcp = true",
+        )),
+        (Some(_), true) => p.push(Problem::new(at, "choose one check: http or tcp, not both")),
+        (Some(path), false) if !path.starts_with('/') => {
+            let mut k = at.to_vec();
+            k.push("http".into());
+            p.push(Problem::new(
+                &k,
+                format!("http = \"{path}\" must be a path starting with `/`, e.g. \"/health\""),
+            ));
+        }
+        _ => {}
+    }
+    for (key, value) in [("interval", probe.interval), ("timeout", probe.timeout)] {
+        if value.is_zero() {
+            let mut k = at.to_vec();
+            k.push(key.into());
+            p.push(Problem::new(&k, format!("{key} must be positive, e.g. \"1s\"")));
+        }
+    }
+    for (key, value) in [
+        ("failure_threshold", probe.failure_threshold),
+        ("success_threshold", probe.success_threshold),
+    ] {
+        if value == 0 {
+            let mut k = at.to_vec();
+            k.push(key.into());
+            p.push(Problem::new(&k, format!("{key} must be at least 1")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_and_unknown_ones_found() {
+        assert_eq!(fill_placeholders("--port={port} v={version}", 81, "v2"), "--port=81 v=v2");
+        assert_eq!(fill_placeholders("{{port}}", 81, "v2"), "{port}");
+        assert_eq!(unknown_placeholders("{prot} {port} {{x}}"), vec!["prot".to_string()]);
+        assert!(unknown_placeholders("json {\"a\": 1}").is_empty());
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(valid_service_name("web-1"));
+        assert!(!valid_service_name("Web"));
+        assert!(!valid_service_name("-x"));
+    }
+}
