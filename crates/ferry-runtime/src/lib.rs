@@ -1,1 +1,369 @@
-//! placeholder
+//! Ferry's instance driver for local processes: spawn in an own process
+//! group with output appended to a capped log file, signal the group, find
+//! processes Ferry started (after a daemon crash) by a marker in their
+//! environment, and run hooks to completion.
+//!
+//! A Kubernetes driver would sit beside this one; the daemon only needs
+//! "start this revision's instance", "is it alive", "stop it".
+#![forbid(unsafe_code)]
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// The environment variable that marks a process as Ferry's.
+pub const MARKER_VAR: &str = "FERRY_INSTANCE";
+
+/// Variables passed down from the daemon's own environment; everything else
+/// an instance sees comes from its revision, so a revision re-runs the same.
+const INHERITED: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot open log file {path}: {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start `{program}` in {workdir}: {source}")]
+    Spawn {
+        program: String,
+        workdir: String,
+        source: std::io::Error,
+    },
+    #[error("the command is empty")]
+    Empty,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub log_path: PathBuf,
+    /// Value of [`MARKER_VAR`], `<daemon id>/<instance id>`.
+    pub marker: String,
+}
+
+/// Start a process in its own process group (pgid = pid), stdout and stderr
+/// appended to the log file (so it keeps logging if the daemon dies).
+pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
+    let program = spec.argv.first().ok_or(RuntimeError::Empty)?;
+    let log = open_log(&spec.log_path)?;
+    let log2 = log.try_clone().map_err(|source| RuntimeError::Log {
+        path: spec.log_path.display().to_string(),
+        source,
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.workdir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(false);
+    for name in INHERITED {
+        if let Ok(v) = std::env::var(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.envs(&spec.env);
+    cmd.env(MARKER_VAR, &spec.marker);
+    cmd.spawn().map_err(|source| RuntimeError::Spawn {
+        program: program.clone(),
+        workdir: spec.workdir.display().to_string(),
+        source,
+    })
+}
+
+fn open_log(path: &Path) -> Result<File, RuntimeError> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| RuntimeError::Log {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Send `signal` to the whole process group led by `pid`.
+pub fn signal_group(pid: i32, signal: Signal) -> bool {
+    killpg(Pid::from_raw(pid), signal).is_ok()
+}
+
+/// Is `pid` a live (not zombie) process?
+pub fn is_alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Is there a process group led by `pgid` with any live member?
+pub fn group_alive(pgid: i32) -> bool {
+    killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// The marker of a live process, if it carries one.
+pub fn marker_of(pid: i32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{MARKER_VAR}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Every live process whose marker starts with `prefix`: (pid, marker).
+/// Used after a restart to adopt instances and to find orphans.
+pub fn find_marked(prefix: &str) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(marker) = marker_of(pid)
+            && marker.starts_with(prefix)
+            && is_alive(pid)
+        {
+            found.push((pid, marker));
+        }
+    }
+    found
+}
+
+/// Stop a process group: SIGTERM, wait up to `grace`, then SIGKILL.
+/// `child` is reaped when Ferry started the process itself.
+pub async fn stop_group(pid: i32, child: Option<&mut Child>, grace: Duration) {
+    signal_group(pid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut child = child;
+    loop {
+        if let Some(c) = child.as_deref_mut() {
+            let _ = c.try_wait();
+        }
+        if !group_alive(pid) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            signal_group(pid, Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(c) = child.as_deref_mut() {
+                let _ = c.wait().await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(c) = child {
+        let _ = c.try_wait();
+    }
+}
+
+/// The last `lines` lines of a log file (reading at most its last 64 KiB).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Keep a log under `max` bytes: when it grows past, its content moves to
+/// `<log>.1` (replacing the older one) and the log starts empty. The
+/// process appends, so it simply continues at the new end.
+pub fn rotate_if_needed(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(_) => return Ok(false),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
+/// How a hook run ended.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    pub ok: bool,
+    pub summary: String,
+    pub output: String,
+}
+
+/// Run a command to completion (its group is killed at `timeout`), output
+/// captured to `spec.log_path`.
+pub async fn run_to_completion(spec: &SpawnSpec, timeout: Duration) -> HookRun {
+    let mut child = match spawn(spec) {
+        Ok(c) => c,
+        Err(e) => {
+            return HookRun {
+                ok: false,
+                summary: e.to_string(),
+                output: String::new(),
+            };
+        }
+    };
+    let pid = child.id().map(|p| p as i32);
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    let (ok, summary) = match status {
+        Ok(Ok(s)) if s.success() => (true, "exit status 0".to_string()),
+        Ok(Ok(s)) => (false, describe_exit(s)),
+        Ok(Err(e)) => (false, format!("could not wait for it: {e}")),
+        Err(_) => {
+            if let Some(pid) = pid {
+                stop_group(pid, Some(&mut child), Duration::from_secs(2)).await;
+            }
+            (
+                false,
+                format!("timed out after {}", humantime_secs(timeout)),
+            )
+        }
+    };
+    HookRun {
+        ok,
+        summary,
+        output: log_tail(&spec.log_path, 40),
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// "exit status 3" or "killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+        format!("killed by signal {sig} ({name})")
+    } else {
+        "ended".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, argv: &[&str], marker: &str) -> SpawnSpec {
+        SpawnSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            workdir: dir.to_path_buf(),
+            log_path: dir.join("logs/x.log"),
+            marker: marker.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn spawn_marks_logs_and_stops_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("test-{}/i1", std::process::id());
+        // A shell with a child of its own: stopping must reach both.
+        let s = spec(
+            dir.path(),
+            &["sh", "-c", "echo started $GREETING; sleep 30 & wait"],
+            &marker,
+        );
+        let mut child = spawn(&s).unwrap();
+        let pid = child.id().unwrap() as i32;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(is_alive(pid));
+        let found = find_marked(&format!("test-{}/", std::process::id()));
+        assert!(
+            found.iter().any(|(p, m)| *p == pid && *m == marker),
+            "{found:?}"
+        );
+        assert!(log_tail(&s.log_path, 5).contains("started hi"));
+        stop_group(pid, Some(&mut child), Duration::from_secs(5)).await;
+        assert!(!group_alive(pid), "no member of the group survives");
+    }
+
+    #[tokio::test]
+    async fn hooks_report_exit_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = run_to_completion(
+            &spec(dir.path(), &["sh", "-c", "echo migrated"], "t/h1"),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(ok.ok && ok.output.contains("migrated"), "{ok:?}");
+        let bad = run_to_completion(
+            &spec(dir.path(), &["sh", "-c", "echo boom >&2; exit 4"], "t/h2"),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            !bad.ok && bad.summary == "exit status 4" && bad.output.contains("boom"),
+            "{bad:?}"
+        );
+        let slow = run_to_completion(
+            &spec(dir.path(), &["sleep", "30"], "t/h3"),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(!slow.ok && slow.summary.contains("timed out"), "{slow:?}");
+        let missing = run_to_completion(
+            &spec(dir.path(), &["/nonexistent/bin"], "t/h4"),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            !missing.ok && missing.summary.contains("cannot start"),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn logs_rotate_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, vec![b'x'; 5000]).unwrap();
+        assert!(rotate_if_needed(&p, 4096).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a.log.1")).unwrap().len(),
+            5000
+        );
+        assert!(!rotate_if_needed(&p, 4096).unwrap());
+    }
+}
