@@ -1,1 +1,218 @@
-fn main() {}
+//! `ferry`: the command line. Client commands talk to the daemon's API;
+//! `ferry serve` is the daemon; `ferry demo` shows the main job end to end.
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use client::{CliError, CliResult, Client};
+use commands::{DeployArgs, Output};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Zero-downtime releases of web services: deploy, watch, roll back",
+    long_about = "Ferry runs your services as local processes behind its own proxy and releases new versions \
+                  with rolling or blue-green deploys, without dropping a request. A release that does not come \
+                  up healthy is rolled back by itself.\n\nStart here: `ferry demo`.",
+    after_help = "Exit codes: 0 ok, 1 the operation failed (e.g. a deploy rolled back), 2 usage or config error, \
+                  130 stopped watching with Ctrl-C (the rollout goes on in the daemon)."
+)]
+struct Cli {
+    /// The daemon's data dir: state store, logs, API address and admin token.
+    #[arg(long, global = true, env = "FERRY_DATA_DIR", default_value = ".ferry")]
+    data_dir: PathBuf,
+    /// The daemon's API URL (default: read from the data dir).
+    #[arg(long, global = true, env = "FERRY_API")]
+    api: Option<String>,
+    /// The API token (default: read from the data dir).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output for people (text) or machines (json: one JSON object per line).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Log format of the daemon (`serve`, `demo`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented example ferry.toml.
+    Init {
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate ferry.toml (exit 2 with every problem, each with file:line).
+    Check {
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+    },
+    /// Run the daemon: API, proxies, supervisor, probes.
+    Serve {
+        /// Address of the HTTP API (port 0 picks a free one; the data dir records it).
+        #[arg(long, env = "FERRY_API_ADDR", default_value = "127.0.0.1:7070")]
+        api_addr: SocketAddr,
+    },
+    /// Release a new version of a service.
+    Deploy {
+        service: String,
+        /// The version label; fills {version} in the command and env.
+        #[arg(long)]
+        version: String,
+        /// Override the spec's strategy: rolling or blue-green.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Set an environment variable for the new revision (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Why: kept in the revision and shown by `ferry history`.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Print the plan (hooks, batches, gates, timeouts); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Skip the blue-green approval gate.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Return at once instead of following the rollout.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+    },
+    /// Show services, their instances and any rollout in progress.
+    Status { service: Option<String> },
+    /// List a service's rollouts with outcome and reason.
+    History { service: String },
+    /// Go back to the previous (or a given) revision, through the same zero-downtime path.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to_revision: Option<u64>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Let a blue-green rollout waiting at its gate switch traffic.
+    Approve { service: String },
+    /// Stop the rollout in progress; traffic returns to the previous revision.
+    Abort { service: String },
+    /// Show the audit log: who changed what, when, and how it ended.
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Run the whole story on embedded defaults: deploy, roll, switch, and a bad release rolled back.
+    Demo,
+    /// The bundled demo service (used by `ferry demo` and the tests).
+    #[command(hide = true)]
+    DemoApp,
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let code = match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> CliResult<()> {
+    let client = || Client::discover(cli.api.as_deref(), cli.token.as_deref(), &cli.data_dir);
+    match &cli.command {
+        Command::Init { config, force } => commands::init(config, *force),
+        Command::Check { config } => commands::check(config, client().ok(), cli.output).await,
+        Command::Serve { api_addr } => {
+            init_logging(cli.log_format, "info");
+            let config = ferry_server::ServeConfig {
+                data_dir: cli.data_dir.clone(),
+                api_addr: *api_addr,
+            };
+            ferry_server::serve(config, shutdown_signal(), None).await.map_err(|e| {
+                let code = match e {
+                    ferry_server::ServeError::Bind { .. } | ferry_server::ServeError::AlreadyRunning { .. } => client::EXIT_USAGE,
+                    _ => client::EXIT_FAILED,
+                };
+                CliError { code, message: e.to_string() }
+            })
+        }
+        Command::Deploy { service, version, strategy, set, message, dry_run, auto_approve, detach, config } => {
+            let args = DeployArgs {
+                service: service.clone(),
+                version: version.clone(),
+                strategy: strategy.clone(),
+                set: set.clone(),
+                message: message.clone(),
+                dry_run: *dry_run,
+                auto_approve: *auto_approve,
+                detach: *detach,
+                config: config.clone(),
+            };
+            // Everything checkable offline is checked before contacting the daemon.
+            commands::build_deploy(&args)?;
+            commands::deploy(&client()?, &args, cli.output).await
+        }
+        Command::Status { service } => commands::status(&client()?, service.as_deref(), cli.output).await,
+        Command::History { service } => commands::history(&client()?, service, cli.output).await,
+        Command::Rollback { service, to_revision, detach } => {
+            commands::rollback(&client()?, service, *to_revision, *detach, cli.output).await
+        }
+        Command::Approve { service } => commands::gate(&client()?, service, "approve", cli.output).await,
+        Command::Abort { service } => commands::gate(&client()?, service, "abort", cli.output).await,
+        Command::Audit { limit } => commands::audit(&client()?, *limit, cli.output).await,
+        Command::Demo => {
+            init_logging(cli.log_format, "warn");
+            demo::run().await
+        }
+        Command::DemoApp => {
+            let config = ferry::demo_app::DemoAppConfig::from_env().map_err(CliError::usage)?;
+            ferry::demo_app::run(config)
+                .await
+                .map_err(|e| CliError::failed(format!("demo-app: {e:#}")))
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -7,7 +7,8 @@
 //! "start this revision's instance", "is it alive", "stop it".
 #![forbid(unsafe_code)]
 
-use nix::sys::signal::{Signal, kill, killpg};
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -1,0 +1,860 @@
+//! The JSON HTTP API (documented in `docs/api.md`). Every route but
+//! `/livez` and `/readyz` needs `Authorization: Bearer <token>`; every
+//! mutation, accepted or not, is written to the audit log.
+
+use crate::clock::rfc3339;
+use crate::daemon::Daemon;
+use crate::supervisor::InstanceView;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_core::redact;
+use ferry_core::revision::{Revision, check_version};
+use ferry_core::rollout::{self, Params, Phase, Rollout, RolloutKind, ServiceState};
+use ferry_core::spec::{Problem, ServiceSpec, Strategy, valid_env_name, valid_service_name};
+use ferry_store::{AuditEntry, Change, StoredEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Header the CLI uses to say who is acting (user@host); recorded in audit.
+pub const ACTOR_HEADER: &str = "x-ferry-actor";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub spec: ServiceSpec,
+    pub version: String,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub auto_approve: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Directory relative paths resolve against (the config file's).
+    pub base_dir: String,
+    #[serde(default)]
+    pub config_file: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub to_revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutAccepted {
+    pub rollout: Option<u64>,
+    pub revision: u64,
+    pub message: String,
+    #[serde(default)]
+    pub plan: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    pub from_version: Option<String>,
+    pub to_version: String,
+    /// Instances of the new revision that take traffic now.
+    pub available: u32,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub listen: Option<String>,
+    pub stable: Option<u64>,
+    pub version: Option<String>,
+    pub traffic: Vec<u64>,
+    pub scale: BTreeMap<u64, u32>,
+    pub instances: Vec<InstanceViewOwned>,
+    pub rollout: Option<RolloutView>,
+}
+
+/// Same as the supervisor's view, deserializable for the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceViewOwned {
+    pub id: String,
+    pub revision: u64,
+    pub port: u16,
+    pub pid: Option<i32>,
+    pub state: String,
+    pub ready: bool,
+    pub restarts: u32,
+    pub last_probe: Option<String>,
+    pub last_exit: Option<String>,
+    pub log: String,
+}
+
+impl From<InstanceView> for InstanceViewOwned {
+    fn from(v: InstanceView) -> Self {
+        InstanceViewOwned {
+            id: v.id,
+            revision: v.revision,
+            port: v.port,
+            pid: v.pid,
+            state: v.state,
+            ready: v.ready,
+            restarts: v.restarts,
+            last_probe: v.last_probe,
+            last_exit: v.last_exit,
+            log: v.log,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub rollout: u64,
+    pub kind: RolloutKind,
+    pub revision: u64,
+    pub version: String,
+    pub from: Option<u64>,
+    pub strategy: Strategy,
+    pub phase: Phase,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub author: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub hook_output: Option<String>,
+}
+
+/// The API's error body: `{"error": {"code", "message", "problems"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub problems: Vec<Problem>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn conflict(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    fn invalid(message: impl Into<String>, problems: Vec<Problem>) -> ApiError {
+        ApiError {
+            problems,
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+                problems: self.problems,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let authed = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service))
+        .route("/v1/services/{name}/history", get(history))
+        .route("/v1/services/{name}/revisions/{number}", get(get_revision))
+        .route("/v1/services/{name}/deploys", post(deploy))
+        .route("/v1/services/{name}/rollback", post(rollback))
+        .route("/v1/services/{name}/approve", post(approve))
+        .route("/v1/services/{name}/abort", post(abort))
+        .route("/v1/rollouts/{id}", get(get_rollout))
+        .route("/v1/rollouts/{id}/events", get(rollout_events))
+        .route("/v1/audit", get(audit))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), require_token));
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        .with_state(daemon)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|t| same(t.as_bytes(), d.token.as_bytes())) {
+        return next.run(req).await;
+    }
+    if req.method() != http::Method::GET {
+        let entry = AuditEntry {
+            id: 0,
+            at: d.clock.now(),
+            actor: format!("unauthenticated ({})", actor_hint(req.headers())),
+            action: format!("{} {}", req.method(), req.uri().path()),
+            target: req.uri().path().to_string(),
+            detail: serde_json::Value::Null,
+            outcome: "denied: missing or wrong token".into(),
+        };
+        let _ = d.store.append_audit(&entry);
+    }
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token: pass --token, set FERRY_TOKEN, or use --data-dir of the daemon",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+fn actor_hint(h: &HeaderMap) -> String {
+    h.get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(100).collect())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn actor(h: &HeaderMap) -> String {
+    format!("admin-token ({})", actor_hint(h))
+}
+
+fn record_audit(d: &Daemon, h: &HeaderMap, action: &str, target: &str, detail: serde_json::Value, outcome: &str) {
+    let mut detail = detail;
+    redact::redact_json(&mut detail);
+    let entry = AuditEntry {
+        id: 0,
+        at: d.clock.now(),
+        actor: actor(h),
+        action: action.into(),
+        target: target.into(),
+        detail,
+        outcome: outcome.into(),
+    };
+    if let Err(e) = d.store.append_audit(&entry) {
+        tracing::error!("cannot write audit entry: {e}");
+    }
+}
+
+/// Record a rejected mutation and pass the error on.
+fn rejected<T>(d: &Daemon, h: &HeaderMap, action: &str, target: &str, detail: serde_json::Value, e: ApiError) -> ApiResult<T> {
+    record_audit(d, h, action, target, detail, &format!("rejected: {}", e.message));
+    Err(e)
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if valid_service_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("`{name}` is not a valid service name")))
+    }
+}
+
+async fn health(State(d): State<Arc<Daemon>>) -> Response {
+    let core = d.core.lock().await;
+    let mut checks = BTreeMap::new();
+    let store_ok = d.store.services().is_ok();
+    checks.insert("store".to_string(), if store_ok { "healthy" } else { "unhealthy" }.to_string());
+    let now = d.clock.now();
+    for (name, state) in &core.states {
+        if state.stable.is_none() {
+            continue;
+        }
+        let serving = core.supervisor.routable(state, now).len();
+        checks.insert(
+            format!("service:{name}"),
+            if serving > 0 { "healthy" } else { "unhealthy" }.to_string(),
+        );
+    }
+    let healthy = checks.values().all(|v| v == "healthy");
+    let body = serde_json::json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": rfc3339(now),
+        "uptime_seconds": now.saturating_sub(d.started_at) / 1000,
+        "checks": checks,
+    });
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    let core = d.core.lock().await;
+    let text = crate::metrics::render(&core, d.clock.now());
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+fn version_of(core: &mut crate::daemon::Core, service: &str, rev: Option<u64>) -> Option<String> {
+    rev.and_then(|n| core.supervisor.revision(service, n)).map(|r| r.version.clone())
+}
+
+fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> ServiceStatus {
+    let rollout = state
+        .active_rollout
+        .and_then(|id| core.rollouts.get(&id).cloned())
+        .map(|r| rollout_view(core, r, now));
+    let listen = state
+        .stable
+        .or_else(|| state.scale.keys().next_back().copied())
+        .and_then(|n| core.supervisor.revision(&state.name, n))
+        .map(|r| r.spec.listen.clone());
+    ServiceStatus {
+        name: state.name.clone(),
+        listen,
+        stable: state.stable,
+        version: version_of(core, &state.name, state.stable),
+        traffic: state.traffic.clone(),
+        scale: state.scale.clone(),
+        instances: core.supervisor.views(&state.name).into_iter().map(Into::into).collect(),
+        rollout,
+    }
+}
+
+fn rollout_view(core: &mut crate::daemon::Core, r: Rollout, now: u64) -> RolloutView {
+    let available = core
+        .supervisor
+        .observe(&r.service)
+        .iter()
+        .filter(|i| i.revision == r.to && rollout::is_available(i.ready_since, r.params.min_ready_ms, now))
+        .count() as u32;
+    let active = core.rollouts.contains_key(&r.id);
+    RolloutView {
+        from_version: version_of(core, &r.service, r.from),
+        to_version: version_of(core, &r.service, Some(r.to)).unwrap_or_default(),
+        available,
+        active,
+        rollout: r,
+    }
+}
+
+async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
+    let mut core = d.core.lock().await;
+    let now = d.clock.now();
+    let states: Vec<ServiceState> = core.states.values().cloned().collect();
+    Json(states.iter().map(|s| status_of(&mut core, s, now)).collect())
+}
+
+async fn get_service(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Json<ServiceStatus>> {
+    let mut core = d.core.lock().await;
+    let state = core
+        .states
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no service `{name}` has been deployed")))?;
+    Ok(Json(status_of(&mut core, &state, d.clock.now())))
+}
+
+async fn history(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Json<Vec<HistoryEntry>>> {
+    let rollouts = d.store.rollouts(&name).map_err(ApiError::internal)?;
+    if rollouts.is_empty() && d.store.service(&name).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::not_found(format!("no service `{name}` has been deployed")));
+    }
+    let revisions: BTreeMap<u64, Revision> = d
+        .store
+        .revisions(&name)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|r| (r.number, r))
+        .collect();
+    let entries = rollouts
+        .into_iter()
+        .map(|r| {
+            let rev = revisions.get(&r.to);
+            HistoryEntry {
+                rollout: r.id,
+                kind: r.kind,
+                revision: r.to,
+                version: rev.map(|v| v.version.clone()).unwrap_or_default(),
+                from: r.from,
+                strategy: r.strategy,
+                phase: r.phase,
+                outcome: r.outcome.map(|o| o.as_str().to_string()),
+                reason: r.reason.clone(),
+                message: rev.and_then(|v| v.message.clone()),
+                author: rev.map(|v| v.author.clone()).unwrap_or_default(),
+                started_at: rfc3339(r.started_at),
+                finished_at: r.finished_at.map(rfc3339),
+                hook_output: r.hook.as_ref().map(|h| h.output.clone()).filter(|o| !o.is_empty()),
+            }
+        })
+        .collect();
+    Ok(Json(entries))
+}
+
+async fn get_revision(
+    State(d): State<Arc<Daemon>>,
+    Path((name, number)): Path<(String, u64)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let rev = d
+        .store
+        .revision(&name, number)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("service `{name}` has no revision {number}")))?;
+    let mut v = serde_json::to_value(&rev).map_err(ApiError::internal)?;
+    redact::redact_json(&mut v);
+    Ok(Json(v))
+}
+
+async fn get_rollout(State(d): State<Arc<Daemon>>, Path(id): Path<u64>) -> ApiResult<Json<RolloutView>> {
+    let mut core = d.core.lock().await;
+    let r = match core.rollouts.get(&id).cloned() {
+        Some(r) => r,
+        None => d
+            .store
+            .rollout(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?,
+    };
+    Ok(Json(rollout_view(&mut core, r, d.clock.now())))
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn rollout_events(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<u64>,
+    Query(q): Query<After>,
+) -> ApiResult<Json<Vec<StoredEvent>>> {
+    Ok(Json(d.store.rollout_events(id, q.after).map_err(ApiError::internal)?))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+async fn audit(State(d): State<Arc<Daemon>>, Query(q): Query<Limit>) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(d.store.audit(q.limit.min(10_000)).map_err(ApiError::internal)?))
+}
+
+fn deploy_detail(req: &DeployRequest) -> serde_json::Value {
+    serde_json::json!({
+        "version": req.version,
+        "overrides": req.overrides,
+        "message": req.message,
+        "strategy": req.strategy,
+        "auto_approve": req.auto_approve,
+        "dry_run": req.dry_run,
+        "config_file": req.config_file,
+    })
+}
+
+/// Validate a deploy request fully before anything is stored.
+fn validate_deploy(name: &str, req: &DeployRequest) -> ApiResult<()> {
+    let mut problems = req.spec.validate(name);
+    if let Err(e) = check_version(&req.version) {
+        problems.push(Problem {
+            path: vec!["version".into()],
+            message: e,
+        });
+    }
+    for k in req.overrides.keys() {
+        if !valid_env_name(k) {
+            problems.push(Problem {
+                path: vec!["overrides".into(), k.clone()],
+                message: format!("--set {k}=…: `{k}` is not a valid variable name"),
+            });
+        }
+    }
+    if !std::path::Path::new(&req.base_dir).is_absolute() {
+        problems.push(Problem {
+            path: vec!["base_dir".into()],
+            message: "base_dir must be an absolute path".into(),
+        });
+    }
+    if let Some(m) = &req.message
+        && m.len() > 4096
+    {
+        problems.push(Problem {
+            path: vec!["message".into()],
+            message: "--message is longer than 4096 bytes".into(),
+        });
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let summary = problems.iter().map(|p| format!("{}: {}", p.key(), p.message)).collect::<Vec<_>>().join("; ");
+        Err(ApiError::invalid(format!("the deploy request is invalid: {summary}"), problems))
+    }
+}
+
+async fn deploy(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<RolloutAccepted>)> {
+    let action = "deploy";
+    let req: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}"));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, err);
+        }
+    };
+    let detail = deploy_detail(&req);
+    if let Err(e) = check_name(&name).and_then(|_| validate_deploy(&name, &req)) {
+        return rejected(&d, &headers, action, &name, detail, e);
+    }
+    let mut core = d.core.lock().await;
+    let now = d.clock.now();
+    let state = core.states.get(&name).cloned().unwrap_or_else(|| ServiceState {
+        name: name.clone(),
+        ..Default::default()
+    });
+    if let Some(id) = state.active_rollout {
+        let e = ApiError::conflict(format!(
+            "rollout {id} of `{name}` is in progress; wait for it, or stop it with `ferry abort {name}`"
+        ));
+        return rejected(&d, &headers, action, &name, detail, e);
+    }
+    let listen = req.spec.listen_addr().expect("validated");
+    // The listen address: a running service keeps its own; a new one must be free.
+    let current_listen = state
+        .stable
+        .and_then(|n| core.supervisor.revision(&name, n))
+        .map(|r| r.spec.listen.clone());
+    if let Some(cur) = &current_listen
+        && cur.parse::<std::net::SocketAddr>().ok() != Some(listen)
+    {
+        let e = ApiError::invalid(
+            format!("services.{name}.listen: `{name}` serves on {cur}; changing listen of a deployed service is not supported yet. Keep listen = \"{cur}\""),
+            vec![Problem { path: vec!["services".into(), name.clone(), "listen".into()], message: format!("changed from {cur}") }],
+        );
+        return rejected(&d, &headers, action, &name, detail, e);
+    }
+    for (other, s) in &core.states {
+        if other == &name {
+            continue;
+        }
+        let other_listen = s.stable.and_then(|n| d.store.revision(other, n).ok().flatten()).and_then(|r| r.spec.listen_addr());
+        if other_listen == Some(listen) {
+            let e = ApiError::invalid(
+                format!("services.{name}.listen: {listen} is already used by service `{other}`; give each service its own address"),
+                vec![],
+            );
+            return rejected(&d, &headers, action, &name, detail, e);
+        }
+    }
+    if !core.proxies.contains_key(&name)
+        && let Err(err) = std::net::TcpListener::bind(listen)
+    {
+        let e = ApiError::invalid(
+            format!("services.{name}.listen: {listen} is already in use ({err}); stop what listens there or choose another address"),
+            vec![],
+        );
+        return rejected(&d, &headers, action, &name, detail, e);
+    }
+    let number = d.store.next_revision_number(&name).map_err(ApiError::internal)?;
+    let id = d.store.next_rollout_id().map_err(ApiError::internal)?;
+    let revision = Revision {
+        service: name.clone(),
+        number,
+        version: req.version.clone(),
+        spec: req.spec.clone(),
+        overrides: req.overrides.clone(),
+        base_dir: req.base_dir.clone(),
+        config_file: req.config_file.clone(),
+        message: req.message.clone(),
+        author: actor_hint(&headers),
+        created_at: now,
+    };
+    let strategy = req.strategy.unwrap_or(req.spec.deploy.strategy);
+    let from_instances = state.stable.and_then(|n| state.scale.get(&n).copied()).unwrap_or(0);
+    let r = Rollout::begin(
+        id,
+        &name,
+        RolloutKind::Deploy,
+        state.stable,
+        from_instances,
+        number,
+        strategy,
+        Params::from_spec(&req.spec),
+        req.auto_approve,
+        now,
+    );
+    if req.dry_run {
+        let plan = rollout::plan(&state, &r);
+        record_audit(&d, &headers, "deploy (dry run)", &name, detail, "ok: nothing changed");
+        return Ok((
+            StatusCode::OK,
+            Json(RolloutAccepted {
+                rollout: None,
+                revision: number,
+                message: format!("dry run: would create revision {number} of `{name}` ({}) and roll it out {}", req.version, strategy.as_str()),
+                plan,
+            }),
+        ));
+    }
+    let mut next = state.clone();
+    next.active_rollout = Some(id);
+    next.retiring.remove(&number);
+    let started = ferry_core::rollout::Event {
+        kind: "started".into(),
+        message: format!(
+            "rollout {id}: {} revision {number} ({}) of `{name}`{}",
+            strategy.as_str(),
+            req.version,
+            state.stable.map(|s| format!(", replacing revision {s}")).unwrap_or_default()
+        ),
+    };
+    let mut audit_detail = detail.clone();
+    redact::redact_json(&mut audit_detail);
+    let entry = AuditEntry {
+        id: 0,
+        at: now,
+        actor: actor(&headers),
+        action: action.into(),
+        target: name.clone(),
+        detail: serde_json::json!({"request": audit_detail, "revision": number, "rollout": id}),
+        outcome: "accepted".into(),
+    };
+    d.store
+        .commit(&Change {
+            revision: Some(&revision),
+            rollout: Some(&r),
+            state: Some(&next),
+            events: vec![(Some(id), &started)],
+            audit: Some(&entry),
+            now,
+            ..Default::default()
+        })
+        .map_err(ApiError::internal)?;
+    core.states.insert(name.clone(), next);
+    core.rollouts.insert(id, r);
+    drop(core);
+    d.notify.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(RolloutAccepted {
+            rollout: Some(id),
+            revision: number,
+            message: started.message,
+            plan: vec![],
+        }),
+    ))
+}
+
+async fn rollback(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<RolloutAccepted>)> {
+    let action = "rollback";
+    let req: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}"));
+                return rejected(&d, &headers, action, &name, serde_json::Value::Null, err);
+            }
+        }
+    };
+    let detail = serde_json::json!({ "to_revision": req.to_revision });
+    let mut core = d.core.lock().await;
+    let now = d.clock.now();
+    let Some(state) = core.states.get(&name).cloned() else {
+        return rejected(&d, &headers, action, &name, detail, ApiError::not_found(format!("no service `{name}` has been deployed")));
+    };
+    // During a rollout, rolling back means returning to where it started.
+    if let Some(id) = state.active_rollout
+        && let Some(mut r) = core.rollouts.get(&id).cloned()
+    {
+        if req.to_revision.is_some() && req.to_revision != r.from {
+            let e = ApiError::conflict(format!(
+                "rollout {id} is in progress; `ferry rollback {name}` now returns to revision {}; to go elsewhere, wait for it to end first",
+                r.from.map_or("(none)".to_string(), |f| f.to_string())
+            ));
+            return rejected(&d, &headers, action, &name, detail, e);
+        }
+        r.abort_requested_by = Some(format!("rollback by {}", actor_hint(&headers)));
+        d.store.commit(&Change { rollout: Some(&r), now, ..Default::default() }).map_err(ApiError::internal)?;
+        record_audit(&d, &headers, action, &name, detail, &format!("accepted: rollout {id} is being rolled back"));
+        let to = r.from.unwrap_or(r.to);
+        core.rollouts.insert(id, r);
+        drop(core);
+        d.notify.notify_one();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(RolloutAccepted { rollout: Some(id), revision: to, message: format!("rollout {id} is being rolled back to revision {to}"), plan: vec![] }),
+        ));
+    }
+    let Some(current) = state.stable else {
+        return rejected(&d, &headers, action, &name, detail, ApiError::conflict(format!("`{name}` has no serving revision to roll back from")));
+    };
+    let target = match req.to_revision {
+        Some(n) => n,
+        None => {
+            let rollouts = d.store.rollouts(&name).map_err(ApiError::internal)?;
+            let previous = rollouts
+                .iter()
+                .rev()
+                .find(|r| r.to == current && r.outcome == Some(ferry_core::rollout::Outcome::Succeeded))
+                .and_then(|r| r.from);
+            match previous {
+                Some(p) => p,
+                None => {
+                    let e = ApiError::conflict(format!("`{name}` has no earlier revision to roll back to; see `ferry history {name}`"));
+                    return rejected(&d, &headers, action, &name, detail, e);
+                }
+            }
+        }
+    };
+    if target == current {
+        let e = ApiError::conflict(format!("revision {target} of `{name}` is already serving"));
+        return rejected(&d, &headers, action, &name, detail, e);
+    }
+    let Some(rev) = core.supervisor.revision(&name, target) else {
+        let e = ApiError::not_found(format!("service `{name}` has no revision {target}; see `ferry history {name}`"));
+        return rejected(&d, &headers, action, &name, detail, e);
+    };
+    let id = d.store.next_rollout_id().map_err(ApiError::internal)?;
+    let from_instances = state.scale.get(&current).copied().unwrap_or(0);
+    let r = Rollout::begin(id, &name, RolloutKind::Rollback, Some(current), from_instances, target, rev.spec.deploy.strategy, Params::from_spec(&rev.spec), true, now);
+    let mut next = state.clone();
+    next.active_rollout = Some(id);
+    next.retiring.remove(&target);
+    let started = ferry_core::rollout::Event {
+        kind: "started".into(),
+        message: format!("rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})", rev.version),
+    };
+    let entry = AuditEntry {
+        id: 0,
+        at: now,
+        actor: actor(&headers),
+        action: action.into(),
+        target: name.clone(),
+        detail: serde_json::json!({"to_revision": target, "from_revision": current, "rollout": id}),
+        outcome: "accepted".into(),
+    };
+    d.store
+        .commit(&Change { rollout: Some(&r), state: Some(&next), events: vec![(Some(id), &started)], audit: Some(&entry), now, ..Default::default() })
+        .map_err(ApiError::internal)?;
+    core.states.insert(name.clone(), next);
+    core.rollouts.insert(id, r);
+    drop(core);
+    d.notify.notify_one();
+    Ok((StatusCode::CREATED, Json(RolloutAccepted { rollout: Some(id), revision: target, message: started.message, plan: vec![] })))
+}
+
+async fn approve(State(d): State<Arc<Daemon>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<RolloutAccepted>> {
+    gate(d, name, headers, "approve").await
+}
+
+async fn abort(State(d): State<Arc<Daemon>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<RolloutAccepted>> {
+    gate(d, name, headers, "abort").await
+}
+
+/// `approve` and `abort`: a flag on the active rollout, acted on by the loop.
+async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, action: &str) -> ApiResult<Json<RolloutAccepted>> {
+    let mut core = d.core.lock().await;
+    let now = d.clock.now();
+    let active = core.states.get(&name).and_then(|s| s.active_rollout).and_then(|id| core.rollouts.get(&id).cloned());
+    let Some(mut r) = active else {
+        let e = ApiError::conflict(format!("`{name}` has no rollout in progress; see `ferry status {name}`"));
+        return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+    };
+    let who = actor_hint(&headers);
+    let message = if action == "approve" {
+        let waiting = r.phase == Phase::AwaitingApproval
+            || (r.strategy == Strategy::BlueGreen && r.phase == Phase::Progressing);
+        if !waiting {
+            let e = ApiError::conflict(format!(
+                "rollout {} of `{name}` is not waiting for approval (it is {:?}, {} strategy)",
+                r.id,
+                r.phase,
+                r.strategy.as_str()
+            ));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+        }
+        r.approved_by = Some(who);
+        format!("rollout {} approved: traffic switches to revision {} once its set is ready", r.id, r.to)
+    } else {
+        if r.phase == Phase::Reverting {
+            let e = ApiError::conflict(format!("rollout {} is already reverting", r.id));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+        }
+        r.abort_requested_by = Some(who);
+        format!("rollout {} is being aborted; traffic returns to revision {}", r.id, r.from.map_or("(none)".into(), |f| f.to_string()))
+    };
+    let entry = AuditEntry {
+        id: 0,
+        at: now,
+        actor: actor(&headers),
+        action: action.into(),
+        target: name.clone(),
+        detail: serde_json::json!({"rollout": r.id}),
+        outcome: "accepted".into(),
+    };
+    d.store
+        .commit(&Change { rollout: Some(&r), audit: Some(&entry), now, ..Default::default() })
+        .map_err(ApiError::internal)?;
+    let id = r.id;
+    let to = r.to;
+    core.rollouts.insert(id, r);
+    drop(core);
+    d.notify.notify_one();
+    Ok(Json(RolloutAccepted { rollout: Some(id), revision: to, message, plan: vec![] }))
+}

@@ -1,0 +1,676 @@
+//! The supervisor: makes the running processes match the desired scale of
+//! each revision, probes them, restarts crashed ones with backoff, drains and
+//! stops surplus ones, and adopts the processes of a previous daemon.
+//!
+//! Architecture invariant: an instance's record is written to the store
+//! before its process starts, and marked `stopping` before it is drained, so
+//! a daemon killed at any point finds every process it started (by the marker
+//! in its environment) and knows what to do with it.
+
+use crate::clock::Clock;
+use crate::probe;
+use ferry_core::Millis;
+use ferry_core::revision::Revision;
+use ferry_core::rollout::{InstanceObs, ServiceState, is_available};
+use ferry_proxy::{RevisionStats, Upstream};
+use ferry_runtime as runtime;
+use ferry_store::{InstanceRecord, InstanceState, Store};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// An instance that stayed ready this long is healthy again: its crash
+/// counter resets.
+const HEALTHY_AFTER_MS: u64 = 10_000;
+/// Exits in a row without becoming healthy that make a crash loop.
+const CRASH_LOOP_AFTER: u32 = 3;
+const BACKOFF_START_MS: u64 = 250;
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Probe results, written by the probe tasks, read by the supervisor.
+#[derive(Debug, Default)]
+struct Health {
+    ready_since: Option<Millis>,
+    successes: u32,
+    failures: u32,
+    last_probe: Option<String>,
+    liveness_failed: Option<String>,
+}
+
+pub struct Instance {
+    pub rec: InstanceRecord,
+    child: Option<Child>,
+    running: bool,
+    adopted: bool,
+    health: Arc<Mutex<Health>>,
+    probes: Vec<JoinHandle<()>>,
+    upstream: Arc<Upstream>,
+    next_start_at: Millis,
+    consecutive_crashes: u32,
+    pub crash_loop: Option<String>,
+    pub last_exit: Option<String>,
+    stopping: bool,
+}
+
+impl Instance {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn ready_since(&self) -> Option<Millis> {
+        if self.running && !self.stopping {
+            self.health().ready_since
+        } else {
+            None
+        }
+    }
+    pub fn last_probe(&self) -> Option<String> {
+        self.health().last_probe.clone()
+    }
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+    pub fn in_flight(&self) -> usize {
+        self.upstream.in_flight()
+    }
+}
+
+/// A read-only view of an instance for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub revision: u64,
+    pub port: u16,
+    pub pid: Option<i32>,
+    pub state: String,
+    pub ready: bool,
+    pub restarts: u32,
+    pub last_probe: Option<String>,
+    pub last_exit: Option<String>,
+    pub log: String,
+}
+
+pub struct Supervisor {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    daemon_id: String,
+    data_dir: PathBuf,
+    pub instances: BTreeMap<String, Instance>,
+    revisions: BTreeMap<(String, u64), Arc<Revision>>,
+    stats: BTreeMap<(String, u64), Arc<RevisionStats>>,
+    stopped_tx: mpsc::UnboundedSender<String>,
+    stopped_rx: mpsc::UnboundedReceiver<String>,
+    last_rotation: Millis,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn new_token() -> String {
+    random_hex(24)
+}
+
+pub fn new_id() -> String {
+    random_hex(8)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn backoff(crashes: u32) -> u64 {
+    let shift = crashes.saturating_sub(1).min(16);
+    (BACKOFF_START_MS << shift).min(BACKOFF_MAX_MS)
+}
+
+impl Supervisor {
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, daemon_id: String, data_dir: PathBuf) -> Supervisor {
+        let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
+        Supervisor {
+            store,
+            clock,
+            daemon_id,
+            data_dir,
+            instances: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            stats: BTreeMap::new(),
+            stopped_tx,
+            stopped_rx,
+            last_rotation: 0,
+        }
+    }
+
+    fn marker(&self, id: &str) -> String {
+        format!("{}/{id}", self.daemon_id)
+    }
+
+    pub fn marker_prefix(&self) -> String {
+        format!("{}/", self.daemon_id)
+    }
+
+    /// The revision, from cache or store.
+    pub fn revision(&mut self, service: &str, number: u64) -> Option<Arc<Revision>> {
+        let key = (service.to_string(), number);
+        if let Some(r) = self.revisions.get(&key) {
+            return Some(r.clone());
+        }
+        let rev = Arc::new(self.store.revision(service, number).ok()??);
+        self.revisions.insert(key, rev.clone());
+        Some(rev)
+    }
+
+    pub fn stats(&mut self, service: &str, revision: u64) -> Arc<RevisionStats> {
+        self.stats
+            .entry((service.to_string(), revision))
+            .or_insert_with(RevisionStats::new)
+            .clone()
+    }
+
+    pub fn all_stats(&self) -> impl Iterator<Item = (&(String, u64), &Arc<RevisionStats>)> {
+        self.stats.iter()
+    }
+
+    /// After a restart: adopt the processes of recorded instances, forget
+    /// records whose process is gone (they restart), and stop every marked
+    /// process the store does not know (orphans, hooks of a dead daemon).
+    pub async fn restore(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let marked: BTreeMap<String, i32> = runtime::find_marked(&self.marker_prefix())
+            .into_iter()
+            .map(|(pid, m)| (m, pid))
+            .collect();
+        let records = self.store.instances().unwrap_or_default();
+        let known: BTreeSet<String> = records.iter().map(|r| self.marker(&r.id)).collect();
+        for (marker, pid) in &marked {
+            if !known.contains(marker) {
+                notes.push(format!("stopping orphan process {pid} ({marker})"));
+                runtime::stop_group(*pid, None, Duration::from_secs(5)).await;
+            }
+        }
+        let now = self.clock.now();
+        for rec in records {
+            let pid = marked.get(&self.marker(&rec.id)).copied();
+            let Some(rev) = self.revision(&rec.service, rec.revision) else {
+                let _ = self.store.delete_instance(&rec.id);
+                continue;
+            };
+            let stats = self.stats(&rec.service, rec.revision);
+            let addr = SocketAddr::from(([127, 0, 0, 1], rec.port));
+            let upstream = Upstream::new(rec.id.clone(), rec.revision, addr, stats);
+            let mut inst = Instance {
+                rec: rec.clone(),
+                child: None,
+                running: false,
+                adopted: false,
+                health: Arc::default(),
+                probes: Vec::new(),
+                upstream,
+                next_start_at: now,
+                consecutive_crashes: 0,
+                crash_loop: None,
+                last_exit: None,
+                stopping: rec.state == InstanceState::Stopping,
+            };
+            match pid {
+                Some(pid) => {
+                    inst.rec.pid = Some(pid);
+                    inst.running = true;
+                    inst.adopted = true;
+                    notes.push(format!("adopted instance {} (pid {pid})", rec.id));
+                    if inst.stopping {
+                        self.instances.insert(rec.id.clone(), inst);
+                        self.begin_stop(&rec.id, &rev);
+                        continue;
+                    }
+                    start_probes(&mut inst, &rev, self.clock.clone());
+                }
+                None if inst.stopping => {
+                    let _ = self.store.delete_instance(&rec.id);
+                    continue;
+                }
+                None => notes.push(format!("instance {} is gone; it will be started again", rec.id)),
+            }
+            self.instances.insert(rec.id.clone(), inst);
+        }
+        notes
+    }
+
+    /// One supervision pass: reap exits, restart, scale to `states`.
+    /// Returns human-readable notes for the log.
+    pub fn tick(&mut self, states: &BTreeMap<String, ServiceState>) -> Vec<String> {
+        let now = self.clock.now();
+        let mut notes = Vec::new();
+        while let Ok(id) = self.stopped_rx.try_recv() {
+            self.instances.remove(&id);
+            let _ = self.store.delete_instance(&id);
+            notes.push(format!("instance {id} stopped"));
+        }
+        let ids: Vec<String> = self.instances.keys().cloned().collect();
+        for id in &ids {
+            self.check_process(id, now, &mut notes);
+        }
+        self.scale(states, now, &mut notes);
+        if now.saturating_sub(self.last_rotation) >= 1000 {
+            self.last_rotation = now;
+            for inst in self.instances.values() {
+                let max = self
+                    .revisions
+                    .get(&(inst.rec.service.clone(), inst.rec.revision))
+                    .map_or(10 << 20, |r| r.spec.log_max_bytes);
+                let _ = runtime::rotate_if_needed(std::path::Path::new(&inst.rec.log_path), max);
+            }
+        }
+        notes
+    }
+
+    fn check_process(&mut self, id: &str, now: Millis, notes: &mut Vec<String>) {
+        let Some(rev) = self
+            .instances
+            .get(id)
+            .and_then(|i| self.revisions.get(&(i.rec.service.clone(), i.rec.revision)).cloned())
+        else {
+            return;
+        };
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        if inst.stopping {
+            return;
+        }
+        if inst.running {
+            let exited = match (&mut inst.child, inst.rec.pid) {
+                (Some(child), _) => match child.try_wait() {
+                    Ok(Some(status)) => Some(runtime::describe_exit(status)),
+                    Ok(None) => None,
+                    Err(e) => Some(format!("lost track of the process: {e}")),
+                },
+                (None, Some(pid)) => {
+                    let ours = runtime::marker_of(pid).is_some_and(|m| m == format!("{}/{id}", self.daemon_id));
+                    (!ours || !runtime::is_alive(pid)).then(|| "exited".to_string())
+                }
+                (None, None) => Some("no process".to_string()),
+            };
+            let liveness = inst.health().liveness_failed.clone();
+            if let Some(how) = exited {
+                let ready_since = inst.health().ready_since;
+                let was_healthy = ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS);
+                stop_probes(inst);
+                inst.running = false;
+                inst.child = None;
+                inst.upstream.close_idle();
+                inst.consecutive_crashes = if was_healthy { 1 } else { inst.consecutive_crashes + 1 };
+                let pending_reason = inst.last_exit.take().filter(|r| r.starts_with("liveness"));
+                let detail = match pending_reason {
+                    Some(r) => format!("{r}; {how}"),
+                    None => how,
+                };
+                inst.last_exit = Some(detail.clone());
+                inst.next_start_at = now + backoff(inst.consecutive_crashes);
+                inst.rec.restarts += 1;
+                if inst.consecutive_crashes >= CRASH_LOOP_AFTER {
+                    inst.crash_loop = Some(format!("{detail}, {} times in a row", inst.consecutive_crashes));
+                }
+                notes.push(format!(
+                    "instance {id} {detail}; restarting in {}ms",
+                    backoff(inst.consecutive_crashes)
+                ));
+                let _ = self.store.put_instance(&inst.rec);
+            } else if let Some(why) = liveness {
+                notes.push(format!("instance {id} failed its liveness probe ({why}); restarting it"));
+                inst.last_exit = Some(format!("liveness probe failed: {why}"));
+                inst.health().liveness_failed = None;
+                inst.health().ready_since = None;
+                if let Some(pid) = inst.rec.pid {
+                    runtime::signal_group(pid, runtime::Signal::SIGKILL);
+                }
+            } else if inst.crash_loop.is_some()
+                && inst.health().ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS)
+            {
+                inst.crash_loop = None;
+                inst.consecutive_crashes = 0;
+            }
+        } else if now >= inst.next_start_at {
+            let marker = format!("{}/{id}", self.daemon_id);
+            spawn_process(inst, &rev, marker, &self.store, self.clock.clone(), notes);
+        }
+    }
+
+    fn scale(&mut self, states: &BTreeMap<String, ServiceState>, now: Millis, notes: &mut Vec<String>) {
+        // Surplus first: instances of revisions no longer wanted.
+        let mut live: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
+        for (id, inst) in &self.instances {
+            if !inst.stopping {
+                live.entry((inst.rec.service.clone(), inst.rec.revision))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        let mut wanted: BTreeMap<(String, u64), u32> = BTreeMap::new();
+        for s in states.values() {
+            for (rev, n) in &s.scale {
+                wanted.insert((s.name.clone(), *rev), *n);
+            }
+        }
+        let keys: BTreeSet<(String, u64)> = live.keys().chain(wanted.keys()).cloned().collect();
+        for key in keys {
+            let want = wanted.get(&key).copied().unwrap_or(0) as usize;
+            let mut have = live.remove(&key).unwrap_or_default();
+            let Some(rev) = self.revision(&key.0, key.1) else { continue };
+            if have.len() > want {
+                // Stop the ones not serving first, then the newest.
+                let min_ready = rev.spec.deploy.min_ready.as_millis();
+                have.sort_by_key(|id| {
+                    let i = &self.instances[id];
+                    (is_available(i.ready_since(), min_ready, now), std::cmp::Reverse(i.rec.created_at))
+                });
+                for id in have.iter().take(have.len() - want) {
+                    notes.push(format!("draining instance {id}"));
+                    self.begin_stop(id, &rev);
+                }
+            }
+            for _ in have.len()..want {
+                match self.start_new(&rev, now) {
+                    Ok(id) => notes.push(format!("started instance {id} (revision {})", rev.number)),
+                    Err(e) => {
+                        notes.push(format!("cannot start an instance of {} revision {}: {e}", key.0, key.1));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_new(&mut self, rev: &Arc<Revision>, now: Millis) -> Result<String, String> {
+        let id = format!("{}-{}-{}", rev.service, rev.number, random_hex(3));
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let log_path = self.data_dir.join("logs").join(format!("{id}.log"));
+        let rec = InstanceRecord {
+            id: id.clone(),
+            service: rev.service.clone(),
+            revision: rev.number,
+            port,
+            pid: None,
+            state: InstanceState::Running,
+            created_at: now,
+            restarts: 0,
+            log_path: log_path.display().to_string(),
+        };
+        // Durable before the process exists.
+        self.store.put_instance(&rec).map_err(|e| e.to_string())?;
+        let stats = self.stats(&rev.service, rev.number);
+        let upstream = Upstream::new(id.clone(), rev.number, SocketAddr::from(([127, 0, 0, 1], port)), stats);
+        let mut inst = Instance {
+            rec,
+            child: None,
+            running: false,
+            adopted: false,
+            health: Arc::default(),
+            probes: Vec::new(),
+            upstream,
+            next_start_at: now,
+            consecutive_crashes: 0,
+            crash_loop: None,
+            last_exit: None,
+            stopping: false,
+        };
+        let mut notes = Vec::new();
+        spawn_process(&mut inst, rev, self.marker(&id), &self.store, self.clock.clone(), &mut notes);
+        self.instances.insert(id.clone(), inst);
+        Ok(id)
+    }
+
+    /// Mark stopping (durably), then drain and stop in the background.
+    fn begin_stop(&mut self, id: &str, rev: &Revision) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        inst.stopping = true;
+        inst.rec.state = InstanceState::Stopping;
+        let _ = self.store.put_instance(&inst.rec);
+        stop_probes(inst);
+        let pid = inst.running.then_some(inst.rec.pid).flatten();
+        let child = inst.child.take();
+        let upstream = inst.upstream.clone();
+        let drain = rev.spec.deploy.drain_timeout.0;
+        let grace = rev.spec.deploy.stop_timeout.0;
+        let done = self.stopped_tx.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            // Let the routing swap that removed it land, then drain.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let deadline = tokio::time::Instant::now() + drain;
+            while upstream.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            upstream.close_idle();
+            if let Some(pid) = pid {
+                let mut child = child;
+                runtime::stop_group(pid, child.as_mut(), grace).await;
+            }
+            let _ = done.send(id);
+        });
+    }
+
+    /// Stop everything (daemon shutdown): drain and stop all instances.
+    pub async fn stop_all(&mut self) {
+        let ids: Vec<String> = self.instances.keys().cloned().collect();
+        for id in &ids {
+            let Some(rev) = self
+                .instances
+                .get(id)
+                .and_then(|i| self.revisions.get(&(i.rec.service.clone(), i.rec.revision)).cloned())
+            else {
+                continue;
+            };
+            if !self.instances[id].stopping {
+                self.begin_stop(id, &rev);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !self.instances.is_empty() && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), self.stopped_rx.recv()).await {
+                Ok(Some(id)) => {
+                    self.instances.remove(&id);
+                    let _ = self.store.delete_instance(&id);
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// What the rollout machine sees of a service.
+    pub fn observe(&self, service: &str) -> Vec<InstanceObs> {
+        self.instances
+            .values()
+            .filter(|i| i.rec.service == service && !i.stopping)
+            .map(|i| InstanceObs {
+                id: i.rec.id.clone(),
+                revision: i.rec.revision,
+                created_at: i.rec.created_at,
+                ready_since: i.ready_since(),
+                crash_loop: i.crash_loop.clone(),
+                last_probe: if i.running {
+                    i.last_probe()
+                } else {
+                    i.last_exit.clone().or_else(|| i.last_probe())
+                },
+            })
+            .collect()
+    }
+
+    /// Upstreams that should receive traffic for `state` now.
+    pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
+        self.instances
+            .values()
+            .filter(|i| i.rec.service == state.name && state.traffic.contains(&i.rec.revision) && !i.stopping && i.running)
+            .filter(|i| {
+                let min_ready = self
+                    .revisions
+                    .get(&(i.rec.service.clone(), i.rec.revision))
+                    .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
+                is_available(i.ready_since(), min_ready, now)
+            })
+            .map(|i| i.upstream.clone())
+            .collect()
+    }
+
+    pub fn views(&self, service: &str) -> Vec<InstanceView> {
+        let now = self.clock.now();
+        self.instances
+            .values()
+            .filter(|i| i.rec.service == service)
+            .map(|i| {
+                let min_ready = self
+                    .revisions
+                    .get(&(i.rec.service.clone(), i.rec.revision))
+                    .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
+                let ready = i.ready_since();
+                let state = if i.stopping {
+                    "stopping"
+                } else if i.crash_loop.is_some() {
+                    "crash-loop"
+                } else if !i.running {
+                    "restarting"
+                } else if is_available(ready, min_ready, now) {
+                    "serving"
+                } else if ready.is_some() {
+                    "warming"
+                } else {
+                    "starting"
+                };
+                InstanceView {
+                    id: i.rec.id.clone(),
+                    revision: i.rec.revision,
+                    port: i.rec.port,
+                    pid: i.rec.pid,
+                    state: state.into(),
+                    ready: ready.is_some(),
+                    restarts: i.rec.restarts,
+                    last_probe: i.last_probe(),
+                    last_exit: i.last_exit.clone(),
+                    log: i.rec.log_path.clone(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn log_path(&self, id: &str) -> Option<PathBuf> {
+        self.instances.get(id).map(|i| PathBuf::from(&i.rec.log_path))
+    }
+}
+
+fn stop_probes(inst: &mut Instance) {
+    for p in inst.probes.drain(..) {
+        p.abort();
+    }
+    *inst.health() = Health::default();
+}
+
+fn spawn_process(
+    inst: &mut Instance,
+    rev: &Revision,
+    marker: String,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+    notes: &mut Vec<String>,
+) {
+    let spec = runtime::SpawnSpec {
+        argv: rev.argv(inst.rec.port),
+        env: rev.env(inst.rec.port),
+        workdir: rev.workdir(),
+        log_path: PathBuf::from(&inst.rec.log_path),
+        marker,
+    };
+    let now = clock.now();
+    match runtime::spawn(&spec) {
+        Ok(child) => {
+            inst.rec.pid = child.id().map(|p| p as i32);
+            inst.child = Some(child);
+            inst.running = true;
+            inst.adopted = false;
+            let _ = store.put_instance(&inst.rec);
+            start_probes(inst, rev, clock);
+        }
+        Err(e) => {
+            inst.consecutive_crashes += 1;
+            inst.next_start_at = now + backoff(inst.consecutive_crashes);
+            inst.last_exit = Some(e.to_string());
+            if inst.consecutive_crashes >= CRASH_LOOP_AFTER {
+                inst.crash_loop = Some(format!("{e}, {} times in a row", inst.consecutive_crashes));
+            }
+            notes.push(format!("instance {}: {e}", inst.rec.id));
+        }
+    }
+}
+
+fn start_probes(inst: &mut Instance, rev: &Revision, clock: Arc<dyn Clock>) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], inst.rec.port));
+    let readiness = rev.spec.readiness_probe();
+    let health = inst.health.clone();
+    let adopted = inst.adopted;
+    let c = clock.clone();
+    inst.probes.push(tokio::spawn(async move {
+        tokio::time::sleep(readiness.initial_delay.0).await;
+        loop {
+            let r = probe::check(&readiness, addr).await;
+            {
+                let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+                h.last_probe = Some(r.detail);
+                if r.ok {
+                    h.successes += 1;
+                    h.failures = 0;
+                    if h.ready_since.is_none() && h.successes >= readiness.success_threshold {
+                        // An adopted instance already served before the restart.
+                        h.ready_since = Some(if adopted { 0 } else { c.now() });
+                    }
+                } else {
+                    h.failures += 1;
+                    h.successes = 0;
+                    if h.failures >= readiness.failure_threshold {
+                        h.ready_since = None;
+                    }
+                }
+            }
+            tokio::time::sleep(probe::interval(&readiness)).await;
+        }
+    }));
+    if let Some(liveness) = rev.spec.liveness.clone() {
+        let health = inst.health.clone();
+        inst.probes.push(tokio::spawn(async move {
+            // Liveness is judged once the instance has been ready: a slow
+            // start is the readiness probe's and deploy_timeout's business.
+            loop {
+                let ready = health.lock().unwrap_or_else(|p| p.into_inner()).ready_since.is_some();
+                if ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(liveness.initial_delay.0).await;
+            let mut failures = 0;
+            loop {
+                let r = probe::check(&liveness, addr).await;
+                if r.ok {
+                    failures = 0;
+                } else {
+                    failures += 1;
+                    if failures >= liveness.failure_threshold {
+                        health.lock().unwrap_or_else(|p| p.into_inner()).liveness_failed = Some(r.detail);
+                        return;
+                    }
+                }
+                tokio::time::sleep(probe::interval(&liveness)).await;
+            }
+        }));
+    }
+}

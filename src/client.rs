@@ -1,0 +1,144 @@
+//! The API client the CLI uses: finds the daemon (flags, environment, or
+//! the data dir's `api.json` and `token`), sends requests, and turns API
+//! errors into exit codes.
+
+use ferry_server::api::{ACTOR_HEADER, ErrorBody};
+use ferry_server::{API_FILE, ApiInfo, TOKEN_FILE};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Exit codes: 0 ok, 1 the operation failed, 2 usage or config error.
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// An error for the user, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError { code: EXIT_USAGE, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> CliError {
+        CliError { code: EXIT_FAILED, message: message.into() }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+pub struct Client {
+    pub base: String,
+    token: String,
+    http: reqwest::Client,
+    actor: String,
+}
+
+impl Client {
+    /// Find the daemon: `--api`/`--token` (or FERRY_API/FERRY_TOKEN) win;
+    /// otherwise read them from the data dir.
+    pub fn discover(api: Option<&str>, token: Option<&str>, data_dir: &Path) -> CliResult<Client> {
+        let base = match api {
+            Some(a) => a.trim_end_matches('/').to_string(),
+            None => {
+                let path = data_dir.join(API_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    CliError::failed(format!(
+                        "cannot find a running ferry daemon: {} ({e}). Start one with `ferry serve --data-dir {}`, or pass --api URL",
+                        path.display(),
+                        data_dir.display()
+                    ))
+                })?;
+                let info: ApiInfo = serde_json::from_str(&text)
+                    .map_err(|e| CliError::failed(format!("{} is not readable ({e}); restart `ferry serve`", path.display())))?;
+                info.url
+            }
+        };
+        let token = match token {
+            Some(t) => t.to_string(),
+            None => {
+                let path = data_dir.join(TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| {
+                        CliError::usage(format!(
+                            "no API token: cannot read {} ({e}); pass --token or set FERRY_TOKEN",
+                            path.display()
+                        ))
+                    })?
+            }
+        };
+        Ok(Client::new(base, token))
+    }
+
+    pub fn new(base: String, token: String) -> Client {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        Client {
+            base,
+            token,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("a plain HTTP client builds"),
+            actor: format!("{user}@{host}"),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> CliResult<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> CliResult<T> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .header(ACTOR_HEADER, &self.actor)
+            .send()
+            .await
+            .map_err(|e| {
+                CliError::failed(format!(
+                    "cannot reach the ferry daemon at {}: {}. Is `ferry serve` running?",
+                    self.base,
+                    error_chain(&e)
+                ))
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| CliError::failed(format!("reading the daemon's answer: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| CliError::failed(format!("unexpected answer from the daemon ({e})")));
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+        let code = match status.as_u16() {
+            400 | 401 | 403 | 404 | 422 => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+        Err(CliError { code, message })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

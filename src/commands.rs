@@ -1,0 +1,399 @@
+//! The client commands: each reads its input, validates it up front, calls
+//! the API and prints for people (text) or machines (`--output json`).
+
+use crate::client::{CliError, CliResult, Client};
+use ferry_core::config::{self, Config};
+use ferry_core::redact;
+use ferry_core::revision::check_version;
+use ferry_core::spec::{Strategy, valid_env_name};
+use ferry_server::api::{DeployRequest, HistoryEntry, RollbackRequest, RolloutAccepted, RolloutView, ServiceStatus};
+use ferry_store::{AuditEntry, StoredEvent};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Read and validate a config file; exit 2 with every problem on failure.
+pub fn load_config(path: &Path) -> CliResult<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read {}: {e}. Create one with `ferry init`, or pass --config FILE",
+            path.display()
+        ))
+    })?;
+    config::parse(path, &text).map_err(|errors| {
+        let n = errors.len();
+        let list: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
+        CliError::usage(format!(
+            "{}\n{} has {n} problem{}; nothing was changed",
+            list.join("\n"),
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ))
+    })
+}
+
+pub fn init(path: &Path, force: bool) -> CliResult<()> {
+    if path.exists() && !force {
+        return Err(CliError::failed(format!(
+            "{} already exists; keep it, or overwrite it with `ferry init --force`",
+            path.display()
+        )));
+    }
+    std::fs::write(path, config::EXAMPLE).map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+    println!("wrote {}: an example service `web`. Check it with `ferry check`.", path.display());
+    Ok(())
+}
+
+/// `ferry check`: the file parses, validates, and each `listen` is free (or
+/// already served by this daemon for the same service).
+pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliResult<()> {
+    let cfg = load_config(path)?;
+    let ours: BTreeMap<String, String> = match &client {
+        Some(c) => c
+            .get::<Vec<ServiceStatus>>("/v1/services")
+            .await
+            .map(|list| list.into_iter().filter_map(|s| Some((s.name, s.listen?))).collect())
+            .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let mut problems = Vec::new();
+    for (name, spec) in &cfg.services {
+        let addr = spec.listen_addr().expect("validated");
+        if ours.get(name).is_some_and(|l| l.parse().ok() == Some(addr)) {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let p = ferry_core::spec::Problem {
+                path: vec!["services".into(), name.clone(), "listen".into()],
+                message: format!("{addr} is already in use ({e}); stop what listens there or choose another address"),
+            };
+            problems.push(format!("error: {}", config::positioned(path, &text, &p)));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CliError::usage(format!("{}\nnothing was changed", problems.join("\n"))));
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::json!({"ok": true, "file": path, "services": cfg.services.keys().collect::<Vec<_>>()})),
+        Output::Text => {
+            let names: Vec<&String> = cfg.services.keys().collect();
+            println!(
+                "{}: OK ({} service{}: {})",
+                path.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub struct DeployArgs {
+    pub service: String,
+    pub version: String,
+    pub strategy: Option<String>,
+    pub set: Vec<String>,
+    pub message: Option<String>,
+    pub dry_run: bool,
+    pub auto_approve: bool,
+    pub detach: bool,
+    pub config: PathBuf,
+}
+
+/// Everything about a deploy that can be checked without the daemon.
+pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
+    let cfg = load_config(&args.config)?;
+    let Some(spec) = cfg.services.get(&args.service) else {
+        let known: Vec<&str> = cfg.services.keys().map(|s| s.as_str()).collect();
+        return Err(CliError::usage(format!(
+            "{} declares no service `{}`; it declares: {}",
+            args.config.display(),
+            args.service,
+            if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+        )));
+    };
+    check_version(&args.version).map_err(CliError::usage)?;
+    let strategy = match &args.strategy {
+        None => None,
+        Some(s) => Some(Strategy::parse(s).ok_or_else(|| {
+            CliError::usage(format!("--strategy `{s}` is not a strategy; use rolling or blue-green"))
+        })?),
+    };
+    let mut overrides = BTreeMap::new();
+    for kv in &args.set {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(CliError::usage(format!("--set `{kv}` needs the form KEY=VALUE")));
+        };
+        if !valid_env_name(k) {
+            return Err(CliError::usage(format!("--set: `{k}` is not a valid environment variable name")));
+        }
+        overrides.insert(k.to_string(), v.to_string());
+    }
+    let file = args.config.canonicalize().map_err(|e| CliError::usage(format!("{}: {e}", args.config.display())))?;
+    let base_dir = file.parent().unwrap_or(Path::new("/")).display().to_string();
+    Ok(DeployRequest {
+        spec: spec.clone(),
+        version: args.version.clone(),
+        overrides,
+        message: args.message.clone(),
+        strategy,
+        auto_approve: args.auto_approve,
+        dry_run: args.dry_run,
+        base_dir,
+        config_file: file.display().to_string(),
+    })
+}
+
+pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliResult<()> {
+    let req = build_deploy(args)?;
+    let accepted: RolloutAccepted = client.post(&format!("/v1/services/{}/deploys", args.service), &req).await?;
+    if args.dry_run {
+        match output {
+            Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
+            Output::Text => {
+                println!("{}", accepted.message);
+                for line in &accepted.plan {
+                    println!("  - {line}");
+                }
+                println!("(dry run: nothing was changed)");
+            }
+        }
+        return Ok(());
+    }
+    let id = accepted.rollout.unwrap_or_default();
+    if args.detach || output == Output::Json {
+        report_start(&accepted, output);
+    }
+    if args.detach {
+        if output == Output::Text {
+            println!("detached; follow it with `ferry status {}`", args.service);
+        }
+        return Ok(());
+    }
+    watch(client, id, output).await
+}
+
+fn report_start(accepted: &RolloutAccepted, output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::json!({"type": "accepted", "rollout": accepted.rollout, "revision": accepted.revision, "message": accepted.message})),
+        Output::Text => println!("{}", accepted.message),
+    }
+}
+
+/// Follow a rollout until it ends. Ctrl-C stops watching, not the rollout.
+pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
+    let tty = output == Output::Text && std::io::stdout().is_terminal();
+    let bar = tty.then(|| {
+        let pb = indicatif::ProgressBar::new(1);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} available  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    });
+    let mut after = 0;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let events: Vec<StoredEvent> = client.get(&format!("/v1/rollouts/{id}/events?after={after}")).await?;
+        for e in &events {
+            after = after.max(e.seq);
+            match output {
+                Output::Json => println!("{}", serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": ferry_server::clock::rfc3339(e.at), "kind": e.kind, "message": e.message})),
+                Output::Text => {
+                    let line = format!("  {} {}", ferry_server::clock::rfc3339(e.at).get(11..19).unwrap_or(""), e.message);
+                    match &bar {
+                        Some(pb) => pb.println(line),
+                        None => println!("{line}"),
+                    }
+                }
+            }
+        }
+        let view: RolloutView = client.get(&format!("/v1/rollouts/{id}")).await?;
+        if let Some(pb) = &bar {
+            pb.set_length(view.rollout.params.instances as u64);
+            pb.set_position(view.available as u64);
+            pb.set_message(format!("{:?}", view.rollout.phase).to_lowercase());
+        }
+        if view.rollout.is_done() && events.is_empty() {
+            if let Some(pb) = &bar {
+                pb.finish_and_clear();
+            }
+            return finish(&view, output);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = &mut interrupted => {
+                if let Some(pb) = &bar { pb.finish_and_clear(); }
+                eprintln!("stopped watching; rollout {id} goes on in the daemon. Follow it with `ferry status {}`", view.rollout.service);
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
+fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
+    let r = &view.rollout;
+    let outcome = r.outcome.map(|o| o.as_str()).unwrap_or("unknown");
+    let reason = r.reason.clone().unwrap_or_default();
+    if output == Output::Json {
+        println!("{}", serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": outcome, "reason": reason}));
+    } else if outcome == "succeeded" {
+        println!("rollout {} succeeded: revision {} ({}) of {} is serving", r.id, r.to, view.to_version, r.service);
+    }
+    if outcome == "succeeded" {
+        return Ok(());
+    }
+    let mut message = format!("rollout {} {outcome}: {reason}", r.id);
+    if let Some(hook) = &r.hook
+        && !hook.ok
+        && !hook.output.is_empty()
+    {
+        message.push_str(&format!("\npre_deploy output:\n{}", hook.output));
+    }
+    if let Some(from) = r.from {
+        message.push_str(&format!("\ntraffic stays on revision {from}"));
+    }
+    Err(CliError::failed(message))
+}
+
+pub async fn rollback(client: &Client, service: &str, to: Option<u64>, detach: bool, output: Output) -> CliResult<()> {
+    let accepted: RolloutAccepted = client
+        .post(&format!("/v1/services/{service}/rollback"), &RollbackRequest { to_revision: to })
+        .await?;
+    report_start(&accepted, output);
+    match accepted.rollout {
+        Some(id) if !detach => watch(client, id, output).await,
+        _ => Ok(()),
+    }
+}
+
+pub async fn gate(client: &Client, service: &str, action: &str, output: Output) -> CliResult<()> {
+    let accepted: RolloutAccepted = client
+        .post(&format!("/v1/services/{service}/{action}"), &serde_json::json!({}))
+        .await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
+        Output::Text => println!("{}", accepted.message),
+    }
+    Ok(())
+}
+
+pub async fn status(client: &Client, service: Option<&str>, output: Output) -> CliResult<()> {
+    let list: Vec<ServiceStatus> = match service {
+        Some(s) => vec![client.get(&format!("/v1/services/{s}")).await?],
+        None => client.get("/v1/services").await?,
+    };
+    if output == Output::Json {
+        let v = if service.is_some() { serde_json::to_value(&list[0]) } else { serde_json::to_value(&list) };
+        println!("{}", v.unwrap_or_default());
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no services deployed yet; try `ferry deploy web --version v1`");
+    }
+    for s in &list {
+        let serving = s.instances.iter().filter(|i| i.state == "serving" && s.traffic.contains(&i.revision)).count();
+        println!(
+            "{}  listen {}  revision {} ({})  serving {serving}  traffic → {}",
+            s.name,
+            s.listen.as_deref().unwrap_or("-"),
+            s.stable.map_or("-".into(), |n| n.to_string()),
+            s.version.as_deref().unwrap_or("-"),
+            s.traffic.iter().map(|t| format!("rev {t}")).collect::<Vec<_>>().join(", ")
+        );
+        if let Some(r) = &s.rollout {
+            println!(
+                "  rollout {}: {} to revision {} ({}), {:?}, {}/{} available",
+                r.rollout.id,
+                r.rollout.strategy.as_str(),
+                r.rollout.to,
+                r.to_version,
+                r.rollout.phase,
+                r.available,
+                r.rollout.params.instances
+            );
+        }
+        println!("  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE", "INSTANCE", "REV", "STATE", "PORT", "PID", "RESTARTS");
+        for i in &s.instances {
+            println!(
+                "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
+                i.id,
+                i.revision,
+                i.state,
+                i.port,
+                i.pid.map_or("-".into(), |p| p.to_string()),
+                i.restarts,
+                i.last_exit.as_deref().filter(|_| i.state != "serving").or(i.last_probe.as_deref()).unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn history(client: &Client, service: &str, output: Output) -> CliResult<()> {
+    let entries: Vec<HistoryEntry> = client.get(&format!("/v1/services/{service}/history")).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} DETAIL", "ROLLOUT", "KIND", "REV", "VERSION", "STRATEGY", "OUTCOME", "STARTED");
+    for e in &entries {
+        let outcome = e.outcome.clone().unwrap_or_else(|| "running".into());
+        let detail = match (&e.message, &e.reason) {
+            (Some(m), Some(r)) if outcome != "succeeded" => format!("{m} — {}", first_line(r)),
+            (Some(m), _) => m.clone(),
+            (None, Some(r)) if outcome != "succeeded" => first_line(r),
+            _ => String::new(),
+        };
+        println!(
+            "{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} {detail}",
+            e.rollout,
+            format!("{:?}", e.kind).to_lowercase(),
+            e.revision,
+            e.version,
+            e.strategy.as_str(),
+            outcome,
+            e.started_at.get(..19).unwrap_or(&e.started_at),
+        );
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()> {
+    let entries: Vec<AuditEntry> = client.get(&format!("/v1/audit?limit={limit}")).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{:<24} {:<34} {:<18} {:<10} OUTCOME", "AT", "ACTOR", "ACTION", "TARGET");
+    for e in &entries {
+        let mut detail = e.detail.clone();
+        redact::redact_json(&mut detail);
+        println!(
+            "{:<24} {:<34} {:<18} {:<10} {}",
+            ferry_server::clock::rfc3339(e.at),
+            e.actor,
+            e.action,
+            e.target,
+            e.outcome
+        );
+    }
+    Ok(())
+}
