@@ -21,10 +21,16 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { code: EXIT_USAGE, message: message.into() }
+        CliError {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> CliError {
-        CliError { code: EXIT_FAILED, message: message.into() }
+        CliError {
+            code: EXIT_FAILED,
+            message: message.into(),
+        }
     }
 }
 
@@ -52,8 +58,12 @@ impl Client {
                         data_dir.display()
                     ))
                 })?;
-                let info: ApiInfo = serde_json::from_str(&text)
-                    .map_err(|e| CliError::failed(format!("{} is not readable ({e}); restart `ferry serve`", path.display())))?;
+                let info: ApiInfo = serde_json::from_str(&text).map_err(|e| {
+                    CliError::failed(format!(
+                        "{} is not readable ({e}); restart `ferry serve`",
+                        path.display()
+                    ))
+                })?;
                 info.url
             }
         };
@@ -76,7 +86,9 @@ impl Client {
 
     pub fn new(base: String, token: String) -> Client {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
         Client {
             base,
             token,
@@ -89,11 +101,17 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
-    pub async fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> CliResult<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    pub async fn post<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> CliResult<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> CliResult<T> {

@@ -6,7 +6,9 @@ use ferry_core::config::{self, Config};
 use ferry_core::redact;
 use ferry_core::revision::check_version;
 use ferry_core::spec::{Strategy, valid_env_name};
-use ferry_server::api::{DeployRequest, HistoryEntry, RollbackRequest, RolloutAccepted, RolloutView, ServiceStatus};
+use ferry_server::api::{
+    DeployRequest, HistoryEntry, RollbackRequest, RolloutAccepted, RolloutView, ServiceStatus,
+};
 use ferry_store::{AuditEntry, StoredEvent};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -47,8 +49,12 @@ pub fn init(path: &Path, force: bool) -> CliResult<()> {
             path.display()
         )));
     }
-    std::fs::write(path, config::EXAMPLE).map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
-    println!("wrote {}: an example service `web`. Check it with `ferry check`.", path.display());
+    std::fs::write(path, config::EXAMPLE)
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+    println!(
+        "wrote {}: an example service `web`. Check it with `ferry check`.",
+        path.display()
+    );
     Ok(())
 }
 
@@ -60,7 +66,11 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
         Some(c) => c
             .get::<Vec<ServiceStatus>>("/v1/services")
             .await
-            .map(|list| list.into_iter().filter_map(|s| Some((s.name, s.listen?))).collect())
+            .map(|list| {
+                list.into_iter()
+                    .filter_map(|s| Some((s.name, s.listen?)))
+                    .collect()
+            })
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
@@ -74,16 +84,24 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let p = ferry_core::spec::Problem {
                 path: vec!["services".into(), name.clone(), "listen".into()],
-                message: format!("{addr} is already in use ({e}); stop what listens there or choose another address"),
+                message: format!(
+                    "{addr} is already in use ({e}); stop what listens there or choose another address"
+                ),
             };
             problems.push(format!("error: {}", config::positioned(path, &text, &p)));
         }
     }
     if !problems.is_empty() {
-        return Err(CliError::usage(format!("{}\nnothing was changed", problems.join("\n"))));
+        return Err(CliError::usage(format!(
+            "{}\nnothing was changed",
+            problems.join("\n")
+        )));
     }
     match output {
-        Output::Json => println!("{}", serde_json::json!({"ok": true, "file": path, "services": cfg.services.keys().collect::<Vec<_>>()})),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"ok": true, "file": path, "services": cfg.services.keys().collect::<Vec<_>>()})
+        ),
         Output::Text => {
             let names: Vec<&String> = cfg.services.keys().collect();
             println!(
@@ -91,7 +109,11 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
                 path.display(),
                 names.len(),
                 if names.len() == 1 { "" } else { "s" },
-                names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -119,28 +141,45 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
             "{} declares no service `{}`; it declares: {}",
             args.config.display(),
             args.service,
-            if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     };
     check_version(&args.version).map_err(CliError::usage)?;
     let strategy = match &args.strategy {
         None => None,
         Some(s) => Some(Strategy::parse(s).ok_or_else(|| {
-            CliError::usage(format!("--strategy `{s}` is not a strategy; use rolling or blue-green"))
+            CliError::usage(format!(
+                "--strategy `{s}` is not a strategy; use rolling or blue-green"
+            ))
         })?),
     };
     let mut overrides = BTreeMap::new();
     for kv in &args.set {
         let Some((k, v)) = kv.split_once('=') else {
-            return Err(CliError::usage(format!("--set `{kv}` needs the form KEY=VALUE")));
+            return Err(CliError::usage(format!(
+                "--set `{kv}` needs the form KEY=VALUE"
+            )));
         };
         if !valid_env_name(k) {
-            return Err(CliError::usage(format!("--set: `{k}` is not a valid environment variable name")));
+            return Err(CliError::usage(format!(
+                "--set: `{k}` is not a valid environment variable name"
+            )));
         }
         overrides.insert(k.to_string(), v.to_string());
     }
-    let file = args.config.canonicalize().map_err(|e| CliError::usage(format!("{}: {e}", args.config.display())))?;
-    let base_dir = file.parent().unwrap_or(Path::new("/")).display().to_string();
+    let file = args
+        .config
+        .canonicalize()
+        .map_err(|e| CliError::usage(format!("{}: {e}", args.config.display())))?;
+    let base_dir = file
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
     Ok(DeployRequest {
         spec: spec.clone(),
         version: args.version.clone(),
@@ -156,7 +195,9 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
 
 pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliResult<()> {
     let req = build_deploy(args)?;
-    let accepted: RolloutAccepted = client.post(&format!("/v1/services/{}/deploys", args.service), &req).await?;
+    let accepted: RolloutAccepted = client
+        .post(&format!("/v1/services/{}/deploys", args.service), &req)
+        .await?;
     if args.dry_run {
         match output {
             Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
@@ -185,7 +226,10 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
 
 fn report_start(accepted: &RolloutAccepted, output: Output) {
     match output {
-        Output::Json => println!("{}", serde_json::json!({"type": "accepted", "rollout": accepted.rollout, "revision": accepted.revision, "message": accepted.message})),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"type": "accepted", "rollout": accepted.rollout, "revision": accepted.revision, "message": accepted.message})
+        ),
         Output::Text => println!("{}", accepted.message),
     }
 }
@@ -196,9 +240,11 @@ pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
     let bar = tty.then(|| {
         let pb = indicatif::ProgressBar::new(1);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} available  {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} available  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         pb.enable_steady_tick(Duration::from_millis(120));
         pb
@@ -207,13 +253,22 @@ pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
-        let events: Vec<StoredEvent> = client.get(&format!("/v1/rollouts/{id}/events?after={after}")).await?;
+        let events: Vec<StoredEvent> = client
+            .get(&format!("/v1/rollouts/{id}/events?after={after}"))
+            .await?;
         for e in &events {
             after = after.max(e.seq);
             match output {
-                Output::Json => println!("{}", serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": ferry_server::clock::rfc3339(e.at), "kind": e.kind, "message": e.message})),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": ferry_server::clock::rfc3339(e.at), "kind": e.kind, "message": e.message})
+                ),
                 Output::Text => {
-                    let line = format!("  {} {}", ferry_server::clock::rfc3339(e.at).get(11..19).unwrap_or(""), e.message);
+                    let line = format!(
+                        "  {} {}",
+                        ferry_server::clock::rfc3339(e.at).get(11..19).unwrap_or(""),
+                        e.message
+                    );
                     match &bar {
                         Some(pb) => pb.println(line),
                         None => println!("{line}"),
@@ -249,9 +304,15 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
     let outcome = r.outcome.map(|o| o.as_str()).unwrap_or("unknown");
     let reason = r.reason.clone().unwrap_or_default();
     if output == Output::Json {
-        println!("{}", serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": outcome, "reason": reason}));
+        println!(
+            "{}",
+            serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": outcome, "reason": reason})
+        );
     } else if outcome == "succeeded" {
-        println!("rollout {} succeeded: revision {} ({}) of {} is serving", r.id, r.to, view.to_version, r.service);
+        println!(
+            "rollout {} succeeded: revision {} ({}) of {} is serving",
+            r.id, r.to, view.to_version, r.service
+        );
     }
     if outcome == "succeeded" {
         return Ok(());
@@ -269,9 +330,18 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
     Err(CliError::failed(message))
 }
 
-pub async fn rollback(client: &Client, service: &str, to: Option<u64>, detach: bool, output: Output) -> CliResult<()> {
+pub async fn rollback(
+    client: &Client,
+    service: &str,
+    to: Option<u64>,
+    detach: bool,
+    output: Output,
+) -> CliResult<()> {
     let accepted: RolloutAccepted = client
-        .post(&format!("/v1/services/{service}/rollback"), &RollbackRequest { to_revision: to })
+        .post(
+            &format!("/v1/services/{service}/rollback"),
+            &RollbackRequest { to_revision: to },
+        )
         .await?;
     report_start(&accepted, output);
     match accepted.rollout {
@@ -282,7 +352,10 @@ pub async fn rollback(client: &Client, service: &str, to: Option<u64>, detach: b
 
 pub async fn gate(client: &Client, service: &str, action: &str, output: Output) -> CliResult<()> {
     let accepted: RolloutAccepted = client
-        .post(&format!("/v1/services/{service}/{action}"), &serde_json::json!({}))
+        .post(
+            &format!("/v1/services/{service}/{action}"),
+            &serde_json::json!({}),
+        )
         .await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
@@ -297,7 +370,11 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
         None => client.get("/v1/services").await?,
     };
     if output == Output::Json {
-        let v = if service.is_some() { serde_json::to_value(&list[0]) } else { serde_json::to_value(&list) };
+        let v = if service.is_some() {
+            serde_json::to_value(&list[0])
+        } else {
+            serde_json::to_value(&list)
+        };
         println!("{}", v.unwrap_or_default());
         return Ok(());
     }
@@ -305,14 +382,22 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
         println!("no services deployed yet; try `ferry deploy web --version v1`");
     }
     for s in &list {
-        let serving = s.instances.iter().filter(|i| i.state == "serving" && s.traffic.contains(&i.revision)).count();
+        let serving = s
+            .instances
+            .iter()
+            .filter(|i| i.state == "serving" && s.traffic.contains(&i.revision))
+            .count();
         println!(
             "{}  listen {}  revision {} ({})  serving {serving}  traffic → {}",
             s.name,
             s.listen.as_deref().unwrap_or("-"),
             s.stable.map_or("-".into(), |n| n.to_string()),
             s.version.as_deref().unwrap_or("-"),
-            s.traffic.iter().map(|t| format!("rev {t}")).collect::<Vec<_>>().join(", ")
+            s.traffic
+                .iter()
+                .map(|t| format!("rev {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if let Some(r) = &s.rollout {
             println!(
@@ -326,7 +411,10 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 r.rollout.params.instances
             );
         }
-        println!("  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE", "INSTANCE", "REV", "STATE", "PORT", "PID", "RESTARTS");
+        println!(
+            "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE",
+            "INSTANCE", "REV", "STATE", "PORT", "PID", "RESTARTS"
+        );
         for i in &s.instances {
             println!(
                 "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
@@ -336,7 +424,11 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 i.port,
                 i.pid.map_or("-".into(), |p| p.to_string()),
                 i.restarts,
-                i.last_exit.as_deref().filter(|_| i.state != "serving").or(i.last_probe.as_deref()).unwrap_or("-")
+                i.last_exit
+                    .as_deref()
+                    .filter(|_| i.state != "serving")
+                    .or(i.last_probe.as_deref())
+                    .unwrap_or("-")
             );
         }
     }
@@ -344,12 +436,17 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
 }
 
 pub async fn history(client: &Client, service: &str, output: Output) -> CliResult<()> {
-    let entries: Vec<HistoryEntry> = client.get(&format!("/v1/services/{service}/history")).await?;
+    let entries: Vec<HistoryEntry> = client
+        .get(&format!("/v1/services/{service}/history"))
+        .await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string(&entries).unwrap_or_default());
         return Ok(());
     }
-    println!("{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} DETAIL", "ROLLOUT", "KIND", "REV", "VERSION", "STRATEGY", "OUTCOME", "STARTED");
+    println!(
+        "{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} DETAIL",
+        "ROLLOUT", "KIND", "REV", "VERSION", "STRATEGY", "OUTCOME", "STARTED"
+    );
     for e in &entries {
         let outcome = e.outcome.clone().unwrap_or_else(|| "running".into());
         let detail = match (&e.message, &e.reason) {
@@ -382,7 +479,10 @@ pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()>
         println!("{}", serde_json::to_string(&entries).unwrap_or_default());
         return Ok(());
     }
-    println!("{:<24} {:<34} {:<18} {:<10} OUTCOME", "AT", "ACTOR", "ACTION", "TARGET");
+    println!(
+        "{:<24} {:<34} {:<18} {:<10} OUTCOME",
+        "AT", "ACTOR", "ACTION", "TARGET"
+    );
     for e in &entries {
         let mut detail = e.detail.clone();
         redact::redact_json(&mut detail);

@@ -19,7 +19,11 @@ fn free_port() -> CliResult<u16> {
 }
 
 fn demo_config(exe: &Path, port: u16) -> String {
-    let exe = exe.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let exe = exe
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     format!(
         r#"# Written by `ferry demo`.
 [services.web]
@@ -56,17 +60,22 @@ fn say(text: &str) {
 }
 
 pub async fn run() -> CliResult<()> {
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find the ferry binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::failed(format!("cannot find the ferry binary: {e}")))?;
     let dir = tempfile::Builder::new()
         .prefix("ferry-demo-")
         .tempdir()
         .map_err(|e| CliError::failed(format!("cannot create a temporary dir: {e}")))?;
     let port = free_port()?;
     let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, demo_config(&exe, port)).map_err(|e| CliError::failed(e.to_string()))?;
+    std::fs::write(&config, demo_config(&exe, port))
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let data_dir = dir.path().join("data");
 
-    say(&format!("starting a ferry daemon (data dir {})", data_dir.display()));
+    say(&format!(
+        "starting a ferry daemon (data dir {})",
+        data_dir.display()
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let serve_config = ferry_server::ServeConfig {
@@ -116,7 +125,10 @@ fn versions(load: &LoadGen) -> String {
     if w.is_empty() {
         return "(none)".into();
     }
-    w.iter().map(|(v, n)| format!("{v}×{n}")).collect::<Vec<_>>().join(", ")
+    w.iter()
+        .map(|(v, n)| format!("{v}×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn tally(load: &LoadGen) -> String {
@@ -125,8 +137,17 @@ fn tally(load: &LoadGen) -> String {
 }
 
 async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
-    say("1/4 first deploy: web v1, 3 instances behind the proxy on 127.0.0.1:{port}".replace("{port}", &port.to_string()).as_str());
-    commands::deploy(client, &deploy_args(config, "v1", "rolling", &[]), Output::Text).await?;
+    say(
+        "1/4 first deploy: web v1, 3 instances behind the proxy on 127.0.0.1:{port}"
+            .replace("{port}", &port.to_string())
+            .as_str(),
+    );
+    commands::deploy(
+        client,
+        &deploy_args(config, "v1", "rolling", &[]),
+        Output::Text,
+    )
+    .await?;
 
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let mut load_config = LoadConfig::new(target);
@@ -135,27 +156,48 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
     load_config.max_duration = Duration::from_secs(300);
     let load = LoadGen::start(load_config);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    say(&format!("steady traffic: 8 keep-alive clients, ~320 requests/s; answering: {}", versions(&load)));
+    say(&format!(
+        "steady traffic: 8 keep-alive clients, ~320 requests/s; answering: {}",
+        versions(&load)
+    ));
 
     say("2/4 rolling deploy of v2 under traffic (max_surge 1, max_unavailable 0)");
-    commands::deploy(client, &deploy_args(config, "v2", "rolling", &[]), Output::Text).await?;
+    commands::deploy(
+        client,
+        &deploy_args(config, "v2", "rolling", &[]),
+        Output::Text,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let _ = load.take_window();
     tokio::time::sleep(Duration::from_millis(700)).await;
     println!("    answering now: {}  ({})", versions(&load), tally(&load));
 
     say("3/4 blue-green deploy of v3: the whole new set starts, then traffic switches at once");
-    commands::deploy(client, &deploy_args(config, "v3", "blue-green", &[]), Output::Text).await?;
+    commands::deploy(
+        client,
+        &deploy_args(config, "v3", "blue-green", &[]),
+        Output::Text,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let _ = load.take_window();
     tokio::time::sleep(Duration::from_millis(700)).await;
     println!("    answering now: {}  ({})", versions(&load), tally(&load));
 
     say("4/4 a bad release: v4 never becomes ready (its /health answers 503)");
-    let bad = commands::deploy(client, &deploy_args(config, "v4", "rolling", &["DEMO_NEVER_READY=1"]), Output::Text).await;
+    let bad = commands::deploy(
+        client,
+        &deploy_args(config, "v4", "rolling", &["DEMO_NEVER_READY=1"]),
+        Output::Text,
+    )
+    .await;
     match bad {
         Err(e) if e.code == crate::client::EXIT_FAILED => {
-            println!("    ferry rolled it back by itself:\n      {}", e.message.replace('\n', "\n      "))
+            println!(
+                "    ferry rolled it back by itself:\n      {}",
+                e.message.replace('\n', "\n      ")
+            )
         }
         Err(e) => return Err(e),
         Ok(()) => return Err(CliError::failed("the bad release v4 was not rolled back")),
@@ -167,8 +209,15 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
 
     let report = load.stop().await;
     say("traffic summary");
-    println!("    requests sent: {}, succeeded: {}, failed: {}", report.sent, report.ok, report.failed);
-    let by_version: Vec<String> = report.by_version.iter().map(|(v, n)| format!("{v}: {n}")).collect();
+    println!(
+        "    requests sent: {}, succeeded: {}, failed: {}",
+        report.sent, report.ok, report.failed
+    );
+    let by_version: Vec<String> = report
+        .by_version
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
     println!("    answered by version: {}", by_version.join(", "));
     if report.failed > 0 {
         return Err(CliError::failed(format!(
@@ -180,7 +229,10 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
         return Err(CliError::failed("the bad release v4 answered requests"));
     }
     if report.last_version.as_deref() != Some("v3") {
-        return Err(CliError::failed(format!("expected v3 to serve at the end, saw {:?}", report.last_version)));
+        return Err(CliError::failed(format!(
+            "expected v3 to serve at the end, saw {:?}",
+            report.last_version
+        )));
     }
     Ok(())
 }

@@ -128,7 +128,9 @@ enum Command {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -162,15 +164,31 @@ async fn run(cli: Cli) -> CliResult<()> {
                 data_dir: cli.data_dir.clone(),
                 api_addr: *api_addr,
             };
-            ferry_server::serve(config, shutdown_signal(), None).await.map_err(|e| {
-                let code = match e {
-                    ferry_server::ServeError::Bind { .. } | ferry_server::ServeError::AlreadyRunning { .. } => client::EXIT_USAGE,
-                    _ => client::EXIT_FAILED,
-                };
-                CliError { code, message: e.to_string() }
-            })
+            ferry_server::serve(config, shutdown_signal(), None)
+                .await
+                .map_err(|e| {
+                    let code = match e {
+                        ferry_server::ServeError::Bind { .. }
+                        | ferry_server::ServeError::AlreadyRunning { .. } => client::EXIT_USAGE,
+                        _ => client::EXIT_FAILED,
+                    };
+                    CliError {
+                        code,
+                        message: e.to_string(),
+                    }
+                })
         }
-        Command::Deploy { service, version, strategy, set, message, dry_run, auto_approve, detach, config } => {
+        Command::Deploy {
+            service,
+            version,
+            strategy,
+            set,
+            message,
+            dry_run,
+            auto_approve,
+            detach,
+            config,
+        } => {
             let args = DeployArgs {
                 service: service.clone(),
                 version: version.clone(),
@@ -186,13 +204,21 @@ async fn run(cli: Cli) -> CliResult<()> {
             commands::build_deploy(&args)?;
             commands::deploy(&client()?, &args, cli.output).await
         }
-        Command::Status { service } => commands::status(&client()?, service.as_deref(), cli.output).await,
-        Command::History { service } => commands::history(&client()?, service, cli.output).await,
-        Command::Rollback { service, to_revision, detach } => {
-            commands::rollback(&client()?, service, *to_revision, *detach, cli.output).await
+        Command::Status { service } => {
+            commands::status(&client()?, service.as_deref(), cli.output).await
         }
-        Command::Approve { service } => commands::gate(&client()?, service, "approve", cli.output).await,
-        Command::Abort { service } => commands::gate(&client()?, service, "abort", cli.output).await,
+        Command::History { service } => commands::history(&client()?, service, cli.output).await,
+        Command::Rollback {
+            service,
+            to_revision,
+            detach,
+        } => commands::rollback(&client()?, service, *to_revision, *detach, cli.output).await,
+        Command::Approve { service } => {
+            commands::gate(&client()?, service, "approve", cli.output).await
+        }
+        Command::Abort { service } => {
+            commands::gate(&client()?, service, "abort", cli.output).await
+        }
         Command::Audit { limit } => commands::audit(&client()?, *limit, cli.output).await,
         Command::Demo => {
             init_logging(cli.log_format, "warn");

@@ -69,7 +69,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
                 column,
                 key: None,
                 message,
-                snippet: line.and_then(|l| text.lines().nth(l - 1)).map(str::to_string),
+                snippet: line
+                    .and_then(|l| text.lines().nth(l - 1))
+                    .map(str::to_string),
             }]);
         }
     };
@@ -118,7 +120,9 @@ pub fn positioned(file: &Path, text: &str, problem: &Problem) -> ConfigError {
         column,
         key: Some(problem.key()),
         message: problem.message.clone(),
-        snippet: line.and_then(|l| text.lines().nth(l - 1)).map(str::to_string),
+        snippet: line
+            .and_then(|l| text.lines().nth(l - 1))
+            .map(str::to_string),
     }
 }
 
@@ -141,7 +145,10 @@ pub fn locate(text: &str, path: &[String]) -> Option<usize> {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -207,12 +214,16 @@ mod tests {
         let web = &c.services["web"];
         assert_eq!(web.instances, 3);
         assert_eq!(web.deploy.min_ready, crate::duration::Dur::secs(1));
-        assert_eq!(web.readiness.as_ref().unwrap().interval, crate::duration::Dur::millis(500));
+        assert_eq!(
+            web.readiness.as_ref().unwrap().interval,
+            crate::duration::Dur::millis(500)
+        );
     }
 
     #[test]
     fn unknown_keys_name_the_line() {
-        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstancez = 3\n");
+        let e =
+            errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstancez = 3\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("ferry.toml:4:"), "{}", e[0]);
         assert!(e[0].contains("instancez"), "{}", e[0]);
@@ -222,15 +233,27 @@ mod tests {
     fn impossible_values_are_positioned() {
         let text = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstances = 0\n\n[services.web.deploy]\nmax_surge = 0\nmax_unavailable = 0\n";
         let e = errors(text);
-        assert!(e.iter().any(|l| l.starts_with("ferry.toml:4:1: services.web.instances:")), "{e:?}");
-        assert!(e.iter().any(|l| l.starts_with("ferry.toml:7:1: services.web.deploy.max_surge:")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("ferry.toml:4:1: services.web.instances:")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("ferry.toml:7:1: services.web.deploy.max_surge:")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn wrong_types_and_bad_durations() {
-        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstances = \"three\"\n");
+        let e = errors(
+            "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\ninstances = \"three\"\n",
+        );
         assert!(e[0].contains(":4:"), "{e:?}");
-        let e = errors("[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n[services.web.deploy]\nmin_ready = \"5\"\n");
+        let e = errors(
+            "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n[services.web.deploy]\nmin_ready = \"5\"\n",
+        );
         assert!(e[0].contains("no unit"), "{e:?}");
     }
 

@@ -32,9 +32,9 @@ pub fn parse(text: &str) -> Result<Dur, String> {
             "`{t}` has no unit; write it with one, e.g. \"{t}s\" or \"{t}ms\""
         ));
     }
-    humantime::parse_duration(t)
-        .map(Dur)
-        .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. \"500ms\", \"30s\" or \"2m\""))
+    humantime::parse_duration(t).map(Dur).map_err(|e| {
+        format!("`{t}` is not a duration ({e}); write e.g. \"500ms\", \"30s\" or \"2m\"")
+    })
 }
 
 impl fmt::Display for Dur {

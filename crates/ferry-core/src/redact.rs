@@ -14,7 +14,11 @@ pub fn is_secret_name(name: &str) -> bool {
 
 /// The value to show for `name=value`.
 pub fn shown<'a>(name: &str, value: &'a str) -> &'a str {
-    if is_secret_name(name) { REDACTED } else { value }
+    if is_secret_name(name) {
+        REDACTED
+    } else {
+        value
+    }
 }
 
 /// Replace every secret value in a JSON document: any object key that looks

@@ -233,7 +233,13 @@ struct Counts {
     available: u32,
 }
 
-fn counts(state: &ServiceState, obs: &[InstanceObs], rev: u64, min_ready: u64, now: Millis) -> Counts {
+fn counts(
+    state: &ServiceState,
+    obs: &[InstanceObs],
+    rev: u64,
+    min_ready: u64,
+    now: Millis,
+) -> Counts {
     Counts {
         desired: state.scale.get(&rev).copied().unwrap_or(0),
         available: obs
@@ -250,21 +256,41 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
     let mut r = rollout.clone();
     let mut events = Vec::new();
     if r.is_done() {
-        return Step { state: s, rollout: r, events };
+        return Step {
+            state: s,
+            rollout: r,
+            events,
+        };
     }
 
     if let Some(who) = r.abort_requested_by.clone()
         && r.phase != Phase::Reverting
     {
-        begin_revert(&mut s, &mut r, Outcome::Aborted, format!("aborted by {who}"), None, obs, now, &mut events);
-        return Step { state: s, rollout: r, events };
+        begin_revert(
+            &mut s,
+            &mut r,
+            Outcome::Aborted,
+            format!("aborted by {who}"),
+            None,
+            obs,
+            now,
+            &mut events,
+        );
+        return Step {
+            state: s,
+            rollout: r,
+            events,
+        };
     }
 
     match r.phase {
         Phase::PreDeploy => match &r.hook {
             None => {}
             Some(h) if h.ok => {
-                events.push(event("hook", format!("pre_deploy hook succeeded: {}", h.summary)));
+                events.push(event(
+                    "hook",
+                    format!("pre_deploy hook succeeded: {}", h.summary),
+                ));
                 set_phase(&mut r, Phase::Progressing, now);
                 r.last_progress_at = now;
             }
@@ -276,7 +302,16 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
         },
         Phase::Progressing | Phase::AwaitingApproval => {
             if let Some((instance, reason)) = failure(&r, obs, now) {
-                begin_revert(&mut s, &mut r, Outcome::Failed, reason, instance, obs, now, &mut events);
+                begin_revert(
+                    &mut s,
+                    &mut r,
+                    Outcome::Failed,
+                    reason,
+                    instance,
+                    obs,
+                    now,
+                    &mut events,
+                );
             } else {
                 match r.strategy {
                     Strategy::Rolling => rolling(&mut s, &mut r, obs, now, &mut events),
@@ -287,14 +322,21 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
         Phase::Reverting => revert(&mut s, &mut r, obs, now, &mut events),
         Phase::Done => {}
     }
-    Step { state: s, rollout: r, events }
+    Step {
+        state: s,
+        rollout: r,
+        events,
+    }
 }
 
 /// Why the new revision is failing, if it is.
 fn failure(r: &Rollout, obs: &[InstanceObs], now: Millis) -> Option<(Option<String>, String)> {
     for i in obs.iter().filter(|i| i.revision == r.to) {
         if let Some(why) = &i.crash_loop {
-            return Some((Some(i.id.clone()), format!("instance {} is crash-looping: {why}", i.id)));
+            return Some((
+                Some(i.id.clone()),
+                format!("instance {} is crash-looping: {why}", i.id),
+            ));
         }
         let waited = now.saturating_sub(i.created_at);
         if i.ready_since.is_none() && waited > r.params.deploy_timeout_ms {
@@ -309,10 +351,15 @@ fn failure(r: &Rollout, obs: &[InstanceObs], now: Millis) -> Option<(Option<Stri
             ));
         }
     }
-    if r.phase == Phase::Progressing && now.saturating_sub(r.last_progress_at) > r.params.deploy_timeout_ms {
+    if r.phase == Phase::Progressing
+        && now.saturating_sub(r.last_progress_at) > r.params.deploy_timeout_ms
+    {
         return Some((
             None,
-            format!("no progress for deploy_timeout ({})", fmt_ms(r.params.deploy_timeout_ms)),
+            format!(
+                "no progress for deploy_timeout ({})",
+                fmt_ms(r.params.deploy_timeout_ms)
+            ),
         ));
     }
     None
@@ -335,11 +382,19 @@ fn set_scale(s: &mut ServiceState, rev: u64, n: u32) {
     }
 }
 
-fn rolling(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+fn rolling(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
     let p = &r.params;
     let n = p.instances;
     let new = counts(s, obs, r.to, p.min_ready_ms, now);
-    let old_desired = r.from.map_or(0, |f| counts(s, obs, f, p.min_ready_ms, now).desired);
+    let old_desired = r
+        .from
+        .map_or(0, |f| counts(s, obs, f, p.min_ready_ms, now).desired);
     let want_traffic: Vec<u64> = r.from.into_iter().chain([r.to]).collect();
     if s.traffic != want_traffic {
         s.traffic = want_traffic;
@@ -356,7 +411,9 @@ fn rolling(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Mill
     let min_available = n.saturating_sub(p.max_unavailable);
     let new_unavailable = new_desired.saturating_sub(new.available);
     let total = old_desired + new_desired;
-    let removable = total.saturating_sub(min_available).saturating_sub(new_unavailable);
+    let removable = total
+        .saturating_sub(min_available)
+        .saturating_sub(new_unavailable);
     let old_next = old_desired.saturating_sub(removable);
 
     if new_desired != new.desired || old_next != old_desired {
@@ -371,19 +428,33 @@ fn rolling(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Mill
                 ),
             ));
         } else {
-            events.push(event("scale", format!("revision {} → {new_desired}/{n} instances", r.to)));
+            events.push(event(
+                "scale",
+                format!("revision {} → {new_desired}/{n} instances", r.to),
+            ));
         }
     }
     if progress_mark(r, new.available, now) {
         events.push(event(
             "available",
-            format!("revision {}: {}/{n} instances available", r.to, new.available.min(n)),
+            format!(
+                "revision {}: {}/{n} instances available",
+                r.to,
+                new.available.min(n)
+            ),
         ));
     }
     if new_desired >= n && new.available >= n && old_next == 0 {
         s.stable = Some(r.to);
         s.traffic = vec![r.to];
-        finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+        finish(
+            s,
+            r,
+            Outcome::Succeeded,
+            format!("revision {} serves all traffic", r.to),
+            now,
+            events,
+        );
     }
 }
 
@@ -397,32 +468,65 @@ fn progress_mark(r: &mut Rollout, available: u32, now: Millis) -> bool {
     false
 }
 
-fn blue_green(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+fn blue_green(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
     let n = r.params.instances;
     let new = counts(s, obs, r.to, r.params.min_ready_ms, now);
     if new.desired != n {
         set_scale(s, r.to, n);
-        events.push(event("scale", format!("starting the new set: revision {} → {n} instances", r.to)));
+        events.push(event(
+            "scale",
+            format!("starting the new set: revision {} → {n} instances", r.to),
+        ));
     }
     let Some(from) = r.from else {
         s.traffic = vec![r.to];
         if progress_mark(r, new.available, now) {
-            events.push(event("available", format!("revision {}: {}/{n} instances available", r.to, new.available.min(n))));
+            events.push(event(
+                "available",
+                format!(
+                    "revision {}: {}/{n} instances available",
+                    r.to,
+                    new.available.min(n)
+                ),
+            ));
         }
         if new.available >= n {
             s.stable = Some(r.to);
-            finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+            finish(
+                s,
+                r,
+                Outcome::Succeeded,
+                format!("revision {} serves all traffic", r.to),
+                now,
+                events,
+            );
         }
         return;
     };
     s.traffic = vec![from];
     if progress_mark(r, new.available, now) {
-        events.push(event("available", format!("revision {}: {}/{n} instances available", r.to, new.available.min(n))));
+        events.push(event(
+            "available",
+            format!(
+                "revision {}: {}/{n} instances available",
+                r.to,
+                new.available.min(n)
+            ),
+        ));
     }
     if new.available < n {
         return;
     }
-    let approved = r.auto_approve || r.params.auto_promote || r.kind == RolloutKind::Rollback || r.approved_by.is_some();
+    let approved = r.auto_approve
+        || r.params.auto_promote
+        || r.kind == RolloutKind::Rollback
+        || r.approved_by.is_some();
     if !approved {
         if r.phase != Phase::AwaitingApproval {
             set_phase(r, Phase::AwaitingApproval, now);
@@ -454,7 +558,14 @@ fn blue_green(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: M
             fmt_ms(r.params.scale_down_delay_ms)
         ),
     ));
-    finish(s, r, Outcome::Succeeded, format!("revision {} serves all traffic", r.to), now, events);
+    finish(
+        s,
+        r,
+        Outcome::Succeeded,
+        format!("revision {} serves all traffic", r.to),
+        now,
+        events,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -487,7 +598,10 @@ fn begin_revert(
             };
             events.push(event(
                 "reverting",
-                format!("traffic returns to revision {from}; revision {} is being stopped", r.to),
+                format!(
+                    "traffic returns to revision {from}; revision {} is being stopped",
+                    r.to
+                ),
             ));
             set_phase(r, Phase::Reverting, now);
             revert(s, r, obs, now, events);
@@ -501,7 +615,13 @@ fn begin_revert(
     }
 }
 
-fn revert(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Millis, events: &mut Vec<Event>) {
+fn revert(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
     let Some(from) = r.from else { return };
     let old = counts(s, obs, from, 0, now);
     let timed_out = now.saturating_sub(r.phase_since) > r.params.deploy_timeout_ms;
@@ -514,20 +634,33 @@ fn revert(s: &mut ServiceState, r: &mut Rollout, obs: &[InstanceObs], now: Milli
         if timed_out {
             events.push(event(
                 "warning",
-                format!("revision {from} has only {}/{} instances available", old.available, old.desired),
+                format!(
+                    "revision {from} has only {}/{} instances available",
+                    old.available, old.desired
+                ),
             ));
         }
         finish(s, r, outcome, reason, now, events);
     }
 }
 
-fn finish(s: &mut ServiceState, r: &mut Rollout, outcome: Outcome, reason: String, now: Millis, events: &mut Vec<Event>) {
+fn finish(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    outcome: Outcome,
+    reason: String,
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
     r.outcome = Some(outcome);
     r.reason = Some(reason.clone());
     r.finished_at = Some(now);
     set_phase(r, Phase::Done, now);
     s.active_rollout = None;
-    events.push(event("done", format!("rollout {} {}: {reason}", r.id, outcome.as_str())));
+    events.push(event(
+        "done",
+        format!("rollout {} {}: {reason}", r.id, outcome.as_str()),
+    ));
 }
 
 /// Housekeeping when no rollout is under way: retire revisions whose
@@ -545,7 +678,10 @@ pub fn settle(state: &ServiceState, now: Millis) -> (ServiceState, Vec<Event>) {
         s.retiring.remove(&rev);
         s.scale.remove(&rev);
         s.traffic.retain(|t| *t != rev);
-        events.push(event("retired", format!("revision {rev} stopped after its scale-down delay")));
+        events.push(event(
+            "retired",
+            format!("revision {rev} stopped after its scale-down delay"),
+        ));
     }
     s.retiring.retain(|rev, _| Some(*rev) != s.stable);
     (s, events)
@@ -553,3 +689,88 @@ pub fn settle(state: &ServiceState, now: Millis) -> (ServiceState, Vec<Event>) {
 
 #[cfg(test)]
 mod tests;
+
+/// The plan `--dry-run` prints: the rollout simulated against instances that
+/// become ready at once, one line per batch, gate and timeout.
+pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
+    let mut lines = Vec::new();
+    let p = &r.params;
+    if p.has_pre_deploy {
+        lines.push("run the pre_deploy hook once, to completion; if it fails, stop here (nothing else is touched)".to_string());
+    }
+    let mut sim = r.clone();
+    sim.phase = Phase::Progressing;
+    sim.auto_approve = true;
+    let mut s = state.clone();
+    let mut world: Vec<InstanceObs> = Vec::new();
+    for (rev, n) in &s.scale {
+        for i in 0..*n {
+            world.push(InstanceObs {
+                id: format!("{rev}-{i}"),
+                revision: *rev,
+                created_at: 0,
+                ready_since: Some(0),
+                crash_loop: None,
+                last_probe: None,
+            });
+        }
+    }
+    let mut now = r.started_at.max(1);
+    let mut batch = 0;
+    for _ in 0..10_000 {
+        let step = advance(&s, &sim, &world, now);
+        for e in &step.events {
+            if e.kind == "scale" {
+                batch += 1;
+                lines.push(format!("batch {batch}: {}", e.message));
+            }
+            if e.kind == "switched"
+                && !(r.auto_approve || p.auto_promote || r.kind == RolloutKind::Rollback)
+            {
+                lines.push(format!(
+                    "gate: wait for `ferry approve {}` once the new set is ready (or deploy with --auto-approve)",
+                    r.service
+                ));
+            }
+            if e.kind == "switched" {
+                lines.push(e.message.clone());
+            }
+        }
+        s = step.state;
+        sim = step.rollout;
+        if sim.is_done() {
+            break;
+        }
+        // Converge the simulated world to the new scale.
+        world.retain(|i| s.scale.contains_key(&i.revision));
+        for (rev, n) in &s.scale {
+            let have = world.iter().filter(|i| i.revision == *rev).count() as u32;
+            for _ in have..*n {
+                world.push(InstanceObs {
+                    id: format!("{rev}-{now}"),
+                    revision: *rev,
+                    created_at: now,
+                    ready_since: Some(now),
+                    crash_loop: None,
+                    last_probe: None,
+                });
+            }
+            let mut extra = have.saturating_sub(*n);
+            world.retain(|i| {
+                if i.revision == *rev && extra > 0 {
+                    extra -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        now += p.min_ready_ms.max(1);
+    }
+    lines.push(format!(
+        "each new instance must be ready (and ready for min_ready {}) within deploy_timeout {}, or the deploy fails and traffic stays on the previous revision",
+        fmt_ms(p.min_ready_ms),
+        fmt_ms(p.deploy_timeout_ms)
+    ));
+    lines
+}

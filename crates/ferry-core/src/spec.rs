@@ -288,8 +288,8 @@ fn unknown_placeholders(text: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(i) = rest.find('{') {
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
-            rest = &tail[2..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            rest = after;
             continue;
         }
         match tail.find('}') {
@@ -331,7 +331,10 @@ impl ServiceSpec {
         let mut p = Vec::new();
         let base = vec!["services".to_string(), name.to_string()];
         let at = |k: &[&str]| -> Vec<String> {
-            base.iter().cloned().chain(k.iter().map(|s| s.to_string())).collect()
+            base.iter()
+                .cloned()
+                .chain(k.iter().map(|s| s.to_string()))
+                .collect()
         };
         if !valid_service_name(name) {
             p.push(Problem::new(
@@ -365,13 +368,19 @@ impl ServiceSpec {
         } else if self.instances > 256 {
             p.push(Problem::new(
                 &at(&["instances"]),
-                format!("instances = {} is more than one host should run; use at most 256", self.instances),
+                format!(
+                    "instances = {} is more than one host should run; use at most 256",
+                    self.instances
+                ),
             ));
         }
         match self.listen.parse::<SocketAddr>() {
             Err(_) => p.push(Problem::new(
                 &at(&["listen"]),
-                format!("listen = \"{}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\"", self.listen),
+                format!(
+                    "listen = \"{}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:8080\"",
+                    self.listen
+                ),
             )),
             Ok(addr) if addr.port() == 0 => p.push(Problem::new(
                 &at(&["listen"]),
@@ -383,7 +392,9 @@ impl ServiceSpec {
             if !valid_env_name(k) {
                 p.push(Problem::new(
                     &at(&["env"]),
-                    format!("env name `{k}` is not a valid variable name; use letters, digits and `_`"),
+                    format!(
+                        "env name `{k}` is not a valid variable name; use letters, digits and `_`"
+                    ),
                 ));
             }
             for bad in unknown_placeholders(v) {
@@ -435,7 +446,10 @@ impl ServiceSpec {
             ));
         }
         if self.pre_deploy_timeout.is_zero() {
-            p.push(Problem::new(&at(&["pre_deploy_timeout"]), "pre_deploy_timeout must be positive"));
+            p.push(Problem::new(
+                &at(&["pre_deploy_timeout"]),
+                "pre_deploy_timeout must be positive",
+            ));
         }
         if self.log_max_bytes < 4096 {
             p.push(Problem::new(
@@ -468,7 +482,10 @@ fn validate_probe(probe: &ProbeSpec, at: &[String], p: &mut Vec<Problem>) {
         if value.is_zero() {
             let mut k = at.to_vec();
             k.push(key.into());
-            p.push(Problem::new(&k, format!("{key} must be positive, e.g. \"1s\"")));
+            p.push(Problem::new(
+                &k,
+                format!("{key} must be positive, e.g. \"1s\""),
+            ));
         }
     }
     for (key, value) in [
@@ -489,9 +506,15 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_and_unknown_ones_found() {
-        assert_eq!(fill_placeholders("--port={port} v={version}", 81, "v2"), "--port=81 v=v2");
+        assert_eq!(
+            fill_placeholders("--port={port} v={version}", 81, "v2"),
+            "--port=81 v=v2"
+        );
         assert_eq!(fill_placeholders("{{port}}", 81, "v2"), "{port}");
-        assert_eq!(unknown_placeholders("{prot} {port} {{x}}"), vec!["prot".to_string()]);
+        assert_eq!(
+            unknown_placeholders("{prot} {port} {{x}}"),
+            vec!["prot".to_string()]
+        );
         assert!(unknown_placeholders("json {\"a\": 1}").is_empty());
     }
 

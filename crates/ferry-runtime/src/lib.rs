@@ -119,9 +119,39 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
-/// Is there a process group led by `pgid` with any live member?
+/// Is there a process group led by `pgid` with any live (not zombie)
+/// member? Zombies count as gone: after a daemon crash, instances are
+/// reparented to a PID 1 that may never reap them.
 pub fn group_alive(pgid: i32) -> bool {
-    killpg(Pid::from_raw(pgid), None).is_ok()
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    if is_alive(pgid) {
+        return true;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Fields after the command: state, ppid, pgrp.
+        let mut rest = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let state = rest.next().unwrap_or("Z");
+        let pgrp = rest.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
 }
 
 /// The marker of a live process, if it carries one.

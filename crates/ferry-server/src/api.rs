@@ -211,7 +211,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/events", get(rollout_events))
         .route("/v1/audit", get(audit))
-        .layer(axum::middleware::from_fn_with_state(daemon.clone(), require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
@@ -253,8 +256,10 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
         "missing or wrong bearer token: pass --token, set FERRY_TOKEN, or use --data-dir of the daemon",
     )
     .into_response();
-    resp.headers_mut()
-        .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
     resp
 }
 
@@ -269,7 +274,14 @@ fn actor(h: &HeaderMap) -> String {
     format!("admin-token ({})", actor_hint(h))
 }
 
-fn record_audit(d: &Daemon, h: &HeaderMap, action: &str, target: &str, detail: serde_json::Value, outcome: &str) {
+fn record_audit(
+    d: &Daemon,
+    h: &HeaderMap,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    outcome: &str,
+) {
     let mut detail = detail;
     redact::redact_json(&mut detail);
     let entry = AuditEntry {
@@ -287,8 +299,22 @@ fn record_audit(d: &Daemon, h: &HeaderMap, action: &str, target: &str, detail: s
 }
 
 /// Record a rejected mutation and pass the error on.
-fn rejected<T>(d: &Daemon, h: &HeaderMap, action: &str, target: &str, detail: serde_json::Value, e: ApiError) -> ApiResult<T> {
-    record_audit(d, h, action, target, detail, &format!("rejected: {}", e.message));
+fn rejected<T>(
+    d: &Daemon,
+    h: &HeaderMap,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    e: ApiError,
+) -> ApiResult<T> {
+    record_audit(
+        d,
+        h,
+        action,
+        target,
+        detail,
+        &format!("rejected: {}", e.message),
+    );
     Err(e)
 }
 
@@ -296,7 +322,11 @@ fn check_name(name: &str) -> ApiResult<()> {
     if valid_service_name(name) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("`{name}` is not a valid service name")))
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`{name}` is not a valid service name"),
+        ))
     }
 }
 
@@ -304,7 +334,10 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let core = d.core.lock().await;
     let mut checks = BTreeMap::new();
     let store_ok = d.store.services().is_ok();
-    checks.insert("store".to_string(), if store_ok { "healthy" } else { "unhealthy" }.to_string());
+    checks.insert(
+        "store".to_string(),
+        if store_ok { "healthy" } else { "unhealthy" }.to_string(),
+    );
     let now = d.clock.now();
     for (name, state) in &core.states {
         if state.stable.is_none() {
@@ -324,18 +357,30 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
         "uptime_seconds": now.saturating_sub(d.started_at) / 1000,
         "checks": checks,
     });
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let core = d.core.lock().await;
     let text = crate::metrics::render(&core, d.clock.now());
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn version_of(core: &mut crate::daemon::Core, service: &str, rev: Option<u64>) -> Option<String> {
-    rev.and_then(|n| core.supervisor.revision(service, n)).map(|r| r.version.clone())
+    rev.and_then(|n| core.supervisor.revision(service, n))
+        .map(|r| r.version.clone())
 }
 
 fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> ServiceStatus {
@@ -355,7 +400,12 @@ fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> 
         version: version_of(core, &state.name, state.stable),
         traffic: state.traffic.clone(),
         scale: state.scale.clone(),
-        instances: core.supervisor.views(&state.name).into_iter().map(Into::into).collect(),
+        instances: core
+            .supervisor
+            .views(&state.name)
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         rollout,
     }
 }
@@ -365,7 +415,9 @@ fn rollout_view(core: &mut crate::daemon::Core, r: Rollout, now: u64) -> Rollout
         .supervisor
         .observe(&r.service)
         .iter()
-        .filter(|i| i.revision == r.to && rollout::is_available(i.ready_since, r.params.min_ready_ms, now))
+        .filter(|i| {
+            i.revision == r.to && rollout::is_available(i.ready_since, r.params.min_ready_ms, now)
+        })
         .count() as u32;
     let active = core.rollouts.contains_key(&r.id);
     RolloutView {
@@ -381,10 +433,18 @@ async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>>
     let mut core = d.core.lock().await;
     let now = d.clock.now();
     let states: Vec<ServiceState> = core.states.values().cloned().collect();
-    Json(states.iter().map(|s| status_of(&mut core, s, now)).collect())
+    Json(
+        states
+            .iter()
+            .map(|s| status_of(&mut core, s, now))
+            .collect(),
+    )
 }
 
-async fn get_service(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Json<ServiceStatus>> {
+async fn get_service(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServiceStatus>> {
     let mut core = d.core.lock().await;
     let state = core
         .states
@@ -394,10 +454,20 @@ async fn get_service(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> 
     Ok(Json(status_of(&mut core, &state, d.clock.now())))
 }
 
-async fn history(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Json<Vec<HistoryEntry>>> {
+async fn history(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<HistoryEntry>>> {
     let rollouts = d.store.rollouts(&name).map_err(ApiError::internal)?;
-    if rollouts.is_empty() && d.store.service(&name).map_err(ApiError::internal)?.is_none() {
-        return Err(ApiError::not_found(format!("no service `{name}` has been deployed")));
+    if rollouts.is_empty()
+        && d.store
+            .service(&name)
+            .map_err(ApiError::internal)?
+            .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "no service `{name}` has been deployed"
+        )));
     }
     let revisions: BTreeMap<u64, Revision> = d
         .store
@@ -424,7 +494,11 @@ async fn history(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiR
                 author: rev.map(|v| v.author.clone()).unwrap_or_default(),
                 started_at: rfc3339(r.started_at),
                 finished_at: r.finished_at.map(rfc3339),
-                hook_output: r.hook.as_ref().map(|h| h.output.clone()).filter(|o| !o.is_empty()),
+                hook_output: r
+                    .hook
+                    .as_ref()
+                    .map(|h| h.output.clone())
+                    .filter(|o| !o.is_empty()),
             }
         })
         .collect();
@@ -445,7 +519,10 @@ async fn get_revision(
     Ok(Json(v))
 }
 
-async fn get_rollout(State(d): State<Arc<Daemon>>, Path(id): Path<u64>) -> ApiResult<Json<RolloutView>> {
+async fn get_rollout(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<RolloutView>> {
     let mut core = d.core.lock().await;
     let r = match core.rollouts.get(&id).cloned() {
         Some(r) => r,
@@ -469,7 +546,11 @@ async fn rollout_events(
     Path(id): Path<u64>,
     Query(q): Query<After>,
 ) -> ApiResult<Json<Vec<StoredEvent>>> {
-    Ok(Json(d.store.rollout_events(id, q.after).map_err(ApiError::internal)?))
+    Ok(Json(
+        d.store
+            .rollout_events(id, q.after)
+            .map_err(ApiError::internal)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -482,8 +563,15 @@ fn default_limit() -> u32 {
     100
 }
 
-async fn audit(State(d): State<Arc<Daemon>>, Query(q): Query<Limit>) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(d.store.audit(q.limit.min(10_000)).map_err(ApiError::internal)?))
+async fn audit(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(
+        d.store
+            .audit(q.limit.min(10_000))
+            .map_err(ApiError::internal)?,
+    ))
 }
 
 fn deploy_detail(req: &DeployRequest) -> serde_json::Value {
@@ -532,8 +620,15 @@ fn validate_deploy(name: &str, req: &DeployRequest) -> ApiResult<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        let summary = problems.iter().map(|p| format!("{}: {}", p.key(), p.message)).collect::<Vec<_>>().join("; ");
-        Err(ApiError::invalid(format!("the deploy request is invalid: {summary}"), problems))
+        let summary = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key(), p.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ApiError::invalid(
+            format!("the deploy request is invalid: {summary}"),
+            problems,
+        ))
     }
 }
 
@@ -547,7 +642,11 @@ async fn deploy(
     let req: DeployRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            let err = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}"));
+            let err = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("request body: {e}"),
+            );
             return rejected(&d, &headers, action, &name, serde_json::Value::Null, err);
         }
     };
@@ -557,10 +656,14 @@ async fn deploy(
     }
     let mut core = d.core.lock().await;
     let now = d.clock.now();
-    let state = core.states.get(&name).cloned().unwrap_or_else(|| ServiceState {
-        name: name.clone(),
-        ..Default::default()
-    });
+    let state = core
+        .states
+        .get(&name)
+        .cloned()
+        .unwrap_or_else(|| ServiceState {
+            name: name.clone(),
+            ..Default::default()
+        });
     if let Some(id) = state.active_rollout {
         let e = ApiError::conflict(format!(
             "rollout {id} of `{name}` is in progress; wait for it, or stop it with `ferry abort {name}`"
@@ -577,8 +680,13 @@ async fn deploy(
         && cur.parse::<std::net::SocketAddr>().ok() != Some(listen)
     {
         let e = ApiError::invalid(
-            format!("services.{name}.listen: `{name}` serves on {cur}; changing listen of a deployed service is not supported yet. Keep listen = \"{cur}\""),
-            vec![Problem { path: vec!["services".into(), name.clone(), "listen".into()], message: format!("changed from {cur}") }],
+            format!(
+                "services.{name}.listen: `{name}` serves on {cur}; changing listen of a deployed service is not supported yet. Keep listen = \"{cur}\""
+            ),
+            vec![Problem {
+                path: vec!["services".into(), name.clone(), "listen".into()],
+                message: format!("changed from {cur}"),
+            }],
         );
         return rejected(&d, &headers, action, &name, detail, e);
     }
@@ -586,10 +694,15 @@ async fn deploy(
         if other == &name {
             continue;
         }
-        let other_listen = s.stable.and_then(|n| d.store.revision(other, n).ok().flatten()).and_then(|r| r.spec.listen_addr());
+        let other_listen = s
+            .stable
+            .and_then(|n| d.store.revision(other, n).ok().flatten())
+            .and_then(|r| r.spec.listen_addr());
         if other_listen == Some(listen) {
             let e = ApiError::invalid(
-                format!("services.{name}.listen: {listen} is already used by service `{other}`; give each service its own address"),
+                format!(
+                    "services.{name}.listen: {listen} is already used by service `{other}`; give each service its own address"
+                ),
                 vec![],
             );
             return rejected(&d, &headers, action, &name, detail, e);
@@ -599,12 +712,17 @@ async fn deploy(
         && let Err(err) = std::net::TcpListener::bind(listen)
     {
         let e = ApiError::invalid(
-            format!("services.{name}.listen: {listen} is already in use ({err}); stop what listens there or choose another address"),
+            format!(
+                "services.{name}.listen: {listen} is already in use ({err}); stop what listens there or choose another address"
+            ),
             vec![],
         );
         return rejected(&d, &headers, action, &name, detail, e);
     }
-    let number = d.store.next_revision_number(&name).map_err(ApiError::internal)?;
+    let number = d
+        .store
+        .next_revision_number(&name)
+        .map_err(ApiError::internal)?;
     let id = d.store.next_rollout_id().map_err(ApiError::internal)?;
     let revision = Revision {
         service: name.clone(),
@@ -619,7 +737,10 @@ async fn deploy(
         created_at: now,
     };
     let strategy = req.strategy.unwrap_or(req.spec.deploy.strategy);
-    let from_instances = state.stable.and_then(|n| state.scale.get(&n).copied()).unwrap_or(0);
+    let from_instances = state
+        .stable
+        .and_then(|n| state.scale.get(&n).copied())
+        .unwrap_or(0);
     let r = Rollout::begin(
         id,
         &name,
@@ -634,13 +755,24 @@ async fn deploy(
     );
     if req.dry_run {
         let plan = rollout::plan(&state, &r);
-        record_audit(&d, &headers, "deploy (dry run)", &name, detail, "ok: nothing changed");
+        record_audit(
+            &d,
+            &headers,
+            "deploy (dry run)",
+            &name,
+            detail,
+            "ok: nothing changed",
+        );
         return Ok((
             StatusCode::OK,
             Json(RolloutAccepted {
                 rollout: None,
                 revision: number,
-                message: format!("dry run: would create revision {number} of `{name}` ({}) and roll it out {}", req.version, strategy.as_str()),
+                message: format!(
+                    "dry run: would create revision {number} of `{name}` ({}) and roll it out {}",
+                    req.version,
+                    strategy.as_str()
+                ),
                 plan,
             }),
         ));
@@ -654,7 +786,10 @@ async fn deploy(
             "rollout {id}: {} revision {number} ({}) of `{name}`{}",
             strategy.as_str(),
             req.version,
-            state.stable.map(|s| format!(", replacing revision {s}")).unwrap_or_default()
+            state
+                .stable
+                .map(|s| format!(", replacing revision {s}"))
+                .unwrap_or_default()
         ),
     };
     let mut audit_detail = detail.clone();
@@ -707,7 +842,11 @@ async fn rollback(
         match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => {
-                let err = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}"));
+                let err = ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("request body: {e}"),
+                );
                 return rejected(&d, &headers, action, &name, serde_json::Value::Null, err);
             }
         }
@@ -716,7 +855,14 @@ async fn rollback(
     let mut core = d.core.lock().await;
     let now = d.clock.now();
     let Some(state) = core.states.get(&name).cloned() else {
-        return rejected(&d, &headers, action, &name, detail, ApiError::not_found(format!("no service `{name}` has been deployed")));
+        return rejected(
+            &d,
+            &headers,
+            action,
+            &name,
+            detail,
+            ApiError::not_found(format!("no service `{name}` has been deployed")),
+        );
     };
     // During a rollout, rolling back means returning to where it started.
     if let Some(id) = state.active_rollout
@@ -730,19 +876,46 @@ async fn rollback(
             return rejected(&d, &headers, action, &name, detail, e);
         }
         r.abort_requested_by = Some(format!("rollback by {}", actor_hint(&headers)));
-        d.store.commit(&Change { rollout: Some(&r), now, ..Default::default() }).map_err(ApiError::internal)?;
-        record_audit(&d, &headers, action, &name, detail, &format!("accepted: rollout {id} is being rolled back"));
+        d.store
+            .commit(&Change {
+                rollout: Some(&r),
+                now,
+                ..Default::default()
+            })
+            .map_err(ApiError::internal)?;
+        record_audit(
+            &d,
+            &headers,
+            action,
+            &name,
+            detail,
+            &format!("accepted: rollout {id} is being rolled back"),
+        );
         let to = r.from.unwrap_or(r.to);
         core.rollouts.insert(id, r);
         drop(core);
         d.notify.notify_one();
         return Ok((
             StatusCode::ACCEPTED,
-            Json(RolloutAccepted { rollout: Some(id), revision: to, message: format!("rollout {id} is being rolled back to revision {to}"), plan: vec![] }),
+            Json(RolloutAccepted {
+                rollout: Some(id),
+                revision: to,
+                message: format!("rollout {id} is being rolled back to revision {to}"),
+                plan: vec![],
+            }),
         ));
     }
     let Some(current) = state.stable else {
-        return rejected(&d, &headers, action, &name, detail, ApiError::conflict(format!("`{name}` has no serving revision to roll back from")));
+        return rejected(
+            &d,
+            &headers,
+            action,
+            &name,
+            detail,
+            ApiError::conflict(format!(
+                "`{name}` has no serving revision to roll back from"
+            )),
+        );
     };
     let target = match req.to_revision {
         Some(n) => n,
@@ -751,12 +924,16 @@ async fn rollback(
             let previous = rollouts
                 .iter()
                 .rev()
-                .find(|r| r.to == current && r.outcome == Some(ferry_core::rollout::Outcome::Succeeded))
+                .find(|r| {
+                    r.to == current && r.outcome == Some(ferry_core::rollout::Outcome::Succeeded)
+                })
                 .and_then(|r| r.from);
             match previous {
                 Some(p) => p,
                 None => {
-                    let e = ApiError::conflict(format!("`{name}` has no earlier revision to roll back to; see `ferry history {name}`"));
+                    let e = ApiError::conflict(format!(
+                        "`{name}` has no earlier revision to roll back to; see `ferry history {name}`"
+                    ));
                     return rejected(&d, &headers, action, &name, detail, e);
                 }
             }
@@ -767,18 +944,34 @@ async fn rollback(
         return rejected(&d, &headers, action, &name, detail, e);
     }
     let Some(rev) = core.supervisor.revision(&name, target) else {
-        let e = ApiError::not_found(format!("service `{name}` has no revision {target}; see `ferry history {name}`"));
+        let e = ApiError::not_found(format!(
+            "service `{name}` has no revision {target}; see `ferry history {name}`"
+        ));
         return rejected(&d, &headers, action, &name, detail, e);
     };
     let id = d.store.next_rollout_id().map_err(ApiError::internal)?;
     let from_instances = state.scale.get(&current).copied().unwrap_or(0);
-    let r = Rollout::begin(id, &name, RolloutKind::Rollback, Some(current), from_instances, target, rev.spec.deploy.strategy, Params::from_spec(&rev.spec), true, now);
+    let r = Rollout::begin(
+        id,
+        &name,
+        RolloutKind::Rollback,
+        Some(current),
+        from_instances,
+        target,
+        rev.spec.deploy.strategy,
+        Params::from_spec(&rev.spec),
+        true,
+        now,
+    );
     let mut next = state.clone();
     next.active_rollout = Some(id);
     next.retiring.remove(&target);
     let started = ferry_core::rollout::Event {
         kind: "started".into(),
-        message: format!("rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})", rev.version),
+        message: format!(
+            "rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})",
+            rev.version
+        ),
     };
     let entry = AuditEntry {
         id: 0,
@@ -790,30 +983,64 @@ async fn rollback(
         outcome: "accepted".into(),
     };
     d.store
-        .commit(&Change { rollout: Some(&r), state: Some(&next), events: vec![(Some(id), &started)], audit: Some(&entry), now, ..Default::default() })
+        .commit(&Change {
+            rollout: Some(&r),
+            state: Some(&next),
+            events: vec![(Some(id), &started)],
+            audit: Some(&entry),
+            now,
+            ..Default::default()
+        })
         .map_err(ApiError::internal)?;
     core.states.insert(name.clone(), next);
     core.rollouts.insert(id, r);
     drop(core);
     d.notify.notify_one();
-    Ok((StatusCode::CREATED, Json(RolloutAccepted { rollout: Some(id), revision: target, message: started.message, plan: vec![] })))
+    Ok((
+        StatusCode::CREATED,
+        Json(RolloutAccepted {
+            rollout: Some(id),
+            revision: target,
+            message: started.message,
+            plan: vec![],
+        }),
+    ))
 }
 
-async fn approve(State(d): State<Arc<Daemon>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<RolloutAccepted>> {
+async fn approve(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<RolloutAccepted>> {
     gate(d, name, headers, "approve").await
 }
 
-async fn abort(State(d): State<Arc<Daemon>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<RolloutAccepted>> {
+async fn abort(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<RolloutAccepted>> {
     gate(d, name, headers, "abort").await
 }
 
 /// `approve` and `abort`: a flag on the active rollout, acted on by the loop.
-async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, action: &str) -> ApiResult<Json<RolloutAccepted>> {
+async fn gate(
+    d: Arc<Daemon>,
+    name: String,
+    headers: HeaderMap,
+    action: &str,
+) -> ApiResult<Json<RolloutAccepted>> {
     let mut core = d.core.lock().await;
     let now = d.clock.now();
-    let active = core.states.get(&name).and_then(|s| s.active_rollout).and_then(|id| core.rollouts.get(&id).cloned());
+    let active = core
+        .states
+        .get(&name)
+        .and_then(|s| s.active_rollout)
+        .and_then(|id| core.rollouts.get(&id).cloned());
     let Some(mut r) = active else {
-        let e = ApiError::conflict(format!("`{name}` has no rollout in progress; see `ferry status {name}`"));
+        let e = ApiError::conflict(format!(
+            "`{name}` has no rollout in progress; see `ferry status {name}`"
+        ));
         return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
     };
     let who = actor_hint(&headers);
@@ -830,14 +1057,21 @@ async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, action: &str) ->
             return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
         }
         r.approved_by = Some(who);
-        format!("rollout {} approved: traffic switches to revision {} once its set is ready", r.id, r.to)
+        format!(
+            "rollout {} approved: traffic switches to revision {} once its set is ready",
+            r.id, r.to
+        )
     } else {
         if r.phase == Phase::Reverting {
             let e = ApiError::conflict(format!("rollout {} is already reverting", r.id));
             return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
         }
         r.abort_requested_by = Some(who);
-        format!("rollout {} is being aborted; traffic returns to revision {}", r.id, r.from.map_or("(none)".into(), |f| f.to_string()))
+        format!(
+            "rollout {} is being aborted; traffic returns to revision {}",
+            r.id,
+            r.from.map_or("(none)".into(), |f| f.to_string())
+        )
     };
     let entry = AuditEntry {
         id: 0,
@@ -849,12 +1083,22 @@ async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, action: &str) ->
         outcome: "accepted".into(),
     };
     d.store
-        .commit(&Change { rollout: Some(&r), audit: Some(&entry), now, ..Default::default() })
+        .commit(&Change {
+            rollout: Some(&r),
+            audit: Some(&entry),
+            now,
+            ..Default::default()
+        })
         .map_err(ApiError::internal)?;
     let id = r.id;
     let to = r.to;
     core.rollouts.insert(id, r);
     drop(core);
     d.notify.notify_one();
-    Ok(Json(RolloutAccepted { rollout: Some(id), revision: to, message, plan: vec![] }))
+    Ok(Json(RolloutAccepted {
+        rollout: Some(id),
+        revision: to,
+        message,
+        plan: vec![],
+    }))
 }

@@ -64,7 +64,12 @@ impl Daemon {
                 rollouts.insert(id, r);
             }
         }
-        let mut supervisor = Supervisor::new(store.clone(), clock.clone(), daemon_id.clone(), data_dir.clone());
+        let mut supervisor = Supervisor::new(
+            store.clone(),
+            clock.clone(),
+            daemon_id.clone(),
+            data_dir.clone(),
+        );
         for note in supervisor.restore().await {
             tracing::info!("{note}");
         }
@@ -147,9 +152,15 @@ impl Daemon {
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
             let state = core.states[&name].clone();
-            match state.active_rollout.and_then(|id| core.rollouts.get(&id).cloned()) {
+            match state
+                .active_rollout
+                .and_then(|id| core.rollouts.get(&id).cloned())
+            {
                 Some(r) => {
-                    if r.phase == Phase::PreDeploy && r.hook.is_none() && !core.hooks_running.contains(&r.id) {
+                    if r.phase == Phase::PreDeploy
+                        && r.hook.is_none()
+                        && !core.hooks_running.contains(&r.id)
+                    {
                         core.hooks_running.insert(r.id);
                         self.clone().spawn_hook(r.clone());
                     }
@@ -196,7 +207,13 @@ impl Daemon {
         Ok(())
     }
 
-    fn commit_step(&self, state: &ServiceState, r: &Rollout, events: &[Event], now: Millis) -> DaemonResult<()> {
+    fn commit_step(
+        &self,
+        state: &ServiceState,
+        r: &Rollout,
+        events: &[Event],
+        now: Millis,
+    ) -> DaemonResult<()> {
         self.store.commit(&Change {
             rollout: Some(r),
             state: Some(state),
@@ -232,7 +249,9 @@ impl Daemon {
                 continue;
             }
             if !core.proxies.contains_key(&name) {
-                let Some(listen) = self.listen_of(core, &name) else { continue };
+                let Some(listen) = self.listen_of(core, &name) else {
+                    continue;
+                };
                 match ProxyHandle::bind(name.clone(), listen, ProxyOptions::default()).await {
                     Ok(p) => {
                         tracing::info!(service = %name, "proxy listening on {listen}");
@@ -256,7 +275,9 @@ impl Daemon {
 
     fn listen_of(&self, core: &mut Core, name: &str) -> Option<SocketAddr> {
         let state = core.states.get(name)?;
-        let rev = state.stable.or_else(|| state.scale.keys().next_back().copied())?;
+        let rev = state
+            .stable
+            .or_else(|| state.scale.keys().next_back().copied())?;
         core.supervisor.revision(name, rev)?.spec.listen_addr()
     }
 
@@ -267,19 +288,26 @@ impl Daemon {
                 core.supervisor.revision(&r.service, r.to)
             };
             let Some(rev) = rev else { return };
-            let Some(hook) = rev.spec.pre_deploy.clone() else { return };
+            let Some(hook) = rev.spec.pre_deploy.clone() else {
+                return;
+            };
             let spec = ferry_runtime::SpawnSpec {
                 argv: hook.argv(|a| ferry_core::spec::fill_placeholders(a, 0, &rev.version)),
                 env: rev.env(0),
                 workdir: rev.workdir(),
-                log_path: self.data_dir.join("logs").join(format!("{}-hook-{}.log", r.service, r.id)),
+                log_path: self
+                    .data_dir
+                    .join("logs")
+                    .join(format!("{}-hook-{}.log", r.service, r.id)),
                 marker: format!("{}/hook-{}", self.daemon_id, r.id),
             };
             tracing::info!(service = %r.service, rollout = r.id, "running the pre_deploy hook");
             let run = ferry_runtime::run_to_completion(&spec, rev.spec.pre_deploy_timeout.0).await;
             let mut core = self.core.lock().await;
             core.hooks_running.remove(&r.id);
-            let Some(current) = core.rollouts.get(&r.id).cloned() else { return };
+            let Some(current) = core.rollouts.get(&r.id).cloned() else {
+                return;
+            };
             let mut next = current;
             next.hook = Some(HookResult {
                 ok: run.ok,
@@ -289,7 +317,10 @@ impl Daemon {
             let now = self.clock.now();
             let event = Event {
                 kind: "hook".into(),
-                message: format!("pre_deploy hook finished: {}", next.hook.as_ref().map_or("", |h| h.summary.as_str())),
+                message: format!(
+                    "pre_deploy hook finished: {}",
+                    next.hook.as_ref().map_or("", |h| h.summary.as_str())
+                ),
             };
             if let Err(e) = self.store.commit(&Change {
                 rollout: Some(&next),

@@ -37,11 +37,19 @@ pub struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("another ferry daemon (pid {pid}) is serving data dir {path}; stop it first or use another --data-dir")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "another ferry daemon (pid {pid}) is serving data dir {path}; stop it first or use another --data-dir"
+    )]
     AlreadyRunning { pid: u32, path: String },
     #[error("cannot listen for the API on {addr}: {source}; choose another --api-addr")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] ferry_store::StoreError),
     #[error(transparent)]
@@ -134,9 +142,17 @@ pub async fn serve(
         pid: std::process::id(),
     };
     let tmp = data_dir.join(".api.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&info).unwrap_or_default()).map_err(io_err(&tmp))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&info).unwrap_or_default(),
+    )
+    .map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, data_dir.join(API_FILE)).map_err(io_err(&data_dir))?;
-    tracing::info!("ferry daemon {} listening on http://{addr} (data dir {})", env!("CARGO_PKG_VERSION"), data_dir.display());
+    tracing::info!(
+        "ferry daemon {} listening on http://{addr} (data dir {})",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display()
+    );
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }

@@ -36,7 +36,10 @@ pub async fn check(probe: &ProbeSpec, addr: SocketAddr) -> ProbeResult {
         },
         Err(_) => ProbeResult {
             ok: false,
-            detail: format!("no answer within timeout ({})", ferry_core::duration::Dur(timeout)),
+            detail: format!(
+                "no answer within timeout ({})",
+                ferry_core::duration::Dur(timeout)
+            ),
         },
     }
 }

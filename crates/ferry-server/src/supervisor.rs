@@ -128,7 +128,9 @@ pub fn new_id() -> String {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn backoff(crashes: u32) -> u64 {
@@ -137,7 +139,12 @@ fn backoff(crashes: u32) -> u64 {
 }
 
 impl Supervisor {
-    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, daemon_id: String, data_dir: PathBuf) -> Supervisor {
+    pub fn new(
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        daemon_id: String,
+        data_dir: PathBuf,
+    ) -> Supervisor {
         let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
         Supervisor {
             store,
@@ -175,7 +182,7 @@ impl Supervisor {
     pub fn stats(&mut self, service: &str, revision: u64) -> Arc<RevisionStats> {
         self.stats
             .entry((service.to_string(), revision))
-            .or_insert_with(RevisionStats::new)
+            .or_default()
             .clone()
     }
 
@@ -241,7 +248,10 @@ impl Supervisor {
                     let _ = self.store.delete_instance(&rec.id);
                     continue;
                 }
-                None => notes.push(format!("instance {} is gone; it will be started again", rec.id)),
+                None => notes.push(format!(
+                    "instance {} is gone; it will be started again",
+                    rec.id
+                )),
             }
             self.instances.insert(rec.id.clone(), inst);
         }
@@ -277,14 +287,16 @@ impl Supervisor {
     }
 
     fn check_process(&mut self, id: &str, now: Millis, notes: &mut Vec<String>) {
-        let Some(rev) = self
-            .instances
-            .get(id)
-            .and_then(|i| self.revisions.get(&(i.rec.service.clone(), i.rec.revision)).cloned())
-        else {
+        let Some(rev) = self.instances.get(id).and_then(|i| {
+            self.revisions
+                .get(&(i.rec.service.clone(), i.rec.revision))
+                .cloned()
+        }) else {
             return;
         };
-        let Some(inst) = self.instances.get_mut(id) else { return };
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
         if inst.stopping {
             return;
         }
@@ -296,7 +308,8 @@ impl Supervisor {
                     Err(e) => Some(format!("lost track of the process: {e}")),
                 },
                 (None, Some(pid)) => {
-                    let ours = runtime::marker_of(pid).is_some_and(|m| m == format!("{}/{id}", self.daemon_id));
+                    let ours = runtime::marker_of(pid)
+                        .is_some_and(|m| m == format!("{}/{id}", self.daemon_id));
                     (!ours || !runtime::is_alive(pid)).then(|| "exited".to_string())
                 }
                 (None, None) => Some("no process".to_string()),
@@ -304,12 +317,17 @@ impl Supervisor {
             let liveness = inst.health().liveness_failed.clone();
             if let Some(how) = exited {
                 let ready_since = inst.health().ready_since;
-                let was_healthy = ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS);
+                let was_healthy =
+                    ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS);
                 stop_probes(inst);
                 inst.running = false;
                 inst.child = None;
                 inst.upstream.close_idle();
-                inst.consecutive_crashes = if was_healthy { 1 } else { inst.consecutive_crashes + 1 };
+                inst.consecutive_crashes = if was_healthy {
+                    1
+                } else {
+                    inst.consecutive_crashes + 1
+                };
                 let pending_reason = inst.last_exit.take().filter(|r| r.starts_with("liveness"));
                 let detail = match pending_reason {
                     Some(r) => format!("{r}; {how}"),
@@ -319,7 +337,10 @@ impl Supervisor {
                 inst.next_start_at = now + backoff(inst.consecutive_crashes);
                 inst.rec.restarts += 1;
                 if inst.consecutive_crashes >= CRASH_LOOP_AFTER {
-                    inst.crash_loop = Some(format!("{detail}, {} times in a row", inst.consecutive_crashes));
+                    inst.crash_loop = Some(format!(
+                        "{detail}, {} times in a row",
+                        inst.consecutive_crashes
+                    ));
                 }
                 notes.push(format!(
                     "instance {id} {detail}; restarting in {}ms",
@@ -327,7 +348,9 @@ impl Supervisor {
                 ));
                 let _ = self.store.put_instance(&inst.rec);
             } else if let Some(why) = liveness {
-                notes.push(format!("instance {id} failed its liveness probe ({why}); restarting it"));
+                notes.push(format!(
+                    "instance {id} failed its liveness probe ({why}); restarting it"
+                ));
                 inst.last_exit = Some(format!("liveness probe failed: {why}"));
                 inst.health().liveness_failed = None;
                 inst.health().ready_since = None;
@@ -335,7 +358,10 @@ impl Supervisor {
                     runtime::signal_group(pid, runtime::Signal::SIGKILL);
                 }
             } else if inst.crash_loop.is_some()
-                && inst.health().ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS)
+                && inst
+                    .health()
+                    .ready_since
+                    .is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS)
             {
                 inst.crash_loop = None;
                 inst.consecutive_crashes = 0;
@@ -346,7 +372,12 @@ impl Supervisor {
         }
     }
 
-    fn scale(&mut self, states: &BTreeMap<String, ServiceState>, now: Millis, notes: &mut Vec<String>) {
+    fn scale(
+        &mut self,
+        states: &BTreeMap<String, ServiceState>,
+        now: Millis,
+        notes: &mut Vec<String>,
+    ) {
         // Surplus first: instances of revisions no longer wanted.
         let mut live: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
         for (id, inst) in &self.instances {
@@ -366,13 +397,18 @@ impl Supervisor {
         for key in keys {
             let want = wanted.get(&key).copied().unwrap_or(0) as usize;
             let mut have = live.remove(&key).unwrap_or_default();
-            let Some(rev) = self.revision(&key.0, key.1) else { continue };
+            let Some(rev) = self.revision(&key.0, key.1) else {
+                continue;
+            };
             if have.len() > want {
                 // Stop the ones not serving first, then the newest.
                 let min_ready = rev.spec.deploy.min_ready.as_millis();
                 have.sort_by_key(|id| {
                     let i = &self.instances[id];
-                    (is_available(i.ready_since(), min_ready, now), std::cmp::Reverse(i.rec.created_at))
+                    (
+                        is_available(i.ready_since(), min_ready, now),
+                        std::cmp::Reverse(i.rec.created_at),
+                    )
                 });
                 for id in have.iter().take(have.len() - want) {
                     notes.push(format!("draining instance {id}"));
@@ -381,9 +417,14 @@ impl Supervisor {
             }
             for _ in have.len()..want {
                 match self.start_new(&rev, now) {
-                    Ok(id) => notes.push(format!("started instance {id} (revision {})", rev.number)),
+                    Ok(id) => {
+                        notes.push(format!("started instance {id} (revision {})", rev.number))
+                    }
                     Err(e) => {
-                        notes.push(format!("cannot start an instance of {} revision {}: {e}", key.0, key.1));
+                        notes.push(format!(
+                            "cannot start an instance of {} revision {}: {e}",
+                            key.0, key.1
+                        ));
                         break;
                     }
                 }
@@ -409,7 +450,12 @@ impl Supervisor {
         // Durable before the process exists.
         self.store.put_instance(&rec).map_err(|e| e.to_string())?;
         let stats = self.stats(&rev.service, rev.number);
-        let upstream = Upstream::new(id.clone(), rev.number, SocketAddr::from(([127, 0, 0, 1], port)), stats);
+        let upstream = Upstream::new(
+            id.clone(),
+            rev.number,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            stats,
+        );
         let mut inst = Instance {
             rec,
             child: None,
@@ -425,14 +471,23 @@ impl Supervisor {
             stopping: false,
         };
         let mut notes = Vec::new();
-        spawn_process(&mut inst, rev, self.marker(&id), &self.store, self.clock.clone(), &mut notes);
+        spawn_process(
+            &mut inst,
+            rev,
+            self.marker(&id),
+            &self.store,
+            self.clock.clone(),
+            &mut notes,
+        );
         self.instances.insert(id.clone(), inst);
         Ok(id)
     }
 
     /// Mark stopping (durably), then drain and stop in the background.
     fn begin_stop(&mut self, id: &str, rev: &Revision) {
-        let Some(inst) = self.instances.get_mut(id) else { return };
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
         inst.stopping = true;
         inst.rec.state = InstanceState::Stopping;
         let _ = self.store.put_instance(&inst.rec);
@@ -464,11 +519,11 @@ impl Supervisor {
     pub async fn stop_all(&mut self) {
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
-            let Some(rev) = self
-                .instances
-                .get(id)
-                .and_then(|i| self.revisions.get(&(i.rec.service.clone(), i.rec.revision)).cloned())
-            else {
+            let Some(rev) = self.instances.get(id).and_then(|i| {
+                self.revisions
+                    .get(&(i.rec.service.clone(), i.rec.revision))
+                    .cloned()
+            }) else {
                 continue;
             };
             if !self.instances[id].stopping {
@@ -512,7 +567,12 @@ impl Supervisor {
     pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
         self.instances
             .values()
-            .filter(|i| i.rec.service == state.name && state.traffic.contains(&i.rec.revision) && !i.stopping && i.running)
+            .filter(|i| {
+                i.rec.service == state.name
+                    && state.traffic.contains(&i.rec.revision)
+                    && !i.stopping
+                    && i.running
+            })
             .filter(|i| {
                 let min_ready = self
                     .revisions
@@ -565,7 +625,9 @@ impl Supervisor {
     }
 
     pub fn log_path(&self, id: &str) -> Option<PathBuf> {
-        self.instances.get(id).map(|i| PathBuf::from(&i.rec.log_path))
+        self.instances
+            .get(id)
+            .map(|i| PathBuf::from(&i.rec.log_path))
     }
 }
 
@@ -650,7 +712,11 @@ fn start_probes(inst: &mut Instance, rev: &Revision, clock: Arc<dyn Clock>) {
             // Liveness is judged once the instance has been ready: a slow
             // start is the readiness probe's and deploy_timeout's business.
             loop {
-                let ready = health.lock().unwrap_or_else(|p| p.into_inner()).ready_since.is_some();
+                let ready = health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ready_since
+                    .is_some();
                 if ready {
                     break;
                 }
@@ -665,7 +731,10 @@ fn start_probes(inst: &mut Instance, rev: &Revision, clock: Arc<dyn Clock>) {
                 } else {
                     failures += 1;
                     if failures >= liveness.failure_threshold {
-                        health.lock().unwrap_or_else(|p| p.into_inner()).liveness_failed = Some(r.detail);
+                        health
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .liveness_failed = Some(r.detail);
                         return;
                     }
                 }

@@ -27,13 +27,26 @@ struct World {
 
 impl World {
     fn new() -> World {
-        World { instances: vec![], next: 0, ready_after: 500, broken: vec![], crash: vec![] }
+        World {
+            instances: vec![],
+            next: 0,
+            ready_after: 500,
+            broken: vec![],
+            crash: vec![],
+        }
     }
     fn converge(&mut self, state: &ServiceState, now: Millis) {
-        let revs: Vec<u64> = state.scale.keys().copied().chain(self.instances.iter().map(|i| i.revision)).collect();
+        let revs: Vec<u64> = state
+            .scale
+            .keys()
+            .copied()
+            .chain(self.instances.iter().map(|i| i.revision))
+            .collect();
         for rev in revs {
             let want = state.scale.get(&rev).copied().unwrap_or(0) as usize;
-            let have: Vec<usize> = (0..self.instances.len()).filter(|&i| self.instances[i].revision == rev).collect();
+            let have: Vec<usize> = (0..self.instances.len())
+                .filter(|&i| self.instances[i].revision == rev)
+                .collect();
             if have.len() > want {
                 // stop newest first
                 let mut drop: Vec<usize> = have[want..].to_vec();
@@ -57,7 +70,10 @@ impl World {
         for i in &mut self.instances {
             if self.crash.contains(&i.revision) && now >= i.created_at + 300 {
                 i.crash_loop = Some("exited with status 3, 3 times".into());
-            } else if !self.broken.contains(&i.revision) && i.ready_since.is_none() && now >= i.created_at + self.ready_after {
+            } else if !self.broken.contains(&i.revision)
+                && i.ready_since.is_none()
+                && now >= i.created_at + self.ready_after
+            {
                 i.ready_since = Some(now);
             }
             if self.broken.contains(&i.revision) {
@@ -66,13 +82,22 @@ impl World {
         }
     }
     fn available(&self, rev: u64, now: Millis) -> usize {
-        self.instances.iter().filter(|i| i.revision == rev && is_available(i.ready_since, 1000, now)).count()
+        self.instances
+            .iter()
+            .filter(|i| i.revision == rev && is_available(i.ready_since, 1000, now))
+            .count()
     }
 }
 
 fn steady(n: u32) -> (ServiceState, World) {
     let mut w = World::new();
-    let s = ServiceState { name: "web".into(), stable: Some(1), scale: [(1, n)].into(), traffic: vec![1], ..Default::default() };
+    let s = ServiceState {
+        name: "web".into(),
+        stable: Some(1),
+        scale: [(1, n)].into(),
+        traffic: vec![1],
+        ..Default::default()
+    };
     w.converge(&s, 0);
     for i in &mut w.instances {
         i.ready_since = Some(0);
@@ -82,7 +107,13 @@ fn steady(n: u32) -> (ServiceState, World) {
 
 /// Run until done; check invariants at every tick. Returns final state,
 /// rollout and the minimum number of available instances in traffic seen.
-fn run(mut s: ServiceState, mut r: Rollout, w: &mut World, start: Millis, approve_at: Option<Millis>) -> (ServiceState, Rollout, usize, Vec<Event>) {
+fn run(
+    mut s: ServiceState,
+    mut r: Rollout,
+    w: &mut World,
+    start: Millis,
+    approve_at: Option<Millis>,
+) -> (ServiceState, Rollout, usize, Vec<Event>) {
     let mut now = start;
     let mut min_serving = usize::MAX;
     let mut all = vec![];
@@ -97,7 +128,10 @@ fn run(mut s: ServiceState, mut r: Rollout, w: &mut World, start: Millis, approv
         all.extend(step.events);
         let n = r.params.instances + r.params.max_surge;
         let total: u32 = s.scale.values().sum();
-        assert!(total <= n.max(r.from_instances) + r.params.instances, "too many instances: {s:?}");
+        assert!(
+            total <= n.max(r.from_instances) + r.params.instances,
+            "too many instances: {s:?}"
+        );
         w.converge(&s, now);
         let serving: usize = s.traffic.iter().map(|rev| w.available(*rev, now)).sum();
         if s.stable.is_some() {
@@ -109,7 +143,18 @@ fn run(mut s: ServiceState, mut r: Rollout, w: &mut World, start: Millis, approv
 }
 
 fn deploy(id: u64, from: Option<u64>, to: u64, strategy: Strategy, p: Params) -> Rollout {
-    Rollout::begin(id, "web", RolloutKind::Deploy, from, 3, to, strategy, p, false, 5_000)
+    Rollout::begin(
+        id,
+        "web",
+        RolloutKind::Deploy,
+        from,
+        3,
+        to,
+        strategy,
+        p,
+        false,
+        5_000,
+    )
 }
 
 #[test]
@@ -118,11 +163,18 @@ fn rolling_never_drops_below_capacity_and_ends_on_the_new_revision() {
         let (s, mut w) = steady(3);
         let r = deploy(1, Some(1), 2, Strategy::Rolling, params(3, surge, unavail));
         let (s, r, min_serving, _) = run(s, r, &mut w, 5_000, None);
-        assert_eq!(r.outcome, Some(Outcome::Succeeded), "surge {surge} unavail {unavail}");
+        assert_eq!(
+            r.outcome,
+            Some(Outcome::Succeeded),
+            "surge {surge} unavail {unavail}"
+        );
         assert_eq!(s.stable, Some(2));
         assert_eq!(s.traffic, vec![2]);
         assert_eq!(s.scale, [(2, 3)].into());
-        assert!(min_serving >= (3 - unavail) as usize, "surge {surge} unavail {unavail}: min {min_serving}");
+        assert!(
+            min_serving >= (3 - unavail) as usize,
+            "surge {surge} unavail {unavail}: min {min_serving}"
+        );
         assert!(s.active_rollout.is_none());
     }
 }
@@ -130,7 +182,10 @@ fn rolling_never_drops_below_capacity_and_ends_on_the_new_revision() {
 #[test]
 fn first_deploy_starts_all_and_opens_traffic() {
     let mut w = World::new();
-    let s = ServiceState { name: "web".into(), ..Default::default() };
+    let s = ServiceState {
+        name: "web".into(),
+        ..Default::default()
+    };
     let r = deploy(1, None, 1, Strategy::Rolling, params(3, 1, 0));
     let (s, r, _, _) = run(s, r, &mut w, 5_000, None);
     assert_eq!(r.outcome, Some(Outcome::Succeeded));
@@ -147,7 +202,10 @@ fn never_ready_release_fails_and_traffic_stays_on_the_old_revision() {
         let (s, r, min_serving, _) = run(s, r, &mut w, 5_000, None);
         assert_eq!(r.outcome, Some(Outcome::Failed));
         let reason = r.reason.unwrap();
-        assert!(reason.contains("not ready within deploy_timeout") && reason.contains("HTTP 503"), "{reason}");
+        assert!(
+            reason.contains("not ready within deploy_timeout") && reason.contains("HTTP 503"),
+            "{reason}"
+        );
         assert_eq!(s.stable, Some(1));
         assert_eq!(s.traffic, vec![1]);
         assert_eq!(s.scale, [(1, 3)].into());
@@ -177,7 +235,11 @@ fn blue_green_waits_for_approval_then_switches_at_once() {
     assert!(r.finished_at.unwrap() >= 20_000);
     assert!(events.iter().any(|e| e.kind == "awaiting-approval"));
     assert_eq!(s.traffic, vec![2]);
-    assert_eq!(s.scale, [(1, 3), (2, 3)].into(), "old set kept for the scale-down delay");
+    assert_eq!(
+        s.scale,
+        [(1, 3), (2, 3)].into(),
+        "old set kept for the scale-down delay"
+    );
     assert!(min_serving >= 3);
     let (s2, ev) = settle(&s, r.finished_at.unwrap() + 29_000);
     assert_eq!(s2.scale.len(), 2);
@@ -194,7 +256,18 @@ fn rollback_to_a_warm_revision_is_instant() {
     let (mut s, r, _, _) = run(s, r, &mut w, 5_000, Some(0));
     let t = r.finished_at.unwrap();
     s.retiring.remove(&1);
-    let back = Rollout::begin(2, "web", RolloutKind::Rollback, Some(2), 3, 1, Strategy::BlueGreen, params(3, 1, 0), false, t);
+    let back = Rollout::begin(
+        2,
+        "web",
+        RolloutKind::Rollback,
+        Some(2),
+        3,
+        1,
+        Strategy::BlueGreen,
+        params(3, 1, 0),
+        false,
+        t,
+    );
     let step = advance(&s, &back, &w.instances, t);
     assert_eq!(step.rollout.outcome, Some(Outcome::Succeeded));
     assert_eq!(step.state.traffic, vec![1]);
@@ -221,7 +294,11 @@ fn pre_deploy_hook_gates_everything() {
     let step = advance(&s, &r, &w.instances, 10);
     assert_eq!(step.state, s, "nothing moves while the hook runs");
     let mut failed = r.clone();
-    failed.hook = Some(HookResult { ok: false, summary: "exit status 1".into(), output: "boom".into() });
+    failed.hook = Some(HookResult {
+        ok: false,
+        summary: "exit status 1".into(),
+        output: "boom".into(),
+    });
     let step = advance(&s, &failed, &w.instances, 20);
     assert_eq!(step.rollout.outcome, Some(Outcome::Failed));
     assert_eq!(step.state.scale, s.scale);
@@ -237,4 +314,23 @@ fn advance_is_idempotent_once_done() {
     assert_eq!(step.state, s);
     assert_eq!(step.rollout, r);
     assert!(step.events.is_empty());
+}
+
+#[test]
+fn plan_lists_batches_and_gates() {
+    let (s, _) = steady(3);
+    let mut p = params(3, 1, 0);
+    p.has_pre_deploy = true;
+    let lines = plan(&s, &deploy(1, Some(1), 2, Strategy::Rolling, p.clone()));
+    assert!(lines[0].contains("pre_deploy"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("batch")).count(),
+        6,
+        "{lines:#?}"
+    );
+    let lines = plan(&s, &deploy(1, Some(1), 2, Strategy::BlueGreen, p));
+    assert!(
+        lines.iter().any(|l| l.contains("ferry approve web")),
+        "{lines:#?}"
+    );
 }

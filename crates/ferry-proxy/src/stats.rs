@@ -1,0 +1,287 @@
+//! Per-revision request metrics (atomics only) and their Prometheus rendering.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The same bounds as written in the `le` label.
+const BUCKET_LABELS: [&str; 13] = [
+    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
+    "10",
+];
+
+/// The same bounds in nanoseconds, for the hot path.
+const BUCKET_NANOS: [u64; 13] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+const CLASS_LABELS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `# HELP` / `# TYPE` lines for the three metric families written by
+/// [`RevisionStats::render_prometheus`].
+pub const PROMETHEUS_HELP: &str = "\
+# HELP ferry_proxy_requests_total Requests answered through the proxy, by revision and status class.
+# TYPE ferry_proxy_requests_total counter
+# HELP ferry_proxy_upstream_errors_total Requests the proxy answered itself with 502/504 because the upstream failed.
+# TYPE ferry_proxy_upstream_errors_total counter
+# HELP ferry_proxy_request_duration_seconds Time from receiving the request head to receiving the upstream response head.
+# TYPE ferry_proxy_request_duration_seconds histogram
+";
+
+const HELP_REQUESTS: &str = "\
+# HELP ferry_proxy_requests_total Requests answered through the proxy, by revision and status class.
+# TYPE ferry_proxy_requests_total counter
+";
+const HELP_ERRORS: &str = "\
+# HELP ferry_proxy_upstream_errors_total Requests the proxy answered itself with 502/504 because the upstream failed.
+# TYPE ferry_proxy_upstream_errors_total counter
+";
+const HELP_DURATION: &str = "\
+# HELP ferry_proxy_request_duration_seconds Time from receiving the request head to receiving the upstream response head.
+# TYPE ferry_proxy_request_duration_seconds histogram
+";
+
+/// Per-revision request metrics, shared by all upstreams of one revision. Atomics only.
+#[derive(Debug, Default)]
+pub struct RevisionStats {
+    by_class: [AtomicU64; 5],
+    upstream_errors: AtomicU64,
+    /// Non-cumulative bucket counts; the last slot is the `+Inf` overflow.
+    buckets: [AtomicU64; 14],
+    sum_nanos: AtomicU64,
+}
+
+/// A point-in-time copy of [`RevisionStats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    /// Responses by status class: index 0 = 1xx .. 4 = 5xx.
+    pub by_class: [u64; 5],
+    /// Responses the proxy generated itself (502/504) because the upstream failed.
+    /// They are also counted in `by_class[4]`.
+    pub upstream_errors: u64,
+    /// Sum of `by_class`.
+    pub total: u64,
+    /// Cumulative histogram: `(upper bound in seconds, observations <= bound)`,
+    /// ending with `(f64::INFINITY, count)`.
+    pub latency_buckets: Vec<(f64, u64)>,
+    /// Sum of all observed latencies, in seconds.
+    pub latency_sum_seconds: f64,
+}
+
+impl RevisionStats {
+    /// A fresh, zeroed set of counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Count one response with its latency.
+    pub(crate) fn record(&self, status: StatusCode, latency: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let slot = BUCKET_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(BUCKET_NANOS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Count a response the proxy generated because the upstream failed.
+    pub(crate) fn record_upstream_error(&self, status: StatusCode, latency: Duration) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        self.record(status, latency);
+    }
+
+    /// Counts by status class, upstream errors and the latency histogram.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let by_class: [u64; 5] = std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed));
+        let mut cumulative = 0u64;
+        let mut latency_buckets = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS_SECONDS
+                .get(i)
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            latency_buckets.push((bound, cumulative));
+        }
+        StatsSnapshot {
+            by_class,
+            upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
+            total: by_class.iter().sum(),
+            latency_buckets,
+            latency_sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// Append Prometheus text-format sample lines (no HELP/TYPE lines) for this
+    /// revision, with `labels` (e.g. `service="web",revision="3"`) prepended to
+    /// each sample's own labels.
+    ///
+    /// When rendering several revisions into one exposition, prefer
+    /// [`render_prometheus_all`], which keeps each metric family in one group
+    /// as the text format requires.
+    pub fn render_prometheus(&self, labels: &str, out: &mut String) {
+        let snap = self.snapshot();
+        snap.render_requests(labels, out);
+        snap.render_errors(labels, out);
+        snap.render_duration(labels, out);
+    }
+}
+
+impl StatsSnapshot {
+    fn render_requests(&self, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (class, count) in CLASS_LABELS.iter().zip(self.by_class) {
+            let _ = writeln!(
+                out,
+                "ferry_proxy_requests_total{{{labels}{sep}code=\"{class}\"}} {count}"
+            );
+        }
+    }
+
+    fn render_errors(&self, labels: &str, out: &mut String) {
+        let errors = self.upstream_errors;
+        if labels.is_empty() {
+            let _ = writeln!(out, "ferry_proxy_upstream_errors_total {errors}");
+        } else {
+            let _ = writeln!(
+                out,
+                "ferry_proxy_upstream_errors_total{{{labels}}} {errors}"
+            );
+        }
+    }
+
+    fn render_duration(&self, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut count = 0;
+        for (i, &(_, cumulative)) in self.latency_buckets.iter().enumerate() {
+            let le = BUCKET_LABELS.get(i).copied().unwrap_or("+Inf");
+            let _ = writeln!(
+                out,
+                "ferry_proxy_request_duration_seconds_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+            count = cumulative;
+        }
+        let sum = self.latency_sum_seconds;
+        if labels.is_empty() {
+            let _ = writeln!(out, "ferry_proxy_request_duration_seconds_sum {sum}");
+            let _ = writeln!(out, "ferry_proxy_request_duration_seconds_count {count}");
+        } else {
+            let _ = writeln!(
+                out,
+                "ferry_proxy_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "ferry_proxy_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+    }
+}
+
+/// Render a complete exposition (HELP/TYPE lines included) for several
+/// revisions, each given as `(labels, stats)`, with every metric family kept
+/// in a single group as the Prometheus text format requires.
+pub fn render_prometheus_all(revisions: &[(&str, &RevisionStats)], out: &mut String) {
+    let snaps: Vec<(&str, StatsSnapshot)> = revisions
+        .iter()
+        .map(|(labels, stats)| (*labels, stats.snapshot()))
+        .collect();
+    out.push_str(HELP_REQUESTS);
+    for (labels, snap) in &snaps {
+        snap.render_requests(labels, out);
+    }
+    out.push_str(HELP_ERRORS);
+    for (labels, snap) in &snaps {
+        snap.render_errors(labels, out);
+    }
+    out.push_str(HELP_DURATION);
+    for (labels, snap) in &snaps {
+        snap.render_duration(labels, out);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn records_and_renders() {
+        let stats = RevisionStats::new();
+        stats.record(StatusCode::OK, Duration::from_millis(3));
+        stats.record(StatusCode::NOT_FOUND, Duration::from_millis(30));
+        stats.record_upstream_error(StatusCode::BAD_GATEWAY, Duration::from_secs(20));
+        let snap = stats.snapshot();
+        assert_eq!(snap.by_class, [0, 1, 0, 1, 1]);
+        assert_eq!(snap.upstream_errors, 1);
+        assert_eq!(snap.total, 3);
+        assert_eq!(snap.latency_buckets.len(), 14);
+        assert_eq!(snap.latency_buckets[2], (0.005, 1));
+        assert_eq!(snap.latency_buckets[4], (0.025, 1));
+        assert_eq!(snap.latency_buckets[5], (0.05, 2));
+        assert_eq!(snap.latency_buckets[12], (10.0, 2));
+        assert_eq!(snap.latency_buckets[13], (f64::INFINITY, 3));
+        assert!((snap.latency_sum_seconds - 20.033).abs() < 1e-9);
+
+        let mut out = String::new();
+        stats.render_prometheus("service=\"web\",revision=\"3\"", &mut out);
+        for line in [
+            "ferry_proxy_requests_total{service=\"web\",revision=\"3\",code=\"1xx\"} 0\n",
+            "ferry_proxy_requests_total{service=\"web\",revision=\"3\",code=\"2xx\"} 1\n",
+            "ferry_proxy_requests_total{service=\"web\",revision=\"3\",code=\"5xx\"} 1\n",
+            "ferry_proxy_upstream_errors_total{service=\"web\",revision=\"3\"} 1\n",
+            "ferry_proxy_request_duration_seconds_bucket{service=\"web\",revision=\"3\",le=\"0.005\"} 1\n",
+            "ferry_proxy_request_duration_seconds_bucket{service=\"web\",revision=\"3\",le=\"1\"} 2\n",
+            "ferry_proxy_request_duration_seconds_bucket{service=\"web\",revision=\"3\",le=\"+Inf\"} 3\n",
+            "ferry_proxy_request_duration_seconds_sum{service=\"web\",revision=\"3\"} 20.033\n",
+            "ferry_proxy_request_duration_seconds_count{service=\"web\",revision=\"3\"} 3\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        assert!(!out.contains('#'));
+
+        let mut bare = String::new();
+        stats.render_prometheus("", &mut bare);
+        assert!(bare.contains("ferry_proxy_requests_total{code=\"2xx\"} 1\n"));
+        assert!(bare.contains("ferry_proxy_upstream_errors_total 1\n"));
+        assert!(bare.contains("ferry_proxy_request_duration_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn render_all_groups_families() {
+        let a = RevisionStats::new();
+        let b = RevisionStats::new();
+        a.record(StatusCode::OK, Duration::from_millis(1));
+        b.record(StatusCode::OK, Duration::from_millis(1));
+        let mut out = String::new();
+        render_prometheus_all(&[("revision=\"1\"", &a), ("revision=\"2\"", &b)], &mut out);
+        assert!(out.starts_with("# HELP ferry_proxy_requests_total"));
+        let first_error = out.find("ferry_proxy_upstream_errors_total{").unwrap();
+        let last_request = out.rfind("ferry_proxy_requests_total{").unwrap();
+        assert!(last_request < first_error);
+        let help: String = [HELP_REQUESTS, HELP_ERRORS, HELP_DURATION].concat();
+        assert_eq!(help, PROMETHEUS_HELP);
+    }
+}

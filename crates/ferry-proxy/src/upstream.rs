@@ -1,0 +1,197 @@
+//! Upstream instances, their keep-alive connection pools and in-flight counts.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::RevisionStats;
+use crate::body::ReqBody;
+
+/// One upstream instance. The daemon creates it once per instance and keeps
+/// the same `Arc` across routing-table swaps, so its keep-alive connection
+/// pool and in-flight counter survive swaps.
+pub struct Upstream {
+    instance_id: String,
+    revision: u64,
+    addr: SocketAddr,
+    stats: Arc<RevisionStats>,
+    revision_header: HeaderValue,
+    in_flight: AtomicUsize,
+    idle: Mutex<Vec<SendRequest<ReqBody>>>,
+}
+
+impl Upstream {
+    /// A new upstream with an empty connection pool.
+    pub fn new(
+        instance_id: String,
+        revision: u64,
+        addr: SocketAddr,
+        stats: Arc<RevisionStats>,
+    ) -> Arc<Self> {
+        Arc::new(Upstream {
+            instance_id,
+            revision,
+            addr,
+            stats,
+            revision_header: HeaderValue::from(revision),
+            in_flight: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The instance id given at creation.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The revision this instance runs.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Where the instance listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The revision's shared metrics.
+    pub fn stats(&self) -> &Arc<RevisionStats> {
+        &self.stats
+    }
+
+    /// Requests currently forwarded to this upstream whose response body has
+    /// not finished (or been dropped). Used to drain.
+    ///
+    /// Once [`ProxyHandle::set_routes`](crate::ProxyHandle::set_routes) has
+    /// returned, every request that could still use an upstream missing from
+    /// the new table is already counted here, so "swap, then wait for 0" is a
+    /// sound drain.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Number of idle pooled connections (open or not yet noticed closed).
+    pub fn idle_connections(&self) -> usize {
+        self.pool().len()
+    }
+
+    /// Close all idle pooled connections (called after draining, before the
+    /// instance is stopped).
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.pool());
+        // Dropping a `SendRequest` makes its connection task close the socket.
+        drop(idle);
+    }
+
+    pub(crate) fn revision_header(&self) -> &HeaderValue {
+        &self.revision_header
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Vec<SendRequest<ReqBody>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Take a pooled connection that is ready for a new request.
+    pub(crate) fn checkout(&self) -> Option<SendRequest<ReqBody>> {
+        let mut not_yet_ready = None;
+        let found = loop {
+            // The lock is held for the pop only; closed connections are
+            // dropped outside it.
+            let Some(sender) = self.pool().pop() else {
+                break None;
+            };
+            if sender.is_ready() {
+                break Some(sender);
+            }
+            if sender.is_closed() {
+                continue;
+            }
+            // Its previous response just finished but the connection task has
+            // not caught up yet (or the request body is still being written):
+            // keep it for later rather than waiting on it now.
+            if not_yet_ready.is_none() {
+                not_yet_ready = Some(sender);
+            }
+        };
+        if let Some(sender) = not_yet_ready {
+            self.pool().push(sender);
+        }
+        found
+    }
+
+    /// Return a connection after its response was read completely.
+    pub(crate) fn release(&self, sender: SendRequest<ReqBody>, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut pool = self.pool();
+        if pool.len() < max_idle {
+            pool.push(sender);
+        }
+    }
+
+    /// Open a new connection and spawn its connection task.
+    pub(crate) async fn connect(&self, timeout: Duration) -> io::Result<SendRequest<ReqBody>> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            }
+        };
+        stream.set_nodelay(true)?;
+        let (sender, conn) = Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%addr, error = %err, "upstream connection ended with error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("instance_id", &self.instance_id)
+            .field("revision", &self.revision)
+            .field("addr", &self.addr)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one request in an upstream's `in_flight` until dropped.
+pub(crate) struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    /// Increment the count. The caller must validate the routing table
+    /// afterwards (see `Shared::acquire`).
+    pub(crate) fn begin(upstream: &Arc<Upstream>) -> Self {
+        upstream.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(upstream))
+    }
+
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

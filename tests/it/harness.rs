@@ -1,0 +1,305 @@
+//! Test harness: a `ferry serve` process on a temp dir, the CLI, and a
+//! ferry.toml running the bundled demo app.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Knobs of the test service's spec.
+pub struct Spec {
+    pub instances: u32,
+    pub strategy: &'static str,
+    pub min_ready: &'static str,
+    pub deploy_timeout: &'static str,
+    pub scale_down_delay: &'static str,
+    pub extra: String,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            instances: 3,
+            strategy: "rolling",
+            min_ready: "300ms",
+            deploy_timeout: "10s",
+            scale_down_delay: "30s",
+            extra: String::new(),
+        }
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub daemon: Option<Child>,
+}
+
+impl Env {
+    /// A temp dir with a ferry.toml for service `web` and a running daemon.
+    pub fn start(spec: Spec) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-it-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let env = Env {
+            dir,
+            port,
+            daemon: None,
+        };
+        env.write_config(&spec);
+        let mut env = env;
+        env.start_daemon();
+        env
+    }
+
+    pub fn write_config(&self, spec: &Spec) {
+        let text = format!(
+            r#"[services.web]
+command = ["{FERRY}", "demo-app"]
+instances = {instances}
+listen = "127.0.0.1:{port}"
+env = {{ DEMO_VERSION = "{{version}}" }}
+{extra}
+[services.web.readiness]
+http = "/health"
+interval = "100ms"
+failure_threshold = 2
+
+[services.web.deploy]
+strategy = "{strategy}"
+min_ready = "{min_ready}"
+drain_timeout = "5s"
+deploy_timeout = "{deploy_timeout}"
+stop_timeout = "5s"
+scale_down_delay = "{scale_down_delay}"
+"#,
+            instances = spec.instances,
+            port = self.port,
+            extra = spec.extra,
+            strategy = spec.strategy,
+            min_ready = spec.min_ready,
+            deploy_timeout = spec.deploy_timeout,
+            scale_down_delay = spec.scale_down_delay,
+        );
+        std::fs::write(self.dir.path().join("ferry.toml"), text).unwrap();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn start_daemon(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir().join("api.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(FERRY)
+            .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .env("FERRY_DATA_DIR", self.data_dir())
+            .current_dir(self.dir.path())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        wait_for(
+            Duration::from_secs(20),
+            "the daemon to write api.json",
+            || self.data_dir().join("api.json").exists(),
+        );
+    }
+
+    /// SIGKILL the daemon: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM the daemon and wait: it drains and stops its instances.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(FERRY)
+            .args(args)
+            .env("FERRY_DATA_DIR", self.data_dir())
+            .env_remove("FERRY_API")
+            .env_remove("FERRY_TOKEN")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run the CLI and expect an exit code; returns stdout + stderr.
+    pub fn ferry_ok(&self, args: &[&str]) -> String {
+        self.ferry_code(args, 0)
+    }
+
+    pub fn ferry_code(&self, args: &[&str], code: i32) -> String {
+        let out = self.ferry(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "ferry {args:?} exited {:?}, expected {code}:\n{text}\n--- daemon log ---\n{}",
+            out.status.code(),
+            self.daemon_log()
+        );
+        text
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let text = self.ferry_ok(&all);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn api(&self) -> String {
+        let info: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data_dir().join("api.json")).unwrap(),
+        )
+        .unwrap();
+        info["url"].as_str().unwrap().to_string()
+    }
+
+    /// The daemon's id: the prefix of every marker it puts on processes.
+    pub fn daemon_id(&self) -> String {
+        let conn = rusqlite::Connection::open(self.data_dir().join("ferry.db")).unwrap();
+        conn.query_row("SELECT value FROM meta WHERE key = 'daemon_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    /// Live processes carrying this daemon's marker: (pid, FERRY_REVISION).
+    pub fn marked_processes(&self) -> Vec<(i32, String)> {
+        let prefix = format!("FERRY_INSTANCE={}/", self.daemon_id());
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let vars: Vec<String> = environ
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            if !vars.iter().any(|v| v.starts_with(&prefix)) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            {
+                continue;
+            }
+            let rev = vars
+                .iter()
+                .find_map(|v| v.strip_prefix("FERRY_REVISION="))
+                .unwrap_or("?")
+                .to_string();
+            out.push((pid, rev));
+        }
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop();
+        // Nothing Ferry started may outlive the test.
+        if self.data_dir().join("ferry.db").exists() {
+            for (pid, _) in self.marked_processes() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
+        }
+    }
+}
+
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Start the load generator: 8 keep-alive connections at a steady rate.
+pub fn load(target: SocketAddr) -> ferry::loadgen::LoadGen {
+    let mut c = ferry::loadgen::LoadConfig::new(target);
+    c.connections = 8;
+    c.rate_per_connection = Some(50.0);
+    c.max_duration = Duration::from_secs(120);
+    ferry::loadgen::LoadGen::start(c)
+}
+
+/// Versions answering over the next `window`.
+pub async fn versions_now(load: &ferry::loadgen::LoadGen, window: Duration) -> Vec<String> {
+    let _ = load.take_window();
+    tokio::time::sleep(window).await;
+    load.take_window().into_keys().collect()
+}
+
+/// Run a blocking CLI call off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
