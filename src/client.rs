@@ -11,6 +11,8 @@ use std::path::Path;
 /// Exit codes: 0 ok, 1 the operation failed, 2 usage or config error.
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+/// Ctrl-C while following a rollout: the rollout goes on in the daemon.
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// An error for the user, with the exit code it maps to.
 #[derive(Debug)]

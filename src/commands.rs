@@ -193,8 +193,16 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
     })
 }
 
+/// Catch Ctrl-C from before the request is sent, so an interrupt never
+/// kills the client halfway; the rollout itself lives in the daemon.
+fn interrupt() -> CliResult<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| CliError::failed(format!("cannot watch for Ctrl-C: {e}")))
+}
+
 pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliResult<()> {
     let req = build_deploy(args)?;
+    let sigint = interrupt()?;
     let accepted: RolloutAccepted = client
         .post(&format!("/v1/services/{}/deploys", args.service), &req)
         .await?;
@@ -221,7 +229,7 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
         }
         return Ok(());
     }
-    watch(client, id, output).await
+    watch(client, id, output, sigint).await
 }
 
 fn report_start(accepted: &RolloutAccepted, output: Output) {
@@ -235,7 +243,12 @@ fn report_start(accepted: &RolloutAccepted, output: Output) {
 }
 
 /// Follow a rollout until it ends. Ctrl-C stops watching, not the rollout.
-pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
+pub async fn watch(
+    client: &Client,
+    id: u64,
+    output: Output,
+    mut sigint: tokio::signal::unix::Signal,
+) -> CliResult<()> {
     let tty = output == Output::Text && std::io::stdout().is_terminal();
     let bar = tty.then(|| {
         let pb = indicatif::ProgressBar::new(1);
@@ -250,8 +263,6 @@ pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
         pb
     });
     let mut after = 0;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     loop {
         let events: Vec<StoredEvent> = client
             .get(&format!("/v1/rollouts/{id}/events?after={after}"))
@@ -290,10 +301,17 @@ pub async fn watch(client: &Client, id: u64, output: Output) -> CliResult<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = &mut interrupted => {
-                if let Some(pb) = &bar { pb.finish_and_clear(); }
-                eprintln!("stopped watching; rollout {id} goes on in the daemon. Follow it with `ferry status {}`", view.rollout.service);
-                std::process::exit(130);
+            _ = sigint.recv() => {
+                if let Some(pb) = &bar {
+                    pb.finish_and_clear();
+                }
+                return Err(CliError {
+                    code: crate::client::EXIT_INTERRUPTED,
+                    message: format!(
+                        "stopped watching; rollout {id} goes on in the daemon. Follow it with `ferry status {}`",
+                        view.rollout.service
+                    ),
+                });
             }
         }
     }
@@ -337,6 +355,7 @@ pub async fn rollback(
     detach: bool,
     output: Output,
 ) -> CliResult<()> {
+    let sigint = interrupt()?;
     let accepted: RolloutAccepted = client
         .post(
             &format!("/v1/services/{service}/rollback"),
@@ -345,7 +364,7 @@ pub async fn rollback(
         .await?;
     report_start(&accepted, output);
     match accepted.rollout {
-        Some(id) if !detach => watch(client, id, output).await,
+        Some(id) if !detach => watch(client, id, output, sigint).await,
         _ => Ok(()),
     }
 }

@@ -93,7 +93,14 @@ pub async fn run() -> CliResult<()> {
         .await
         .map_err(|_| CliError::failed("the demo daemon did not start"))?;
     let client = Client::discover(Some(&format!("http://{api}")), None, &data_dir)?;
-    let result = story(&client, &config, port).await;
+    // Ctrl-C still cleans up: the daemon stops its instances below.
+    let result = tokio::select! {
+        r = story(&client, &config, port) => r,
+        _ = tokio::signal::ctrl_c() => Err(CliError {
+            code: crate::client::EXIT_INTERRUPTED,
+            message: "interrupted".into(),
+        }),
+    };
 
     say("cleaning up: stopping the daemon and its instances");
     let _ = stop_tx.send(());

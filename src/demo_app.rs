@@ -63,6 +63,9 @@ pub struct DemoAppConfig {
     pub crash_on_start: bool,
     /// `DEMO_NEVER_READY=1`: serve normally but `/health` answers 503 forever.
     pub never_ready: bool,
+    /// `DEMO_UNHEALTHY_AFTER_MS`: `/health` answers 503 once the app has
+    /// served this long (a process that hangs, for liveness probes).
+    pub unhealthy_after: Option<Duration>,
 }
 
 impl DemoAppConfig {
@@ -135,6 +138,10 @@ impl DemoAppConfig {
             startup_delay: millis("DEMO_STARTUP_DELAY_MS")?,
             crash_on_start: flag("DEMO_CRASH_ON_START")?,
             never_ready: flag("DEMO_NEVER_READY")?,
+            unhealthy_after: match value("DEMO_UNHEALTHY_AFTER_MS") {
+                None => None,
+                Some(_) => Some(millis("DEMO_UNHEALTHY_AFTER_MS")?),
+            },
         })
     }
 }
@@ -285,6 +292,7 @@ struct AppState {
     rng: AtomicU64,
     requests: Mutex<BTreeMap<u16, u64>>,
     in_flight: AtomicUsize,
+    started: std::time::Instant,
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -315,6 +323,7 @@ impl AppState {
             rng: AtomicU64::new(if seed == 0 { 1 } else { seed }),
             requests: Mutex::new(BTreeMap::new()),
             in_flight: AtomicUsize::new(0),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -358,7 +367,10 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Response<RespBody> 
             }
         }
         (&Method::GET, "/health") => {
-            let (status, word) = if config.never_ready {
+            let gone_bad = config
+                .unhealthy_after
+                .is_some_and(|after| state.started.elapsed() >= after);
+            let (status, word) = if config.never_ready || gone_bad {
                 (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
             } else {
                 (StatusCode::OK, "healthy")
@@ -520,6 +532,7 @@ mod tests {
             startup_delay: Duration::ZERO,
             crash_on_start: false,
             never_ready: false,
+            unhealthy_after: None,
         }
     }
 

@@ -4,8 +4,11 @@ mod it {
     pub mod harness;
 
     mod api;
+    mod cli;
     mod crash;
     mod deploys;
+    mod example;
     mod failures;
     mod input;
+    mod instances;
 }

@@ -1,0 +1,59 @@
+//! Client behaviour: Ctrl-C stops watching, not the rollout; JSON progress.
+
+use super::harness::*;
+use std::time::Duration;
+
+#[test]
+fn ctrl_c_on_the_client_leaves_the_rollout_running() {
+    let env = Env::start(Spec {
+        min_ready: "1s",
+        ..Spec::default()
+    });
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    let child = std::process::Command::new(FERRY)
+        .args(["deploy", "web", "--version", "v2"])
+        .env("FERRY_DATA_DIR", env.data_dir())
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the rollout to start", || {
+        !env.json(&["status", "web"])["rollout"].is_null()
+    });
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("goes on in the daemon"));
+    wait_for(
+        Duration::from_secs(30),
+        "the rollout to finish anyway",
+        || env.json(&["status", "web"])["stable"] == 2,
+    );
+}
+
+#[test]
+fn json_output_is_one_object_per_line() {
+    let env = Env::start(Spec {
+        instances: 1,
+        ..Spec::default()
+    });
+    let out = env.ferry_ok(&["deploy", "web", "--version", "v1", "--output", "json"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines[0]["type"], "accepted");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "event" && l["kind"] == "scale")
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "result");
+    assert_eq!(last["outcome"], "succeeded");
+    assert_eq!(last["version"], "v1");
+}
