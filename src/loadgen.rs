@@ -446,6 +446,7 @@ mod tests {
             startup_delay: Duration::ZERO,
             crash_on_start: false,
             never_ready: false,
+            unhealthy_after: None,
         }
     }
 
