@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod proxy_spec;
 pub mod redact;
 pub mod revision;
 pub mod rollout;

@@ -180,6 +180,13 @@ pub struct ServiceSpec {
     /// Per-instance log file cap in bytes; older output rotates to `.1`.
     #[serde(default = "defaults::log_max_bytes")]
     pub log_max_bytes: u64,
+    /// Settings of the proxy in front of this service.
+    #[serde(default, skip_serializing_if = "is_default_proxy")]
+    pub proxy: crate::proxy_spec::ProxySpec,
+}
+
+fn is_default_proxy(p: &crate::proxy_spec::ProxySpec) -> bool {
+    *p == crate::proxy_spec::ProxySpec::default()
 }
 
 impl ServiceSpec {
@@ -451,6 +458,7 @@ impl ServiceSpec {
                 "pre_deploy_timeout must be positive",
             ));
         }
+        p.extend(self.proxy.validate(&at(&["proxy"])));
         if self.log_max_bytes < 4096 {
             p.push(Problem::new(
                 &at(&["log_max_bytes"]),

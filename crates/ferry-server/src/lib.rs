@@ -7,6 +7,7 @@ pub mod clock;
 pub mod daemon;
 pub mod metrics;
 pub mod probe;
+pub mod proxy_config;
 pub mod supervisor;
 
 use clock::{Clock, SystemClock};
