@@ -3,7 +3,6 @@
 
 use crate::client::{CliError, CliResult, Client};
 use ferry_core::config::{self, Config};
-use ferry_core::redact;
 use ferry_core::revision::check_version;
 use ferry_core::spec::{Strategy, valid_env_name};
 use ferry_server::api::{
@@ -44,7 +43,7 @@ pub fn load_config(path: &Path) -> CliResult<Config> {
 
 pub fn init(path: &Path, force: bool) -> CliResult<()> {
     if path.exists() && !force {
-        return Err(CliError::failed(format!(
+        return Err(CliError::usage(format!(
             "{} already exists; keep it, or overwrite it with `ferry init --force`",
             path.display()
         )));
@@ -153,7 +152,7 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         None => None,
         Some(s) => Some(Strategy::parse(s).ok_or_else(|| {
             CliError::usage(format!(
-                "--strategy `{s}` is not a strategy; use rolling or blue-green"
+                "--strategy `{s}` is not a strategy; use rolling, blue-green or canary"
             ))
         })?),
     };
@@ -335,6 +334,23 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
     if outcome == "succeeded" {
         return Ok(());
     }
+    // `ferry rollback` during a rollout aborts it: that abort is the
+    // rollback succeeding.
+    let rolled_back = r.outcome == Some(ferry_core::rollout::Outcome::Aborted)
+        && r.abort_requested_by
+            .as_deref()
+            .is_some_and(|a| a.starts_with("rollback by"));
+    if rolled_back {
+        if output == Output::Text {
+            println!(
+                "rolled back: rollout {} stopped; revision {} of {} serves all traffic",
+                r.id,
+                r.from.map_or("(none)".to_string(), |f| f.to_string()),
+                r.service
+            );
+        }
+        return Ok(());
+    }
     let mut message = format!("rollout {} {outcome}: {reason}", r.id);
     if let Some(hook) = &r.hook
         && !hook.ok
@@ -370,11 +386,18 @@ pub async fn rollback(
 }
 
 pub async fn gate(client: &Client, service: &str, action: &str, output: Output) -> CliResult<()> {
+    gate_with(client, service, action, &serde_json::json!({}), output).await
+}
+
+pub async fn gate_with(
+    client: &Client,
+    service: &str,
+    action: &str,
+    body: &serde_json::Value,
+    output: Output,
+) -> CliResult<()> {
     let accepted: RolloutAccepted = client
-        .post(
-            &format!("/v1/services/{service}/{action}"),
-            &serde_json::json!({}),
-        )
+        .post(&format!("/v1/services/{service}/{action}"), body)
         .await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
@@ -429,6 +452,19 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 r.available,
                 r.rollout.params.instances
             );
+            if r.rollout.strategy == ferry_core::spec::Strategy::Canary {
+                println!(
+                    "  canary: step {}/{}, {} % of traffic; analysis: {} measurements, {} failed",
+                    (r.rollout.canary.step + 1).min(r.rollout.params.steps.len()),
+                    r.rollout.params.steps.len(),
+                    r.rollout.canary.weight,
+                    r.rollout.analysis.measurements,
+                    r.rollout.analysis.failures
+                );
+            }
+            if let Some(p) = &r.rollout.paused {
+                println!("  PAUSED: {p}");
+            }
         }
         println!(
             "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE",
@@ -503,8 +539,6 @@ pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()>
         "AT", "ACTOR", "ACTION", "TARGET"
     );
     for e in &entries {
-        let mut detail = e.detail.clone();
-        redact::redact_json(&mut detail);
         println!(
             "{:<24} {:<34} {:<18} {:<10} {}",
             ferry_server::clock::rfc3339(e.at),
@@ -513,6 +547,69 @@ pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()>
             e.target,
             e.outcome
         );
+    }
+    Ok(())
+}
+
+/// `ferry rollout ID`: the record, its events and its measurements.
+pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> {
+    let view: RolloutView = client.get(&format!("/v1/rollouts/{id}")).await?;
+    let events: Vec<StoredEvent> = client.get(&format!("/v1/rollouts/{id}/events")).await?;
+    let measurements: Vec<ferry_store::StoredMeasurement> = client
+        .get(&format!("/v1/rollouts/{id}/measurements"))
+        .await?;
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"rollout": view, "events": events, "measurements": measurements})
+        );
+        return Ok(());
+    }
+    let r = &view.rollout;
+    println!(
+        "rollout {}: {} {} of `{}`, revision {} ({}){}",
+        r.id,
+        format!("{:?}", r.kind).to_lowercase(),
+        r.strategy.as_str(),
+        r.service,
+        r.to,
+        view.to_version,
+        r.from
+            .map(|f| format!(" replacing revision {f}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  phase {:?}, outcome {}",
+        r.phase,
+        r.outcome.map_or("(in progress)", |o| o.as_str())
+    );
+    if let Some(reason) = &r.reason {
+        println!("  reason: {}", reason.replace('\n', "\n    "));
+    }
+    if let Some(p) = &r.paused {
+        println!("  PAUSED: {p}");
+    }
+    if let Some(b) = &r.blast_radius {
+        println!(
+            "  blast radius: {} requests served by the canary, {} failed",
+            b.requests, b.failed
+        );
+    }
+    println!("  events:");
+    for e in &events {
+        println!("    {} {}", ferry_server::clock::rfc3339(e.at), e.message);
+    }
+    if !measurements.is_empty() {
+        println!("  measurements ({}):", measurements.len());
+        for m in &measurements {
+            println!(
+                "    {} {:<13} {:<40} {}",
+                ferry_server::clock::rfc3339(m.at),
+                format!("{:?}", m.measurement.verdict).to_lowercase(),
+                m.measurement.check,
+                m.measurement.detail
+            );
+        }
     }
     Ok(())
 }

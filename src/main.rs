@@ -53,6 +53,7 @@ enum LogFormat {
 enum Command {
     /// Write a commented example ferry.toml.
     Init {
+        /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
         /// Overwrite an existing file.
@@ -61,6 +62,7 @@ enum Command {
     },
     /// Validate ferry.toml (exit 2 with every problem, each with file:line).
     Check {
+        /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
     },
@@ -72,11 +74,12 @@ enum Command {
     },
     /// Release a new version of a service.
     Deploy {
+        /// The service, as named in ferry.toml.
         service: String,
         /// The version label; fills {version} in the command and env.
         #[arg(long)]
         version: String,
-        /// Override the spec's strategy: rolling or blue-green.
+        /// Override the spec's strategy: rolling, blue-green or canary.
         #[arg(long)]
         strategy: Option<String>,
         /// Set an environment variable for the new revision (repeatable).
@@ -94,27 +97,67 @@ enum Command {
         /// Return at once instead of following the rollout.
         #[arg(long)]
         detach: bool,
+        /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
     },
     /// Show services, their instances and any rollout in progress.
-    Status { service: Option<String> },
+    Status {
+        /// One service (default: all).
+        service: Option<String>,
+    },
     /// List a service's rollouts with outcome and reason.
-    History { service: String },
+    History {
+        /// The service, as named in ferry.toml.
+        service: String,
+    },
     /// Go back to the previous (or a given) revision, through the same zero-downtime path.
     Rollback {
+        /// The service, as named in ferry.toml.
         service: String,
+        /// The revision to go back to (default: the one before the serving one).
         #[arg(long)]
         to_revision: Option<u64>,
+        /// Return at once instead of following the rollback.
         #[arg(long)]
         detach: bool,
     },
     /// Let a blue-green rollout waiting at its gate switch traffic.
-    Approve { service: String },
+    Approve {
+        /// The service.
+        service: String,
+    },
     /// Stop the rollout in progress; traffic returns to the previous revision.
-    Abort { service: String },
+    Abort {
+        /// The service.
+        service: String,
+    },
+    /// Move a canary past its current step (or a blue-green rollout past its gate).
+    Promote {
+        /// The service.
+        service: String,
+        /// Skip every remaining step: straight to 100 %.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Hold the rollout in progress where it is (traffic and instances stay).
+    Pause {
+        /// The service.
+        service: String,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        /// The service.
+        service: String,
+    },
+    /// Show one rollout: its record, events and every analysis measurement.
+    Rollout {
+        /// The rollout's number (see `ferry history`).
+        id: u64,
+    },
     /// Show the audit log: who changed what, when, and how it ended.
     Audit {
+        /// How many of the newest entries to show.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -130,6 +173,7 @@ fn init_logging(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -146,7 +190,12 @@ fn main() {
     let code = match runtime.block_on(run(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // Multi-line messages already say `error:` on each line.
+            if e.message.starts_with("error: ") {
+                eprintln!("{}", e.message);
+            } else {
+                eprintln!("error: {}", e.message);
+            }
             e.code
         }
     };
@@ -219,6 +268,17 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Abort { service } => {
             commands::gate(&client()?, service, "abort", cli.output).await
         }
+        Command::Promote { service, full } => {
+            let body = serde_json::json!({ "full": full });
+            commands::gate_with(&client()?, service, "promote", &body, cli.output).await
+        }
+        Command::Pause { service } => {
+            commands::gate(&client()?, service, "pause", cli.output).await
+        }
+        Command::Resume { service } => {
+            commands::gate(&client()?, service, "resume", cli.output).await
+        }
+        Command::Rollout { id } => commands::rollout(&client()?, *id, cli.output).await,
         Command::Audit { limit } => commands::audit(&client()?, *limit, cli.output).await,
         Command::Demo => {
             init_logging(cli.log_format, "warn");

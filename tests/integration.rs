@@ -4,6 +4,7 @@ mod it {
     pub mod harness;
 
     mod api;
+    mod canary;
     mod cli;
     mod crash;
     mod deploys;
@@ -11,4 +12,5 @@ mod it {
     mod failures;
     mod input;
     mod instances;
+    mod proxy;
 }

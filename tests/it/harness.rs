@@ -23,7 +23,12 @@ pub struct Spec {
     pub min_ready: &'static str,
     pub deploy_timeout: &'static str,
     pub scale_down_delay: &'static str,
+    /// Lines for `[services.web]`.
     pub extra: String,
+    /// Lines for `[services.web.deploy]`.
+    pub deploy_extra: String,
+    /// Tables appended at the end (e.g. `[services.web.analysis]`).
+    pub tail: String,
 }
 
 impl Default for Spec {
@@ -35,6 +40,8 @@ impl Default for Spec {
             deploy_timeout: "10s",
             scale_down_delay: "30s",
             extra: String::new(),
+            deploy_extra: String::new(),
+            tail: String::new(),
         }
     }
 }
@@ -84,6 +91,8 @@ drain_timeout = "5s"
 deploy_timeout = "{deploy_timeout}"
 stop_timeout = "5s"
 scale_down_delay = "{scale_down_delay}"
+{deploy_extra}
+{tail}
 "#,
             instances = spec.instances,
             port = self.port,
@@ -92,6 +101,8 @@ scale_down_delay = "{scale_down_delay}"
             min_ready = spec.min_ready,
             deploy_timeout = spec.deploy_timeout,
             scale_down_delay = spec.scale_down_delay,
+            deploy_extra = spec.deploy_extra,
+            tail = spec.tail,
         );
         std::fs::write(self.dir.path().join("ferry.toml"), text).unwrap();
     }

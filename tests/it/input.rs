@@ -106,7 +106,7 @@ fn bad_cli_input_exits_2_before_anything_happens() {
         ),
         (
             vec!["deploy", "web", "--version", "v1", "--strategy", "sideways"],
-            "rolling or blue-green",
+            "use rolling, blue-green or canary",
         ),
         (
             vec!["deploy", "api", "--version", "v1"],

@@ -4,6 +4,8 @@
 //! timestamp passed in, so it can be tested exhaustively without processes.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
+pub mod canary;
 pub mod config;
 pub mod duration;
 pub mod proxy_spec;

@@ -8,6 +8,8 @@
 //! daemon restarted after a crash simply calls `advance` again.
 
 use crate::Millis;
+use crate::analysis::{Measurement, Verdict};
+use crate::canary::{self, CanaryStep, OnFailure, Pause};
 use crate::spec::{ServiceSpec, Strategy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +24,10 @@ pub struct ServiceState {
     pub scale: BTreeMap<u64, u32>,
     /// Revisions whose available instances receive traffic.
     pub traffic: Vec<u64>,
+    /// Share of traffic per revision in percent, when split by weight (a
+    /// canary); empty = spread over the available instances evenly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<u64, u32>,
     /// Revisions kept running after a blue-green switch, until a time.
     pub retiring: BTreeMap<u64, Millis>,
     /// The rollout in progress, if any.
@@ -80,6 +86,16 @@ pub struct Params {
     pub scale_down_delay_ms: u64,
     pub auto_promote: bool,
     pub has_pre_deploy: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<CanaryStep>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Failed measurements allowed before the analysis fails the rollout.
+    #[serde(default)]
+    pub failure_limit: u32,
+    /// Inconclusive measurements in a row allowed before it pauses.
+    #[serde(default)]
+    pub inconclusive_limit: u32,
 }
 
 impl Params {
@@ -93,6 +109,10 @@ impl Params {
             scale_down_delay_ms: spec.deploy.scale_down_delay.as_millis(),
             auto_promote: spec.deploy.auto_promote,
             has_pre_deploy: spec.pre_deploy.is_some(),
+            steps: spec.deploy.steps.clone(),
+            on_failure: spec.deploy.on_failure,
+            failure_limit: spec.analysis.as_ref().map_or(0, |a| a.failure_limit),
+            inconclusive_limit: spec.analysis.as_ref().map_or(0, |a| a.inconclusive_limit),
         }
     }
 }
@@ -134,6 +154,76 @@ pub struct Rollout {
     pub finished_at: Option<Millis>,
     /// The instance whose failure failed the rollout (the shell adds its log).
     pub failed_instance: Option<String>,
+    /// Why the rollout holds where it is (a manual pause step, `ferry
+    /// pause`, inconclusive or failed analysis with `on_failure = "pause"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Requests from the API, consumed by the next `advance`.
+    #[serde(default)]
+    pub requests: Requests,
+    #[serde(default)]
+    pub canary: CanaryProgress,
+    #[serde(default)]
+    pub analysis: AnalysisCounters,
+    /// Requests served by the new revision, and failed, before it was
+    /// promoted or pulled. Filled in by the shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<BlastRadius>,
+    /// Who started it (the API's actor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+}
+
+/// `ferry promote`, `ferry pause`, `ferry resume`, waiting to be applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requests {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<PromoteRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub by: String,
+    /// Skip every remaining step.
+    pub full: bool,
+}
+
+/// Where a canary is in its steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryProgress {
+    /// Index of the current step; `steps.len()` = promoting to 100 %.
+    pub step: usize,
+    /// When the current step's pause started (after its weight applied).
+    pub step_since: Millis,
+    /// The step whose weight has been applied.
+    pub applied: Option<usize>,
+    /// The canary's current share of traffic, percent.
+    pub weight: u32,
+}
+
+/// Running totals of the analysis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisCounters {
+    pub measurements: u64,
+    pub failures: u32,
+    pub inconclusive_in_row: u32,
+    /// Failed analysis holds the rollout (`on_failure = "pause"`) until a
+    /// human resumes, promotes or aborts it.
+    #[serde(default)]
+    pub held: bool,
+    /// The last failing or inconclusive detail, for reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlastRadius {
+    pub requests: u64,
+    pub failed: u64,
 }
 
 impl Rollout {
@@ -178,6 +268,12 @@ impl Rollout {
             seen_available: 0,
             finished_at: None,
             failed_instance: None,
+            paused: None,
+            requests: Requests::default(),
+            canary: CanaryProgress::default(),
+            analysis: AnalysisCounters::default(),
+            blast_radius: None,
+            started_by: None,
         }
     }
 
@@ -220,6 +316,15 @@ fn event(kind: &str, message: String) -> Event {
     }
 }
 
+/// Everything the shell observed for one `advance`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// The service's live (not stopping) instances.
+    pub instances: Vec<InstanceObs>,
+    /// Analysis measurements taken since the last `advance`.
+    pub measurements: Vec<Measurement>,
+}
+
 /// What `advance` decided: the next stored state and what to tell people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -251,10 +356,11 @@ fn counts(
 
 /// Decide the next step of `rollout` given what was observed at `now`.
 /// Pure: the same inputs always give the same outputs.
-pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now: Millis) -> Step {
+pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now: Millis) -> Step {
     let mut s = state.clone();
     let mut r = rollout.clone();
     let mut events = Vec::new();
+    let obs = observed.instances.as_slice();
     if r.is_done() {
         return Step {
             state: s,
@@ -282,6 +388,7 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
             events,
         };
     }
+    apply_requests(&mut r, now, &mut events);
 
     match r.phase {
         Phase::PreDeploy => match &r.hook {
@@ -312,10 +419,45 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
                     now,
                     &mut events,
                 );
+            } else if let Some(reason) = judge_analysis(&mut r, &observed.measurements, &mut events)
+            {
+                match r.params.on_failure {
+                    OnFailure::Rollback => {
+                        begin_revert(
+                            &mut s,
+                            &mut r,
+                            Outcome::Failed,
+                            reason,
+                            None,
+                            obs,
+                            now,
+                            &mut events,
+                        );
+                    }
+                    OnFailure::Pause => {
+                        r.analysis_held();
+                        r.paused = Some(reason.clone());
+                        events.push(event(
+                            "paused",
+                            format!(
+                                "ANALYSIS FAILED, rollout {} PAUSED (on_failure = \"pause\"): traffic stays where it is until a human decides: `ferry resume {svc}`, `ferry promote {svc}` or `ferry abort {svc}`. {reason}",
+                                r.id,
+                                svc = r.service
+                            ),
+                        ));
+                    }
+                }
+            } else if r.paused.is_some() {
+                // Hold: traffic and instances stay as they are.
             } else {
-                match r.strategy {
-                    Strategy::Rolling => rolling(&mut s, &mut r, obs, now, &mut events),
-                    Strategy::BlueGreen => blue_green(&mut s, &mut r, obs, now, &mut events),
+                match (r.strategy, r.from) {
+                    (Strategy::Rolling, _) | (Strategy::Canary, None) => {
+                        rolling(&mut s, &mut r, obs, now, &mut events)
+                    }
+                    (Strategy::BlueGreen, _) => blue_green(&mut s, &mut r, obs, now, &mut events),
+                    (Strategy::Canary, Some(from)) => {
+                        canary_steps(&mut s, &mut r, from, obs, now, &mut events)
+                    }
                 }
             }
         }
@@ -327,6 +469,131 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, obs: &[InstanceObs], now
         rollout: r,
         events,
     }
+}
+
+impl Rollout {
+    /// Mark that analysis failure holds the rollout (so later failed
+    /// measurements do not fire again until a human resumes it).
+    fn analysis_held(&mut self) {
+        self.analysis.held = true;
+        self.analysis.failures = 0;
+        self.analysis.inconclusive_in_row = 0;
+        self.analysis.last_problem = None;
+    }
+}
+
+/// Apply `ferry pause`, `ferry resume` and `ferry promote`.
+fn apply_requests(r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
+    let req = std::mem::take(&mut r.requests);
+    if let Some(who) = req.pause
+        && r.paused.is_none()
+    {
+        r.paused = Some(format!("paused by {who}"));
+        events.push(event(
+            "paused",
+            format!(
+                "rollout {} paused by {who}; `ferry resume {}` continues it",
+                r.id, r.service
+            ),
+        ));
+    }
+    if let Some(who) = req.resume
+        && let Some(why) = r.paused.take()
+    {
+        r.analysis.inconclusive_in_row = 0;
+        r.analysis.failures = 0;
+        r.analysis.held = false;
+        r.last_progress_at = now;
+        events.push(event(
+            "resumed",
+            format!("rollout {} resumed by {who} (it was held: {why})", r.id),
+        ));
+    }
+    if let Some(p) = req.promote {
+        r.paused = None;
+        r.analysis.held = false;
+        r.analysis.failures = 0;
+        r.last_progress_at = now;
+        match r.strategy {
+            Strategy::Canary if p.full => {
+                r.canary.step = r.params.steps.len();
+                events.push(event(
+                    "promoted",
+                    format!("promoted to 100 % by {} (remaining steps skipped)", p.by),
+                ));
+            }
+            Strategy::Canary => {
+                let i = r.canary.step;
+                let pausing = r.params.steps.get(i).is_some_and(|s| s.pause.is_some());
+                if pausing && r.canary.applied == Some(i) {
+                    r.canary.step += 1;
+                    r.canary.step_since = now;
+                }
+                events.push(event(
+                    "promoted",
+                    format!("promoted by {}: on to the next step", p.by),
+                ));
+            }
+            _ => {
+                r.approved_by = Some(p.by.clone());
+                events.push(event("promoted", format!("promoted by {}", p.by)));
+            }
+        }
+        if r.phase == Phase::AwaitingApproval && r.strategy == Strategy::Canary {
+            set_phase(r, Phase::Progressing, now);
+        }
+    }
+}
+
+/// Count new measurements; the reason to fail, when there is one.
+fn judge_analysis(
+    r: &mut Rollout,
+    measurements: &[Measurement],
+    events: &mut Vec<Event>,
+) -> Option<String> {
+    for m in measurements {
+        r.analysis.measurements += 1;
+        match m.verdict {
+            Verdict::Pass => r.analysis.inconclusive_in_row = 0,
+            Verdict::Fail => {
+                r.analysis.failures += 1;
+                r.analysis.last_problem = Some(format!("{}: {}", m.check, m.detail));
+                events.push(event(
+                    "analysis-failed",
+                    format!(
+                        "analysis: {} failed ({}/{} failures allowed): {}",
+                        m.check, r.analysis.failures, r.params.failure_limit, m.detail
+                    ),
+                ));
+            }
+            Verdict::Inconclusive => {
+                r.analysis.inconclusive_in_row += 1;
+                r.analysis.last_problem = Some(format!("{}: {}", m.check, m.detail));
+            }
+        }
+    }
+    if r.analysis.failures > r.params.failure_limit && !r.analysis.held {
+        return Some(format!(
+            "analysis failed: {} failed measurements (failure_limit {}); last: {}",
+            r.analysis.failures,
+            r.params.failure_limit,
+            r.analysis.last_problem.clone().unwrap_or_default()
+        ));
+    }
+    if r.analysis.inconclusive_in_row > r.params.inconclusive_limit && r.paused.is_none() {
+        let why = format!(
+            "analysis inconclusive {} times in a row (inconclusive_limit {}): {}",
+            r.analysis.inconclusive_in_row,
+            r.params.inconclusive_limit,
+            r.analysis.last_problem.clone().unwrap_or_default()
+        );
+        events.push(event(
+            "paused",
+            format!("rollout {} paused: {why}; it is not promoted on too little evidence. `ferry resume {}` to go on", r.id, r.service),
+        ));
+        r.paused = Some(why);
+    }
+    None
 }
 
 /// Why the new revision is failing, if it is.
@@ -352,6 +619,7 @@ fn failure(r: &Rollout, obs: &[InstanceObs], now: Millis) -> Option<(Option<Stri
         }
     }
     if r.phase == Phase::Progressing
+        && r.paused.is_none()
         && now.saturating_sub(r.last_progress_at) > r.params.deploy_timeout_ms
     {
         return Some((
@@ -466,6 +734,116 @@ fn progress_mark(r: &mut Rollout, available: u32, now: Millis) -> bool {
         return true;
     }
     false
+}
+
+fn canary_steps(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    from: u64,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
+    let n = r.params.instances;
+    let steps = r.params.steps.clone();
+    let want_traffic = vec![from, r.to];
+    if s.traffic != want_traffic {
+        s.traffic = want_traffic;
+    }
+    while r.canary.step < steps.len() {
+        let i = r.canary.step;
+        let step = &steps[i];
+        if r.canary.applied != Some(i) {
+            if let Some(w) = step.weight {
+                let need = canary::instances_for(w, n);
+                if counts(s, obs, r.to, r.params.min_ready_ms, now).desired != need {
+                    set_scale(s, r.to, need);
+                }
+                let available = counts(s, obs, r.to, r.params.min_ready_ms, now).available;
+                progress_mark(r, available, now);
+                if available < need {
+                    return;
+                }
+                s.weights = [(from, 100 - w), (r.to, w)]
+                    .into_iter()
+                    .filter(|(_, w)| *w > 0)
+                    .collect();
+                r.canary.weight = w;
+                events.push(event(
+                    "step",
+                    format!(
+                        "step {}/{}: canary (revision {}) takes {w} % of traffic on {need} instance{}",
+                        i + 1,
+                        steps.len(),
+                        r.to,
+                        if need == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+            r.canary.applied = Some(i);
+            r.canary.step_since = now;
+            r.last_progress_at = now;
+        }
+        match step.pause {
+                        Some(Pause::For(d)) if now < r.canary.step_since + d.as_millis() => {
+                // Waiting out a timed pause is progress, not a stall.
+                r.last_progress_at = now;
+                return;
+            }
+            None | Some(Pause::For(_)) => {}
+            Some(Pause::Manual) if !r.auto_approve => {
+                if r.phase != Phase::AwaitingApproval {
+                    set_phase(r, Phase::AwaitingApproval, now);
+                    events.push(event(
+                        "awaiting-approval",
+                        format!(
+                            "step {}/{}: paused at {} %; `ferry promote {}` goes on",
+                            i + 1,
+                            steps.len(),
+                            r.canary.weight,
+                            r.service
+                        ),
+                    ));
+                }
+                return;
+            }
+            Some(Pause::Manual) => {}
+        }
+        r.canary.step += 1;
+        r.canary.step_since = now;
+    }
+    if r.phase == Phase::AwaitingApproval {
+        set_phase(r, Phase::Progressing, now);
+    }
+    // Every step passed: promote to 100 %.
+    if r.canary.applied != Some(steps.len()) {
+        r.canary.applied = Some(steps.len());
+        events.push(event(
+            "promoting",
+            format!("all steps passed: promoting revision {} to 100 %", r.to),
+        ));
+    }
+    if counts(s, obs, r.to, r.params.min_ready_ms, now).desired != n {
+        set_scale(s, r.to, n);
+    }
+    let available = counts(s, obs, r.to, r.params.min_ready_ms, now).available;
+    progress_mark(r, available, now);
+    if available < n {
+        return;
+    }
+    s.weights.clear();
+    s.traffic = vec![r.to];
+    s.stable = Some(r.to);
+    set_scale(s, from, 0);
+    r.canary.weight = 100;
+    finish(
+        s,
+        r,
+        Outcome::Succeeded,
+        format!("revision {} serves all traffic", r.to),
+        now,
+        events,
+    );
 }
 
 fn blue_green(
@@ -590,8 +968,14 @@ fn begin_revert(
             // Healthy new instances keep serving until the old revision is
             // back at full size; the rest stop now.
             let new_available = counts(s, obs, r.to, r.params.min_ready_ms, now).available;
+            let old_available = counts(s, obs, from, 0, now).available;
             set_scale(s, r.to, new_available);
-            s.traffic = if new_available > 0 && s.traffic.contains(&r.to) {
+            // A canary's weight goes to 0 in this very tick; a rolling
+            // deploy keeps healthy new instances serving until the old
+            // revision is back at full size.
+            s.weights.clear();
+            let old_full = old_available >= r.from_instances.max(1);
+            s.traffic = if new_available > 0 && s.traffic.contains(&r.to) && !old_full {
                 vec![from, r.to]
             } else {
                 vec![from]
@@ -609,6 +993,7 @@ fn begin_revert(
         None => {
             set_scale(s, r.to, 0);
             s.traffic.clear();
+            s.weights.clear();
             let reason = r.reason.clone().unwrap_or_default();
             finish(s, r, outcome, reason, now, events);
         }
@@ -628,6 +1013,7 @@ fn revert(
     if old.available >= old.desired || timed_out {
         set_scale(s, r.to, 0);
         s.traffic = vec![from];
+        s.weights.clear();
         s.stable = Some(from);
         let outcome = r.outcome.unwrap_or(Outcome::Failed);
         let reason = r.reason.clone().unwrap_or_default();
@@ -698,6 +1084,17 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
     if p.has_pre_deploy {
         lines.push("run the pre_deploy hook once, to completion; if it fails, stop here (nothing else is touched)".to_string());
     }
+    if r.strategy == Strategy::Canary
+        && let Some(from) = r.from
+    {
+        canary_plan(r, from, &mut lines);
+        lines.push(format!(
+            "each new instance must be ready (and ready for min_ready {}) within deploy_timeout {}, or the deploy fails and traffic stays on the previous revision",
+            fmt_ms(p.min_ready_ms),
+            fmt_ms(p.deploy_timeout_ms)
+        ));
+        return lines;
+    }
     let mut sim = r.clone();
     sim.phase = Phase::Progressing;
     sim.auto_approve = true;
@@ -718,12 +1115,17 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
     let mut now = r.started_at.max(1);
     let mut batch = 0;
     for _ in 0..10_000 {
-        let step = advance(&s, &sim, &world, now);
+        let observed = Observed {
+            instances: world.clone(),
+            measurements: Vec::new(),
+        };
+        let step = advance(&s, &sim, &observed, now);
         for e in &step.events {
             if e.kind == "scale" {
                 batch += 1;
                 lines.push(format!("batch {batch}: {}", e.message));
             }
+
             if e.kind == "switched"
                 && !(r.auto_approve || p.auto_promote || r.kind == RolloutKind::Rollback)
             {
@@ -765,7 +1167,16 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
                 }
             });
         }
-        now += p.min_ready_ms.max(1);
+        now += p.min_ready_ms.max(1).max(
+            p.steps
+                .iter()
+                .filter_map(|st| match st.pause {
+                    Some(Pause::For(d)) => Some(d.as_millis()),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(1),
+        );
     }
     lines.push(format!(
         "each new instance must be ready (and ready for min_ready {}) within deploy_timeout {}, or the deploy fails and traffic stays on the previous revision",
@@ -773,4 +1184,49 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
         fmt_ms(p.deploy_timeout_ms)
     ));
     lines
+}
+
+/// A canary's plan, read straight off its steps.
+fn canary_plan(r: &Rollout, from: u64, lines: &mut Vec<String>) {
+    let p = &r.params;
+    let total = p.steps.len();
+    for (i, step) in p.steps.iter().enumerate() {
+        if let Some(w) = step.weight {
+            let n = canary::instances_for(w, p.instances);
+            lines.push(format!(
+                "step {}/{total}: canary (revision {}) takes {w} % of traffic on {n} instance{}",
+                i + 1,
+                r.to,
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        match step.pause {
+            Some(Pause::For(d)) => lines.push(format!("step {}/{total}: hold for {d} while analysis judges", i + 1)),
+            Some(Pause::Manual) if r.auto_approve => {
+                lines.push(format!("step {}/{total}: manual pause skipped (--auto-approve)", i + 1))
+            }
+            Some(Pause::Manual) => lines.push(format!(
+                "step {}/{total}: gate: wait for `ferry promote {}` (or deploy with --auto-approve)",
+                i + 1,
+                r.service
+            )),
+            None => {}
+        }
+    }
+    lines.push(format!(
+        "all steps passed: promoting revision {} to 100 % ({} instances), then revision {from} stops",
+        r.to, p.instances
+    ));
+    let on_failure = match p.on_failure {
+        OnFailure::Rollback => {
+            format!("the canary's weight goes to 0 at once and traffic stays on revision {from}")
+        }
+        OnFailure::Pause => {
+            "traffic holds where it is and the rollout waits for a human".to_string()
+        }
+    };
+    lines.push(format!(
+        "analysis: more than {} failed measurements → {on_failure}; more than {} inconclusive in a row → pause",
+        p.failure_limit, p.inconclusive_limit
+    ));
 }

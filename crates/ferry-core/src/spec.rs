@@ -47,6 +47,7 @@ pub enum Strategy {
     #[default]
     Rolling,
     BlueGreen,
+    Canary,
 }
 
 impl Strategy {
@@ -54,6 +55,7 @@ impl Strategy {
         match s {
             "rolling" => Some(Strategy::Rolling),
             "blue-green" | "bluegreen" | "blue_green" => Some(Strategy::BlueGreen),
+            "canary" => Some(Strategy::Canary),
             _ => None,
         }
     }
@@ -61,6 +63,7 @@ impl Strategy {
         match self {
             Strategy::Rolling => "rolling",
             Strategy::BlueGreen => "blue-green",
+            Strategy::Canary => "canary",
         }
     }
 }
@@ -134,6 +137,15 @@ pub struct DeploySpec {
     /// Blue-green: how long the old set keeps running after the switch.
     #[serde(default = "defaults::scale_down_delay")]
     pub scale_down_delay: Dur,
+    /// Canary: the steps, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::canary::CanaryStep>,
+    /// Canary: `"header:NAME"` or `"cookie:NAME"`; absent = per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<String>,
+    /// What a failed analysis does: roll back, or pause for a human.
+    #[serde(default)]
+    pub on_failure: crate::canary::OnFailure,
 }
 
 impl Default for DeploySpec {
@@ -148,12 +160,15 @@ impl Default for DeploySpec {
             stop_timeout: defaults::stop_timeout(),
             auto_promote: false,
             scale_down_delay: defaults::scale_down_delay(),
+            steps: Vec::new(),
+            stickiness: None,
+            on_failure: crate::canary::OnFailure::Rollback,
         }
     }
 }
 
 /// One service as declared in `ferry.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub command: CommandSpec,
@@ -180,6 +195,9 @@ pub struct ServiceSpec {
     /// Per-instance log file cap in bytes; older output rotates to `.1`.
     #[serde(default = "defaults::log_max_bytes")]
     pub log_max_bytes: u64,
+    /// How every release of this service is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::analysis::AnalysisSpec>,
     /// Settings of the proxy in front of this service.
     #[serde(default, skip_serializing_if = "is_default_proxy")]
     pub proxy: crate::proxy_spec::ProxySpec,
@@ -395,6 +413,14 @@ impl ServiceSpec {
             )),
             Ok(_) => {}
         }
+        if let Some(w) = &self.workdir
+            && (w.contains("{port}") || !unknown_placeholders(w).is_empty())
+        {
+            p.push(Problem::new(
+                &at(&["workdir"]),
+                format!("workdir = \"{w}\" may use only {{version}}: every instance of a revision shares its workdir"),
+            ));
+        }
         for (k, v) in &self.env {
             if !valid_env_name(k) {
                 p.push(Problem::new(
@@ -459,6 +485,17 @@ impl ServiceSpec {
             ));
         }
         p.extend(self.proxy.validate(&at(&["proxy"])));
+        if d.strategy == Strategy::Canary || !d.steps.is_empty() {
+            p.extend(crate::canary::validate_steps(&d.steps, &at(&["deploy"])));
+        }
+        if let Some(s) = &d.stickiness
+            && let Err(e) = crate::canary::Stickiness::parse(s)
+        {
+            p.push(Problem::new(&at(&["deploy", "stickiness"]), e));
+        }
+        if let Some(a) = &self.analysis {
+            p.extend(a.validate(&at(&["analysis"])));
+        }
         if self.log_max_bytes < 4096 {
             p.push(Problem::new(
                 &at(&["log_max_bytes"]),

@@ -11,6 +11,8 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 pub(crate) const X_FERRY_REVISION: HeaderName = HeaderName::from_static("x-ferry-revision");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -63,10 +65,26 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Append the client's address to `X-Forwarded-For` and set `X-Forwarded-Proto`.
-pub(crate) fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade`
+/// plus an `Upgrade` header), e.g. a WebSocket handshake.
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
+/// Set `X-Forwarded-For` and `X-Forwarded-Proto`. From a trusted peer the
+/// client's address is appended to the `X-Forwarded-For` it sent; from any
+/// other peer that header is replaced (so it cannot be forged).
+pub(crate) fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue, trusted: bool) {
     match headers.entry(X_FORWARDED_FOR) {
         header::Entry::Vacant(entry) => {
+            entry.insert(client_ip.clone());
+        }
+        header::Entry::Occupied(mut entry) if !trusted => {
             entry.insert(client_ip.clone());
         }
         header::Entry::Occupied(mut entry) => {
@@ -89,6 +107,96 @@ pub(crate) fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
         }
     }
     headers.insert(X_FORWARDED_PROTO, HTTP);
+}
+
+/// The client's address according to a trusted peer's `X-Forwarded-For`:
+/// the rightmost entry that is not itself a trusted proxy.
+pub(crate) fn forwarded_client(
+    headers: &HeaderMap,
+    trusted: &[crate::IpNet],
+) -> Option<std::net::IpAddr> {
+    let mut found = None;
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return found;
+        };
+        for item in text.rsplit(',') {
+            let item = item.trim();
+            let ip = item
+                .parse::<std::net::IpAddr>()
+                .or_else(|_| item.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+                .or_else(|_| {
+                    item.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                });
+            let Ok(ip) = ip else {
+                return found;
+            };
+            let ip = ip.to_canonical();
+            found = Some(ip);
+            if !crate::net::is_trusted(trusted, ip) {
+                return found;
+            }
+        }
+    }
+    found
+}
+
+/// Keep the client's W3C `traceparent` if it is well formed, else start a
+/// new trace (and drop a `tracestate` that belonged to the bad one).
+pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
+    if let Some(value) = headers.get(TRACEPARENT)
+        && valid_traceparent(value.as_bytes())
+    {
+        return;
+    }
+    headers.remove(TRACESTATE);
+    headers.insert(TRACEPARENT, new_traceparent());
+}
+
+fn is_lower_hex(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `version-traceid-parentid-flags` as in W3C Trace Context level 1.
+pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    if !is_lower_hex(version) || version == b"ff" {
+        return false;
+    }
+    // Version 00 has exactly these fields; later versions may append more.
+    if (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return false;
+    }
+    is_lower_hex(trace)
+        && is_lower_hex(parent)
+        && is_lower_hex(flags)
+        && trace.iter().any(|&b| b != b'0')
+        && parent.iter().any(|&b| b != b'0')
+}
+
+/// A new sampled `traceparent` with a random trace id and parent id.
+pub(crate) fn new_traceparent() -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let words = [
+        crate::routing::random_u64() | 1,
+        crate::routing::random_u64(),
+        crate::routing::random_u64() | 1,
+    ];
+    let mut hex = |range: std::ops::Range<usize>, mut n: u64| {
+        for byte in buf[range].iter_mut().rev() {
+            *byte = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+    };
+    hex(3..19, words[0]);
+    hex(19..35, words[1]);
+    hex(36..52, words[2]);
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
 /// The request's id: the client's `X-Request-Id` if present, else a new one
@@ -188,7 +296,7 @@ mod unit {
     fn forwarded_for_appends() {
         let ip = HeaderValue::from_static("127.0.0.1");
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, &ip);
+        set_forwarding(&mut h, &ip, false);
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
 
@@ -196,10 +304,73 @@ mod unit {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        set_forwarding(&mut h, &ip);
+        let mut untrusted = h.clone();
+        set_forwarding(&mut h, &ip, true);
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+        // From an untrusted peer the header is replaced, not appended to.
+        set_forwarding(&mut untrusted, &ip, false);
+        assert_eq!(untrusted.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(untrusted[X_FORWARDED_FOR], "127.0.0.1");
+    }
+
+    #[test]
+    fn client_from_trusted_forwarded_for() {
+        let trusted: Vec<crate::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_client(&h, &trusted), None);
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("203.0.113.5, 198.51.100.7"),
+        );
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+        // 10.0.0.9 is another trusted proxy: the client is the next one left.
+        assert_eq!(
+            forwarded_client(&h, &trusted),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("garbage, 10.1.1.1"),
+        );
+        assert_eq!(
+            forwarded_client(&h, &trusted),
+            Some("10.1.1.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn traceparent_kept_or_created() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(good));
+        h.insert(TRACESTATE, HeaderValue::from_static("x=1"));
+        ensure_traceparent(&mut h);
+        assert_eq!(h[TRACEPARENT], good);
+        assert_eq!(h[TRACESTATE], "x=1");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            h.insert(TRACESTATE, HeaderValue::from_static("x=1"));
+            ensure_traceparent(&mut h);
+            let made = h[TRACEPARENT].as_bytes();
+            assert!(valid_traceparent(made), "{bad} -> {:?}", h[TRACEPARENT]);
+            assert_ne!(h[TRACEPARENT], bad);
+            assert!(h.get(TRACESTATE).is_none());
+        }
+        assert!(valid_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        ));
+        assert_ne!(new_traceparent(), new_traceparent());
     }
 
     #[test]

@@ -1,15 +1,22 @@
 //! Ferry's data plane: an HTTP/1.1 reverse proxy in front of a service's
-//! local instances, with atomic routing swaps and per-revision metrics.
+//! local instances, with atomic routing swaps, weighted (canary) routing,
+//! protocol upgrades (WebSocket), per-client rate limits, an access log and
+//! per-revision metrics.
 //!
 //! The daemon builds one [`Upstream`] per instance (kept across swaps), hands
 //! the set that should take traffic to [`ProxyHandle::set_routes`], and drains
 //! an instance by swapping it out and waiting for [`Upstream::in_flight`] to
-//! reach zero before calling [`Upstream::close_idle`] and stopping it.
+//! reach zero (or its drain timeout) before calling [`Upstream::close_all`]
+//! and stopping it.
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod body;
 mod headers;
+mod net;
 mod proxy;
+mod rate_limit;
+mod routing;
 mod stats;
 mod upstream;
 
@@ -18,36 +25,68 @@ mod tests;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub use access_log::AccessLogOptions;
+pub use net::IpNet;
+pub use rate_limit::{RateLimitKey, RateLimitOptions};
+pub use routing::{Split, Stickiness, bucket_of};
 pub use stats::{
     LATENCY_BUCKETS_SECONDS, PROMETHEUS_HELP, RevisionStats, StatsSnapshot, render_prometheus_all,
 };
 pub use upstream::Upstream;
 
+use access_log::AccessLog;
+use rate_limit::RateLimiter;
+use routing::Routes;
 use upstream::InFlight;
 
 /// Tunables of a proxy listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyOptions {
     /// Timeout for establishing a TCP connection to an upstream. Default 5s.
     pub connect_timeout: Duration,
     /// Time the upstream has to send response headers once the request
     /// (including its body) has been sent. Default 60s.
     pub response_header_timeout: Duration,
-    /// How long a client keep-alive connection may sit idle (and how long a
-    /// client may take to send a request head). Default 90s.
+    /// How long a client keep-alive connection may sit idle between requests;
+    /// a request head must also arrive within it (a slow client sending its
+    /// headers byte by byte is cut off). Default 60s.
     pub idle_timeout: Duration,
+    /// Longest pause allowed while reading a client's request body; beyond
+    /// it the request fails with 408. Default 60s.
+    pub client_body_timeout: Duration,
+    /// Longest a write to a client may stall (the client stopped reading);
+    /// beyond it the connection is closed. Default 60s.
+    pub send_timeout: Duration,
+    /// Client connections open at once (upgraded ones included); more are
+    /// answered `503` and closed. Default 10 000.
+    pub max_connections: usize,
     /// Maximum idle pooled connections kept per upstream. Default 64.
     pub max_idle_per_upstream: usize,
+    /// Load balancers in front of the proxy. A connection from one of these
+    /// may send a PROXY protocol header (if `proxy_protocol`) and its
+    /// `X-Forwarded-For` is trusted: appended to, and used to find the
+    /// client's address. From any other peer, `X-Forwarded-For` is replaced
+    /// by the peer's address. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Connections from `trusted_proxies` must start with a PROXY protocol
+    /// (v1 or v2) header giving the client's address. Default false.
+    pub proxy_protocol: bool,
+    /// JSON-lines access log; `None` (default) disables it.
+    pub access_log: Option<AccessLogOptions>,
+    /// Per-client rate limit; `None` (default) disables it.
+    pub rate_limit: Option<RateLimitOptions>,
 }
 
 impl Default for ProxyOptions {
@@ -55,17 +94,42 @@ impl Default for ProxyOptions {
         ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             response_header_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             max_idle_per_upstream: 64,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            access_log: None,
+            rate_limit: None,
         }
     }
 }
 
-/// The set of upstreams that take traffic, in round-robin order.
+/// The set of upstreams that take traffic, and how traffic splits between
+/// their revisions.
 #[derive(Clone, Default, Debug)]
 pub struct RoutingTable {
     /// Upstreams taking traffic.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `None`: plain round-robin over all upstreams.
+    pub split: Option<Split>,
+}
+
+/// Counters of a proxy listener (not per revision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyCounters {
+    /// Client connections open now (upgraded ones included).
+    pub connections_open: u64,
+    /// Connections answered 503 because `max_connections` were open.
+    pub connections_rejected: u64,
+    /// Requests answered 429 by the rate limit.
+    pub rate_limited: u64,
+    /// Upgraded connections (e.g. WebSocket) open now.
+    pub upgraded_open: u64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
 }
 
 /// A running proxy listener. Cheap to clone; all clones control the same proxy.
@@ -76,37 +140,86 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
 }
 
+/// The options in force plus what is built from them. Replaced as a whole
+/// by [`ProxyHandle::set_options`]; each client connection keeps the one it
+/// was accepted under.
+pub(crate) struct Config {
+    pub(crate) options: ProxyOptions,
+    pub(crate) builder: http1::Builder,
+    pub(crate) limiter: Option<RateLimiter>,
+    pub(crate) log: Option<AccessLog>,
+}
+
+impl Config {
+    fn new(service: &str, options: ProxyOptions, counters: &Counters) -> io::Result<Config> {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // hyper starts this timer whenever it waits for a request head, so it
+            // is both the keep-alive idle timeout and the header read timeout.
+            .header_read_timeout(options.idle_timeout)
+            .keep_alive(true);
+        let limiter = options.rate_limit.clone().map(RateLimiter::new);
+        let log = match &options.access_log {
+            Some(log) => Some(AccessLog::start(
+                log,
+                service,
+                Arc::clone(&counters.access_log_dropped),
+            )?),
+            None => None,
+        };
+        Ok(Config {
+            options,
+            builder,
+            limiter,
+            log,
+        })
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) upgraded: AtomicU64,
+    pub(crate) access_log_dropped: Arc<AtomicU64>,
+}
+
 pub(crate) struct Shared {
-    service: String,
+    pub(crate) service: String,
     local_addr: SocketAddr,
-    options: ProxyOptions,
-    routes: ArcSwap<RoutingTable>,
-    next: AtomicUsize,
-    no_instance_body: Bytes,
+    pub(crate) config: ArcSwap<Config>,
+    routes: ArcSwap<Routes>,
+    pub(crate) no_instance_body: Bytes,
     listener: Mutex<Option<TcpListener>>,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) counters: Counters,
 }
 
 impl ProxyHandle {
-    /// Bind `addr` now (an error if it is in use) and spawn the accept loop
-    /// on the current tokio runtime. The routing table starts empty.
+    /// Bind `addr` now (an error if it is in use, or if the access log cannot
+    /// be opened) and spawn the accept loop on the current tokio runtime. The
+    /// routing table starts empty.
     pub async fn bind(
         service: String,
         addr: SocketAddr,
         options: ProxyOptions,
     ) -> io::Result<ProxyHandle> {
+        let counters = Counters::default();
+        let config = Config::new(&service, options, &counters)?;
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let no_instance_body = Bytes::from(format!("no ready instance for service {service}\n"));
         let shared = Arc::new(Shared {
             service,
             local_addr,
-            options,
-            routes: ArcSwap::from_pointee(RoutingTable::default()),
-            next: AtomicUsize::new(0),
+            config: ArcSwap::from_pointee(config),
+            routes: ArcSwap::from_pointee(Routes::new(Arc::new(RoutingTable::default()))),
             no_instance_body,
             listener: Mutex::new(Some(listener)),
             shutdown: watch::Sender::new(false),
+            counters,
         });
         tokio::spawn(proxy::accept_loop(Arc::clone(&shared)));
         Ok(ProxyHandle { shared })
@@ -127,19 +240,52 @@ impl ProxyHandle {
     /// still use an upstream absent from `table` is counted in that
     /// upstream's [`Upstream::in_flight`].
     pub fn set_routes(&self, table: RoutingTable) {
-        self.shared.routes.store(Arc::new(table));
+        self.shared
+            .routes
+            .store(Arc::new(Routes::new(Arc::new(table))));
         // Pairs with the fence in `Shared::acquire` (see there).
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// The current routing table.
     pub fn routes(&self) -> Arc<RoutingTable> {
-        self.shared.routes.load_full()
+        Arc::clone(&self.shared.routes.load().table)
+    }
+
+    /// Apply new options (e.g. a new revision's `[proxy]` settings). Client
+    /// connections accepted from now on use them; open ones keep theirs.
+    /// Rate-limit state starts afresh when the options change. An error
+    /// (the access log cannot be opened) leaves the old options in force.
+    pub fn set_options(&self, options: ProxyOptions) -> io::Result<()> {
+        if self.shared.config.load().options == options {
+            return Ok(());
+        }
+        let config = Config::new(&self.shared.service, options, &self.shared.counters)?;
+        self.shared.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> ProxyOptions {
+        self.shared.config.load().options.clone()
+    }
+
+    /// The listener's counters.
+    pub fn counters(&self) -> ProxyCounters {
+        let c = &self.shared.counters;
+        ProxyCounters {
+            connections_open: c.connections.load(Ordering::Relaxed) as u64,
+            connections_rejected: c.rejected.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            upgraded_open: c.upgraded.load(Ordering::Relaxed),
+            access_log_dropped: c.access_log_dropped.load(Ordering::Relaxed),
+        }
     }
 
     /// Stop accepting: the listening socket is closed when this returns.
     /// Open connections finish their in-flight request and then close; no new
-    /// requests are read from them.
+    /// requests are read from them. Upgraded connections are not affected
+    /// (close them with [`Upstream::close_all`]).
     pub fn shutdown(&self) {
         let listener = self.shared.lock_listener().take();
         drop(listener);
@@ -174,7 +320,8 @@ impl Shared {
         }
     }
 
-    /// Pick the next upstream round-robin, skipping `tried`, and count the
+    /// Pick an upstream for a request with `headers` (weighted split, forced
+    /// revision, stickiness, round-robin), skipping `tried`, and count the
     /// request in its `in_flight`. `None` if no candidate is left.
     ///
     /// Drain soundness: the count is incremented *before* re-reading the
@@ -182,22 +329,20 @@ impl Shared {
     /// swap that removes it comes later in the SeqCst order, so the daemon's
     /// subsequent `in_flight()` read sees our increment. Otherwise we undo it
     /// and pick again from the newer table.
-    pub(crate) fn acquire(&self, tried: &[Arc<Upstream>]) -> Option<InFlight> {
+    pub(crate) fn acquire(
+        &self,
+        headers: &http::HeaderMap,
+        tried: &[Arc<Upstream>],
+    ) -> Option<InFlight> {
         loop {
-            let table = self.routes.load();
-            let upstreams = &table.upstreams;
-            let len = upstreams.len();
-            if len == 0 {
-                return None;
-            }
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            let chosen = (0..len)
-                .map(|i| &upstreams[(start.wrapping_add(i)) % len])
-                .find(|u| !tried.iter().any(|t| Arc::ptr_eq(t, u)))?;
+            let routes = self.routes.load();
+            let chosen = routes.pick(headers, tried)?;
             let in_flight = InFlight::begin(chosen);
             std::sync::atomic::fence(Ordering::SeqCst);
             let now = self.routes.load();
-            if Arc::ptr_eq(&*now, &*table) || now.upstreams.iter().any(|u| Arc::ptr_eq(u, chosen)) {
+            if Arc::ptr_eq(&*now, &*routes)
+                || now.upstreams().iter().any(|u| Arc::ptr_eq(u, chosen))
+            {
                 return Some(in_flight);
             }
             drop(in_flight);

@@ -3,40 +3,39 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::Shared;
-use crate::body::{Lease, ProxyBody, ReqBody, UploadState};
+use crate::access_log::Entry;
+use crate::body::{Lease, PendingLog, ProxyBody, ReqBody, UploadState};
 use crate::headers::{
-    X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, set_forwarding, strip_hop_by_hop,
+    TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
+    forwarded_client, set_forwarding, strip_hop_by_hop, wants_upgrade,
 };
+use crate::net::{ClientIo, is_trusted, read_proxy_header};
+use crate::rate_limit::{RateLimitKey, hash_key};
 use crate::upstream::{InFlight, Upstream};
+use crate::{Config, Shared};
 
 /// Accept connections until the listener is closed by `shutdown()`.
 pub(crate) async fn accept_loop(shared: Arc<Shared>) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // hyper starts this timer whenever it waits for a request head, so it
-        // is both the keep-alive idle timeout and the header read timeout.
-        .header_read_timeout(shared.options.idle_timeout)
-        .keep_alive(true);
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -45,7 +44,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
             res = poll_fn(|cx| shared.poll_accept(cx)) => res,
         };
         match accepted {
-            Ok(Some((stream, peer))) => serve(&shared, &builder, stream, peer, shutdown.clone()),
+            Ok(Some((stream, peer))) => accept(&shared, stream, peer, &shutdown),
             Ok(None) => break,
             Err(err) => {
                 tracing::warn!(service = %shared.service, error = %err, "accept failed");
@@ -62,99 +61,259 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
     tracing::debug!(service = %shared.service, "proxy listener closed");
 }
 
-/// Per client connection state shared by its requests.
-struct ConnCtx {
-    shared: Arc<Shared>,
-    /// The client's IP, formatted once per connection for `X-Forwarded-For`.
-    client_ip: HeaderValue,
+/// One open client connection, counted against `max_connections` until
+/// dropped (after the connection and any tunnel it became have ended).
+struct ConnSlot(Arc<Shared>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
-fn serve(
+fn accept(
     shared: &Arc<Shared>,
-    builder: &http1::Builder,
     stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let config = shared.config.load_full();
+    let open = shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnSlot(Arc::clone(shared));
+    if open >= config.options.max_connections {
+        drop(slot);
+        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(service = %shared.service, %peer, "max_connections reached; answering 503");
+        tokio::spawn(reject(stream));
+        return;
+    }
+    tokio::spawn(serve(slot, config, stream, peer, shutdown.clone()));
+}
+
+/// Answer a connection over `max_connections` with a 503 and close it.
+async fn reject(mut stream: TcpStream) {
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+        content-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
+        connection: close\r\ncontent-length: 45\r\n\r\n\
+        too many connections: the proxy is at its cap\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        // Read (part of) the request first, so that closing does not reset
+        // the connection before the client has read the answer.
+        let mut buf = [0u8; 2048];
+        let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+        stream.write_all(RESPONSE).await?;
+        stream.shutdown().await?;
+        let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+        io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Per client connection state shared by its requests.
+pub(crate) struct ConnCtx {
+    slot: ConnSlot,
+    config: Arc<Config>,
+    /// The client's address: the peer's, or the one its PROXY header gave.
+    client: IpAddr,
+    /// `client` formatted once per connection for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+    /// `client` is a trusted proxy: its `X-Forwarded-For` is believed.
+    trusted: bool,
+}
+
+impl ConnCtx {
+    fn shared(&self) -> &Shared {
+        &self.slot.0
+    }
+
+    /// The end client's address (from a trusted `X-Forwarded-For` if any).
+    fn client_addr(&self, headers: &HeaderMap) -> IpAddr {
+        if self.trusted {
+            forwarded_client(headers, &self.config.options.trusted_proxies).unwrap_or(self.client)
+        } else {
+            self.client
+        }
+    }
+}
+
+async fn serve(
+    slot: ConnSlot,
+    config: Arc<Config>,
+    mut stream: TcpStream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ip = peer.ip().to_canonical().to_string();
-    let client_ip = HeaderValue::from_maybe_shared(Bytes::from(ip))
+    let options = &config.options;
+    let trusted_net = |ip: IpAddr| {
+        !options.trusted_proxies.is_empty() && is_trusted(&options.trusted_proxies, ip)
+    };
+    let mut client = peer.ip().to_canonical();
+    if options.proxy_protocol && trusted_net(client) {
+        match tokio::time::timeout(options.idle_timeout, read_proxy_header(&mut stream)).await {
+            Ok(Ok(Some(addr))) => client = addr.ip().to_canonical(),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "bad PROXY protocol header; closing");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY protocol header in time; closing");
+                return;
+            }
+        }
+    }
+    let client_ip = HeaderValue::from_maybe_shared(Bytes::from(client.to_string()))
         .expect("an IP address is a valid header value");
     let ctx = Arc::new(ConnCtx {
-        shared: Arc::clone(shared),
+        slot,
+        config: Arc::clone(&config),
+        client,
         client_ip,
+        trusted: trusted_net(client),
     });
+    let io = TokioIo::new(ClientIo::new(stream, config.options.send_timeout));
     let service = service_fn(move |req| proxy(Arc::clone(&ctx), req));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::spawn(async move {
-        let mut conn = pin!(conn);
-        let finished = tokio::select! {
-            res = conn.as_mut() => Some(res),
-            _ = shutdown.wait_for(|stop| *stop) => None,
-        };
-        let res = match finished {
-            Some(res) => res,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(err) = res {
-            tracing::debug!(%peer, error = %err, "client connection ended with error");
+    let conn = config.builder.serve_connection(io, service).with_upgrades();
+    let mut conn = pin!(conn);
+    let finished = tokio::select! {
+        res = conn.as_mut() => Some(res),
+        _ = shutdown.wait_for(|stop| *stop) => None,
+    };
+    let res = match finished {
+        Some(res) => res,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
-    });
+    };
+    if let Err(err) = res {
+        tracing::debug!(%peer, error = %err, "client connection ended with error");
+    }
 }
 
 /// Handle one client request.
 async fn proxy(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let shared = &*ctx.shared;
+    let shared = ctx.shared();
+    let config = &*ctx.config;
+    let on_upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    let upgrade_to = match on_upgrade {
+        Some(_) => parts.headers.get(header::UPGRADE).cloned(),
+        None => None,
+    };
     strip_hop_by_hop(&mut parts.headers);
     let request_id = ensure_request_id(&mut parts.headers);
+    ensure_traceparent(&mut parts.headers);
+    let log = config.log.as_ref().map(|_| PendingLog {
+        entry: Box::new(Entry {
+            time: SystemTime::now(),
+            client: ctx.client_addr(&parts.headers),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            status: StatusCode::OK,
+            revision: None,
+            instance: None,
+            duration: Duration::ZERO,
+            bytes: 0,
+            request_id: request_id.clone(),
+            traceparent: parts.headers.get(TRACEPARENT).cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        }),
+        start,
+        config: Arc::clone(&ctx.config),
+    });
     if parts.method == Method::CONNECT {
         return Ok(local_response(
             StatusCode::METHOD_NOT_ALLOWED,
             Bytes::from_static(b"CONNECT is not supported\n"),
             request_id,
+            log,
         ));
     }
-    set_forwarding(&mut parts.headers, &ctx.client_ip);
+    if let Some(limiter) = &config.limiter {
+        let key = match &limiter.options.key {
+            RateLimitKey::Header(name) => parts
+                .headers
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| hash_key(1, v.as_bytes())),
+            RateLimitKey::ClientIp => None,
+        };
+        let key = key.unwrap_or_else(|| match log.as_ref() {
+            Some(log) => hash_ip(log.entry.client),
+            None => hash_ip(ctx.client_addr(&parts.headers)),
+        });
+        if let Err(wait) = limiter.check(key, start) {
+            shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut resp = local_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                Bytes::from_static(b"too many requests: slow down and retry later\n"),
+                request_id,
+                log,
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return Ok(resp);
+        }
+    }
+    set_forwarding(&mut parts.headers, &ctx.client_ip, ctx.trusted);
     to_origin_form(&mut parts);
     parts.version = Version::HTTP_11;
+    if let Some(protocol) = upgrade_to {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
 
-    let Some(in_flight) = shared.acquire(&[]) else {
+    let Some(in_flight) = shared.acquire(&parts.headers, &[]) else {
         return Ok(local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             shared.no_instance_body.clone(),
             request_id,
+            log,
         ));
     };
-    let (body, upload) = ReqBody::new(incoming);
+    let (body, upload) = ReqBody::new(incoming, config.options.client_body_timeout);
     let replayable = body.is_empty() && is_replayable(&parts);
     let req = Request::from_parts(parts, body);
     let exchange = Exchange {
-        shared,
+        ctx: &ctx,
         start,
         request_id,
         upload,
         replayable,
+        on_upgrade,
+        log,
     };
     Ok(exchange.run(in_flight, req).await)
 }
 
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_key(4, &v4.octets()),
+        IpAddr::V6(v6) => hash_key(6, &v6.octets()),
+    }
+}
+
 /// One request's trip through the upstreams.
 struct Exchange<'a> {
-    shared: &'a Shared,
+    ctx: &'a Arc<ConnCtx>,
     start: Instant,
     request_id: HeaderValue,
     upload: Option<Arc<UploadState>>,
     /// Body-less and safe to send twice: may be replayed once if a reused
     /// pooled connection turns out to have been closed by the upstream.
     replayable: bool,
+    /// The client asked for a protocol upgrade (e.g. WebSocket).
+    on_upgrade: Option<OnUpgrade>,
+    log: Option<PendingLog>,
 }
 
 enum SendFailure {
@@ -168,7 +327,7 @@ enum SendFailure {
 
 impl Exchange<'_> {
     async fn run(self, mut in_flight: InFlight, mut req: Request<ReqBody>) -> Response<ProxyBody> {
-        let options = &self.shared.options;
+        let options = &self.ctx.config.options;
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let mut fresh_only = false;
         loop {
@@ -185,13 +344,13 @@ impl Exchange<'_> {
                     Ok(sender) => sender,
                     Err(err) => {
                         tracing::warn!(
-                            service = %self.shared.service,
+                            service = %self.ctx.shared().service,
                             instance = upstream.instance_id(),
                             addr = %upstream.addr(),
                             error = %err,
                             "cannot connect to upstream"
                         );
-                        match self.next_upstream(in_flight, &mut tried) {
+                        match self.next_upstream(in_flight, &mut tried, req.headers()) {
                             Ok(next) => {
                                 in_flight = next;
                                 fresh_only = false;
@@ -221,11 +380,11 @@ impl Exchange<'_> {
                         continue;
                     }
                     tracing::warn!(
-                        service = %self.shared.service,
+                        service = %self.ctx.shared().service,
                         instance = in_flight.upstream().instance_id(),
                         "upstream connection closed before the request was sent"
                     );
-                    match self.next_upstream(in_flight, &mut tried) {
+                    match self.next_upstream(in_flight, &mut tried, req.headers()) {
                         Ok(next) => {
                             in_flight = next;
                             fresh_only = false;
@@ -246,18 +405,31 @@ impl Exchange<'_> {
                     if err.is_user() {
                         // Reading the client's request body failed.
                         tracing::debug!(error = %err, "client request body failed");
+                        let timed_out = self.upload.as_ref().is_some_and(|u| u.timed_out());
+                        let (status, body): (_, &'static [u8]) = if timed_out {
+                            (
+                                StatusCode::REQUEST_TIMEOUT,
+                                b"request body timed out: the client paused too long\n",
+                            )
+                        } else {
+                            (StatusCode::BAD_REQUEST, b"request body could not be read\n")
+                        };
                         in_flight
                             .upstream()
                             .stats()
-                            .record(StatusCode::BAD_REQUEST, self.start.elapsed());
-                        return local_response(
-                            StatusCode::BAD_REQUEST,
-                            Bytes::from_static(b"request body could not be read\n"),
+                            .record(status, self.start.elapsed());
+                        let mut resp = local_response(
+                            status,
+                            Bytes::from_static(body),
                             self.request_id,
+                            self.log,
                         );
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return resp;
                     }
                     tracing::warn!(
-                        service = %self.shared.service,
+                        service = %self.ctx.shared().service,
                         instance = in_flight.upstream().instance_id(),
                         error = %err,
                         "upstream request failed"
@@ -266,7 +438,7 @@ impl Exchange<'_> {
                 }
                 Err(SendFailure::Timeout) => {
                     tracing::warn!(
-                        service = %self.shared.service,
+                        service = %self.ctx.shared().service,
                         instance = in_flight.upstream().instance_id(),
                         "upstream response header timeout"
                     );
@@ -282,22 +454,43 @@ impl Exchange<'_> {
         &self,
         current: InFlight,
         tried: &mut Vec<Arc<Upstream>>,
+        headers: &HeaderMap,
     ) -> Result<InFlight, InFlight> {
         tried.push(Arc::clone(current.upstream()));
-        match self.shared.acquire(tried) {
+        match self.ctx.shared().acquire(headers, tried) {
             Some(next) => Ok(next),
             None => Err(current),
         }
     }
 
     fn upstream_response(
-        self,
+        mut self,
         resp: Response<Incoming>,
         in_flight: InFlight,
         sender: SendRequest<ReqBody>,
     ) -> Response<ProxyBody> {
         let upstream = in_flight.upstream();
-        upstream.stats().record(resp.status(), self.start.elapsed());
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            drop(sender);
+            return match self.on_upgrade.take() {
+                Some(client) => self.upgrade(resp, in_flight, client),
+                None => {
+                    tracing::warn!(
+                        service = %self.ctx.shared().service,
+                        instance = upstream.instance_id(),
+                        "upstream switched protocols without being asked"
+                    );
+                    self.upstream_error(in_flight, StatusCode::BAD_GATEWAY)
+                }
+            };
+        }
+        upstream.stats().record(status, self.start.elapsed());
+        if let Some(log) = self.log.as_mut() {
+            log.entry.status = status;
+            log.entry.revision = Some(upstream.revision());
+            log.entry.instance = Some(Arc::clone(upstream.instance()));
+        }
         let (mut parts, body) = resp.into_parts();
         // hyper downgrades to HTTP/1.0 itself for HTTP/1.0 clients.
         parts.version = Version::HTTP_11;
@@ -309,23 +502,116 @@ impl Exchange<'_> {
         let lease = Lease {
             in_flight,
             sender,
-            max_idle: self.shared.options.max_idle_per_upstream,
+            max_idle: self.ctx.config.options.max_idle_per_upstream,
+            log: self.log,
         };
         Response::from_parts(parts, ProxyBody::upstream(body, lease))
     }
 
+    /// The upstream accepted the upgrade: answer the client with its 101 and
+    /// join the two connections once both sides have switched.
+    fn upgrade(
+        mut self,
+        mut resp: Response<Incoming>,
+        in_flight: InFlight,
+        client: OnUpgrade,
+    ) -> Response<ProxyBody> {
+        let upstream = Arc::clone(in_flight.upstream());
+        upstream
+            .stats()
+            .record(StatusCode::SWITCHING_PROTOCOLS, self.start.elapsed());
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        parts
+            .headers
+            .insert(X_FERRY_REVISION, upstream.revision_header().clone());
+        parts.headers.insert(X_REQUEST_ID, self.request_id);
+        if let Some(log) = self.log.as_mut() {
+            log.entry.status = StatusCode::SWITCHING_PROTOCOLS;
+            log.entry.revision = Some(upstream.revision());
+            log.entry.instance = Some(Arc::clone(upstream.instance()));
+        }
+        let close = upstream.close_signal();
+        tokio::spawn(tunnel(
+            client,
+            upstream_side,
+            in_flight,
+            close,
+            Arc::clone(self.ctx),
+            self.log,
+        ));
+        Response::from_parts(parts, ProxyBody::full(Bytes::new()))
+    }
+
     fn upstream_error(self, in_flight: InFlight, status: StatusCode) -> Response<ProxyBody> {
-        in_flight
-            .upstream()
+        let upstream = in_flight.upstream();
+        upstream
             .stats()
             .record_upstream_error(status, self.start.elapsed());
+        let mut log = self.log;
+        if let Some(log) = log.as_mut() {
+            log.entry.revision = Some(upstream.revision());
+            log.entry.instance = Some(Arc::clone(upstream.instance()));
+        }
         drop(in_flight);
         let body: &'static [u8] = if status == StatusCode::GATEWAY_TIMEOUT {
             b"gateway timeout: the upstream did not answer in time\n"
         } else {
             b"bad gateway: no upstream could serve the request\n"
         };
-        local_response(status, Bytes::from_static(body), self.request_id)
+        local_response(status, Bytes::from_static(body), self.request_id, log)
+    }
+}
+
+/// Copy bytes both ways between an upgraded client connection and its
+/// upstream until either side closes or the upstream is closed by
+/// `Upstream::close_all`. The request stays counted in `in_flight` (and the
+/// client connection in `max_connections`) meanwhile.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    in_flight: InFlight,
+    mut close: watch::Receiver<u64>,
+    ctx: Arc<ConnCtx>,
+    log: Option<PendingLog>,
+) {
+    let counters = &ctx.shared().counters;
+    counters.upgraded.fetch_add(1, Ordering::Relaxed);
+    let copy = async {
+        let (client, upstream) =
+            tokio::try_join!(client, upstream).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    let mut bytes = 0;
+    tokio::select! {
+        res = copy => match res {
+            Ok((_, down)) => bytes = down,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgraded connection ended with error");
+            }
+        },
+        _ = close.changed() => {
+            tracing::debug!(
+                instance = in_flight.upstream().instance_id(),
+                "closing an upgraded connection: its upstream is being stopped"
+            );
+        }
+    }
+    counters.upgraded.fetch_sub(1, Ordering::Relaxed);
+    drop(in_flight);
+    if let Some(mut log) = log {
+        log.entry.bytes = bytes;
+        log.send();
     }
 }
 
@@ -420,8 +706,20 @@ fn to_origin_form(parts: &mut http::request::Parts) {
     parts.uri = Uri::from(path);
 }
 
-fn local_response(status: StatusCode, body: Bytes, request_id: HeaderValue) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body));
+fn local_response(
+    status: StatusCode,
+    body: Bytes,
+    request_id: HeaderValue,
+    log: Option<PendingLog>,
+) -> Response<ProxyBody> {
+    let body = match log {
+        Some(mut log) => {
+            log.entry.status = status;
+            ProxyBody::full_logged(body, log)
+        }
+        None => ProxyBody::full(body),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(

@@ -112,6 +112,7 @@ async fn upstream_handler(
         ("x-forwarded-for", "x-seen-xff"),
         ("x-forwarded-proto", "x-seen-proto"),
         ("x-request-id", "x-seen-request-id"),
+        ("traceparent", "x-seen-traceparent"),
         ("x-secret", "x-seen-secret"),
         ("host", "x-seen-host"),
     ] {
@@ -276,6 +277,7 @@ async fn start_proxy(options: ProxyOptions) -> ProxyHandle {
 fn table(upstreams: &[&Arc<Upstream>]) -> RoutingTable {
     RoutingTable {
         upstreams: upstreams.iter().map(|u| Arc::clone(u)).collect(),
+        split: None,
     }
 }
 
@@ -329,12 +331,17 @@ async fn round_robin_and_forwarding_headers() {
     }
     assert_eq!(sa.snapshot().by_class[1] + sb.snapshot().by_class[1], 6);
 
-    // A client's id is kept; X-Forwarded-For is appended to; headers named in
-    // Connection are not forwarded; absolute-form targets become origin-form.
+    // A client's id and trace are kept; an untrusted peer's X-Forwarded-For
+    // is replaced; headers named in Connection are not forwarded;
+    // absolute-form targets become origin-form.
     let req = Request::get("http://web.test/path?q=1")
         .header("host", "web.test")
         .header("x-request-id", "client-id-42")
         .header("x-forwarded-for", "10.1.2.3")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .header("x-forwarded-proto", "https")
         .header("connection", "x-secret")
         .header("x-secret", "hunter2")
@@ -344,7 +351,11 @@ async fn round_robin_and_forwarding_headers() {
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.header("x-request-id"), "client-id-42");
     assert_eq!(resp.header("x-seen-request-id"), "client-id-42");
-    assert_eq!(resp.header("x-seen-xff"), "10.1.2.3, 127.0.0.1");
+    assert_eq!(resp.header("x-seen-xff"), "127.0.0.1");
+    assert_eq!(
+        resp.header("x-seen-traceparent"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
     assert_eq!(resp.header("x-seen-proto"), "http");
     assert_eq!(resp.header("x-seen-uri"), "/path?q=1");
     assert!(resp.headers.get("x-seen-secret").is_none());
@@ -748,4 +759,598 @@ async fn shutdown_finishes_in_flight_and_stops_accepting() {
     // The port is free again.
     let again = ProxyHandle::bind("web".into(), addr, ProxyOptions::default()).await;
     assert!(again.is_ok(), "{again:?}");
+}
+
+// ------------------------------------------------- data-plane features
+
+/// Raw client: send `request`, read until the connection closes or `LIMIT`.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = within("raw response", stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Read a response head from a raw stream.
+async fn read_response_head(stream: &mut TcpStream) -> String {
+    let head = within("response head", read_head(stream)).await.unwrap();
+    String::from_utf8(head).unwrap()
+}
+
+/// An upstream that accepts `Upgrade: echo` and then echoes bytes back.
+async fn spawn_upgrade_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    if req.headers().get("upgrade").is_some() {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(upgraded) = on.await {
+                                let mut io = TokioIo::new(upgraded);
+                                let mut buf = [0u8; 1024];
+                                loop {
+                                    match io.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => {
+                                            if io.write_all(&buf[..n]).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        resp.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("upgrade", "echo".parse().unwrap());
+                    } else {
+                        *resp.body_mut() = Full::new(Bytes::from_static(b"plain"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn websocket_like(addr: SocketAddr) -> TcpStream {
+    let mut ws = TcpStream::connect(addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: web.test\r\nconnection: keep-alive, Upgrade\r\n\
+          upgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_response_head(&mut ws).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("x-ferry-revision: 1"), "{head}");
+    for msg in [&b"ping"[..], b"pong pong"] {
+        ws.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        within("echo", ws.read_exact(&mut buf)).await.unwrap();
+        assert_eq!(buf, msg);
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_through_count_in_flight_and_close_on_close_all() {
+    let up_addr = spawn_upgrade_upstream().await;
+    let stats = RevisionStats::new();
+    let up = upstream("ws", 1, up_addr, &stats);
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    proxy.set_routes(table(&[&up]));
+    let addr = proxy.local_addr();
+
+    // A plain request on the same upstream still works.
+    let resp = fetch(addr, get("/")).await;
+    assert_eq!(resp.text(), "plain");
+
+    // An upgraded connection stays counted while open; the client closing it
+    // ends it.
+    let ws = websocket_like(addr).await;
+    eventually("tunnel counted", || up.in_flight() == 1).await;
+    assert_eq!(up.upgraded_connections(), 1);
+    assert_eq!(proxy.counters().upgraded_open, 1);
+    drop(ws);
+    eventually("tunnel gone", || up.in_flight() == 0).await;
+    eventually("counter back", || proxy.counters().upgraded_open == 0).await;
+
+    // Drain: the table no longer has it, the tunnel stays until close_all.
+    let mut ws = websocket_like(addr).await;
+    eventually("tunnel counted", || up.in_flight() == 1).await;
+    proxy.set_routes(table(&[]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    within("echo after swap", ws.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(up.in_flight(), 1);
+    up.close_all();
+    let mut rest = Vec::new();
+    let _ = within("closed by close_all", ws.read_to_end(&mut rest)).await;
+    eventually("drained", || up.in_flight() == 0).await;
+    eventually("connection slot freed", || {
+        proxy.counters().connections_open == 0
+    })
+    .await;
+    assert_eq!(stats.snapshot().by_class[0], 2, "101s are counted as 1xx");
+}
+
+/// A request body whose chunks the test feeds by hand.
+struct FedBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for FedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_request_bodies_stream_through() {
+    // The upstream counts body bytes as they arrive.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let mut body = req.into_body();
+                            while let Some(frame) = body.frame().await {
+                                if let Ok(data) = frame.unwrap().into_data() {
+                                    seen.fetch_add(data.len(), Ordering::SeqCst);
+                                }
+                            }
+                            let n = seen.load(Ordering::SeqCst).to_string();
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n))))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    proxy.set_routes(table(&[&upstream("u", 1, up_addr, &stats)]));
+
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 64;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/upload")
+        .header("host", "web.test")
+        .body(FedBody(rx))
+        .unwrap();
+    let response = tokio::spawn(sender.send_request(req));
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    tx.send(chunk.clone()).await.unwrap();
+    // The first megabyte reaches the upstream while the client still holds
+    // the other 63: the proxy does not wait for the whole body.
+    eventually("first chunk upstream", || {
+        seen.load(Ordering::SeqCst) >= CHUNK
+    })
+    .await;
+    for _ in 1..CHUNKS {
+        within("send chunk", tx.send(chunk.clone())).await.unwrap();
+    }
+    drop(tx);
+    let resp = within("response", response).await.unwrap().unwrap();
+    let body = within("body", resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, (CHUNK * CHUNKS).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let options = ProxyOptions {
+        idle_timeout: Duration::from_millis(400),
+        client_body_timeout: Duration::from_millis(400),
+        send_timeout: Duration::from_millis(400),
+        ..ProxyOptions::default()
+    };
+    let proxy = start_proxy(options).await;
+    let u = upstream("u", 1, up.addr, &stats);
+    proxy.set_routes(table(&[&u]));
+    let addr = proxy.local_addr();
+
+    // Slowloris: a request head that never completes is dropped.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: web")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within("slow head closed", slow.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    // An idle keep-alive connection is closed after idle_timeout.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_response_head(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut rest = Vec::new();
+    within("idle closed", idle.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    // A body that stops coming: 408, and the upstream is released.
+    let resp = raw_exchange(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("x-request-id"), "{resp}");
+    eventually("upstream released", || u.in_flight() == 0).await;
+
+    // A client that stops reading a large response is cut off.
+    let big = spawn_big_upstream(64 << 20).await;
+    let b = upstream("big", 1, big, &stats);
+    proxy.set_routes(table(&[&b]));
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    stuck
+        .write_all(b"GET /big HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("big response started", || b.in_flight() == 1).await;
+    // Never read; the proxy gives up on its own.
+    eventually("stalled response abandoned", || b.in_flight() == 0).await;
+    eventually("connection closed", || {
+        proxy.counters().connections_open == 0
+    })
+    .await;
+    drop(stuck);
+}
+
+/// An upstream answering every request with `size` bytes.
+async fn spawn_big_upstream(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(vec![b'x'; size]);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_answers_503() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions {
+        max_connections: 2,
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_routes(table(&[&upstream("u", 1, up.addr, &stats)]));
+    let addr = proxy.local_addr();
+    let mut first = Client::connect(addr).await;
+    let second = Client::connect(addr).await;
+    assert_eq!(
+        within("get", first.get("/")).await.unwrap().status,
+        StatusCode::OK
+    );
+    eventually("two open", || proxy.counters().connections_open == 2).await;
+    let resp = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("too many connections"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 1"),
+        "{resp}"
+    );
+    assert_eq!(proxy.counters().connections_rejected, 1);
+    drop(second);
+    eventually("one open", || proxy.counters().connections_open == 1).await;
+    assert_eq!(fetch(addr, get("/")).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_from_trusted_proxies_and_proxy_protocol() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let u = upstream("u", 1, up.addr, &stats);
+    let trusted = ProxyOptions {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..ProxyOptions::default()
+    };
+
+    // A trusted load balancer's X-Forwarded-For is appended to.
+    let proxy = start_proxy(trusted.clone()).await;
+    proxy.set_routes(table(&[&u]));
+    let req = Request::get("/")
+        .header("host", "web.test")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = fetch(proxy.local_addr(), req).await;
+    assert_eq!(resp.header("x-seen-xff"), "203.0.113.9, 127.0.0.1");
+
+    // PROXY protocol: the address it announces is the client's.
+    let proxy = start_proxy(ProxyOptions {
+        proxy_protocol: true,
+        ..trusted
+    })
+    .await;
+    proxy.set_routes(table(&[&u]));
+    let addr = proxy.local_addr();
+    let resp = raw_exchange(
+        addr,
+        b"PROXY TCP4 198.51.100.4 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nhost: web\r\n\
+          x-forwarded-for: 6.6.6.6\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // The end client is not a trusted proxy: its own X-Forwarded-For is dropped.
+    assert!(resp.contains("x-seen-xff: 198.51.100.4\r\n"), "{resp}");
+
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[203, 0, 113, 77, 127, 0, 0, 1, 0x30, 0x39, 0, 80]);
+    v2.extend_from_slice(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n");
+    let resp = raw_exchange(addr, &v2).await;
+    assert!(resp.contains("x-seen-xff: 203.0.113.77\r\n"), "{resp}");
+
+    // A trusted peer that does not send the header is refused.
+    let resp = raw_exchange(addr, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert_eq!(resp, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_carry_request_ids_and_traces() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let path = std::env::temp_dir().join(format!(
+        "ferry-proxy-access-{}-{}.log",
+        std::process::id(),
+        crate::routing::random_u64()
+    ));
+    let proxy = start_proxy(ProxyOptions {
+        access_log: Some(crate::AccessLogOptions {
+            path: path.clone(),
+            buffer: 64,
+        }),
+        ..ProxyOptions::default()
+    })
+    .await;
+    let addr = proxy.local_addr();
+    proxy.set_routes(table(&[&upstream("u-1", 1, up.addr, &stats)]));
+
+    // No ids sent: both are created and passed upstream.
+    let resp = fetch(addr, get("/made")).await;
+    let made_id = resp.header("x-request-id").to_owned();
+    let made_trace = resp.header("x-seen-traceparent").to_owned();
+    assert_eq!(resp.header("x-seen-request-id"), made_id);
+    assert!(
+        crate::headers::valid_traceparent(made_trace.as_bytes()),
+        "{made_trace}"
+    );
+
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = Request::get("/kept?q=1")
+        .header("host", "web.test")
+        .header("x-request-id", "client-id-7")
+        .header("traceparent", trace)
+        .header("user-agent", "tester/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = fetch(addr, req).await;
+    assert_eq!(resp.header("x-seen-traceparent"), trace);
+
+    proxy.set_routes(table(&[]));
+    assert_eq!(
+        fetch(addr, get("/none")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let mut lines = Vec::new();
+    eventually("three log lines", || {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.len() == 3
+    })
+    .await;
+    let _ = std::fs::remove_file(&path);
+    assert!(lines[0].contains("\"path\":\"/made\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("\"request_id\":\"{made_id}\"")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("\"traceparent\":\"{made_trace}\"")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("\"status\":200"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("\"revision\":1,\"instance\":\"u-1\""),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("\"bytes\":1,"), "{}", lines[0]);
+    assert!(lines[1].contains("\"path\":\"/kept?q=1\""), "{}", lines[1]);
+    assert!(
+        lines[1].contains("\"request_id\":\"client-id-7\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains(&format!("\"traceparent\":\"{trace}\"")),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("\"user_agent\":\"tester/1\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("\"client\":\"127.0.0.1\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("\"status\":503,\"revision\":null"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(proxy.counters().access_log_dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions {
+        rate_limit: Some(crate::RateLimitOptions {
+            per_second: 0.5,
+            burst: 3,
+            key: crate::RateLimitKey::Header(http::HeaderName::from_static("x-api-key")),
+        }),
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_routes(table(&[&upstream("u", 1, up.addr, &stats)]));
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let keyed = |key: &str| {
+        Request::get("/")
+            .header("host", "web.test")
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let resp = within("get", client.send(keyed("alice"))).await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    let resp = within("get", client.send(keyed("alice"))).await.unwrap();
+    assert_eq!(resp.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.header("retry-after"), "2");
+    assert!(resp.headers.get("x-request-id").is_some());
+    // Another key has its own budget; no key falls back to the client address.
+    let resp = within("get", client.send(keyed("bob"))).await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(
+            within("get", client.get("/")).await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        within("get", client.get("/")).await.unwrap().status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(proxy.counters().rate_limited, 2);
+    assert_eq!(stats.snapshot().total, 7, "429s never reach an upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_over_sockets_counts_by_serving_revision() {
+    let a = spawn_upstream("stable", true).await;
+    let b = spawn_upstream("canary", true).await;
+    let (s1, s2) = (RevisionStats::new(), RevisionStats::new());
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    proxy.set_routes(RoutingTable {
+        upstreams: vec![upstream("s", 1, a.addr, &s1), upstream("c", 2, b.addr, &s2)],
+        split: Some(crate::Split {
+            weights: vec![(2, 2000), (1, 8000)],
+            stickiness: crate::Stickiness::Header(http::HeaderName::from_static("x-user")),
+            canary: Some(2),
+        }),
+    });
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let mut canary = 0;
+    for i in 0..400 {
+        let resp = within("get", client.get("/")).await.unwrap();
+        let name = resp.text().to_owned();
+        assert_eq!(
+            resp.header("x-ferry-revision"),
+            if name == "canary" { "2" } else { "1" }
+        );
+        canary += usize::from(name == "canary");
+        // A sticky user answers the same every time.
+        let user = format!("user-{}", i % 10);
+        let req = |u: &str| {
+            Request::get("/")
+                .header("host", "web.test")
+                .header("x-user", u)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let first = within("get", client.send(req(&user))).await.unwrap();
+        let again = within("get", client.send(req(&user))).await.unwrap();
+        assert_eq!(first.text(), again.text());
+    }
+    assert!(
+        (40..=140).contains(&canary),
+        "{canary} of 400 on the canary"
+    );
+    let forced = Request::get("/")
+        .header("host", "web.test")
+        .header("x-ferry-revision", "canary")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        within("get", client.send(forced)).await.unwrap().text(),
+        "canary"
+    );
+    let (n1, n2) = (s1.snapshot().total, s2.snapshot().total);
+    assert_eq!(n1 + n2, 1201);
+    assert!(
+        n2 > canary as u64,
+        "sticky and forced requests count where served"
+    );
 }

@@ -11,6 +11,7 @@ use http::HeaderValue;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::RevisionStats;
 use crate::body::ReqBody;
@@ -20,12 +21,15 @@ use crate::body::ReqBody;
 /// pool and in-flight counter survive swaps.
 pub struct Upstream {
     instance_id: String,
+    instance: Arc<str>,
     revision: u64,
     addr: SocketAddr,
     stats: Arc<RevisionStats>,
     revision_header: HeaderValue,
     in_flight: AtomicUsize,
     idle: Mutex<Vec<SendRequest<ReqBody>>>,
+    /// Bumped by `close_all`: upgraded connections to this upstream close.
+    close: watch::Sender<u64>,
 }
 
 impl Upstream {
@@ -37,6 +41,7 @@ impl Upstream {
         stats: Arc<RevisionStats>,
     ) -> Arc<Self> {
         Arc::new(Upstream {
+            instance: Arc::from(instance_id.as_str()),
             instance_id,
             revision,
             addr,
@@ -44,6 +49,7 @@ impl Upstream {
             revision_header: HeaderValue::from(revision),
             in_flight: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            close: watch::Sender::new(0),
         })
     }
 
@@ -68,7 +74,8 @@ impl Upstream {
     }
 
     /// Requests currently forwarded to this upstream whose response body has
-    /// not finished (or been dropped). Used to drain.
+    /// not finished (or been dropped), plus upgraded (e.g. WebSocket)
+    /// connections still open. Used to drain.
     ///
     /// Once [`ProxyHandle::set_routes`](crate::ProxyHandle::set_routes) has
     /// returned, every request that could still use an upstream missing from
@@ -89,6 +96,30 @@ impl Upstream {
         let idle = std::mem::take(&mut *self.pool());
         // Dropping a `SendRequest` makes its connection task close the socket.
         drop(idle);
+    }
+
+    /// Close everything this proxy holds open to the instance: idle pooled
+    /// connections and upgraded (e.g. WebSocket) connections, whose clients
+    /// are disconnected. Called when draining is over (all requests done, or
+    /// `drain_timeout` passed), before the instance is stopped. Requests still
+    /// waiting for a response are not cut; stopping the instance ends them.
+    pub fn close_all(&self) {
+        self.close_idle();
+        self.close.send_modify(|generation| *generation += 1);
+    }
+
+    /// Upgraded connections currently open to this upstream.
+    pub fn upgraded_connections(&self) -> usize {
+        self.close.receiver_count()
+    }
+
+    /// A receiver that changes when `close_all` is called.
+    pub(crate) fn close_signal(&self) -> watch::Receiver<u64> {
+        self.close.subscribe()
+    }
+
+    pub(crate) fn instance(&self) -> &Arc<str> {
+        &self.instance
     }
 
     pub(crate) fn revision_header(&self) -> &HeaderValue {
@@ -155,7 +186,7 @@ impl Upstream {
             .map_err(io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            if let Err(err) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %err, "upstream connection ended with error");
             }
         });

@@ -208,6 +208,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/services/{name}/rollback", post(rollback))
         .route("/v1/services/{name}/approve", post(approve))
         .route("/v1/services/{name}/abort", post(abort))
+        .route("/v1/services/{name}/promote", post(promote))
+        .route("/v1/services/{name}/pause", post(pause))
+        .route("/v1/services/{name}/resume", post(resume))
+        .route("/v1/rollouts/{id}/measurements", get(rollout_measurements))
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/events", get(rollout_events))
         .route("/v1/audit", get(audit))
@@ -220,6 +224,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/readyz", get(|| async { "ok\n" }))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see docs/api.md",
+            )
+        })
         .with_state(daemon)
 }
 
@@ -402,7 +413,7 @@ fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> 
         scale: state.scale.clone(),
         instances: core
             .supervisor
-            .views(&state.name)
+            .views(&state.name, &state.traffic)
             .into_iter()
             .map(Into::into)
             .collect(),
@@ -490,8 +501,16 @@ async fn history(
                 phase: r.phase,
                 outcome: r.outcome.map(|o| o.as_str().to_string()),
                 reason: r.reason.clone(),
-                message: rev.and_then(|v| v.message.clone()),
-                author: rev.map(|v| v.author.clone()).unwrap_or_default(),
+                message: if r.kind == RolloutKind::Rollback {
+                    Some(format!("rollback to revision {}", r.to))
+                } else {
+                    rev.and_then(|v| v.message.clone())
+                },
+                author: r
+                    .started_by
+                    .clone()
+                    .or_else(|| rev.map(|v| v.author.clone()))
+                    .unwrap_or_default(),
                 started_at: rfc3339(r.started_at),
                 finished_at: r.finished_at.map(rfc3339),
                 hook_output: r
@@ -753,6 +772,9 @@ async fn deploy(
         req.auto_approve,
         now,
     );
+    let mut r = r;
+    r.started_by = Some(actor_hint(&headers));
+
     if req.dry_run {
         let plan = rollout::plan(&state, &r);
         record_audit(
@@ -963,6 +985,8 @@ async fn rollback(
         true,
         now,
     );
+    let mut r = r;
+    r.started_by = Some(actor_hint(&headers));
     let mut next = state.clone();
     next.active_rollout = Some(id);
     next.retiring.remove(&target);
@@ -1023,6 +1047,74 @@ async fn abort(
     gate(d, name, headers, "abort").await
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// Skip every remaining step.
+    #[serde(default)]
+    pub full: bool,
+}
+
+async fn promote(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<RolloutAccepted>> {
+    let req: PromoteRequest = if body.is_empty() {
+        PromoteRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("request body: {e}"),
+                );
+                return rejected(&d, &headers, "promote", &name, serde_json::Value::Null, err);
+            }
+        }
+    };
+    gate(
+        d,
+        name,
+        headers,
+        if req.full {
+            "promote --full"
+        } else {
+            "promote"
+        },
+    )
+    .await
+}
+
+async fn pause(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<RolloutAccepted>> {
+    gate(d, name, headers, "pause").await
+}
+
+async fn resume(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<RolloutAccepted>> {
+    gate(d, name, headers, "resume").await
+}
+
+async fn rollout_measurements(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Vec<ferry_store::StoredMeasurement>>> {
+    if d.store.rollout(id).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::not_found(format!("no rollout {id}")));
+    }
+    Ok(Json(d.store.measurements(id).map_err(ApiError::internal)?))
+}
+
 /// `approve` and `abort`: a flag on the active rollout, acted on by the loop.
 async fn gate(
     d: Arc<Daemon>,
@@ -1044,7 +1136,60 @@ async fn gate(
         return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
     };
     let who = actor_hint(&headers);
-    let message = if action == "approve" {
+    let refuse = |why: String| ApiError::conflict(why);
+    let message = if action.starts_with("promote") {
+        let full = action.ends_with("--full");
+        match r.strategy {
+            Strategy::Canary => {}
+            Strategy::BlueGreen
+                if r.phase == Phase::AwaitingApproval || r.phase == Phase::Progressing => {}
+            _ => {
+                let e = refuse(format!(
+                    "rollout {} of `{name}` is a {} rollout; there is nothing to promote",
+                    r.id,
+                    r.strategy.as_str()
+                ));
+                return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+            }
+        }
+        if r.phase == Phase::Reverting {
+            let e = refuse(format!(
+                "rollout {} is reverting; it cannot be promoted",
+                r.id
+            ));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+        }
+        r.requests.promote = Some(ferry_core::rollout::PromoteRequest { by: who, full });
+        if full {
+            format!(
+                "rollout {}: promoting revision {} to 100 %, skipping the remaining steps",
+                r.id, r.to
+            )
+        } else {
+            format!("rollout {}: promoted past the current step", r.id)
+        }
+    } else if action == "pause" {
+        if r.paused.is_some() {
+            let e = refuse(format!(
+                "rollout {} is already paused: {}",
+                r.id,
+                r.paused.clone().unwrap_or_default()
+            ));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+        }
+        r.requests.pause = Some(who);
+        format!(
+            "rollout {} paused: traffic and instances stay as they are until `ferry resume {name}`",
+            r.id
+        )
+    } else if action == "resume" {
+        if r.paused.is_none() && r.requests.pause.is_none() {
+            let e = refuse(format!("rollout {} is not paused", r.id));
+            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
+        }
+        r.requests.resume = Some(who);
+        format!("rollout {} resumed", r.id)
+    } else if action == "approve" {
         let waiting = r.phase == Phase::AwaitingApproval
             || (r.strategy == Strategy::BlueGreen && r.phase == Phase::Progressing);
         if !waiting {

@@ -6,10 +6,14 @@
 //! and the proxies get a fresh routing table. Level-triggered: after a crash
 //! the same loop simply runs again from the stored state.
 
+use crate::analysis::{self as runner, Pending, Round, Sampler};
 use crate::clock::Clock;
 use crate::supervisor::Supervisor;
 use ferry_core::Millis;
-use ferry_core::rollout::{self, Event, HookResult, Phase, Rollout, ServiceState};
+use ferry_core::rollout::{
+    self, BlastRadius, Event, HookResult, Observed, Phase, Rollout, ServiceState,
+};
+use ferry_core::spec::Strategy;
 use ferry_proxy::{ProxyHandle, ProxyOptions, RoutingTable};
 use ferry_store::{Change, Store};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +34,9 @@ pub struct Daemon {
     pub started_at: Millis,
     pub core: Mutex<Core>,
     pub notify: Notify,
+    /// Analysis measurements finished in the background.
+    pending: Pending,
+    http: reqwest::Client,
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
@@ -40,7 +47,11 @@ pub struct Core {
     pub supervisor: Supervisor,
     pub proxies: BTreeMap<String, ProxyHandle>,
     hooks_running: BTreeSet<u64>,
-    routed: BTreeMap<String, Vec<String>>,
+    routed: BTreeMap<String, (Vec<String>, BTreeMap<u64, u32>)>,
+    sampler: Sampler,
+    bind_errors: BTreeMap<String, String>,
+    /// When each rollout's analysis last started a round.
+    last_round: BTreeMap<u64, Millis>,
 }
 
 impl Daemon {
@@ -88,8 +99,13 @@ impl Daemon {
                 proxies: BTreeMap::new(),
                 hooks_running: BTreeSet::new(),
                 routed: BTreeMap::new(),
+                sampler: Sampler::default(),
+                bind_errors: BTreeMap::new(),
+                last_round: BTreeMap::new(),
             }),
             notify: Notify::new(),
+            pending: Pending::default(),
+            http: reqwest::Client::new(),
         });
         daemon.fail_interrupted_hooks().await?;
         Ok(daemon)
@@ -164,15 +180,57 @@ impl Daemon {
                         core.hooks_running.insert(r.id);
                         self.clone().spawn_hook(r.clone());
                     }
-                    let obs = core.supervisor.observe(&name);
-                    let mut step = rollout::advance(&state, &r, &obs, now);
-                    if step.rollout == r && step.state == state {
+                    let measurements = self.analyse(core, &r, now);
+                    let observed = Observed {
+                        instances: core.supervisor.observe(&name),
+                        measurements,
+                    };
+                    let mut step = rollout::advance(&state, &r, &observed, now);
+                    if step.rollout == r && step.state == state && observed.measurements.is_empty()
+                    {
                         continue;
                     }
                     if step.rollout.is_done() && !r.is_done() {
                         self.add_evidence(&mut step.rollout, &core.supervisor);
                     }
-                    self.commit_step(&step.state, &step.rollout, &step.events, now)?;
+                    let pulled = step
+                        .rollout
+                        .outcome
+                        .is_some_and(|o| o != rollout::Outcome::Succeeded);
+                    let promoting = step.events.iter().any(|e| e.kind == "promoting");
+                    if step.rollout.strategy == Strategy::Canary
+                        && step.rollout.blast_radius.is_none()
+                        && step.rollout.from.is_some()
+                        && (pulled || promoting)
+                    {
+                        let snap = core.supervisor.stats(&name, step.rollout.to).snapshot();
+                        let blast = BlastRadius {
+                            requests: snap.total,
+                            failed: snap.by_class[4],
+                        };
+                        step.rollout.blast_radius = Some(blast);
+                        step.events.push(Event {
+                            kind: "blast-radius".into(),
+                            message: format!(
+                                "blast radius: the canary served {} requests, {} of them failed, before it was {}",
+                                blast.requests,
+                                blast.failed,
+                                if pulled { "pulled" } else { "promoted" }
+                            ),
+                        });
+                    }
+                    self.store.commit(&Change {
+                        rollout: Some(&step.rollout),
+                        state: Some(&step.state),
+                        events: step
+                            .events
+                            .iter()
+                            .map(|e| (Some(step.rollout.id), e))
+                            .collect(),
+                        measurements: observed.measurements.iter().map(|m| (r.id, m)).collect(),
+                        now,
+                        ..Default::default()
+                    })?;
                     for e in &step.events {
                         tracing::info!(service = %name, rollout = step.rollout.id, "{}", e.message);
                     }
@@ -207,21 +265,79 @@ impl Daemon {
         Ok(())
     }
 
-    fn commit_step(
-        &self,
-        state: &ServiceState,
+    /// Sample the revisions a canary compares, start a measurement round
+    /// when one is due, and take the measurements finished since the last
+    /// tick.
+    fn analyse(
+        self: &Arc<Self>,
+        core: &mut Core,
         r: &Rollout,
-        events: &[Event],
         now: Millis,
-    ) -> DaemonResult<()> {
-        self.store.commit(&Change {
-            rollout: Some(r),
-            state: Some(state),
-            events: events.iter().map(|e| (Some(r.id), e)).collect(),
-            now,
-            ..Default::default()
-        })?;
-        Ok(())
+    ) -> Vec<ferry_core::analysis::Measurement> {
+        let mut done: Vec<ferry_core::analysis::Measurement> = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|(id, m)| {
+                if *id == r.id {
+                    done.push(m.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let judging = r.strategy == Strategy::Canary
+            && r.from.is_some()
+            && matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval);
+        if !judging {
+            return done;
+        }
+        let Some(rev) = core.supervisor.revision(&r.service, r.to) else {
+            return done;
+        };
+        let Some(spec) = rev.spec.analysis.clone().filter(|a| !a.checks.is_empty()) else {
+            return done;
+        };
+        let window = spec.window.as_millis();
+        for revision in [Some(r.to), r.from].into_iter().flatten() {
+            let stats = core.supervisor.stats(&r.service, revision);
+            core.sampler
+                .sample(&r.service, revision, &stats, now, window);
+        }
+        // The first round waits one interval, so the window holds data.
+        let Some(last) = core.last_round.get(&r.id).copied() else {
+            core.last_round.insert(r.id, now);
+            return done;
+        };
+        if now.saturating_sub(last) < spec.interval.as_millis() {
+            return done;
+        }
+        core.last_round.insert(r.id, now);
+        let Some(canary) = core.sampler.window(&r.service, r.to, window, now) else {
+            return done;
+        };
+        let baseline = r
+            .from
+            .and_then(|f| core.sampler.window(&r.service, f, window, now));
+        let round = Round {
+            rollout: r.id,
+            checks: spec.checks(),
+            spec,
+            canary,
+            baseline,
+            revision: rev,
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = round.rollout;
+            let ms = runner::measure(round, &this.http).await;
+            this.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ms.into_iter().map(|m| (id, m)));
+            this.notify.notify_one();
+        });
+        done
     }
 
     /// A failed rollout's record keeps what the failing instance printed.
@@ -245,40 +361,91 @@ impl Daemon {
             let state = &core.states[&name];
             let ups = core.supervisor.routable(state, now);
             let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
-            if core.routed.get(&name) == Some(&ids) && core.proxies.contains_key(&name) {
+            let key = (ids, state.weights.clone());
+            if core.routed.get(&name) == Some(&key) && core.proxies.contains_key(&name) {
                 continue;
             }
+            let split = self.split_of(core, &name);
             if !core.proxies.contains_key(&name) {
-                let Some(listen) = self.listen_of(core, &name) else {
+                let Some((listen, options)) = self.listen_of(core, &name) else {
                     continue;
                 };
-                match ProxyHandle::bind(name.clone(), listen, ProxyOptions::default()).await {
+                match ProxyHandle::bind(name.clone(), listen, options).await {
                     Ok(p) => {
                         tracing::info!(service = %name, "proxy listening on {listen}");
                         core.proxies.insert(name.clone(), p);
                     }
                     Err(e) => {
-                        tracing::error!(service = %name, "cannot listen on {listen}: {e}");
+                        // Say it once per distinct error, not every tick.
+                        let text = format!("cannot listen on {listen}: {e}");
+                        if core.bind_errors.get(&name) != Some(&text) {
+                            tracing::error!(service = %name, "{text}");
+                            core.bind_errors.insert(name.clone(), text);
+                        }
                         continue;
                     }
                 }
             }
             if let Some(p) = core.proxies.get(&name) {
-                p.set_routes(RoutingTable { upstreams: ups });
-                if core.routed.get(&name) != Some(&ids) {
-                    tracing::debug!(service = %name, "routing to {ids:?}");
-                }
-                core.routed.insert(name, ids);
+                p.set_routes(RoutingTable {
+                    upstreams: ups,
+                    split,
+                });
+                tracing::debug!(service = %name, "routing to {:?} (weights {:?})", key.0, key.1);
+                core.routed.insert(name, key);
             }
         }
     }
 
-    fn listen_of(&self, core: &mut Core, name: &str) -> Option<SocketAddr> {
+    /// The weighted split of a canary in progress, if any.
+    fn split_of(&self, core: &mut Core, name: &str) -> Option<ferry_proxy::Split> {
+        let state = core.states.get(name)?;
+        if state.weights.is_empty() {
+            return None;
+        }
+        let canary = state
+            .active_rollout
+            .and_then(|id| core.rollouts.get(&id))
+            .map(|r| r.to);
+        let mut weights: Vec<(u64, u32)> = state
+            .weights
+            .iter()
+            .map(|(rev, w)| (*rev, w * 100))
+            .collect();
+        // The canary's bucket range comes first (sticky users never flip back).
+        weights.sort_by_key(|(rev, _)| Some(*rev) != canary);
+        let stickiness = canary
+            .and_then(|c| core.supervisor.revision(name, c))
+            .and_then(|rev| rev.spec.deploy.stickiness.clone())
+            .and_then(|s| ferry_core::canary::Stickiness::parse(&s).ok())
+            .map_or(ferry_proxy::Stickiness::None, |s| match s {
+                ferry_core::canary::Stickiness::Header(h) => {
+                    http::HeaderName::from_bytes(h.as_bytes()).map_or(
+                        ferry_proxy::Stickiness::None,
+                        ferry_proxy::Stickiness::Header,
+                    )
+                }
+                ferry_core::canary::Stickiness::Cookie(c) => ferry_proxy::Stickiness::Cookie(c),
+            });
+        Some(ferry_proxy::Split {
+            weights,
+            stickiness,
+            canary,
+        })
+    }
+
+    /// The listen address and proxy options of the revision that defines
+    /// the service now.
+    fn listen_of(&self, core: &mut Core, name: &str) -> Option<(SocketAddr, ProxyOptions)> {
         let state = core.states.get(name)?;
         let rev = state
             .stable
             .or_else(|| state.scale.keys().next_back().copied())?;
-        core.supervisor.revision(name, rev)?.spec.listen_addr()
+        let rev = core.supervisor.revision(name, rev)?;
+        Some((
+            rev.spec.listen_addr()?,
+            crate::proxy_config::options_for(&rev.spec.proxy),
+        ))
     }
 
     fn spawn_hook(self: Arc<Self>, r: Rollout) {

@@ -2,6 +2,7 @@
 //! and the HTTP API, started by `ferry serve` (and by `ferry demo`).
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod api;
 pub mod clock;
 pub mod daemon;
@@ -75,7 +76,7 @@ pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         _ => {}
     }
-    let token = supervisor::new_token();
+    let token = supervisor::new_token().map_err(io_err(Path::new("/dev/urandom")))?;
     let tmp = data_dir.join(".token.tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -123,12 +124,20 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServeError> {
     let data_dir = &config.data_dir;
+    let fresh = !data_dir.exists();
     std::fs::create_dir_all(data_dir.join("logs")).map_err(io_err(data_dir))?;
+    if fresh {
+        // The store holds revisions' environment, secrets included.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(data_dir))?;
+    }
     let data_dir = data_dir.canonicalize().map_err(io_err(data_dir))?;
     let _lock = lock_data_dir(&data_dir)?;
     let token = ensure_token(&data_dir)?;
     let store = Arc::new(Store::open(&data_dir.join("ferry.db"))?);
-    let daemon_id = store.meta_or_init("daemon_id", supervisor::new_id)?;
+    let fresh_id = supervisor::new_id().map_err(io_err(Path::new("/dev/urandom")))?;
+    let daemon_id = store.meta_or_init("daemon_id", || fresh_id)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

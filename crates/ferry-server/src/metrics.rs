@@ -3,7 +3,11 @@
 
 use crate::daemon::Core;
 use ferry_core::Millis;
+use ferry_core::rollout::ServiceState;
 use std::fmt::Write;
+
+/// How a per-service gauge is read off the daemon state.
+type Gauge = fn(&Core, &str, &ServiceState, Millis) -> Option<u64>;
 
 pub fn render(core: &Core, now: Millis) -> String {
     let mut out = String::with_capacity(4096);
@@ -22,8 +26,8 @@ pub fn render(core: &Core, now: Millis) -> String {
     ferry_proxy::render_prometheus_all(&refs, &mut out);
     out.push_str("# HELP ferry_instances Instances by service, revision and state.\n# TYPE ferry_instances gauge\n");
     let mut counts: std::collections::BTreeMap<(String, u64, String), u64> = Default::default();
-    for s in core.states.keys() {
-        for v in core.supervisor.views(s) {
+    for (s, state) in &core.states {
+        for v in core.supervisor.views(s, &state.traffic) {
             *counts.entry((s.clone(), v.revision, v.state)).or_default() += 1;
         }
     }
@@ -33,26 +37,40 @@ pub fn render(core: &Core, now: Millis) -> String {
             "ferry_instances{{service=\"{service}\",revision=\"{revision}\",state=\"{state}\"}} {n}"
         );
     }
-    out.push_str("# HELP ferry_service_serving_instances Instances taking traffic now.\n# TYPE ferry_service_serving_instances gauge\n");
-    out.push_str("# HELP ferry_service_stable_revision The revision serving when no rollout runs.\n# TYPE ferry_service_stable_revision gauge\n");
-    out.push_str("# HELP ferry_rollout_active 1 while a rollout of the service is in progress.\n# TYPE ferry_rollout_active gauge\n");
-    for (name, state) in &core.states {
-        let serving = core.supervisor.routable(state, now).len();
-        let _ = writeln!(
-            out,
-            "ferry_service_serving_instances{{service=\"{name}\"}} {serving}"
-        );
-        if let Some(stable) = state.stable {
-            let _ = writeln!(
-                out,
-                "ferry_service_stable_revision{{service=\"{name}\"}} {stable}"
-            );
+    // One family at a time: the text format wants each family's samples
+    // right under its own HELP and TYPE lines.
+    let families: [(&str, &str, Gauge); 4] = [
+        (
+            "ferry_service_serving_instances",
+            "Instances taking traffic now.",
+            |core, _, state, now| Some(core.supervisor.routable(state, now).len() as u64),
+        ),
+        (
+            "ferry_service_stable_revision",
+            "The revision serving when no rollout runs.",
+            |_, _, state, _| state.stable,
+        ),
+        (
+            "ferry_rollout_active",
+            "1 while a rollout of the service is in progress.",
+            |_, _, state, _| Some(u64::from(state.active_rollout.is_some())),
+        ),
+        (
+            "ferry_canary_weight_percent",
+            "The canary's share of traffic during a canary rollout.",
+            |core, _, state, _| {
+                let r = core.rollouts.get(&state.active_rollout?)?;
+                state.weights.get(&r.to).map(|w| u64::from(*w))
+            },
+        ),
+    ];
+    for (family, help, value) in families {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
+        for (name, state) in &core.states {
+            if let Some(v) = value(core, name, state, now) {
+                let _ = writeln!(out, "{family}{{service=\"{name}\"}} {v}");
+            }
         }
-        let _ = writeln!(
-            out,
-            "ferry_rollout_active{{service=\"{name}\"}} {}",
-            u8::from(state.active_rollout.is_some())
-        );
     }
     out
 }

@@ -55,6 +55,9 @@ pub struct Instance {
     pub crash_loop: Option<String>,
     pub last_exit: Option<String>,
     stopping: bool,
+    /// When its process last started (the deploy timeout counts from here,
+    /// so one restart is not judged by the instance's first start).
+    started_at: Millis,
 }
 
 impl Instance {
@@ -110,20 +113,20 @@ pub struct Supervisor {
     last_rotation: Millis,
 }
 
-fn random_hex(bytes: usize) -> String {
+/// Hex of `bytes` random bytes from the kernel. An unreadable
+/// `/dev/urandom` is an error, never a predictable token.
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
     let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-pub fn new_token() -> String {
+pub fn new_token() -> std::io::Result<String> {
     random_hex(24)
 }
 
-pub fn new_id() -> String {
+pub fn new_id() -> std::io::Result<String> {
     random_hex(8)
 }
 
@@ -230,6 +233,7 @@ impl Supervisor {
                 crash_loop: None,
                 last_exit: None,
                 stopping: rec.state == InstanceState::Stopping,
+                started_at: rec.created_at,
             };
             match pid {
                 Some(pid) => {
@@ -433,7 +437,8 @@ impl Supervisor {
     }
 
     fn start_new(&mut self, rev: &Arc<Revision>, now: Millis) -> Result<String, String> {
-        let id = format!("{}-{}-{}", rev.service, rev.number, random_hex(3));
+        let suffix = random_hex(3).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        let id = format!("{}-{}-{suffix}", rev.service, rev.number);
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let log_path = self.data_dir.join("logs").join(format!("{id}.log"));
         let rec = InstanceRecord {
@@ -469,6 +474,7 @@ impl Supervisor {
             crash_loop: None,
             last_exit: None,
             stopping: false,
+            started_at: now,
         };
         let mut notes = Vec::new();
         spawn_process(
@@ -551,7 +557,7 @@ impl Supervisor {
             .map(|i| InstanceObs {
                 id: i.rec.id.clone(),
                 revision: i.rec.revision,
-                created_at: i.rec.created_at,
+                created_at: i.started_at,
                 ready_since: i.ready_since(),
                 crash_loop: i.crash_loop.clone(),
                 last_probe: if i.running {
@@ -584,7 +590,8 @@ impl Supervisor {
             .collect()
     }
 
-    pub fn views(&self, service: &str) -> Vec<InstanceView> {
+    /// Instances of `service`; `traffic` tells serving from standby ones.
+    pub fn views(&self, service: &str, traffic: &[u64]) -> Vec<InstanceView> {
         let now = self.clock.now();
         self.instances
             .values()
@@ -601,8 +608,10 @@ impl Supervisor {
                     "crash-loop"
                 } else if !i.running {
                     "restarting"
-                } else if is_available(ready, min_ready, now) {
+                } else if is_available(ready, min_ready, now) && traffic.contains(&i.rec.revision) {
                     "serving"
+                } else if is_available(ready, min_ready, now) {
+                    "standby"
                 } else if ready.is_some() {
                     "warming"
                 } else {
@@ -659,6 +668,7 @@ fn spawn_process(
             inst.rec.pid = child.id().map(|p| p as i32);
             inst.child = Some(child);
             inst.running = true;
+            inst.started_at = now;
             inst.adopted = false;
             let _ = store.put_instance(&inst.rec);
             start_probes(inst, rev, clock);

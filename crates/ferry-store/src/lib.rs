@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use ferry_core::Millis;
+use ferry_core::analysis::Measurement;
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{Event, Rollout, ServiceState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -95,10 +96,20 @@ pub struct Change<'a> {
     pub events: Vec<(Option<u64>, &'a Event)>,
     pub service: Option<&'a str>,
     pub audit: Option<&'a AuditEntry>,
+    /// Analysis measurements of a rollout: (rollout id, measurement).
+    pub measurements: Vec<(u64, &'a Measurement)>,
     pub now: Millis,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// A measurement as stored, with when it was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMeasurement {
+    pub at: Millis,
+    #[serde(flatten)]
+    pub measurement: Measurement,
+}
+
+const SCHEMA_VERSION: i64 = 2;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -160,6 +171,17 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE measurements (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, rollout INTEGER NOT NULL,
+                    at INTEGER NOT NULL, body TEXT NOT NULL);
+                 CREATE INDEX measurements_rollout ON measurements(rollout, seq);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
     }
 
@@ -217,6 +239,12 @@ impl Store {
         }
         if let Some(a) = change.audit {
             insert_audit(&tx, a)?;
+        }
+        for (rollout, m) in &change.measurements {
+            tx.execute(
+                "INSERT INTO measurements (rollout, at, body) VALUES (?1, ?2, ?3)",
+                params![*rollout as i64, change.now as i64, to_json(m)],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -351,6 +379,29 @@ impl Store {
         let conn = self.lock();
         conn.execute("DELETE FROM instances WHERE id = ?1", [id])?;
         Ok(())
+    }
+
+    /// Every measurement of a rollout's analysis, oldest first.
+    pub fn measurements(&self, rollout: u64) -> Result<Vec<StoredMeasurement>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT at, body FROM measurements WHERE rollout = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([rollout as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, body) = row?;
+            let measurement = serde_json::from_str(&body).map_err(|source| StoreError::Decode {
+                what: "measurement".into(),
+                source,
+            })?;
+            out.push(StoredMeasurement {
+                at: at as u64,
+                measurement,
+            });
+        }
+        Ok(out)
     }
 
     /// Events of one rollout after sequence number `after`.

@@ -1,6 +1,16 @@
 //! The rollout machine, simulated: no processes, no clock.
 
 use super::*;
+use crate::analysis::{Measurement, Verdict};
+use crate::canary::{CanaryStep, OnFailure, Pause};
+use crate::duration::Dur;
+
+fn seen(instances: &[InstanceObs]) -> Observed {
+    Observed {
+        instances: instances.to_vec(),
+        measurements: vec![],
+    }
+}
 
 fn params(n: u32, surge: u32, unavail: u32) -> Params {
     Params {
@@ -12,6 +22,10 @@ fn params(n: u32, surge: u32, unavail: u32) -> Params {
         scale_down_delay_ms: 30_000,
         auto_promote: false,
         has_pre_deploy: false,
+        steps: vec![],
+        on_failure: OnFailure::Rollback,
+        failure_limit: 0,
+        inconclusive_limit: 2,
     }
 }
 
@@ -122,7 +136,7 @@ fn run(
         if approve_at.is_some_and(|t| now >= t) && r.approved_by.is_none() {
             r.approved_by = Some("tester".into());
         }
-        let step = advance(&s, &r, &w.instances, now);
+        let step = advance(&s, &r, &seen(&w.instances), now);
         s = step.state;
         r = step.rollout;
         all.extend(step.events);
@@ -268,7 +282,7 @@ fn rollback_to_a_warm_revision_is_instant() {
         false,
         t,
     );
-    let step = advance(&s, &back, &w.instances, t);
+    let step = advance(&s, &back, &seen(&w.instances), t);
     assert_eq!(step.rollout.outcome, Some(Outcome::Succeeded));
     assert_eq!(step.state.traffic, vec![1]);
 }
@@ -291,7 +305,7 @@ fn pre_deploy_hook_gates_everything() {
     p.has_pre_deploy = true;
     let r = deploy(1, Some(1), 2, Strategy::Rolling, p);
     assert_eq!(r.phase, Phase::PreDeploy);
-    let step = advance(&s, &r, &w.instances, 10);
+    let step = advance(&s, &r, &seen(&w.instances), 10);
     assert_eq!(step.state, s, "nothing moves while the hook runs");
     let mut failed = r.clone();
     failed.hook = Some(HookResult {
@@ -299,7 +313,7 @@ fn pre_deploy_hook_gates_everything() {
         summary: "exit status 1".into(),
         output: "boom".into(),
     });
-    let step = advance(&s, &failed, &w.instances, 20);
+    let step = advance(&s, &failed, &seen(&w.instances), 20);
     assert_eq!(step.rollout.outcome, Some(Outcome::Failed));
     assert_eq!(step.state.scale, s.scale);
     assert_eq!(step.state.traffic, s.traffic);
@@ -310,7 +324,7 @@ fn advance_is_idempotent_once_done() {
     let (s, mut w) = steady(2);
     let r = deploy(1, Some(1), 2, Strategy::Rolling, params(2, 1, 0));
     let (s, r, _, _) = run(s, r, &mut w, 5_000, None);
-    let step = advance(&s, &r, &w.instances, 999_999);
+    let step = advance(&s, &r, &seen(&w.instances), 999_999);
     assert_eq!(step.state, s);
     assert_eq!(step.rollout, r);
     assert!(step.events.is_empty());
@@ -333,4 +347,329 @@ fn plan_lists_batches_and_gates() {
         lines.iter().any(|l| l.contains("ferry approve web")),
         "{lines:#?}"
     );
+}
+
+fn canary_params(steps: Vec<CanaryStep>) -> Params {
+    let mut p = params(4, 1, 0);
+    p.steps = steps;
+    p.failure_limit = 1;
+    p
+}
+
+fn w(weight: u32) -> CanaryStep {
+    CanaryStep {
+        weight: Some(weight),
+        pause: None,
+    }
+}
+
+fn pause(p: Pause) -> CanaryStep {
+    CanaryStep {
+        weight: None,
+        pause: Some(p),
+    }
+}
+
+fn measurement(verdict: Verdict) -> Measurement {
+    Measurement {
+        check: "error_rate ≤ 0.01".into(),
+        verdict,
+        value: Some(0.3),
+        baseline: None,
+        detail: "error_rate = 30.00%".into(),
+    }
+}
+
+/// Drive a canary tick by tick; `feed(now)` gives the measurements of a tick
+/// and `poke(now, rollout)` may set API requests. Returns every state seen.
+fn drive(
+    r: Rollout,
+    until: Millis,
+    mut feed: impl FnMut(Millis) -> Vec<Measurement>,
+    mut poke: impl FnMut(Millis, &mut Rollout),
+) -> (
+    ServiceState,
+    Rollout,
+    Vec<(Millis, ServiceState)>,
+    Vec<Event>,
+) {
+    let (mut s, mut world) = steady(4);
+    let mut r = r;
+    let mut seen_states = vec![];
+    let mut events = vec![];
+    let mut now = 5_000;
+    while !r.is_done() && now < until {
+        poke(now, &mut r);
+        let observed = Observed {
+            instances: world.instances.clone(),
+            measurements: feed(now),
+        };
+        let step = advance(&s, &r, &observed, now);
+        s = step.state;
+        r = step.rollout;
+        events.extend(step.events);
+        world.converge(&s, now);
+        seen_states.push((now, s.clone()));
+        now += 100;
+    }
+    (s, r, seen_states, events)
+}
+
+fn canary(steps: Vec<CanaryStep>) -> Rollout {
+    Rollout::begin(
+        1,
+        "web",
+        RolloutKind::Deploy,
+        Some(1),
+        4,
+        2,
+        Strategy::Canary,
+        canary_params(steps),
+        false,
+        5_000,
+    )
+}
+
+#[test]
+fn a_healthy_canary_walks_its_steps_and_waits_at_manual_pauses() {
+    let steps = vec![
+        w(5),
+        pause(Pause::For(Dur::secs(30))),
+        w(25),
+        pause(Pause::Manual),
+        CanaryStep {
+            weight: Some(50),
+            pause: Some(Pause::For(Dur::secs(60))),
+        },
+    ];
+    let mut promoted_at = None;
+    let (s, r, states, events) = drive(
+        canary(steps),
+        1_000_000,
+        |_| vec![measurement(Verdict::Pass)],
+        |now, r| {
+            if r.phase == Phase::AwaitingApproval && promoted_at.is_none() && now > 100_000 {
+                r.requests.promote = Some(PromoteRequest {
+                    by: "ops".into(),
+                    full: false,
+                });
+                promoted_at = Some(now);
+            }
+        },
+    );
+    assert_eq!(r.outcome, Some(Outcome::Succeeded), "{events:#?}");
+    assert_eq!(s.traffic, vec![2]);
+    assert!(s.weights.is_empty());
+    assert_eq!(s.scale, [(2, 4)].into());
+    let weights: Vec<u32> = states
+        .iter()
+        .filter_map(|(_, st)| st.weights.get(&2).copied())
+        .fold(vec![], |mut acc, w| {
+            if acc.last() != Some(&w) {
+                acc.push(w)
+            }
+            acc
+        });
+    assert_eq!(weights, vec![5, 25, 50]);
+    let first = |w: u32| {
+        states
+            .iter()
+            .find(|(_, st)| st.weights.get(&2) == Some(&w))
+            .unwrap()
+            .0
+    };
+    assert!(
+        first(25) - first(5) >= 30_000,
+        "the timed pause is honoured"
+    );
+    let promoted_at = promoted_at.unwrap();
+    assert!(
+        first(50) >= promoted_at,
+        "the manual pause waited for promote"
+    );
+    assert!(r.finished_at.unwrap() - first(50) >= 60_000);
+    // The canary runs just enough instances for its weight.
+    let canary_scale_at = |w: u32| {
+        states
+            .iter()
+            .find(|(_, st)| st.weights.get(&2) == Some(&w))
+            .unwrap()
+            .1
+            .scale[&2]
+    };
+    assert_eq!(
+        (canary_scale_at(5), canary_scale_at(25), canary_scale_at(50)),
+        (1, 1, 2)
+    );
+    assert!(events.iter().any(|e| e.kind == "promoting"));
+}
+
+#[test]
+fn failed_analysis_takes_the_canary_to_zero_in_the_same_tick() {
+    let steps = vec![w(10), pause(Pause::For(Dur::secs(600)))];
+    let bad_from = 20_000;
+    let (s, r, states, events) = drive(
+        canary(steps),
+        1_000_000,
+        |now| {
+            if now >= bad_from {
+                vec![measurement(Verdict::Fail)]
+            } else {
+                vec![measurement(Verdict::Pass)]
+            }
+        },
+        |_, _| {},
+    );
+    assert_eq!(r.outcome, Some(Outcome::Failed));
+    let reason = r.reason.clone().unwrap();
+    assert!(
+        reason.contains("analysis failed") && reason.contains("30.00%"),
+        "{reason}"
+    );
+    // failure_limit 1: the second failure (one tick later) pulls it.
+    let pulled = r.finished_at.unwrap();
+    assert_eq!(pulled, bad_from + 100);
+    let (_, at_pull) = states.iter().find(|(t, _)| *t == pulled).unwrap();
+    assert!(at_pull.weights.is_empty());
+    assert_eq!(at_pull.traffic, vec![1]);
+    assert_eq!(s.scale, [(1, 4)].into());
+    assert_eq!(r.analysis.failures, 2);
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind == "analysis-failed")
+            .count()
+            == 2
+    );
+}
+
+#[test]
+fn on_failure_pause_holds_traffic_and_waits_for_a_human() {
+    let steps = vec![w(20), pause(Pause::For(Dur::secs(5)))];
+    let mut params = canary_params(steps);
+    params.on_failure = OnFailure::Pause;
+    params.failure_limit = 0;
+    let r = Rollout::begin(
+        1,
+        "web",
+        RolloutKind::Deploy,
+        Some(1),
+        4,
+        2,
+        Strategy::Canary,
+        params,
+        false,
+        5_000,
+    );
+    let (s, r, _, events) = drive(
+        r,
+        200_000,
+        |now| {
+            if now >= 8_000 {
+                vec![measurement(Verdict::Fail)]
+            } else {
+                vec![]
+            }
+        },
+        |_, _| {},
+    );
+    assert!(
+        !r.is_done(),
+        "it holds instead of rolling back: {:?} {:?}",
+        r.outcome,
+        r.reason
+    );
+    assert!(r.paused.as_deref().unwrap().contains("analysis failed"));
+    assert_eq!(s.weights.get(&2), Some(&20), "traffic stays where it was");
+    assert!(events.iter().any(|e| e.message.contains("PAUSED")));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.message.contains("PAUSED"))
+            .count(),
+        1,
+        "it says so once, loudly"
+    );
+}
+
+#[test]
+fn inconclusive_analysis_pauses_instead_of_promoting() {
+    let steps = vec![w(10), pause(Pause::For(Dur::secs(2)))];
+    let inconclusive = Measurement {
+        verdict: Verdict::Inconclusive,
+        detail: "only 3 canary requests".into(),
+        ..measurement(Verdict::Inconclusive)
+    };
+    let (_, r, _, _) = drive(
+        canary(steps),
+        100_000,
+        |now| {
+            if now % 1000 == 0 {
+                vec![inconclusive.clone()]
+            } else {
+                vec![]
+            }
+        },
+        |_, _| {},
+    );
+    assert!(
+        !r.is_done(),
+        "too little evidence never promotes: {:?} {:?}",
+        r.outcome,
+        r.reason
+    );
+    assert!(
+        r.paused.as_deref().unwrap().contains("inconclusive"),
+        "{:?}",
+        r.paused
+    );
+}
+
+#[test]
+fn pause_resume_and_full_promotion_by_hand() {
+    let steps = vec![w(10), pause(Pause::Manual), w(50), pause(Pause::Manual)];
+    let (s, r, _, events) = drive(
+        canary(steps),
+        100_000,
+        |_| vec![],
+        |now, r| {
+            if now == 8_000 {
+                r.requests.pause = Some("alice".into());
+            }
+            if now == 20_000 {
+                r.requests.resume = Some("alice".into());
+            }
+            if now == 30_000 {
+                r.requests.promote = Some(PromoteRequest {
+                    by: "bob".into(),
+                    full: true,
+                });
+            }
+        },
+    );
+    assert_eq!(r.outcome, Some(Outcome::Succeeded));
+    assert!(r.finished_at.unwrap() >= 30_000);
+    assert_eq!(s.traffic, vec![2]);
+    for kind in ["paused", "resumed", "promoted"] {
+        assert!(events.iter().any(|e| e.kind == kind), "{kind}: {events:#?}");
+    }
+}
+
+#[test]
+fn canary_plan_lists_steps_and_gates() {
+    let (s, _) = steady(4);
+    let steps = vec![
+        w(5),
+        pause(Pause::For(Dur::secs(30))),
+        w(25),
+        pause(Pause::Manual),
+    ];
+    let lines = plan(&s, &canary(steps));
+    let text = lines.join("\n");
+    assert!(
+        text.contains("5 % of traffic") && text.contains("25 % of traffic"),
+        "{text}"
+    );
+    assert!(text.contains("ferry promote web"), "{text}");
+    assert!(text.contains("promoting revision 2 to 100 %"), "{text}");
 }

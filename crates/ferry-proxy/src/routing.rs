@@ -1,0 +1,484 @@
+//! Weighted routing between revisions (canary splits) and the compiled form
+//! of a routing table the hot path reads.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+
+use crate::Upstream;
+use crate::headers::X_FERRY_REVISION;
+
+/// Basis points in a whole (100 %).
+pub const WHOLE: u32 = 10_000;
+
+/// How traffic splits between revisions. `None` in
+/// [`RoutingTable::split`](crate::RoutingTable::split) means plain
+/// round-robin over all upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Share of traffic per revision, in basis points (0..=10 000), summing to
+    /// 10 000. Revisions listed here with weight 0 get no unforced traffic.
+    /// Buckets are laid out in this order, except that `canary` (if listed)
+    /// always comes first: raising the canary's weight never moves a sticky
+    /// user from the canary back to another revision.
+    pub weights: Vec<(u64, u32)>,
+    /// Where a user's stable identity comes from; `None` draws every request
+    /// independently.
+    pub stickiness: Stickiness,
+    /// The revision `X-Ferry-Revision: canary` selects.
+    pub canary: Option<u64>,
+}
+
+/// Where a sticky user's identity is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Stickiness {
+    /// Every request is drawn independently.
+    #[default]
+    None,
+    /// The value of this request header (e.g. `x-user-id`).
+    Header(HeaderName),
+    /// The value of this cookie.
+    Cookie(String),
+}
+
+/// One revision's upstreams inside a compiled table.
+#[derive(Debug)]
+struct Group {
+    revision: u64,
+    /// Indexes into `RoutingTable::upstreams`.
+    members: Vec<usize>,
+    next: AtomicUsize,
+}
+
+/// The routing table plus what the hot path needs precomputed.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    pub(crate) table: Arc<crate::RoutingTable>,
+    groups: Vec<Group>,
+    /// `(end bucket exclusive, group index or NONE)`, ascending; empty
+    /// when there is no split.
+    layout: Vec<(u32, usize)>,
+    stickiness: Stickiness,
+    canary_group: Option<usize>,
+    next: AtomicUsize,
+}
+
+const NO_GROUP: usize = usize::MAX;
+
+impl Routes {
+    pub(crate) fn new(table: Arc<crate::RoutingTable>) -> Routes {
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, u) in table.upstreams.iter().enumerate() {
+            match groups.iter_mut().find(|g| g.revision == u.revision()) {
+                Some(g) => g.members.push(i),
+                None => groups.push(Group {
+                    revision: u.revision(),
+                    members: vec![i],
+                    next: AtomicUsize::new(0),
+                }),
+            }
+        }
+        let group_of = |rev: u64| groups.iter().position(|g| g.revision == rev);
+        let mut layout = Vec::new();
+        let mut stickiness = Stickiness::None;
+        let mut canary_group = None;
+        if let Some(split) = &table.split {
+            stickiness = split.stickiness.clone();
+            canary_group = split.canary.and_then(group_of);
+            // The canary first, then the rest in the order given.
+            let mut ordered: Vec<(u64, u32)> = Vec::with_capacity(split.weights.len());
+            if let Some(c) = split.canary
+                && let Some(&w) = split.weights.iter().find(|(r, _)| *r == c)
+            {
+                ordered.push(w);
+            }
+            for &(rev, weight) in &split.weights {
+                if Some(rev) != split.canary {
+                    ordered.push((rev, weight));
+                }
+            }
+            // Weights that do not sum to 10 000 are scaled to it.
+            let total: u64 = ordered.iter().map(|(_, w)| u64::from(*w)).sum();
+            if total > 0 {
+                let mut acc: u64 = 0;
+                for (rev, weight) in ordered {
+                    if weight == 0 {
+                        continue;
+                    }
+                    acc += u64::from(weight);
+                    let end = (acc * u64::from(WHOLE)).div_ceil(total) as u32;
+                    layout.push((end.min(WHOLE), group_of(rev).unwrap_or(NO_GROUP)));
+                }
+                if let Some(last) = layout.last_mut() {
+                    last.0 = WHOLE;
+                }
+            }
+        }
+        Routes {
+            table,
+            groups,
+            layout,
+            stickiness,
+            canary_group,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.table.upstreams
+    }
+
+    /// Choose an upstream for a request with `headers`, skipping `tried`.
+    pub(crate) fn pick(
+        &self,
+        headers: &HeaderMap,
+        tried: &[Arc<Upstream>],
+    ) -> Option<&Arc<Upstream>> {
+        let upstreams = &self.table.upstreams;
+        if upstreams.is_empty() {
+            return None;
+        }
+        if let Some(group) = self.choose_group(headers)
+            && let Some(u) = self.pick_in(group, tried)
+        {
+            return Some(u);
+        }
+        // Plain round-robin over everything (also the fallback).
+        let len = upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|i| &upstreams[start.wrapping_add(i) % len])
+            .find(|u| !was_tried(tried, u))
+    }
+
+    fn pick_in(&self, group: usize, tried: &[Arc<Upstream>]) -> Option<&Arc<Upstream>> {
+        let group = &self.groups[group];
+        let len = group.members.len();
+        let start = group.next.fetch_add(1, Ordering::Relaxed);
+        (0..len)
+            .map(|i| &self.table.upstreams[group.members[start.wrapping_add(i) % len]])
+            .find(|u| !was_tried(tried, u))
+    }
+
+    /// The group (revision) a request should go to; `None` = any.
+    fn choose_group(&self, headers: &HeaderMap) -> Option<usize> {
+        if let Some(forced) = headers.get(X_FERRY_REVISION) {
+            let value = forced.as_bytes();
+            let group = if value.eq_ignore_ascii_case(b"canary") {
+                self.canary_group
+            } else {
+                parse_u64(value).and_then(|rev| self.groups.iter().position(|g| g.revision == rev))
+            };
+            if group.is_some() {
+                return group;
+            }
+        }
+        if self.layout.is_empty() {
+            return None;
+        }
+        let bucket = match self.sticky_key(headers) {
+            Some(key) => bucket_of(key),
+            None => random_bucket(),
+        };
+        let &(_, group) = self.layout.iter().find(|(end, _)| bucket < *end)?;
+        (group != NO_GROUP).then_some(group)
+    }
+
+    fn sticky_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match &self.stickiness {
+            Stickiness::None => None,
+            Stickiness::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty()),
+            Stickiness::Cookie(name) => cookie(headers, name.as_bytes()),
+        }
+    }
+}
+
+fn was_tried(tried: &[Arc<Upstream>], u: &Arc<Upstream>) -> bool {
+    tried.iter().any(|t| Arc::ptr_eq(t, u))
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if let Some(rest) = pair.strip_prefix(name)
+                && let Some(v) = rest.strip_prefix(b"=")
+            {
+                let v = v.trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                if !v.is_empty() {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A stable bucket in `0..10_000` for a sticky key: FNV-1a 64 with a
+/// SplitMix64 finalizer, identical across processes, restarts and versions.
+pub fn bucket_of(key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (mix(h) % u64::from(WHOLE)) as u32
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+thread_local! {
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A fast per-thread pseudo-random number (SplitMix64), no locks.
+pub(crate) fn random_u64() -> u64 {
+    RNG.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(&h as *const _ as usize);
+            s = h.finish() | 1;
+        }
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        mix(s)
+    })
+}
+
+fn random_bucket() -> u32 {
+    // Multiply-shift instead of modulo: unbiased enough and cheaper.
+    (((random_u64() >> 32) * u64::from(WHOLE)) >> 32) as u32
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::{RevisionStats, RoutingTable};
+    use http::HeaderValue;
+
+    fn ups(spec: &[(u64, usize)]) -> Vec<Arc<Upstream>> {
+        let mut out = Vec::new();
+        for &(rev, n) in spec {
+            let stats = RevisionStats::new();
+            for i in 0..n {
+                let addr = format!("127.0.0.1:{}", 1000 + rev * 10 + i as u64);
+                out.push(Upstream::new(
+                    format!("r{rev}-{i}"),
+                    rev,
+                    addr.parse().unwrap(),
+                    Arc::clone(&stats),
+                ));
+            }
+        }
+        out
+    }
+
+    fn routes(upstreams: &[Arc<Upstream>], split: Option<Split>) -> Routes {
+        Routes::new(Arc::new(RoutingTable {
+            upstreams: upstreams.to_vec(),
+            split,
+        }))
+    }
+
+    fn split(weights: &[(u64, u32)], stickiness: Stickiness, canary: Option<u64>) -> Split {
+        Split {
+            weights: weights.to_vec(),
+            stickiness,
+            canary,
+        }
+    }
+
+    fn revision_of(r: &Routes, headers: &HeaderMap) -> u64 {
+        r.pick(headers, &[]).unwrap().revision()
+    }
+
+    #[test]
+    fn no_split_is_round_robin() {
+        let u = ups(&[(1, 2), (2, 1)]);
+        let r = routes(&u, None);
+        let h = HeaderMap::new();
+        let picked: Vec<String> = (0..6)
+            .map(|_| r.pick(&h, &[]).unwrap().instance_id().to_string())
+            .collect();
+        assert_eq!(picked, ["r1-0", "r1-1", "r2-0", "r1-0", "r1-1", "r2-0"]);
+        assert!(routes(&[], None).pick(&h, &[]).is_none());
+    }
+
+    #[test]
+    fn shares_follow_weights_not_instance_counts() {
+        // Revision 2 has 1 instance, revision 1 has 3: weights decide anyway.
+        let u = ups(&[(1, 3), (2, 1)]);
+        let r = routes(
+            &u,
+            Some(split(&[(2, 1000), (1, 9000)], Stickiness::None, Some(2))),
+        );
+        let h = HeaderMap::new();
+        let mut counts = std::collections::HashMap::<String, u32>::new();
+        for _ in 0..10_000 {
+            *counts
+                .entry(r.pick(&h, &[]).unwrap().instance_id().to_string())
+                .or_default() += 1;
+        }
+        let canary = counts["r2-0"];
+        assert!((800..=1200).contains(&canary), "{counts:?}");
+        // Round-robin inside revision 1.
+        for i in 0..3 {
+            let n = counts[&format!("r1-{i}")];
+            assert!((2700..=3300).contains(&n), "{counts:?}");
+        }
+        // Weight 0: no unforced traffic.
+        let r = routes(
+            &u,
+            Some(split(&[(2, 0), (1, 10_000)], Stickiness::None, Some(2))),
+        );
+        assert!((0..1000).all(|_| revision_of(&r, &h) == 1));
+    }
+
+    #[test]
+    fn sticky_users_never_flip_back_as_the_canary_grows() {
+        let u = ups(&[(1, 2), (2, 2)]);
+        let name = HeaderName::from_static("x-user");
+        let users: Vec<HeaderMap> = (0..2000)
+            .map(|i| {
+                let mut h = HeaderMap::new();
+                h.insert(
+                    name.clone(),
+                    HeaderValue::from_str(&format!("user-{i}")).unwrap(),
+                );
+                h
+            })
+            .collect();
+        let mut on_canary = vec![false; users.len()];
+        for canary_weight in [500, 2500, 5000] {
+            // Stable listed first on purpose: the canary's range still comes first.
+            let r = routes(
+                &u,
+                Some(split(
+                    &[(1, 10_000 - canary_weight), (2, canary_weight)],
+                    Stickiness::Header(name.clone()),
+                    Some(2),
+                )),
+            );
+            let mut count = 0;
+            for (i, h) in users.iter().enumerate() {
+                let first = revision_of(&r, h);
+                // The same user always lands on the same revision.
+                assert!((0..3).all(|_| revision_of(&r, h) == first));
+                if on_canary[i] {
+                    assert_eq!(first, 2, "user {i} flipped back at weight {canary_weight}");
+                }
+                on_canary[i] = first == 2;
+                count += usize::from(first == 2);
+            }
+            let expected = users.len() * canary_weight as usize / 10_000;
+            assert!(
+                count.abs_diff(expected) <= users.len() / 20,
+                "{count} users on the canary at {canary_weight}, expected about {expected}"
+            );
+        }
+        // Requests without the key are drawn per request.
+        let r = routes(
+            &u,
+            Some(split(
+                &[(2, 5000), (1, 5000)],
+                Stickiness::Header(name),
+                Some(2),
+            )),
+        );
+        let none = HeaderMap::new();
+        let canary = (0..2000).filter(|_| revision_of(&r, &none) == 2).count();
+        assert!((800..1200).contains(&canary), "{canary}");
+    }
+
+    #[test]
+    fn cookie_stickiness_and_stable_buckets() {
+        let u = ups(&[(1, 1), (2, 1)]);
+        let r = routes(
+            &u,
+            Some(split(
+                &[(2, 5000), (1, 5000)],
+                Stickiness::Cookie("uid".into()),
+                Some(2),
+            )),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; uid=\"alice\"; b=2"),
+        );
+        let expected = if bucket_of(b"alice") < 5000 { 2 } else { 1 };
+        assert!((0..20).all(|_| revision_of(&r, &h) == expected));
+        // The bucket function never changes: these values are part of the
+        // contract (users keep their assignment across restarts and upgrades).
+        assert_eq!(bucket_of(b"alice"), bucket_of(b"alice"));
+        assert_eq!(
+            [bucket_of(b""), bucket_of(b"alice"), bucket_of(b"user-1")],
+            [6203, 572, 7624]
+        );
+    }
+
+    #[test]
+    fn forced_revision_header_and_fallbacks() {
+        let u = ups(&[(1, 2), (2, 1)]);
+        let s = split(&[(2, 0), (1, 10_000)], Stickiness::None, Some(2));
+        let r = routes(&u, Some(s.clone()));
+        let mut h = HeaderMap::new();
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("canary"));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 2));
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("1"));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+        // Forcing works without a split too.
+        let plain = routes(&u, None);
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("2"));
+        assert!((0..50).all(|_| revision_of(&plain, &h) == 2));
+        // A revision without upstreams: the normal rule.
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("7"));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("garbage"));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+
+        // The chosen revision has no upstream: any other revision serves.
+        let only_stable = ups(&[(1, 2)]);
+        let r = routes(
+            &only_stable,
+            Some(split(&[(2, 10_000), (1, 0)], Stickiness::None, Some(2))),
+        );
+        let none = HeaderMap::new();
+        assert!((0..50).all(|_| revision_of(&r, &none) == 1));
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("canary"));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+
+        // Retries skip what was tried, inside the revision first, then anywhere.
+        let r = routes(&u, Some(s));
+        let tried = vec![Arc::clone(&u[0]), Arc::clone(&u[1])];
+        assert_eq!(r.pick(&none, &tried).unwrap().revision(), 2);
+        let all = u.clone();
+        assert!(r.pick(&none, &all).is_none());
+    }
+}
