@@ -128,6 +128,7 @@ pub struct DeployArgs {
     pub dry_run: bool,
     pub auto_approve: bool,
     pub detach: bool,
+    pub monitor: Option<String>,
     pub config: PathBuf,
 }
 
@@ -170,6 +171,13 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         }
         overrides.insert(k.to_string(), v.to_string());
     }
+    let monitor = match &args.monitor {
+        None => None,
+        Some(m) => Some(
+            ferry_core::duration::parse(m)
+                .map_err(|e| CliError::usage(format!("--monitor: {e}")))?,
+        ),
+    };
     let file = args
         .config
         .canonicalize()
@@ -187,6 +195,7 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         strategy,
         auto_approve: args.auto_approve,
         dry_run: args.dry_run,
+        monitor,
         base_dir,
         config_file: file.display().to_string(),
     })
@@ -291,6 +300,28 @@ pub async fn watch(
             pb.set_length(view.rollout.params.instances as u64);
             pb.set_position(view.available as u64);
             pb.set_message(format!("{:?}", view.rollout.phase).to_lowercase());
+        }
+        if view.rollout.phase == ferry_core::rollout::Phase::Monitoring && events.is_empty() {
+            if let Some(pb) = &bar {
+                pb.finish_and_clear();
+            }
+            let r = &view.rollout;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": "monitoring", "reason": format!("serving all traffic; watched for {}", ferry_core::duration::Dur::millis(r.params.monitor_ms))})
+                ),
+                Output::Text => println!(
+                    "rollout {}: revision {} ({}) of {} serves all traffic; watched for {} (a failure rolls back by itself; `ferry status {}`)",
+                    r.id,
+                    r.to,
+                    view.to_version,
+                    r.service,
+                    ferry_core::duration::Dur::millis(r.params.monitor_ms),
+                    r.service
+                ),
+            }
+            return Ok(());
         }
         if view.rollout.is_done() && events.is_empty() {
             if let Some(pb) = &bar {

@@ -66,6 +66,9 @@ pub struct DemoAppConfig {
     /// `DEMO_UNHEALTHY_AFTER_MS`: `/health` answers 503 once the app has
     /// served this long (a process that hangs, for liveness probes).
     pub unhealthy_after: Option<Duration>,
+    /// `DEMO_FAILURE_AFTER_MS`: `failure_rate` and `latency` apply only
+    /// once the app has run this long (a release that goes bad under load).
+    pub misbehave_after: Option<Duration>,
 }
 
 impl DemoAppConfig {
@@ -141,6 +144,10 @@ impl DemoAppConfig {
             unhealthy_after: match value("DEMO_UNHEALTHY_AFTER_MS") {
                 None => None,
                 Some(_) => Some(millis("DEMO_UNHEALTHY_AFTER_MS")?),
+            },
+            misbehave_after: match value("DEMO_FAILURE_AFTER_MS") {
+                None => None,
+                Some(_) => Some(millis("DEMO_FAILURE_AFTER_MS")?),
             },
         })
     }
@@ -354,10 +361,14 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Response<RespBody> 
     let config = &state.config;
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => {
-            if !config.latency.is_zero() {
+            let misbehaving = config
+                .misbehave_after
+                .is_none_or(|after| state.started.elapsed() >= after);
+            if misbehaving && !config.latency.is_zero() {
                 tokio::time::sleep(config.latency).await;
             }
-            if config.failure_rate > 0.0 && state.random_unit() < config.failure_rate {
+            if misbehaving && config.failure_rate > 0.0 && state.random_unit() < config.failure_rate
+            {
                 text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("error from {}\n", config.version),
@@ -533,6 +544,7 @@ mod tests {
             crash_on_start: false,
             never_ready: false,
             unhealthy_after: None,
+            misbehave_after: None,
         }
     }
 

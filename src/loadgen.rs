@@ -447,6 +447,7 @@ mod tests {
             crash_on_start: false,
             never_ready: false,
             unhealthy_after: None,
+            misbehave_after: None,
         }
     }
 

@@ -97,6 +97,10 @@ enum Command {
         /// Return at once instead of following the rollout.
         #[arg(long)]
         detach: bool,
+        /// Watch the release this long after it reaches 100 % (e.g. 10m); a
+        /// failure in that window rolls back by itself. Overrides the spec.
+        #[arg(long, value_name = "DURATION")]
+        monitor: Option<String>,
         /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
@@ -236,9 +240,11 @@ async fn run(cli: Cli) -> CliResult<()> {
             dry_run,
             auto_approve,
             detach,
+            monitor,
             config,
         } => {
             let args = DeployArgs {
+                monitor: monitor.clone(),
                 service: service.clone(),
                 version: version.clone(),
                 strategy: strategy.clone(),

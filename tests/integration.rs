@@ -12,5 +12,6 @@ mod it {
     mod failures;
     mod input;
     mod instances;
+    mod prometheus;
     mod proxy;
 }

@@ -363,3 +363,130 @@ checks = [ { metric = "error_rate", max = 0.05 } ]
     assert_eq!(s["stable"], 1, "not promoted on too little evidence: {s}");
     assert_eq!(s["rollout"]["active"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_ten_times_slower_is_pulled_by_the_mann_whitney_judge() {
+    let analysis = r#"
+[services.web.analysis]
+interval = "500ms"
+window = "3s"
+failure_limit = 1
+min_requests = 10
+checks = [
+  { judge = "mann-whitney", metric = "latency", confidence = 0.98, tolerance = 0.25 },
+  { metric = "latency_p99", max = "2s" },
+]
+"#;
+    let spec = canary_spec(r#"[ { weight = 30 }, { pause = "60s" } ]"#, "", analysis);
+    let env = Arc::new(Env::start(spec));
+    let e = env.clone();
+    blocking(move || {
+        e.ferry_ok(&[
+            "deploy",
+            "web",
+            "--version",
+            "v1",
+            "--set",
+            "DEMO_LATENCY_MS=5",
+        ])
+    })
+    .await;
+    let load = load(env.proxy());
+    let e = env.clone();
+    let out = blocking(move || {
+        e.ferry_code(
+            &[
+                "deploy",
+                "web",
+                "--version",
+                "v2",
+                "--set",
+                "DEMO_LATENCY_MS=50",
+            ],
+            1,
+        )
+    })
+    .await;
+    assert!(out.contains("mann-whitney"), "{out}");
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "slow is not failed: {:?}", report.errors);
+    let e = env.clone();
+    let record = blocking(move || e.json(&["rollout", "2"])).await;
+    let judged: Vec<_> = record["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["check"].as_str().unwrap().starts_with("mann-whitney") && m["verdict"] == "fail"
+        })
+        .collect();
+    assert!(judged.len() >= 2, "{record}");
+    let detail = judged[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("U = ") && detail.contains("p = "),
+        "the judge reports its statistic: {detail}"
+    );
+    // The absolute latency bound was never the reason: the judge was.
+    assert!(
+        record["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["check"].as_str().unwrap().starts_with("latency_p99")
+                && m["verdict"] == "pass")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_goes_bad_in_its_monitoring_window_is_rolled_back_by_itself() {
+    let spec = Spec {
+        instances: 2,
+        tail: ANALYSIS.to_string(),
+        ..Spec::default()
+    };
+    let env = Arc::new(Env::start(spec));
+    let e = env.clone();
+    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v1"])).await;
+    let load = load(env.proxy());
+    // Healthy for its first 4 s, then half its answers fail.
+    let e = env.clone();
+    let out = blocking(move || {
+        e.ferry_ok(&[
+            "deploy",
+            "web",
+            "--version",
+            "v2",
+            "--monitor",
+            "60s",
+            "--set",
+            "DEMO_FAILURE_RATE=0.5",
+            "--set",
+            "DEMO_FAILURE_AFTER_MS=4000",
+        ])
+    })
+    .await;
+    assert!(out.contains("watched for 1m"), "{out}");
+    let e = env.clone();
+    blocking(move || {
+        wait_for(Duration::from_secs(40), "the automatic rollback", || {
+            let s = status(&e);
+            s["stable"] == 1 && s["rollout"].is_null()
+        })
+    })
+    .await;
+    assert_eq!(
+        versions_now(&load, Duration::from_millis(600)).await,
+        vec!["v1".to_string()]
+    );
+    load.stop().await;
+    let e = env.clone();
+    let history = blocking(move || e.json(&["history", "web"])).await;
+    assert_eq!(history[1]["outcome"], "failed");
+    assert!(
+        history[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("monitoring window"),
+        "{history}"
+    );
+}

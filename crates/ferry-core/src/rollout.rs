@@ -50,6 +50,9 @@ pub enum Phase {
     Progressing,
     /// Blue-green: the new set is ready; waiting for `ferry approve`.
     AwaitingApproval,
+    /// Serving all traffic, watched for the monitoring window: a failure
+    /// rolls back through the fast path.
+    Monitoring,
     /// Failed or aborted: bringing the previous revision back to full size
     /// before the new one stops.
     Reverting,
@@ -96,6 +99,9 @@ pub struct Params {
     /// Inconclusive measurements in a row allowed before it pauses.
     #[serde(default)]
     pub inconclusive_limit: u32,
+    /// How long a release is watched after it reaches 100 %.
+    #[serde(default)]
+    pub monitor_ms: u64,
 }
 
 impl Params {
@@ -113,6 +119,7 @@ impl Params {
             on_failure: spec.deploy.on_failure,
             failure_limit: spec.analysis.as_ref().map_or(0, |a| a.failure_limit),
             inconclusive_limit: spec.analysis.as_ref().map_or(0, |a| a.inconclusive_limit),
+            monitor_ms: spec.deploy.monitor.as_millis(),
         }
     }
 }
@@ -461,6 +468,41 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
                 }
             }
         }
+        Phase::Monitoring => {
+            if let Some((instance, reason)) = failure(&r, obs, now) {
+                let reason = format!("during the monitoring window: {reason}");
+                begin_revert(
+                    &mut s,
+                    &mut r,
+                    Outcome::Failed,
+                    reason,
+                    instance,
+                    obs,
+                    now,
+                    &mut events,
+                );
+            } else if let Some(reason) = judge_analysis(&mut r, &observed.measurements, &mut events)
+            {
+                let reason = format!("during the monitoring window: {reason}");
+                begin_revert(
+                    &mut s,
+                    &mut r,
+                    Outcome::Failed,
+                    reason,
+                    None,
+                    obs,
+                    now,
+                    &mut events,
+                );
+            } else if now >= r.phase_since.saturating_add(r.params.monitor_ms) {
+                let reason = format!(
+                    "revision {} served all traffic through its {} monitoring window",
+                    r.to,
+                    fmt_ms(r.params.monitor_ms)
+                );
+                finish(&mut s, &mut r, Outcome::Succeeded, reason, now, &mut events);
+            }
+        }
         Phase::Reverting => revert(&mut s, &mut r, obs, now, &mut events),
         Phase::Done => {}
     }
@@ -469,6 +511,34 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
         rollout: r,
         events,
     }
+}
+
+/// The new revision serves all traffic: watch it for the monitoring window,
+/// or finish.
+fn reached_full(s: &mut ServiceState, r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
+    if r.params.monitor_ms > 0 && r.from.is_some() {
+        set_phase(r, Phase::Monitoring, now);
+        r.analysis.failures = 0;
+        r.analysis.inconclusive_in_row = 0;
+        events.push(event(
+            "monitoring",
+            format!(
+                "revision {} serves all traffic; watching it for {} (a failure rolls back to revision {})",
+                r.to,
+                fmt_ms(r.params.monitor_ms),
+                r.from.unwrap_or_default()
+            ),
+        ));
+        return;
+    }
+    finish(
+        s,
+        r,
+        Outcome::Succeeded,
+        format!("revision {} serves all traffic", r.to),
+        now,
+        events,
+    );
 }
 
 impl Rollout {
@@ -580,7 +650,10 @@ fn judge_analysis(
             r.analysis.last_problem.clone().unwrap_or_default()
         ));
     }
-    if r.analysis.inconclusive_in_row > r.params.inconclusive_limit && r.paused.is_none() {
+    if r.analysis.inconclusive_in_row > r.params.inconclusive_limit
+        && r.paused.is_none()
+        && r.phase != Phase::Monitoring
+    {
         let why = format!(
             "analysis inconclusive {} times in a row (inconclusive_limit {}): {}",
             r.analysis.inconclusive_in_row,
@@ -715,14 +788,7 @@ fn rolling(
     if new_desired >= n && new.available >= n && old_next == 0 {
         s.stable = Some(r.to);
         s.traffic = vec![r.to];
-        finish(
-            s,
-            r,
-            Outcome::Succeeded,
-            format!("revision {} serves all traffic", r.to),
-            now,
-            events,
-        );
+        reached_full(s, r, now, events);
     }
 }
 
@@ -785,7 +851,7 @@ fn canary_steps(
             r.last_progress_at = now;
         }
         match step.pause {
-                        Some(Pause::For(d)) if now < r.canary.step_since + d.as_millis() => {
+            Some(Pause::For(d)) if now < r.canary.step_since + d.as_millis() => {
                 // Waiting out a timed pause is progress, not a stall.
                 r.last_progress_at = now;
                 return;
@@ -836,14 +902,7 @@ fn canary_steps(
     s.stable = Some(r.to);
     set_scale(s, from, 0);
     r.canary.weight = 100;
-    finish(
-        s,
-        r,
-        Outcome::Succeeded,
-        format!("revision {} serves all traffic", r.to),
-        now,
-        events,
-    );
+    reached_full(s, r, now, events);
 }
 
 fn blue_green(
@@ -876,14 +935,7 @@ fn blue_green(
         }
         if new.available >= n {
             s.stable = Some(r.to);
-            finish(
-                s,
-                r,
-                Outcome::Succeeded,
-                format!("revision {} serves all traffic", r.to),
-                now,
-                events,
-            );
+            reached_full(s, r, now, events);
         }
         return;
     };
@@ -936,14 +988,7 @@ fn blue_green(
             fmt_ms(r.params.scale_down_delay_ms)
         ),
     ));
-    finish(
-        s,
-        r,
-        Outcome::Succeeded,
-        format!("revision {} serves all traffic", r.to),
-        now,
-        events,
-    );
+    reached_full(s, r, now, events);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1229,4 +1274,29 @@ fn canary_plan(r: &Rollout, from: u64, lines: &mut Vec<String>) {
         "analysis: more than {} failed measurements → {on_failure}; more than {} inconclusive in a row → pause",
         p.failure_limit, p.inconclusive_limit
     ));
+}
+
+/// End a monitoring window early (a new deploy supersedes it): the release
+/// stands as succeeded. Pure.
+pub fn conclude_monitoring(
+    state: &ServiceState,
+    rollout: &Rollout,
+    why: &str,
+    now: Millis,
+) -> Step {
+    let mut s = state.clone();
+    let mut r = rollout.clone();
+    let mut events = Vec::new();
+    if r.phase == Phase::Monitoring {
+        let reason = format!(
+            "revision {} serves all traffic; monitoring ended early: {why}",
+            r.to
+        );
+        finish(&mut s, &mut r, Outcome::Succeeded, reason, now, &mut events);
+    }
+    Step {
+        state: s,
+        rollout: r,
+        events,
+    }
 }

@@ -146,6 +146,10 @@ pub struct DeploySpec {
     /// What a failed analysis does: roll back, or pause for a human.
     #[serde(default)]
     pub on_failure: crate::canary::OnFailure,
+    /// Watch a release this long after it reaches 100 %: analysis keeps
+    /// judging, and a failure rolls back by itself. 0 = off.
+    #[serde(default)]
+    pub monitor: Dur,
 }
 
 impl Default for DeploySpec {
@@ -163,6 +167,7 @@ impl Default for DeploySpec {
             steps: Vec::new(),
             stickiness: None,
             on_failure: crate::canary::OnFailure::Rollback,
+            monitor: Dur::default(),
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct DeployRequest {
     pub auto_approve: bool,
     #[serde(default)]
     pub dry_run: bool,
+    /// Override the spec's monitoring window for this rollout.
+    #[serde(default)]
+    pub monitor: Option<ferry_core::duration::Dur>,
     /// Directory relative paths resolve against (the config file's).
     pub base_dir: String,
     #[serde(default)]
@@ -600,7 +603,8 @@ fn deploy_detail(req: &DeployRequest) -> serde_json::Value {
         "message": req.message,
         "strategy": req.strategy,
         "auto_approve": req.auto_approve,
-        "dry_run": req.dry_run,
+                "dry_run": req.dry_run,
+        "monitor": req.monitor.map(|m| m.to_string()),
         "config_file": req.config_file,
     })
 }
@@ -675,7 +679,7 @@ async fn deploy(
     }
     let mut core = d.core.lock().await;
     let now = d.clock.now();
-    let state = core
+    let mut state = core
         .states
         .get(&name)
         .cloned()
@@ -683,6 +687,18 @@ async fn deploy(
             name: name.clone(),
             ..Default::default()
         });
+    // A release still in its monitoring window stands; the new deploy
+    // supersedes the watching.
+    let mut concluded = None;
+    if let Some(id) = state.active_rollout
+        && let Some(r) = core.rollouts.get(&id)
+        && r.phase == Phase::Monitoring
+        && !req.dry_run
+    {
+        let step = rollout::conclude_monitoring(&state, r, "a new deploy started", now);
+        state = step.state.clone();
+        concluded = Some(step);
+    }
     if let Some(id) = state.active_rollout {
         let e = ApiError::conflict(format!(
             "rollout {id} of `{name}` is in progress; wait for it, or stop it with `ferry abort {name}`"
@@ -774,9 +790,27 @@ async fn deploy(
     );
     let mut r = r;
     r.started_by = Some(actor_hint(&headers));
-
+    if let Some(m) = req.monitor {
+        r.params.monitor_ms = m.as_millis();
+    }
     if req.dry_run {
-        let plan = rollout::plan(&state, &r);
+        let mut plan = rollout::plan(&state, &r);
+        if let Some(a) = req.spec.analysis.as_ref().filter(|a| !a.checks.is_empty()) {
+            if strategy == Strategy::Canary {
+                plan.push(format!(
+                    "analysis every {} over a {} window (fewer than {} requests = inconclusive):",
+                    a.interval, a.window, a.min_requests
+                ));
+                for (label, _) in a.checks() {
+                    plan.push(format!("  check: {label}"));
+                }
+            } else {
+                plan.push(format!(
+                    "analysis checks are declared but judge canary rollouts only; this {} rollout is not judged by them",
+                    strategy.as_str()
+                ));
+            }
+        }
         record_audit(
             &d,
             &headers,
@@ -825,6 +859,23 @@ async fn deploy(
         detail: serde_json::json!({"request": audit_detail, "revision": number, "rollout": id}),
         outcome: "accepted".into(),
     };
+    if let Some(done) = &concluded {
+        // The watched release stands; recorded before the new rollout.
+        d.store
+            .commit(&Change {
+                rollout: Some(&done.rollout),
+                events: done
+                    .events
+                    .iter()
+                    .map(|e| (Some(done.rollout.id), e))
+                    .collect(),
+                service: Some(&name),
+                now,
+                ..Default::default()
+            })
+            .map_err(ApiError::internal)?;
+        core.rollouts.remove(&done.rollout.id);
+    }
     d.store
         .commit(&Change {
             revision: Some(&revision),

@@ -286,9 +286,10 @@ impl Daemon {
                 }
             });
         }
-        let judging = r.strategy == Strategy::Canary
+        let judging = (r.strategy == Strategy::Canary
             && r.from.is_some()
-            && matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval);
+            && matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval))
+            || r.phase == Phase::Monitoring;
         if !judging {
             return done;
         }

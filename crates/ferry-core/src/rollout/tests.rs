@@ -26,6 +26,7 @@ fn params(n: u32, surge: u32, unavail: u32) -> Params {
         on_failure: OnFailure::Rollback,
         failure_limit: 0,
         inconclusive_limit: 2,
+        monitor_ms: 0,
     }
 }
 
@@ -672,4 +673,94 @@ fn canary_plan_lists_steps_and_gates() {
     );
     assert!(text.contains("ferry promote web"), "{text}");
     assert!(text.contains("promoting revision 2 to 100 %"), "{text}");
+}
+
+#[test]
+fn a_release_is_watched_after_100_percent_and_rolled_back_when_it_goes_bad() {
+    for strategy in [Strategy::Rolling, Strategy::BlueGreen, Strategy::Canary] {
+        let mut p = params(3, 1, 0);
+        p.monitor_ms = 60_000;
+        p.steps = vec![w(50)];
+        let (mut s, mut world) = steady(3);
+        let mut r = Rollout::begin(
+            1,
+            "web",
+            RolloutKind::Deploy,
+            Some(1),
+            3,
+            2,
+            strategy,
+            p,
+            true,
+            5_000,
+        );
+        let mut now = 5_000;
+        let mut monitoring_since = None;
+        let mut events = vec![];
+        while !r.is_done() {
+            assert!(now < 500_000, "{strategy:?} never finished");
+            let bad = monitoring_since.is_some_and(|t| now >= t + 10_000);
+            let measurements = if bad {
+                vec![measurement(Verdict::Fail)]
+            } else {
+                vec![measurement(Verdict::Pass)]
+            };
+            let step = advance(
+                &s,
+                &r,
+                &Observed {
+                    instances: world.instances.clone(),
+                    measurements,
+                },
+                now,
+            );
+            s = step.state;
+            r = step.rollout;
+            events.extend(step.events);
+            if r.phase == Phase::Monitoring && monitoring_since.is_none() {
+                monitoring_since = Some(now);
+                assert_eq!(
+                    s.traffic,
+                    vec![2],
+                    "{strategy:?}: all traffic on the new revision while watched"
+                );
+                assert_eq!(s.stable, Some(2));
+            }
+            world.converge(&s, now);
+            now += 100;
+        }
+        assert_eq!(r.outcome, Some(Outcome::Failed), "{strategy:?}");
+        assert!(
+            r.reason.as_deref().unwrap().contains("monitoring window"),
+            "{strategy:?}: {:?}",
+            r.reason
+        );
+        assert_eq!(s.traffic, vec![1], "{strategy:?}");
+        assert_eq!(s.stable, Some(1), "{strategy:?}");
+        assert_eq!(s.scale, [(1, 3)].into(), "{strategy:?}");
+        assert!(events.iter().any(|e| e.kind == "monitoring"));
+    }
+}
+
+#[test]
+fn a_quiet_monitoring_window_ends_in_success() {
+    let mut p = params(2, 1, 0);
+    p.monitor_ms = 30_000;
+    let (s, mut world) = steady(2);
+    let r = Rollout::begin(
+        1,
+        "web",
+        RolloutKind::Deploy,
+        Some(1),
+        2,
+        2,
+        Strategy::Rolling,
+        p,
+        true,
+        5_000,
+    );
+    let (s, r, _, _) = run(s, r, &mut world, 5_000, None);
+    assert_eq!(r.outcome, Some(Outcome::Succeeded));
+    assert!(r.reason.unwrap().contains("monitoring window"));
+    assert_eq!(s.traffic, vec![2]);
 }

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Ferry's proxy against nginx and HAProxy on this machine (see BENCHMARKS.md).
+#
+#   benches/proxy-bench.sh              # 5 rounds of 10 s runs (about 10 minutes)
+#   ROUNDS=7 DURATION=15s benches/proxy-bench.sh
+#
+# Everything listens on 127.0.0.1 only. Contenders alternate inside every
+# round; the table reports medians over the rounds. Needs root for apt-get
+# (skipped when wrk, nginx and haproxy are already installed).
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}   # wrk threads
+WORKERS=${WORKERS:-2}   # worker processes/threads of every proxy (and the upstream)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/tmp/ferry-bench}
+OUT=${OUT:-$WORK/results.csv}
+
+# Ports (127.0.0.1): upstreams, then each contender's plain and split listener.
+UP1=18081 UP2=18082
+FERRY=18101 FERRY_SPLIT=18102
+NGINX=18201 NGINX_SPLIT=18202
+HAPROXY=18301 HAPROXY_SPLIT=18302
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx || ! need haproxy; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy
+fi
+NGINX_BIN=$(command -v nginx)
+HAPROXY_BIN=$(command -v haproxy)
+
+echo "==> building Ferry's proxy (release)"
+(cd "$ROOT" && cargo build --release -p ferry-proxy --example bench-proxy)
+FERRY_BIN=$ROOT/target/release/examples/bench-proxy
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# Many short connections: let TIME_WAIT ports be reused (best effort).
+sysctl -qw net.ipv4.tcp_tw_reuse=1 2>/dev/null || true
+sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
+
+# ---------------------------------------------------------------- upstream
+cat >"$WORK/upstream.conf" <<EOF
+worker_processes $WORKERS;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    server { listen 127.0.0.1:$UP1; location / { return 200 "hello from revision 1\n"; } }
+    server { listen 127.0.0.1:$UP2; location / { return 200 "hello from revision 2\n"; } }
+}
+EOF
+"$NGINX_BIN" -c "$WORK/upstream.conf" -e "$WORK/upstream-error.log"
+
+# ------------------------------------------------------------------- nginx
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes $WORKERS;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    upstream rev1  { server 127.0.0.1:$UP1; keepalive 64; }
+    upstream split { server 127.0.0.1:$UP1 weight=9; server 127.0.0.1:$UP2 weight=1; keepalive 64; }
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    server { listen 127.0.0.1:$NGINX;       location / { proxy_pass http://rev1; } }
+    server { listen 127.0.0.1:$NGINX_SPLIT; location / { proxy_pass http://split; } }
+}
+EOF
+"$NGINX_BIN" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+
+# ----------------------------------------------------------------- HAProxy
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend plain
+    bind 127.0.0.1:$HAPROXY
+    default_backend rev1
+frontend split
+    bind 127.0.0.1:$HAPROXY_SPLIT
+    default_backend split
+backend rev1
+    server r1 127.0.0.1:$UP1
+backend split
+    balance roundrobin
+    server r1 127.0.0.1:$UP1 weight 90
+    server r2 127.0.0.1:$UP2 weight 10
+EOF
+"$HAPROXY_BIN" -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
+
+# ------------------------------------------------------------------- Ferry
+"$FERRY_BIN" "127.0.0.1:$FERRY" "127.0.0.1:$FERRY_SPLIT" "127.0.0.1:$UP1" "127.0.0.1:$UP2" "$WORKERS" \
+    >"$WORK/ferry.log" 2>&1 &
+PIDS+=($!)
+echo $! >"$WORK/ferry.pid"
+
+for port in $UP1 $UP2 $FERRY $FERRY_SPLIT $NGINX $NGINX_SPLIT $HAPROXY $HAPROXY_SPLIT; do
+    for _ in $(seq 50); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "port $port does not answer"; exit 1; }
+done
+# The split really splits (about 10 % from revision 2).
+for port in $FERRY_SPLIT $NGINX_SPLIT $HAPROXY_SPLIT; do
+    n=$(for _ in $(seq 200); do curl -s "http://127.0.0.1:$port/"; done | grep -c "revision 2" || true)
+    echo "split check on :$port: $n/200 answers from revision 2"
+done
+
+# Peak RSS (VmHWM, kB) of a contender: all its processes together.
+pids_of() {
+    case $1 in
+        ferry) cat "$WORK/ferry.pid" ;;
+        nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m"; pgrep -P "$m" ;;
+        haproxy) cat "$WORK/haproxy.pid"; pgrep -P "$(cat "$WORK/haproxy.pid")" || true ;;
+    esac
+}
+peak_rss() {
+    local total=0 kb
+    for pid in $(pids_of "$1"); do
+        kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# ------------------------------------------------------------------- runs
+# to_ms VALUE: wrk's "812.00us" / "1.23ms" / "1.02s" in milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "%s", v }'; }
+
+run() { # scenario contender port [extra wrk args]
+    local scenario=$1 contender=$2 port=$3; shift 3
+    local out="$WORK/wrk-$scenario-$contender-$round.txt"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/" >"$out" 2>&1 || true
+    local rps p50 p99 errors
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+    errors=$(awk '/Non-2xx|Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); s += $i }} END {print s + 0}' "$out")
+    echo "$round,$scenario,$contender,$rps,$p50,$p99,$errors" >>"$OUT"
+    printf '  %-10s %-8s %10s req/s  p50 %8s ms  p99 %8s ms  errors %s\n' "$scenario" "$contender" "$rps" "$p50" "$p99" "$errors"
+}
+
+echo "round,scenario,contender,rps,p50_ms,p99_ms,errors" >"$OUT"
+CONTENDERS=(direct ferry nginx haproxy)
+port_of() { case $1 in direct) echo $UP1 ;; ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac; }
+split_port_of() { case $1 in ferry) echo $FERRY_SPLIT ;; nginx) echo $NGINX_SPLIT ;; haproxy) echo $HAPROXY_SPLIT ;; esac; }
+
+# Warm up every contender (connection pools, page cache).
+for c in "${CONTENDERS[@]}"; do wrk -t1 -c10 -d2s "http://127.0.0.1:$(port_of "$c")/" >/dev/null; done
+
+for round in $(seq "$ROUNDS"); do
+    echo "==> round $round/$ROUNDS"
+    # Rotate the order each round so no contender always runs first.
+    order=("${CONTENDERS[@]:$(( (round - 1) % 4 ))}" "${CONTENDERS[@]:0:$(( (round - 1) % 4 ))}")
+    for c in "${order[@]}"; do run keepalive "$c" "$(port_of "$c")"; done
+    for c in "${order[@]}"; do run close "$c" "$(port_of "$c")" -H "Connection: close"; done
+    for c in "${order[@]}"; do [ "$c" = direct ] || run split "$c" "$(split_port_of "$c")"; done
+done
+
+echo
+echo "==> medians over $ROUNDS rounds ($DURATION each, $CONNECTIONS connections, $WORKERS workers per proxy)"
+median() { sort -n | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+col() { awk -F, -v s="$1" -v c="$2" -v k="$3" 'NR > 1 && $2 == s && $3 == c {print $k}' "$OUT" | median; }
+printf '| %-9s | %-8s | %9s | %8s | %8s | %8s | %8s | %6s |\n' scenario proxy "req/s" "p50 ms" "p99 ms" "vs nginx" "vs direct" errors
+printf '|%s|\n' "-----------|----------|-----------|----------|----------|----------|----------|--------"
+for s in keepalive close split; do
+    nginx_rps=$(col "$s" nginx 4)
+    direct_rps=$(col "$s" direct 4)
+    for c in "${CONTENDERS[@]}"; do
+        [ "$s" = split ] && [ "$c" = direct ] && continue
+        rps=$(col "$s" "$c" 4)
+        errs=$(awk -F, -v s="$s" -v c="$c" 'NR > 1 && $2 == s && $3 == c {e += $7} END {print e + 0}' "$OUT")
+        vs_nginx=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
+        vs_direct=$( [ "$s" != split ] && awk -v a="$rps" -v b="$direct_rps" 'BEGIN {printf "%.2f", a / b}' || echo "-")
+        printf '| %-9s | %-8s | %9.0f | %8s | %8s | %8s | %8s | %6s |\n' "$s" "$c" "$rps" "$(col "$s" "$c" 5)" "$(col "$s" "$c" 6)" "$vs_nginx" "$vs_direct" "$errs"
+    done
+done
+echo
+echo "peak RSS (VmHWM, all processes of the proxy, after all runs):"
+for c in ferry nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(peak_rss "$c")"; done
+echo "raw results: $OUT"

@@ -1,0 +1,202 @@
+//! The Prometheus provider against a real Prometheus scraping Ferry.
+
+use super::harness::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Prometheus scraping the daemon's `/metrics` every second, with
+/// the daemon's token.
+fn start_prometheus(env: &Env) -> Prometheus {
+    let binary = which("prometheus").unwrap_or_else(|| {
+        panic!("this test needs Prometheus: `apt-get install -y prometheus` (.ci/run installs it)")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let api = env.api();
+    let target = api.trim_start_matches("http://");
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: ferry
+    metrics_path: /metrics
+    authorization:
+      type: Bearer
+      credentials_file: {token}
+    static_configs:
+      - targets: ["{target}"]
+"#,
+        token = env.data_dir().join("token").display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new(binary)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let p = Prometheus {
+        child,
+        url,
+        _dir: dir,
+    };
+    let client = reqwest::blocking::Client::new();
+    wait_for(
+        Duration::from_secs(30),
+        "Prometheus to scrape Ferry",
+        || {
+            client
+                .get(format!("{}/api/v1/query", p.url))
+                .query(&[("query", "up{job=\"ferry\"}")])
+                .send()
+                .ok()
+                .and_then(|r| r.json::<serde_json::Value>().ok())
+                .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1")
+        },
+    );
+    p
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn spec(prometheus_url: &str) -> Spec {
+    let query = r#"sum(rate(ferry_proxy_requests_total{service=\"{{service}}\",revision=\"{{revision}}\",code=\"5xx\"}[5s])) or vector(0)"#;
+    Spec {
+        instances: 2,
+        strategy: "canary",
+        deploy_timeout: "30s",
+        deploy_extra: r#"steps = [ { weight = 30 }, { pause = "4s" } ]"#.into(),
+        tail: format!(
+            r#"
+[services.web.analysis]
+interval = "1s"
+failure_limit = 1
+min_requests = 5
+prometheus_url = "{prometheus_url}"
+checks = [ {{ prometheus = "{query}", max = 0.5, name = "canary 5xx/s" }} ]
+"#
+        ),
+        ..Spec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_checks_pass_a_healthy_canary_and_pull_a_failing_one() {
+    let (env, prometheus) = blocking(|| {
+        let env = Env::start(Spec::default());
+        let prometheus = start_prometheus(&env);
+        // ferry.toml is read at deploy time: no restart needed.
+        env.write_config(&spec(&prometheus.url));
+        (env, prometheus)
+    })
+    .await;
+    let env = Arc::new(env);
+    let e = env.clone();
+    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v1"])).await;
+    let load = load(env.proxy());
+
+    let e = env.clone();
+    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v2"])).await;
+    let e = env.clone();
+    let record = blocking(move || e.json(&["rollout", "2"])).await;
+    let ms = record["measurements"].as_array().unwrap();
+    assert!(!ms.is_empty(), "{record}");
+    assert!(
+        ms.iter()
+            .any(|m| m["check"] == "canary 5xx/s" && m["verdict"] == "pass" && m["value"] == 0.0),
+        "{record}"
+    );
+
+    let e = env.clone();
+    let out = blocking(move || {
+        e.ferry_code(
+            &[
+                "deploy",
+                "web",
+                "--version",
+                "v3",
+                "--set",
+                "DEMO_FAILURE_RATE=0.5",
+            ],
+            1,
+        )
+    })
+    .await;
+    assert!(out.contains("canary 5xx/s"), "{out}");
+    let report = load.stop().await;
+    assert!(report.failed > 0, "{report:?}");
+    let e = env.clone();
+    let record = blocking(move || e.json(&["rollout", "3"])).await;
+    let failing: Vec<_> = record["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["verdict"] == "fail")
+        .collect();
+    assert!(
+        failing.len() >= 2,
+        "failure_limit 1: two failed measurements: {record}"
+    );
+    assert!(
+        failing.iter().all(|m| m["value"].as_f64().unwrap() > 0.5),
+        "{record}"
+    );
+    assert!(
+        failing[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("query returned"),
+        "{record}"
+    );
+    blocking(move || drop(prometheus)).await;
+}
+
+#[test]
+fn a_prometheus_that_keeps_erroring_pauses_the_rollout_instead_of_passing_it() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let env = Env::start(spec(&dead));
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    env.ferry_ok(&["deploy", "web", "--version", "v2", "--detach"]);
+    wait_for(Duration::from_secs(20), "the rollout to pause", || {
+        env.json(&["status", "web"])["rollout"]["paused"]
+            .as_str()
+            .is_some_and(|p| p.contains("prometheus error"))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        env.json(&["status", "web"])["stable"],
+        1,
+        "an erroring provider never promotes"
+    );
+}
