@@ -490,3 +490,93 @@ async fn a_release_that_goes_bad_in_its_monitoring_window_is_rolled_back_by_itse
         "{history}"
     );
 }
+
+/// A tiny webhook receiver: records each POSTed JSON body.
+fn receiver() -> (u16, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(200) {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                sink.lock().unwrap().push(v);
+            }
+            let mut s = stream;
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn rollout_events_reach_webhooks_and_a_dead_webhook_blocks_nothing() {
+    let (port, got) = receiver();
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = free_port();
+    let webhooks = format!(
+        r#"webhooks = [
+  {{ url = "http://127.0.0.1:{port}/hook" }},
+  {{ url = "http://127.0.0.1:{dead}/gone", retries = 5 }},
+  {{ url = "http://{}/slow", timeout = "10s", retries = 5, events = ["done"] }},
+]"#,
+        hanging.local_addr().unwrap()
+    );
+    let spec = Spec {
+        instances: 2,
+        strategy: "canary",
+        extra: webhooks,
+        deploy_extra: r#"steps = [ { weight = 50 } ]"#.into(),
+        ..Spec::default()
+    };
+    let env = Env::start(spec);
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    let started = std::time::Instant::now();
+    env.ferry_ok(&["deploy", "web", "--version", "v2"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "dead and hanging webhooks held the rollout up"
+    );
+    wait_for(Duration::from_secs(10), "the webhook events", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["rollout"] == 2 && e["event"] == "done")
+    });
+    let events = got.lock().unwrap().clone();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["rollout"] == 2)
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for kind in ["started", "step", "promoting", "done"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let done = events
+        .iter()
+        .find(|e| e["rollout"] == 2 && e["event"] == "done")
+        .unwrap();
+    assert_eq!(done["service"], "web");
+    assert_eq!(done["version"], "v2");
+    assert_eq!(done["outcome"], "succeeded");
+    assert!(
+        !env.daemon_log().contains("/gone"),
+        "webhook URLs are not logged (they often hold tokens)"
+    );
+    drop(hanging);
+}

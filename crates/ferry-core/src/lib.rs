@@ -13,6 +13,7 @@ pub mod redact;
 pub mod revision;
 pub mod rollout;
 pub mod spec;
+pub mod webhook;
 
 /// Milliseconds since the Unix epoch. The shell reads the clock; the core only
 /// compares these.

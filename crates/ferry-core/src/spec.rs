@@ -200,6 +200,9 @@ pub struct ServiceSpec {
     /// Per-instance log file cap in bytes; older output rotates to `.1`.
     #[serde(default = "defaults::log_max_bytes")]
     pub log_max_bytes: u64,
+    /// Where rollout events are sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::webhook::WebhookSpec>,
     /// How every release of this service is judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<crate::analysis::AnalysisSpec>,
@@ -500,6 +503,9 @@ impl ServiceSpec {
         }
         if let Some(a) = &self.analysis {
             p.extend(a.validate(&at(&["analysis"])));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            p.extend(w.validate(&at(&["webhooks"]), i));
         }
         if self.log_max_bytes < 4096 {
             p.push(Problem::new(

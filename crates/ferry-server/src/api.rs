@@ -887,6 +887,13 @@ async fn deploy(
             ..Default::default()
         })
         .map_err(ApiError::internal)?;
+    d.webhooks.announce(
+        &req.spec.webhooks,
+        &r,
+        &req.version,
+        std::slice::from_ref(&started),
+        now,
+    );
     core.states.insert(name.clone(), next);
     core.rollouts.insert(id, r);
     drop(core);
@@ -1067,6 +1074,13 @@ async fn rollback(
             ..Default::default()
         })
         .map_err(ApiError::internal)?;
+    d.webhooks.announce(
+        &rev.spec.webhooks,
+        &r,
+        &rev.version,
+        std::slice::from_ref(&started),
+        now,
+    );
     core.states.insert(name.clone(), next);
     core.rollouts.insert(id, r);
     drop(core);

@@ -37,6 +37,7 @@ pub struct Daemon {
     /// Analysis measurements finished in the background.
     pending: Pending,
     http: reqwest::Client,
+    pub webhooks: crate::webhooks::Notifier,
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
@@ -106,6 +107,7 @@ impl Daemon {
             notify: Notify::new(),
             pending: Pending::default(),
             http: reqwest::Client::new(),
+            webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
         });
         daemon.fail_interrupted_hooks().await?;
         Ok(daemon)
@@ -233,6 +235,15 @@ impl Daemon {
                     })?;
                     for e in &step.events {
                         tracing::info!(service = %name, rollout = step.rollout.id, "{}", e.message);
+                    }
+                    if let Some(rev) = core.supervisor.revision(&name, step.rollout.to) {
+                        self.webhooks.announce(
+                            &rev.spec.webhooks,
+                            &step.rollout,
+                            &rev.version,
+                            &step.events,
+                            now,
+                        );
                     }
                     if step.rollout.is_done() {
                         core.rollouts.remove(&r.id);

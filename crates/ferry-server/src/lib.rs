@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy_config;
 pub mod supervisor;
+pub mod webhooks;
 
 use clock::{Clock, SystemClock};
 use daemon::Daemon;
