@@ -53,8 +53,21 @@ pub struct LoadConfig {
     pub rate_per_connection: Option<f64>,
     /// Hard bound: tasks stop after this long even if `stop` is never called.
     pub max_duration: Duration,
-    /// Bound on each request, connecting included.
+        /// Bound on each request, connecting included.
     pub request_timeout: Duration,
+    /// Keep one [`Sample`] per request (for benchmarks that need timings).
+    pub record_samples: bool,
+}
+
+/// One request as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Sample {
+    /// When the answer (or the failure) arrived, since the load started.
+    pub at_ms: u64,
+    /// The HTTP status; `None` when no answer arrived.
+    pub status: Option<u16>,
+    /// The `X-Ferry-Revision` that answered, when Ferry's proxy said.
+    pub revision: Option<u64>,
 }
 
 impl LoadConfig {
@@ -68,6 +81,7 @@ impl LoadConfig {
             rate_per_connection: None,
             max_duration: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
+            record_samples: false,
         }
     }
 }
@@ -129,6 +143,11 @@ impl LoadGen {
         }
     }
 
+        /// Every request so far, when `record_samples` is on.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.shared.lock().samples.clone()
+    }
+
     /// Live counters so far.
     pub fn report(&self) -> LoadReport {
         self.shared.lock().report.clone()
@@ -153,16 +172,27 @@ impl LoadGen {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     user_seq: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            state: Mutex::default(),
+            user_seq: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     report: LoadReport,
     window: BTreeMap<String, u64>,
+    samples: Vec<Sample>,
 }
 
 impl Shared {
@@ -170,9 +200,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+        fn sample(&self, status: Option<u16>, revision: Option<u64>) {
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.lock().samples.push(Sample { at_ms, status, revision });
+    }
+
     fn record(&self, outcome: Outcome) {
         let mut state = self.lock();
-        let State { report, window } = &mut *state;
+        let State { report, window, .. } = &mut *state;
         match outcome {
             Outcome::Ok { status, version } => {
                 report.ok += 1;
@@ -287,7 +322,10 @@ impl Worker {
                     }
                 }
             };
-            let no_response = matches!(outcome, Outcome::Failed { status: None, .. });
+                        let no_response = matches!(outcome, Outcome::Failed { status: None, .. });
+            if no_response && self.config.record_samples {
+                self.shared.sample(None, None);
+            }
             self.shared.record(outcome);
             if no_response
                 && pacer.is_none()
@@ -337,7 +375,15 @@ impl Worker {
                     return Outcome::failed(format!("request: {}", error_chain(&err.into_error())));
                 }
             };
-            let status = response.status().as_u16();
+                        let status = response.status().as_u16();
+            if self.config.record_samples {
+                let revision = response
+                    .headers()
+                    .get("x-ferry-revision")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                self.shared.sample(Some(status), revision);
+            }
             let version = response
                 .headers()
                 .get("x-version")
