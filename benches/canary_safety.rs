@@ -22,13 +22,19 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ferry(dir: &Path, args: &[&str]) -> String {
@@ -100,7 +106,17 @@ checks = [ {{ metric = "error_rate", max = 0.05 }} ]
     std::thread::sleep(Duration::from_secs(1));
     ferry(
         dir.path(),
-        &["deploy", "web", "--version", "v2", "--detach", "--set", "DEMO_FAILURE_RATE=0.3", "--set", "DEMO_FAILURE_AFTER_MS=3000"],
+        &[
+            "deploy",
+            "web",
+            "--version",
+            "v2",
+            "--detach",
+            "--set",
+            "DEMO_FAILURE_RATE=0.3",
+            "--set",
+            "DEMO_FAILURE_AFTER_MS=3000",
+        ],
     );
     let rollout_start = load.samples().last().map_or(0, |s| s.at_ms);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -110,7 +126,10 @@ checks = [ {{ metric = "error_rate", max = 0.05 }} ]
         if v["rollout"].is_null() && v["stable"] == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the canary was not pulled within 60 s: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the canary was not pulled within 60 s: {status}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let rollout_end = load.samples().last().map_or(0, |s| s.at_ms);
@@ -125,9 +144,20 @@ checks = [ {{ metric = "error_rate", max = 0.05 }} ]
         .map(|s| s.at_ms)
         .min()
         .expect("the canary never failed a request");
-    let last_canary = samples.iter().filter(canary).map(|s| s.at_ms).max().unwrap();
-    let during: Vec<&Sample> = samples.iter().filter(|s| s.at_ms >= rollout_start && s.at_ms <= rollout_end).collect();
-    let failed = during.iter().filter(|s| s.status.is_none_or(|c| !(200..300).contains(&c))).count() as u64;
+    let last_canary = samples
+        .iter()
+        .filter(canary)
+        .map(|s| s.at_ms)
+        .max()
+        .unwrap();
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_ms >= rollout_start && s.at_ms <= rollout_end)
+        .collect();
+    let failed = during
+        .iter()
+        .filter(|s| s.status.is_none_or(|c| !(200..300).contains(&c)))
+        .count() as u64;
     Round {
         time_to_safety_ms: last_canary.saturating_sub(first_fail),
         detect_ms: rollout_end.saturating_sub(first_fail),
@@ -139,15 +169,31 @@ checks = [ {{ metric = "error_rate", max = 0.05 }} ]
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument filters nothing here.
-    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("canary time-to-safety: 800 req/s, canary at 10 %, 30 % 5xx from 3 s after start; analysis interval 1s, window 2s, failure_limit 0");
-    println!("{:>5} {:>18} {:>12} {:>8} {:>8} {:>8}", "round", "time_to_safety_ms", "pulled_ms", "failed", "total", "share");
+    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "canary time-to-safety: 800 req/s, canary at 10 %, 30 % 5xx from 3 s after start; analysis interval 1s, window 2s, failure_limit 0"
+    );
+    println!(
+        "{:>5} {:>18} {:>12} {:>8} {:>8} {:>8}",
+        "round", "time_to_safety_ms", "pulled_ms", "failed", "total", "share"
+    );
     let mut results = Vec::new();
     for i in 1..=rounds {
         let r = round(&rt);
@@ -171,8 +217,13 @@ fn main() {
         m(|r| r.total as f64),
         m(|r| 100.0 * r.failed as f64 / r.total.max(1) as f64)
     );
+    // Flagger and Argo Rollouts need Kubernetes, which this machine cannot
+    // run; their detection time follows from their documented settings.
+    let flagger_fastest = 10_000.0; // interval 10 s (its minimum) × threshold 1
+    let flagger_default = 60_000.0; // interval 1 m, first failed check
     println!(
-        "reference (not runnable here: both need Kubernetes): Flagger defaults (interval 1m, threshold 5) ≈ 60-300 s; Argo Rollouts failureLimit × interval, e.g. 3 × 1m = 180 s. Ferry/Flagger-best ≈ {:.3}",
-        tts / 60_000.0
+        "reference, from their settings (Kubernetes-only, not runnable here): Flagger at its fastest (interval 10s × threshold 1) ≥ 10 s → Ferry {:.1}× faster; Flagger/Argo with a 1m interval ≥ 60 s → {:.0}× faster",
+        flagger_fastest / tts,
+        flagger_default / tts
     );
 }

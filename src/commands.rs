@@ -272,6 +272,9 @@ pub async fn watch(
     });
     let mut after = 0;
     loop {
+        // The rollout first, then its events: every event of a rollout seen
+        // as done is already stored when the events are read.
+        let view: RolloutView = client.get(&format!("/v1/rollouts/{id}")).await?;
         let events: Vec<StoredEvent> = client
             .get(&format!("/v1/rollouts/{id}/events?after={after}"))
             .await?;
@@ -295,7 +298,6 @@ pub async fn watch(
                 }
             }
         }
-        let view: RolloutView = client.get(&format!("/v1/rollouts/{id}")).await?;
         if let Some(pb) = &bar {
             pb.set_length(view.rollout.params.instances as u64);
             pb.set_position(view.available as u64);

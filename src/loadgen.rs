@@ -53,7 +53,7 @@ pub struct LoadConfig {
     pub rate_per_connection: Option<f64>,
     /// Hard bound: tasks stop after this long even if `stop` is never called.
     pub max_duration: Duration,
-        /// Bound on each request, connecting included.
+    /// Bound on each request, connecting included.
     pub request_timeout: Duration,
     /// Keep one [`Sample`] per request (for benchmarks that need timings).
     pub record_samples: bool,
@@ -143,7 +143,7 @@ impl LoadGen {
         }
     }
 
-        /// Every request so far, when `record_samples` is on.
+    /// Every request so far, when `record_samples` is on.
     pub fn samples(&self) -> Vec<Sample> {
         self.shared.lock().samples.clone()
     }
@@ -200,9 +200,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-        fn sample(&self, status: Option<u16>, revision: Option<u64>) {
+    fn sample(&self, status: Option<u16>, revision: Option<u64>) {
         let at_ms = self.started.elapsed().as_millis() as u64;
-        self.lock().samples.push(Sample { at_ms, status, revision });
+        self.lock().samples.push(Sample {
+            at_ms,
+            status,
+            revision,
+        });
     }
 
     fn record(&self, outcome: Outcome) {
@@ -322,7 +326,7 @@ impl Worker {
                     }
                 }
             };
-                        let no_response = matches!(outcome, Outcome::Failed { status: None, .. });
+            let no_response = matches!(outcome, Outcome::Failed { status: None, .. });
             if no_response && self.config.record_samples {
                 self.shared.sample(None, None);
             }
@@ -375,7 +379,7 @@ impl Worker {
                     return Outcome::failed(format!("request: {}", error_chain(&err.into_error())));
                 }
             };
-                        let status = response.status().as_u16();
+            let status = response.status().as_u16();
             if self.config.record_samples {
                 let revision = response
                     .headers()

@@ -580,3 +580,60 @@ fn rollout_events_reach_webhooks_and_a_dead_webhook_blocks_nothing() {
     );
     drop(hanging);
 }
+
+#[test]
+fn blue_green_pre_promotion_checks_judge_the_new_set_before_the_switch() {
+    let analysis = r#"
+[services.web.analysis]
+interval = "300ms"
+window = "2s"
+min_requests = 5
+pre_promotion_passes = 3
+pre_promotion = [ { metric = "error_rate", max = 0.05 } ]
+"#;
+    let spec = Spec {
+        instances: 2,
+        strategy: "blue-green",
+        tail: analysis.into(),
+        ..Spec::default()
+    };
+    let env = Env::start(spec);
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    // Testers reach the new set directly with X-Ferry-Revision.
+    let proxy = env.proxy();
+    let testers = std::thread::spawn(move || {
+        let c = reqwest::blocking::Client::new();
+        for _ in 0..600 {
+            for rev in ["2", "3"] {
+                let _ = c
+                    .get(format!("http://{proxy}/"))
+                    .header("X-Ferry-Revision", rev)
+                    .send();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let out = env.ferry_ok(&["deploy", "web", "--version", "v2", "--auto-approve"]);
+    assert!(
+        out.contains("pre-promotion analysis passed 3 rounds"),
+        "{out}"
+    );
+    let out = env.ferry_code(
+        &[
+            "deploy",
+            "web",
+            "--version",
+            "v3",
+            "--auto-approve",
+            "--set",
+            "DEMO_FAILURE_RATE=0.5",
+        ],
+        1,
+    );
+    assert!(
+        out.contains("analysis failed") && out.contains("traffic stays on revision 2"),
+        "{out}"
+    );
+    assert_eq!(status(&env)["stable"], 2);
+    let _ = testers.join();
+}

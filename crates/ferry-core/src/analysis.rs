@@ -32,6 +32,12 @@ pub struct AnalysisSpec {
     pub prometheus_url: Option<String>,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Blue-green: checks the new set must pass before traffic switches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_promotion: Vec<CheckSpec>,
+    /// Blue-green: passing rounds in a row needed before the switch.
+    #[serde(default = "defaults::pre_promotion_passes")]
+    pub pre_promotion_passes: u32,
 }
 
 impl Default for AnalysisSpec {
@@ -44,6 +50,8 @@ impl Default for AnalysisSpec {
             window: defaults::window(),
             prometheus_url: None,
             checks: Vec::new(),
+            pre_promotion: Vec::new(),
+            pre_promotion_passes: defaults::pre_promotion_passes(),
         }
     }
 }
@@ -61,6 +69,9 @@ mod defaults {
     }
     pub fn window() -> Dur {
         Dur::secs(10)
+    }
+    pub fn pre_promotion_passes() -> u32 {
+        3
     }
 }
 
@@ -369,12 +380,24 @@ impl AnalysisSpec {
                 message: format!("prometheus_url = \"{url}\" must start with http:// or https://"),
             });
         }
-        for (i, c) in self.checks.iter().enumerate() {
-            match c.to_check(&key("checks"), i) {
+        let all = self
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ("checks", i, c))
+            .chain(
+                self.pre_promotion
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ("pre_promotion", i, c)),
+            );
+        for (table, i, c) in all {
+            match c.to_check(&key(table), i) {
                 Err(e) => p.push(e),
                 Ok(Check::Prometheus { .. }) if self.prometheus_url.is_none() => p.push(Problem {
-                    path: key("checks"),
-                    message: format!("checks[{i}] queries Prometheus: set prometheus_url = \"http://127.0.0.1:9090\" in this table"),
+                                        path: key(table),
+                    message: format!(
+                        "{table}[{i}] queries Prometheus: set prometheus_url = \"http://127.0.0.1:9090\" in this table"),
                 }),
                 Ok(_) => {}
             }
@@ -384,7 +407,16 @@ impl AnalysisSpec {
 
     /// The validated checks with their labels.
     pub fn checks(&self) -> Vec<(String, Check)> {
-        self.checks
+        Self::labelled(&self.checks)
+    }
+
+    /// The validated pre-promotion checks with their labels.
+    pub fn pre_promotion_checks(&self) -> Vec<(String, Check)> {
+        Self::labelled(&self.pre_promotion)
+    }
+
+    fn labelled(checks: &[CheckSpec]) -> Vec<(String, Check)> {
+        checks
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.to_check(&[], i).ok().map(|k| (c.label(&k), k)))

@@ -102,6 +102,10 @@ pub struct Params {
     /// How long a release is watched after it reaches 100 %.
     #[serde(default)]
     pub monitor_ms: u64,
+    /// Blue-green: passing analysis rounds in a row needed before the
+    /// switch (0 = no pre-promotion analysis).
+    #[serde(default)]
+    pub pre_promotion_passes: u32,
 }
 
 impl Params {
@@ -120,6 +124,11 @@ impl Params {
             failure_limit: spec.analysis.as_ref().map_or(0, |a| a.failure_limit),
             inconclusive_limit: spec.analysis.as_ref().map_or(0, |a| a.inconclusive_limit),
             monitor_ms: spec.deploy.monitor.as_millis(),
+            pre_promotion_passes: spec
+                .analysis
+                .as_ref()
+                .filter(|a| !a.pre_promotion.is_empty())
+                .map_or(0, |a| a.pre_promotion_passes.max(1)),
         }
     }
 }
@@ -222,6 +231,13 @@ pub struct AnalysisCounters {
     /// human resumes, promotes or aborts it.
     #[serde(default)]
     pub held: bool,
+    /// Rounds in a row where every measurement passed.
+    #[serde(default)]
+    pub passes_in_row: u32,
+    #[serde(default)]
+    pub pre_promotion_started: bool,
+    #[serde(default)]
+    pub pre_promotion_passed: bool,
     /// The last failing or inconclusive detail, for reasons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
@@ -621,6 +637,13 @@ fn judge_analysis(
     measurements: &[Measurement],
     events: &mut Vec<Event>,
 ) -> Option<String> {
+    if !measurements.is_empty() {
+        if measurements.iter().all(|m| m.verdict == Verdict::Pass) {
+            r.analysis.passes_in_row += 1;
+        } else {
+            r.analysis.passes_in_row = 0;
+        }
+    }
     for m in measurements {
         r.analysis.measurements += 1;
         match m.verdict {
@@ -653,6 +676,7 @@ fn judge_analysis(
     if r.analysis.inconclusive_in_row > r.params.inconclusive_limit
         && r.paused.is_none()
         && r.phase != Phase::Monitoring
+        && r.strategy == Strategy::Canary
     {
         let why = format!(
             "analysis inconclusive {} times in a row (inconclusive_limit {}): {}",
@@ -952,6 +976,32 @@ fn blue_green(
     }
     if new.available < n {
         return;
+    }
+    // Pre-promotion analysis: the new set must pass before the switch.
+    if r.params.pre_promotion_passes > 0 && r.kind == RolloutKind::Deploy {
+        if r.analysis.passes_in_row < r.params.pre_promotion_passes {
+            if !r.analysis.pre_promotion_started {
+                r.analysis.pre_promotion_started = true;
+                events.push(event(
+                    "pre-promotion",
+                    format!(
+                        "the new set (revision {}) is ready; pre-promotion analysis needs {} passing rounds in a row before the switch (send it traffic with `X-Ferry-Revision: {}`)",
+                        r.to, r.params.pre_promotion_passes, r.to
+                    ),
+                ));
+            }
+            return;
+        }
+        if !r.analysis.pre_promotion_passed {
+            r.analysis.pre_promotion_passed = true;
+            events.push(event(
+                "pre-promotion",
+                format!(
+                    "pre-promotion analysis passed {} rounds in a row",
+                    r.analysis.passes_in_row
+                ),
+            ));
+        }
     }
     let approved = r.auto_approve
         || r.params.auto_promote

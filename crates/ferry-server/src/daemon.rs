@@ -24,6 +24,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 
 pub const TICK: Duration = Duration::from_millis(100);
+/// A whole (100 %) in the proxy's split weights.
+const BASIS_POINTS: u32 = 10_000;
 
 pub struct Daemon {
     pub store: Arc<Store>,
@@ -41,6 +43,8 @@ pub struct Daemon {
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
+type RouteKey = (Vec<String>, BTreeMap<u64, u32>, Vec<u64>);
+
 pub struct Core {
     pub states: BTreeMap<String, ServiceState>,
     /// Active rollouts by id.
@@ -48,7 +52,8 @@ pub struct Core {
     pub supervisor: Supervisor,
     pub proxies: BTreeMap<String, ProxyHandle>,
     hooks_running: BTreeSet<u64>,
-    routed: BTreeMap<String, (Vec<String>, BTreeMap<u64, u32>)>,
+    /// What each proxy was last given: instance ids, weights, traffic.
+    routed: BTreeMap<String, RouteKey>,
     sampler: Sampler,
     bind_errors: BTreeMap<String, String>,
     /// When each rollout's analysis last started a round.
@@ -297,19 +302,28 @@ impl Daemon {
                 }
             });
         }
-        let judging = (r.strategy == Strategy::Canary
-            && r.from.is_some()
-            && matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval))
-            || r.phase == Phase::Monitoring;
-        if !judging {
-            return done;
-        }
         let Some(rev) = core.supervisor.revision(&r.service, r.to) else {
             return done;
         };
-        let Some(spec) = rev.spec.analysis.clone().filter(|a| !a.checks.is_empty()) else {
+        let Some(spec) = rev.spec.analysis.clone() else {
             return done;
         };
+        let rolling_out =
+            matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval) && r.from.is_some();
+        // Which checks judge this rollout now, if any.
+        let checks = match (r.strategy, r.phase) {
+            (_, Phase::Monitoring) => spec.checks(),
+            (Strategy::Canary, _) if rolling_out => spec.checks(),
+            (Strategy::BlueGreen, _)
+                if rolling_out && r.kind == ferry_core::rollout::RolloutKind::Deploy =>
+            {
+                spec.pre_promotion_checks()
+            }
+            _ => Vec::new(),
+        };
+        if checks.is_empty() {
+            return done;
+        }
         let window = spec.window.as_millis();
         for revision in [Some(r.to), r.from].into_iter().flatten() {
             let stats = core.supervisor.stats(&r.service, revision);
@@ -333,7 +347,7 @@ impl Daemon {
             .and_then(|f| core.sampler.window(&r.service, f, window, now));
         let round = Round {
             rollout: r.id,
-            checks: spec.checks(),
+            checks,
             spec,
             canary,
             baseline,
@@ -371,13 +385,13 @@ impl Daemon {
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
             let state = &core.states[&name];
-            let ups = core.supervisor.routable(state, now);
+            let ups = core.supervisor.reachable(state, now);
             let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
-            let key = (ids, state.weights.clone());
+            let key = (ids, state.weights.clone(), state.traffic.clone());
             if core.routed.get(&name) == Some(&key) && core.proxies.contains_key(&name) {
                 continue;
             }
-            let split = self.split_of(core, &name);
+            let split = self.split_of(core, &name, &ups);
             if !core.proxies.contains_key(&name) {
                 let Some((listen, options)) = self.listen_of(core, &name) else {
                     continue;
@@ -409,21 +423,65 @@ impl Daemon {
         }
     }
 
-    /// The weighted split of a canary in progress, if any.
-    fn split_of(&self, core: &mut Core, name: &str) -> Option<ferry_proxy::Split> {
+    /// How the proxy splits traffic between revisions: a canary's weights;
+    /// or, when instances outside `traffic` are up (a blue-green set before
+    /// its switch), shares by instance count with 0 for those, so only
+    /// `X-Ferry-Revision` reaches them; or none (plain round-robin).
+    fn split_of(
+        &self,
+        core: &mut Core,
+        name: &str,
+        ups: &[Arc<ferry_proxy::Upstream>],
+    ) -> Option<ferry_proxy::Split> {
         let state = core.states.get(name)?;
-        if state.weights.is_empty() {
-            return None;
-        }
         let canary = state
             .active_rollout
             .and_then(|id| core.rollouts.get(&id))
             .map(|r| r.to);
+        let outside = ups.iter().any(|u| !state.traffic.contains(&u.revision()));
+        if state.weights.is_empty() {
+            if !outside {
+                return None;
+            }
+            let serving: Vec<u64> = ups
+                .iter()
+                .map(|u| u.revision())
+                .filter(|r| state.traffic.contains(r))
+                .collect();
+            let mut weights: Vec<(u64, u32)> = Vec::new();
+            let mut revisions: Vec<u64> = ups.iter().map(|u| u.revision()).collect();
+            revisions.sort_unstable();
+            revisions.dedup();
+            let total = serving.len().max(1) as u32;
+            let mut given = 0;
+            for rev in &revisions {
+                let n = serving.iter().filter(|r| *r == rev).count() as u32;
+                let w = n * BASIS_POINTS / total;
+                given += w;
+                weights.push((*rev, w));
+            }
+            // Rounding leftovers go to the first serving revision.
+            if let Some(first) = weights.iter_mut().find(|(_, w)| *w > 0) {
+                first.1 += BASIS_POINTS.saturating_sub(given);
+            } else {
+                return None;
+            }
+            return Some(ferry_proxy::Split {
+                weights,
+                stickiness: ferry_proxy::Stickiness::None,
+                canary,
+            });
+        }
         let mut weights: Vec<(u64, u32)> = state
             .weights
             .iter()
             .map(|(rev, w)| (*rev, w * 100))
             .collect();
+        for u in ups {
+            if !weights.iter().any(|(r, _)| *r == u.revision()) {
+                weights.push((u.revision(), 0));
+            }
+        }
         // The canary's bucket range comes first (sticky users never flip back).
         weights.sort_by_key(|(rev, _)| Some(*rev) != canary);
         let stickiness = canary

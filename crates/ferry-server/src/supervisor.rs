@@ -571,14 +571,19 @@ impl Supervisor {
 
     /// Upstreams that should receive traffic for `state` now.
     pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
+        self.reachable(state, now)
+            .into_iter()
+            .filter(|u| state.traffic.contains(&u.revision()))
+            .collect()
+    }
+
+    /// Every available instance of the service, in traffic or not: the
+    /// proxy may reach the others only by `X-Ferry-Revision` (testers on a
+    /// blue-green set before the switch).
+    pub fn reachable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
         self.instances
             .values()
-            .filter(|i| {
-                i.rec.service == state.name
-                    && state.traffic.contains(&i.rec.revision)
-                    && !i.stopping
-                    && i.running
-            })
+            .filter(|i| i.rec.service == state.name && !i.stopping && i.running)
             .filter(|i| {
                 let min_ready = self
                     .revisions

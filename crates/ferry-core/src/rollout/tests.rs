@@ -27,6 +27,7 @@ fn params(n: u32, surge: u32, unavail: u32) -> Params {
         failure_limit: 0,
         inconclusive_limit: 2,
         monitor_ms: 0,
+        pre_promotion_passes: 0,
     }
 }
 
@@ -763,4 +764,72 @@ fn a_quiet_monitoring_window_ends_in_success() {
     assert_eq!(r.outcome, Some(Outcome::Succeeded));
     assert!(r.reason.unwrap().contains("monitoring window"));
     assert_eq!(s.traffic, vec![2]);
+}
+
+#[test]
+fn blue_green_pre_promotion_analysis_gates_the_switch() {
+    for (verdict, outcome) in [
+        (Verdict::Pass, Outcome::Succeeded),
+        (Verdict::Fail, Outcome::Failed),
+    ] {
+        let mut p = params(3, 1, 0);
+        p.pre_promotion_passes = 3;
+        let (mut s, mut world) = steady(3);
+        let mut r = Rollout::begin(
+            1,
+            "web",
+            RolloutKind::Deploy,
+            Some(1),
+            3,
+            2,
+            Strategy::BlueGreen,
+            p,
+            true,
+            5_000,
+        );
+        let mut now = 5_000;
+        let mut rounds = 0;
+        let mut ready_at = None;
+        while !r.is_done() {
+            assert!(now < 200_000);
+            // One analysis round per second, once the new set is up.
+            let measurements = if ready_at.is_some() && now % 1000 == 0 {
+                rounds += 1;
+                vec![measurement(verdict)]
+            } else {
+                vec![]
+            };
+            let step = advance(
+                &s,
+                &r,
+                &Observed {
+                    instances: world.instances.clone(),
+                    measurements,
+                },
+                now,
+            );
+            s = step.state;
+            r = step.rollout;
+            if ready_at.is_none() && world.available(2, now) == 3 {
+                ready_at = Some(now);
+            }
+            if !r.is_done() {
+                assert_eq!(
+                    s.traffic,
+                    vec![1],
+                    "no traffic moves before the analysis passed"
+                );
+            }
+            world.converge(&s, now);
+            now += 100;
+        }
+        assert_eq!(r.outcome, Some(outcome));
+        if outcome == Outcome::Succeeded {
+            assert_eq!(rounds, 3, "switched after exactly 3 passing rounds");
+            assert_eq!(s.traffic, vec![2]);
+        } else {
+            assert_eq!(s.traffic, vec![1]);
+            assert_eq!(s.scale, [(1, 3)].into());
+        }
+    }
 }
