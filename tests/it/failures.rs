@@ -144,3 +144,40 @@ fn failing_pre_deploy_hook_fails_the_deploy_before_anything_starts() {
     let ran = std::fs::read_to_string(env.dir.path().join("hook-ran.txt")).unwrap();
     assert_eq!(ran.lines().count(), 1);
 }
+
+#[test]
+fn aborting_during_the_pre_deploy_hook_stops_the_hook() {
+    let env = Env::start(Spec {
+        extra: "pre_deploy = \"echo migrating; sleep 30; echo finished >> hook-finished.txt\"\n"
+            .into(),
+        ..Spec::default()
+    });
+    env.ferry_ok(&["deploy", "web", "--version", "v1", "--detach"]);
+    wait_for(Duration::from_secs(10), "the hook to run", || {
+        env.json(&["status", "web"])["rollout"]["phase"] == "pre-deploy"
+            && std::process::Command::new("pgrep")
+                .args(["-f", "sleep 30"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    env.ferry_ok(&["abort", "web"]);
+    wait_for(Duration::from_secs(10), "the rollout to end", || {
+        env.json(&["status", "web"])["rollout"].is_null()
+    });
+    let history = env.json(&["history", "web"]);
+    assert_eq!(history[0]["outcome"], "aborted");
+    wait_for(
+        Duration::from_secs(10),
+        "the hook's processes to stop",
+        || {
+            let hook_marker = format!("FERRY_INSTANCE={}/hook-", env.daemon_id());
+            !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("environ"))
+                    .map(|b| String::from_utf8_lossy(&b).contains(&hook_marker))
+                    .unwrap_or(false)
+            })
+        },
+    );
+    assert!(!env.dir.path().join("hook-finished.txt").exists());
+    assert!(env.marked_processes().is_empty(), "no instance started");
+}

@@ -252,6 +252,20 @@ impl Daemon {
                     }
                     if step.rollout.is_done() {
                         core.rollouts.remove(&r.id);
+                        core.last_round.remove(&r.id);
+                        if core.hooks_running.contains(&r.id) {
+                            // Aborted while its hook runs: stop the hook too.
+                            let marker = format!("{}/hook-{}", self.daemon_id, r.id);
+                            tokio::spawn(async move {
+                                for (pid, m) in ferry_runtime::find_marked(&marker) {
+                                    if m != marker {
+                                        continue;
+                                    }
+                                    ferry_runtime::stop_group(pid, None, Duration::from_secs(5))
+                                        .await;
+                                }
+                            });
+                        }
                     } else {
                         core.rollouts.insert(r.id, step.rollout);
                     }
