@@ -876,37 +876,69 @@ async fn deploy(
             .map_err(ApiError::internal)?;
         core.rollouts.remove(&done.rollout.id);
     }
-    d.store
-        .commit(&Change {
-            revision: Some(&revision),
-            rollout: Some(&r),
-            state: Some(&next),
-            events: vec![(Some(id), &started)],
-            audit: Some(&entry),
-            now,
-            ..Default::default()
-        })
-        .map_err(ApiError::internal)?;
-    d.webhooks.announce(
-        &req.spec.webhooks,
-        &r,
-        &req.version,
-        std::slice::from_ref(&started),
-        now,
-    );
-    core.states.insert(name.clone(), next);
-    core.rollouts.insert(id, r);
+    let started = NewRollout {
+        revision: Some(&revision),
+        rollout: r,
+        state: next,
+        started,
+        audit: entry,
+    };
+    let accepted = started.commit(&d, &mut core, &req.spec.webhooks, &req.version, now)?;
     drop(core);
     d.notify.notify_one();
-    Ok((
-        StatusCode::CREATED,
-        Json(RolloutAccepted {
+    Ok((StatusCode::CREATED, Json(accepted)))
+}
+
+/// A rollout about to start, with everything its first commit writes.
+struct NewRollout<'a> {
+    /// The new revision, for a deploy (a rollback reuses a stored one).
+    revision: Option<&'a Revision>,
+    rollout: Rollout,
+    state: ServiceState,
+    started: ferry_core::rollout::Event,
+    audit: AuditEntry,
+}
+
+impl NewRollout<'_> {
+    /// Commit it in one transaction, then announce it and take it into
+    /// memory.
+    fn commit(
+        self,
+        d: &Daemon,
+        core: &mut crate::daemon::Core,
+        webhooks: &[ferry_core::webhook::WebhookSpec],
+        version: &str,
+        now: u64,
+    ) -> ApiResult<RolloutAccepted> {
+        let id = self.rollout.id;
+        d.store
+            .commit(&Change {
+                revision: self.revision,
+                rollout: Some(&self.rollout),
+                state: Some(&self.state),
+                events: vec![(Some(id), &self.started)],
+                audit: Some(&self.audit),
+                now,
+                ..Default::default()
+            })
+            .map_err(ApiError::internal)?;
+        d.webhooks.announce(
+            webhooks,
+            &self.rollout,
+            version,
+            std::slice::from_ref(&self.started),
+            now,
+        );
+        let accepted = RolloutAccepted {
             rollout: Some(id),
-            revision: number,
-            message: started.message,
+            revision: self.rollout.to,
+            message: self.started.message,
             plan: vec![],
-        }),
-    ))
+        };
+        core.states.insert(self.state.name.clone(), self.state);
+        core.rollouts.insert(id, self.rollout);
+        Ok(accepted)
+    }
 }
 
 async fn rollback(
@@ -1064,36 +1096,17 @@ async fn rollback(
         detail: serde_json::json!({"to_revision": target, "from_revision": current, "rollout": id}),
         outcome: "accepted".into(),
     };
-    d.store
-        .commit(&Change {
-            rollout: Some(&r),
-            state: Some(&next),
-            events: vec![(Some(id), &started)],
-            audit: Some(&entry),
-            now,
-            ..Default::default()
-        })
-        .map_err(ApiError::internal)?;
-    d.webhooks.announce(
-        &rev.spec.webhooks,
-        &r,
-        &rev.version,
-        std::slice::from_ref(&started),
-        now,
-    );
-    core.states.insert(name.clone(), next);
-    core.rollouts.insert(id, r);
+    let started = NewRollout {
+        revision: None,
+        rollout: r,
+        state: next,
+        started,
+        audit: entry,
+    };
+    let accepted = started.commit(&d, &mut core, &rev.spec.webhooks, &rev.version, now)?;
     drop(core);
     d.notify.notify_one();
-    Ok((
-        StatusCode::CREATED,
-        Json(RolloutAccepted {
-            rollout: Some(id),
-            revision: target,
-            message: started.message,
-            plan: vec![],
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(accepted)))
 }
 
 async fn approve(
