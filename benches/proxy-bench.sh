@@ -38,6 +38,9 @@ echo "==> building Ferry's proxy (release)"
 (cd "$ROOT" && cargo build --release -p ferry-proxy --example bench-proxy)
 FERRY_BIN=$ROOT/target/release/examples/bench-proxy
 
+# Stop what a previous (interrupted) run may have left, then start afresh.
+for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+sleep 0.5
 rm -rf "$WORK" && mkdir -p "$WORK"
 PIDS=()
 cleanup() {
@@ -48,7 +51,6 @@ trap cleanup EXIT
 
 # Many short connections: let TIME_WAIT ports be reused (best effort).
 sysctl -qw net.ipv4.tcp_tw_reuse=1 2>/dev/null || true
-sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
 
 # ---------------------------------------------------------------- upstream
 cat >"$WORK/upstream.conf" <<EOF

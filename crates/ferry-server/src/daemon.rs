@@ -56,6 +56,8 @@ pub struct Core {
     routed: BTreeMap<String, RouteKey>,
     sampler: Sampler,
     bind_errors: BTreeMap<String, String>,
+    /// The revision whose proxy settings each proxy runs with.
+    proxy_options_of: BTreeMap<String, u64>,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
 }
@@ -107,6 +109,7 @@ impl Daemon {
                 routed: BTreeMap::new(),
                 sampler: Sampler::default(),
                 bind_errors: BTreeMap::new(),
+                proxy_options_of: BTreeMap::new(),
                 last_round: BTreeMap::new(),
             }),
             notify: Notify::new(),
@@ -288,6 +291,18 @@ impl Daemon {
                 }
             }
         }
+        // Keep sampled counters only for revisions a rollout still compares.
+        let compared: BTreeSet<(String, u64)> = core
+            .rollouts
+            .values()
+            .flat_map(|r| {
+                [Some(r.to), r.from]
+                    .into_iter()
+                    .flatten()
+                    .map(|rev| (r.service.clone(), rev))
+            })
+            .collect();
+        core.sampler.retain(|k| compared.contains(k));
         for note in core.supervisor.tick(&core.states) {
             tracing::info!("{note}");
         }
@@ -426,6 +441,18 @@ impl Daemon {
                     }
                 }
             }
+            // A new stable revision brings its own proxy settings.
+            let defined_by = core.states.get(&name).and_then(|s| s.stable);
+            if defined_by.is_some()
+                && core.proxy_options_of.get(&name) != defined_by.as_ref()
+                && let Some((number, _, options)) = self.proxy_settings(core, &name)
+                && let Some(p) = core.proxies.get(&name)
+            {
+                if let Err(e) = p.set_options(options) {
+                    tracing::error!(service = %name, "cannot apply the proxy settings of revision {number}: {e}");
+                }
+                core.proxy_options_of.insert(name.clone(), number);
+            }
             if let Some(p) = core.proxies.get(&name) {
                 p.set_routes(RoutingTable {
                     upstreams: ups,
@@ -521,15 +548,24 @@ impl Daemon {
     /// The listen address and proxy options of the revision that defines
     /// the service now.
     fn listen_of(&self, core: &mut Core, name: &str) -> Option<(SocketAddr, ProxyOptions)> {
+        let (_, listen, options) = self.proxy_settings(core, name)?;
+        Some((listen, options))
+    }
+
+    /// The revision that defines a service's proxy now (the stable one, else
+    /// the newest), its listen address and its proxy options.
+    fn proxy_settings(
+        &self,
+        core: &mut Core,
+        name: &str,
+    ) -> Option<(u64, SocketAddr, ProxyOptions)> {
         let state = core.states.get(name)?;
-        let rev = state
+        let number = state
             .stable
             .or_else(|| state.scale.keys().next_back().copied())?;
-        let rev = core.supervisor.revision(name, rev)?;
-        Some((
-            rev.spec.listen_addr()?,
-            crate::proxy_config::options_for(&rev.spec.proxy),
-        ))
+        let rev = core.supervisor.revision(name, number)?;
+        let options = crate::proxy_config::options_in(&rev.spec.proxy, Some(&self.data_dir));
+        Some((number, rev.spec.listen_addr()?, options))
     }
 
     fn spawn_hook(self: Arc<Self>, r: Rollout) {

@@ -17,7 +17,6 @@ pub fn options_for(spec: &ProxySpec) -> ProxyOptions {
 /// The proxy options for `spec`, with a relative `access_log` path resolved
 /// under `data_dir`.
 pub fn options_in(spec: &ProxySpec, data_dir: Option<&Path>) -> ProxyOptions {
-    let defaults = ProxyOptions::default();
     ProxyOptions {
         connect_timeout: spec.connect_timeout.0,
         response_header_timeout: spec.response_header_timeout.0,
@@ -54,7 +53,6 @@ pub fn options_in(spec: &ProxySpec, data_dir: Option<&Path>) -> ProxyOptions {
                 None => RateLimitKey::ClientIp,
             },
         }),
-        ..defaults
     }
 }
 

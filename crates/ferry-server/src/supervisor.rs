@@ -326,7 +326,7 @@ impl Supervisor {
                 stop_probes(inst);
                 inst.running = false;
                 inst.child = None;
-                inst.upstream.close_idle();
+                inst.upstream.close_all();
                 inst.consecutive_crashes = if was_healthy {
                     1
                 } else {
@@ -512,7 +512,7 @@ impl Supervisor {
             while upstream.in_flight() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            upstream.close_idle();
+            upstream.close_all();
             if let Some(pid) = pid {
                 let mut child = child;
                 runtime::stop_group(pid, child.as_mut(), grace).await;
