@@ -84,6 +84,11 @@ fn health_metrics_audit_and_no_secret_anywhere() {
     assert!(metrics.contains(
         "ferry_proxy_request_duration_seconds_bucket{service=\"web\",revision=\"1\",le=\"+Inf\"}"
     ));
+    assert!(metrics.contains("# TYPE ferry_proxy_connections_open gauge\nferry_proxy_connections_open{service=\"web\"}"), "{metrics}");
+    assert!(
+        metrics.contains("ferry_service_serving_instances{service=\"web\"} 3"),
+        "{metrics}"
+    );
 
     let (code, health) = get(&format!("{api}/health"), Some(&token));
     assert_eq!(code, 200);

@@ -64,6 +64,56 @@ pub fn render(core: &Core, now: Millis) -> String {
             },
         ),
     ];
+    // The proxies' own counters, per service.
+    type ProxyFamily = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ferry_proxy::ProxyCounters) -> u64,
+    );
+    let proxy_families: [ProxyFamily; 5] = [
+        (
+            "ferry_proxy_connections_open",
+            "gauge",
+            "Client connections open now.",
+            |c| c.connections_open,
+        ),
+        (
+            "ferry_proxy_connections_rejected_total",
+            "counter",
+            "Connections answered 503 at max_connections.",
+            |c| c.connections_rejected,
+        ),
+        (
+            "ferry_proxy_rate_limited_total",
+            "counter",
+            "Requests answered 429 by the rate limit.",
+            |c| c.rate_limited,
+        ),
+        (
+            "ferry_proxy_upgraded_connections_open",
+            "gauge",
+            "Upgraded (WebSocket) connections open now.",
+            |c| c.upgraded_open,
+        ),
+        (
+            "ferry_proxy_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped under overload.",
+            |c| c.access_log_dropped,
+        ),
+    ];
+    let counters: Vec<(&String, ferry_proxy::ProxyCounters)> = core
+        .proxies
+        .iter()
+        .map(|(n, p)| (n, p.counters()))
+        .collect();
+    for (family, kind, help, value) in proxy_families {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        for (name, c) in &counters {
+            let _ = writeln!(out, "{family}{{service=\"{name}\"}} {}", value(c));
+        }
+    }
     for (family, help, value) in families {
         let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
         for (name, state) in &core.states {
