@@ -1,6 +1,17 @@
 //! The client commands: each reads its input, validates it up front, calls
 //! the API and prints for people (text) or machines (`--output json`).
 
+/// `println!` that ends the process quietly when stdout is closed (e.g.
+/// `ferry history web | head`), instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 use crate::client::{CliError, CliResult, Client};
 use ferry_core::config::{self, Config};
 use ferry_core::revision::check_version;
@@ -50,7 +61,7 @@ pub fn init(path: &Path, force: bool) -> CliResult<()> {
     }
     std::fs::write(path, config::EXAMPLE)
         .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
-    println!(
+    say!(
         "wrote {}: an example service `web`. Check it with `ferry check`.",
         path.display()
     );
@@ -97,13 +108,13 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
         )));
     }
     match output {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             serde_json::json!({"ok": true, "file": path, "services": cfg.services.keys().collect::<Vec<_>>()})
         ),
         Output::Text => {
             let names: Vec<&String> = cfg.services.keys().collect();
-            println!(
+            say!(
                 "{}: OK ({} service{}: {})",
                 path.display(),
                 names.len(),
@@ -216,13 +227,13 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
         .await?;
     if args.dry_run {
         match output {
-            Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
+            Output::Json => say!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
             Output::Text => {
-                println!("{}", accepted.message);
+                say!("{}", accepted.message);
                 for line in &accepted.plan {
-                    println!("  - {line}");
+                    say!("  - {line}");
                 }
-                println!("(dry run: nothing was changed)");
+                say!("(dry run: nothing was changed)");
             }
         }
         return Ok(());
@@ -233,7 +244,7 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
     }
     if args.detach {
         if output == Output::Text {
-            println!("detached; follow it with `ferry status {}`", args.service);
+            say!("detached; follow it with `ferry status {}`", args.service);
         }
         return Ok(());
     }
@@ -242,11 +253,11 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
 
 fn report_start(accepted: &RolloutAccepted, output: Output) {
     match output {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             serde_json::json!({"type": "accepted", "rollout": accepted.rollout, "revision": accepted.revision, "message": accepted.message})
         ),
-        Output::Text => println!("{}", accepted.message),
+        Output::Text => say!("{}", accepted.message),
     }
 }
 
@@ -281,7 +292,7 @@ pub async fn watch(
         for e in &events {
             after = after.max(e.seq);
             match output {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": ferry_server::clock::rfc3339(e.at), "kind": e.kind, "message": e.message})
                 ),
@@ -293,7 +304,7 @@ pub async fn watch(
                     );
                     match &bar {
                         Some(pb) => pb.println(line),
-                        None => println!("{line}"),
+                        None => say!("{line}"),
                     }
                 }
             }
@@ -309,11 +320,11 @@ pub async fn watch(
             }
             let r = &view.rollout;
             match output {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": "monitoring", "reason": format!("serving all traffic; watched for {}", ferry_core::duration::Dur::millis(r.params.monitor_ms))})
                 ),
-                Output::Text => println!(
+                Output::Text => say!(
                     "rollout {}: revision {} ({}) of {} serves all traffic; watched for {} (a failure rolls back by itself; `ferry status {}`)",
                     r.id,
                     r.to,
@@ -354,14 +365,17 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
     let outcome = r.outcome.map(|o| o.as_str()).unwrap_or("unknown");
     let reason = r.reason.clone().unwrap_or_default();
     if output == Output::Json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": outcome, "reason": reason})
         );
     } else if outcome == "succeeded" {
-        println!(
+        say!(
             "rollout {} succeeded: revision {} ({}) of {} is serving",
-            r.id, r.to, view.to_version, r.service
+            r.id,
+            r.to,
+            view.to_version,
+            r.service
         );
     }
     if outcome == "succeeded" {
@@ -375,7 +389,7 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
             .is_some_and(|a| a.starts_with("rollback by"));
     if rolled_back {
         if output == Output::Text {
-            println!(
+            say!(
                 "rolled back: rollout {} stopped; revision {} of {} serves all traffic",
                 r.id,
                 r.from.map_or("(none)".to_string(), |f| f.to_string()),
@@ -433,8 +447,8 @@ pub async fn gate_with(
         .post(&format!("/v1/services/{service}/{action}"), body)
         .await?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
-        Output::Text => println!("{}", accepted.message),
+        Output::Json => say!("{}", serde_json::to_string(&accepted).unwrap_or_default()),
+        Output::Text => say!("{}", accepted.message),
     }
     Ok(())
 }
@@ -450,11 +464,11 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
         } else {
             serde_json::to_value(&list)
         };
-        println!("{}", v.unwrap_or_default());
+        say!("{}", v.unwrap_or_default());
         return Ok(());
     }
     if list.is_empty() {
-        println!("no services deployed yet; try `ferry deploy web --version v1`");
+        say!("no services deployed yet; try `ferry deploy web --version v1`");
     }
     for s in &list {
         let serving = s
@@ -462,7 +476,7 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
             .iter()
             .filter(|i| i.state == "serving" && s.traffic.contains(&i.revision))
             .count();
-        println!(
+        say!(
             "{}  listen {}  revision {} ({})  serving {serving}  traffic → {}",
             s.name,
             s.listen.as_deref().unwrap_or("-"),
@@ -475,7 +489,7 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 .join(", ")
         );
         if let Some(r) = &s.rollout {
-            println!(
+            say!(
                 "  rollout {}: {} to revision {} ({}), {:?}, {}/{} available",
                 r.rollout.id,
                 r.rollout.strategy.as_str(),
@@ -486,7 +500,7 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 r.rollout.params.instances
             );
             if r.rollout.strategy == ferry_core::spec::Strategy::Canary {
-                println!(
+                say!(
                     "  canary: step {}/{}, {} % of traffic; analysis: {} measurements, {} failed",
                     (r.rollout.canary.step + 1).min(r.rollout.params.steps.len()),
                     r.rollout.params.steps.len(),
@@ -496,15 +510,20 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 );
             }
             if let Some(p) = &r.rollout.paused {
-                println!("  PAUSED: {p}");
+                say!("  PAUSED: {p}");
             }
         }
-        println!(
+        say!(
             "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE",
-            "INSTANCE", "REV", "STATE", "PORT", "PID", "RESTARTS"
+            "INSTANCE",
+            "REV",
+            "STATE",
+            "PORT",
+            "PID",
+            "RESTARTS"
         );
         for i in &s.instances {
-            println!(
+            say!(
                 "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
                 i.id,
                 i.revision,
@@ -528,12 +547,18 @@ pub async fn history(client: &Client, service: &str, output: Output) -> CliResul
         .get(&format!("/v1/services/{service}/history"))
         .await?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        say!("{}", serde_json::to_string(&entries).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    say!(
         "{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} DETAIL",
-        "ROLLOUT", "KIND", "REV", "VERSION", "STRATEGY", "OUTCOME", "STARTED"
+        "ROLLOUT",
+        "KIND",
+        "REV",
+        "VERSION",
+        "STRATEGY",
+        "OUTCOME",
+        "STARTED"
     );
     for e in &entries {
         let outcome = e.outcome.clone().unwrap_or_else(|| "running".into());
@@ -543,7 +568,7 @@ pub async fn history(client: &Client, service: &str, output: Output) -> CliResul
             (None, Some(r)) if outcome != "succeeded" => first_line(r),
             _ => String::new(),
         };
-        println!(
+        say!(
             "{:>7} {:<8} {:>4} {:<12} {:<10} {:<10} {:<20} {detail}",
             e.rollout,
             format!("{:?}", e.kind).to_lowercase(),
@@ -564,15 +589,18 @@ fn first_line(s: &str) -> String {
 pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()> {
     let entries: Vec<AuditEntry> = client.get(&format!("/v1/audit?limit={limit}")).await?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        say!("{}", serde_json::to_string(&entries).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    say!(
         "{:<24} {:<34} {:<18} {:<10} OUTCOME",
-        "AT", "ACTOR", "ACTION", "TARGET"
+        "AT",
+        "ACTOR",
+        "ACTION",
+        "TARGET"
     );
     for e in &entries {
-        println!(
+        say!(
             "{:<24} {:<34} {:<18} {:<10} {}",
             ferry_server::clock::rfc3339(e.at),
             e.actor,
@@ -592,14 +620,14 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
         .get(&format!("/v1/rollouts/{id}/measurements"))
         .await?;
     if output == Output::Json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({"rollout": view, "events": events, "measurements": measurements})
         );
         return Ok(());
     }
     let r = &view.rollout;
-    println!(
+    say!(
         "rollout {}: {} {} of `{}`, revision {} ({}){}",
         r.id,
         format!("{:?}", r.kind).to_lowercase(),
@@ -611,31 +639,32 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
             .map(|f| format!(" replacing revision {f}"))
             .unwrap_or_default()
     );
-    println!(
+    say!(
         "  phase {:?}, outcome {}",
         r.phase,
         r.outcome.map_or("(in progress)", |o| o.as_str())
     );
     if let Some(reason) = &r.reason {
-        println!("  reason: {}", reason.replace('\n', "\n    "));
+        say!("  reason: {}", reason.replace('\n', "\n    "));
     }
     if let Some(p) = &r.paused {
-        println!("  PAUSED: {p}");
+        say!("  PAUSED: {p}");
     }
     if let Some(b) = &r.blast_radius {
-        println!(
+        say!(
             "  blast radius: {} requests served by the canary, {} failed",
-            b.requests, b.failed
+            b.requests,
+            b.failed
         );
     }
-    println!("  events:");
+    say!("  events:");
     for e in &events {
-        println!("    {} {}", ferry_server::clock::rfc3339(e.at), e.message);
+        say!("    {} {}", ferry_server::clock::rfc3339(e.at), e.message);
     }
     if !measurements.is_empty() {
-        println!("  measurements ({}):", measurements.len());
+        say!("  measurements ({}):", measurements.len());
         for m in &measurements {
-            println!(
+            say!(
                 "    {} {:<13} {:<40} {}",
                 ferry_server::clock::rfc3339(m.at),
                 format!("{:?}", m.measurement.verdict).to_lowercase(),
