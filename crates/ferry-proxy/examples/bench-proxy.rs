@@ -26,8 +26,9 @@ fn main() {
     let workers: usize = args
         .get(4)
         .map_or(2, |w| w.parse().expect("a thread count"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // The proxy serves on its own `workers` threads (one single-threaded
+    // runtime each); this runtime only binds it and renders the metrics.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
@@ -35,16 +36,26 @@ fn main() {
         let (s1, s2) = (RevisionStats::new(), RevisionStats::new());
         let rev1 = Upstream::new("rev1".into(), 1, addr(2), Arc::clone(&s1));
         let rev2 = Upstream::new("rev2".into(), 2, addr(3), Arc::clone(&s2));
-        let plain = ProxyHandle::bind("bench".into(), addr(0), ProxyOptions::default())
-            .await
-            .expect("bind LISTEN");
+        let plain = ProxyHandle::bind_with_workers(
+            "bench".into(),
+            addr(0),
+            ProxyOptions::default(),
+            workers,
+        )
+        .await
+        .expect("bind LISTEN");
         plain.set_routes(RoutingTable {
             upstreams: vec![Arc::clone(&rev1)],
             split: None,
         });
-        let split = ProxyHandle::bind("bench-split".into(), addr(1), ProxyOptions::default())
-            .await
-            .expect("bind LISTEN_SPLIT");
+        let split = ProxyHandle::bind_with_workers(
+            "bench-split".into(),
+            addr(1),
+            ProxyOptions::default(),
+            workers,
+        )
+        .await
+        .expect("bind LISTEN_SPLIT");
         split.set_routes(RoutingTable {
             upstreams: vec![rev1, rev2],
             split: Some(Split {

@@ -34,8 +34,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
 
 pub use access_log::AccessLogOptions;
 pub use net::IpNet;
@@ -72,7 +72,9 @@ pub struct ProxyOptions {
     /// Client connections open at once (upgraded ones included); more are
     /// answered `503` and closed. Default 10 000.
     pub max_connections: usize,
-    /// Maximum idle pooled connections kept per upstream. Default 64.
+    /// Maximum idle pooled connections kept per upstream by each worker
+    /// thread (each worker has its own pool, as each nginx worker process
+    /// has). Default 64.
     pub max_idle_per_upstream: usize,
     /// Load balancers in front of the proxy. A connection from one of these
     /// may send a PROXY protocol header (if `proxy_protocol`) and its
@@ -192,36 +194,99 @@ pub(crate) struct Shared {
     pub(crate) config: ArcSwap<Config>,
     routes: ArcSwap<Routes>,
     pub(crate) no_instance_body: Bytes,
-    listener: Mutex<Option<TcpListener>>,
+    /// One listening socket per worker thread (`SO_REUSEPORT`), each
+    /// registered with its worker's runtime; `None` once closed.
+    listeners: Box<[Mutex<Option<TcpListener>>]>,
+    /// Client connections each worker serves (for balancing).
+    pub(crate) worker_conns: Box<[AtomicUsize]>,
+    /// Hands an accepted connection to another worker (see `proxy::accept`).
+    pub(crate) handoff: Box<[proxy::Handoff]>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) counters: Counters,
 }
 
 impl ProxyHandle {
     /// Bind `addr` now (an error if it is in use, or if the access log cannot
-    /// be opened) and spawn the accept loop on the current tokio runtime. The
-    /// routing table starts empty.
+    /// be opened) and start serving on [`default_workers`] worker threads
+    /// (see [`ProxyHandle::bind_with_workers`]). The routing table starts
+    /// empty. Must be called inside a tokio runtime: the proxy shuts down
+    /// (as by [`ProxyHandle::shutdown`]) when that runtime does.
     pub async fn bind(
         service: String,
         addr: SocketAddr,
         options: ProxyOptions,
     ) -> io::Result<ProxyHandle> {
+        Self::bind_with_workers(service, addr, options, default_workers()).await
+    }
+
+    /// [`ProxyHandle::bind`] with `workers` worker threads (at least 1).
+    ///
+    /// Each worker thread runs its own single-threaded tokio runtime with its
+    /// own listening socket on `addr` (`SO_REUSEPORT`: the kernel spreads new
+    /// connections over them) and its own share of every upstream's
+    /// keep-alive pool, so a client connection, its requests and the upstream
+    /// connections serving them all stay on one thread: no cross-thread
+    /// wake-ups on the request path.
+    pub async fn bind_with_workers(
+        service: String,
+        addr: SocketAddr,
+        options: ProxyOptions,
+        workers: usize,
+    ) -> io::Result<ProxyHandle> {
+        let workers = workers.max(1);
         let counters = Counters::default();
         let config = Config::new(&service, options, &counters)?;
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+        // The reuse-port sockets below would silently share the port with
+        // another reuse-port listener of the same user: bind it exclusively
+        // first, so that an address in use is an error as it always was.
+        let local_addr = std::net::TcpListener::bind(addr)?.local_addr()?;
         let no_instance_body = Bytes::from(format!("no ready instance for service {service}\n"));
+        let (handoff, mut handoff_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
         let shared = Arc::new(Shared {
             service,
             local_addr,
             config: ArcSwap::from_pointee(config),
             routes: ArcSwap::from_pointee(Routes::new(Arc::new(RoutingTable::default()))),
             no_instance_body,
-            listener: Mutex::new(Some(listener)),
+            listeners: (0..workers).map(|_| Mutex::new(None)).collect(),
+            worker_conns: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            handoff: handoff.into(),
             shutdown: watch::Sender::new(false),
             counters,
         });
-        tokio::spawn(proxy::accept_loop(Arc::clone(&shared)));
+        let mut started = Vec::with_capacity(workers);
+        for (index, handoff_rx) in handoff_rx.drain(..).enumerate() {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let worker_shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("ferry-proxy-{index}"))
+                .spawn(move || proxy::run_worker(worker_shared, index, handoff_rx, ready_tx));
+            match spawned {
+                Ok(_) => started.push(ready_rx),
+                Err(err) => {
+                    shared.stop();
+                    return Err(err);
+                }
+            }
+        }
+        for ready in started {
+            let res = ready
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("proxy worker thread failed to start")));
+            if let Err(err) = res {
+                shared.stop();
+                return Err(err);
+            }
+        }
+        // Stop when the runtime that bound the proxy shuts down, as when the
+        // proxy ran on it.
+        let guard = StopOnDrop(Arc::clone(&shared));
+        tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
         Ok(ProxyHandle { shared })
     }
 
@@ -287,9 +352,21 @@ impl ProxyHandle {
     /// requests are read from them. Upgraded connections are not affected
     /// (close them with [`Upstream::close_all`]).
     pub fn shutdown(&self) {
-        let listener = self.shared.lock_listener().take();
-        drop(listener);
-        self.shared.shutdown.send_replace(true);
+        self.shared.stop();
+    }
+}
+
+/// Worker threads [`ProxyHandle::bind`] starts: the machine's available
+/// parallelism.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
@@ -303,18 +380,47 @@ impl std::fmt::Debug for ProxyHandle {
 }
 
 impl Shared {
-    fn lock_listener(&self) -> std::sync::MutexGuard<'_, Option<TcpListener>> {
-        self.listener
+    fn lock_listener(&self, worker: usize) -> std::sync::MutexGuard<'_, Option<TcpListener>> {
+        self.listeners[worker]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Accept one connection; `Ok(None)` once the listener has been closed.
+    /// Close every listening socket (when this returns) and tell the workers
+    /// to stop.
+    pub(crate) fn stop(&self) {
+        for worker in 0..self.listeners.len() {
+            let listener = self.lock_listener(worker).take();
+            drop(listener);
+        }
+        self.shutdown.send_replace(true);
+    }
+
+    /// Open worker `worker`'s listening socket (inside its runtime).
+    pub(crate) fn listen(&self, worker: usize) -> io::Result<()> {
+        let socket = match self.local_addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(self.local_addr)?;
+        let listener = socket.listen(1024)?;
+        let mut slot = self.lock_listener(worker);
+        if !*self.shutdown.borrow() {
+            *slot = Some(listener);
+        }
+        Ok(())
+    }
+
+    /// Accept one connection on `worker`'s socket; `Ok(None)` once the
+    /// listener has been closed.
     fn poll_accept(
         &self,
+        worker: usize,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<(TcpStream, SocketAddr)>>> {
-        match self.lock_listener().as_ref() {
+        match self.lock_listener(worker).as_ref() {
             None => Poll::Ready(Ok(None)),
             Some(listener) => listener.poll_accept(cx).map(|res| res.map(Some)),
         }

@@ -34,17 +34,73 @@ use crate::rate_limit::{RateLimitKey, hash_key};
 use crate::upstream::{InFlight, Upstream};
 use crate::{Config, Shared};
 
+/// The body of worker thread `worker`: a single-threaded runtime that opens
+/// the worker's listening socket, reports on `ready`, accepts and serves
+/// connections until shutdown, then waits for the connections it serves
+/// (upgraded ones included) to end.
+pub(crate) fn run_worker(
+    shared: Arc<Shared>,
+    worker: usize,
+    mut handoff: HandoffRx,
+    ready: tokio::sync::oneshot::Sender<io::Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    crate::upstream::enter_worker();
+    runtime.block_on(async move {
+        if let Err(err) = shared.listen(worker) {
+            let _ = ready.send(Err(err));
+            return;
+        }
+        let _ = ready.send(Ok(()));
+        let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+        accept_loop(&shared, worker, &mut handoff, &alive).await;
+        drop(handoff);
+        drop(alive);
+        // Every connection holds a clone of `alive`.
+        let _ = all_done.recv().await;
+    });
+    // Dropping the runtime closes this worker's idle upstream connections.
+}
+
+/// A connection accepted by another worker, already counted in
+/// `Counters::connections`.
+pub(crate) type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+type HandoffRx = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+
 /// Accept connections until the listener is closed by `shutdown()`.
-pub(crate) async fn accept_loop(shared: Arc<Shared>) {
+async fn accept_loop(shared: &Arc<Shared>, worker: usize, handoff: &mut HandoffRx, alive: &Alive) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            res = poll_fn(|cx| shared.poll_accept(cx)) => res,
+            Some(handed) = handoff.recv() => Err(handed),
+            res = poll_fn(|cx| shared.poll_accept(worker, cx)) => Ok(res),
+        };
+        let accepted = match accepted {
+            Ok(res) => res,
+            Err((stream, peer)) => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_here(shared, worker, stream, peer, &shutdown, alive),
+                    Err(err) => {
+                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, error = %err, "cannot take over a connection");
+                    }
+                }
+                continue;
+            }
         };
         match accepted {
-            Ok(Some((stream, peer))) => accept(&shared, stream, peer, &shutdown),
+            Ok(Some((stream, peer))) => accept(shared, worker, stream, peer, &shutdown, alive),
             Ok(None) => break,
             Err(err) => {
                 tracing::warn!(service = %shared.service, error = %err, "accept failed");
@@ -58,35 +114,101 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>) {
             }
         }
     }
-    tracing::debug!(service = %shared.service, "proxy listener closed");
+    tracing::debug!(service = %shared.service, worker, "proxy listener closed");
 }
 
-/// One open client connection, counted against `max_connections` until
-/// dropped (after the connection and any tunnel it became have ended).
-struct ConnSlot(Arc<Shared>);
+/// Held by every connection of a worker, so that it can wait for them all.
+type Alive = tokio::sync::mpsc::Sender<()>;
+
+/// One open client connection, counted against `max_connections` (and in
+/// its worker's load) until dropped (after the connection and any tunnel it
+/// became have ended).
+struct ConnSlot {
+    shared: Arc<Shared>,
+    worker: usize,
+    _alive: Alive,
+}
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.worker_conns[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 fn accept(
     shared: &Arc<Shared>,
+    worker: usize,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
+    alive: &Alive,
 ) {
-    let config = shared.config.load_full();
+    let max = shared.config.load().options.max_connections;
     let open = shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-    let slot = ConnSlot(Arc::clone(shared));
-    if open >= config.options.max_connections {
-        drop(slot);
+    if open >= max {
+        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
         shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(service = %shared.service, %peer, "max_connections reached; answering 503");
-        tokio::spawn(reject(stream));
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            reject(stream).await;
+            drop(alive);
+        });
         return;
     }
+    // The kernel spreads connections over the workers' sockets by a hash,
+    // which can leave one worker with many more long-lived connections than
+    // another: hand this one to the least loaded worker if this one has more
+    // than one connection above it.
+    let load = |w: usize| shared.worker_conns[w].load(Ordering::Relaxed);
+    let least = (0..shared.worker_conns.len())
+        .min_by_key(|&w| load(w))
+        .unwrap_or(worker);
+    if least != worker && load(worker) > load(least) + 1 {
+        match stream.into_std() {
+            Ok(std) => match shared.handoff[least].send((std, peer)) {
+                Ok(()) => return,
+                Err(returned) => {
+                    let (std, _) = returned.0;
+                    match TcpStream::from_std(std) {
+                        Ok(stream) => serve_here(shared, worker, stream, peer, shutdown, alive),
+                        Err(_) => {
+                            shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    return;
+                }
+            },
+            Err(_) => {
+                shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    serve_here(shared, worker, stream, peer, shutdown, alive);
+}
+
+/// Serve an accepted connection (already counted in `connections`) on this
+/// worker.
+fn serve_here(
+    shared: &Arc<Shared>,
+    worker: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+    alive: &Alive,
+) {
+    shared.worker_conns[worker].fetch_add(1, Ordering::Relaxed);
+    let slot = ConnSlot {
+        shared: Arc::clone(shared),
+        worker,
+        _alive: alive.clone(),
+    };
+    let config = shared.config.load_full();
     tokio::spawn(serve(slot, config, stream, peer, shutdown.clone()));
 }
 
@@ -123,7 +245,7 @@ pub(crate) struct ConnCtx {
 
 impl ConnCtx {
     fn shared(&self) -> &Shared {
-        &self.slot.0
+        &self.slot.shared
     }
 
     /// The end client's address (from a trusted `X-Forwarded-For` if any).

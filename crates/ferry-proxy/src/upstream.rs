@@ -27,7 +27,11 @@ pub struct Upstream {
     stats: Arc<RevisionStats>,
     revision_header: HeaderValue,
     in_flight: AtomicUsize,
-    idle: Mutex<Vec<SendRequest<ReqBody>>>,
+    /// Idle keep-alive connections, one pool per worker thread (by
+    /// `worker_shard`): a connection's task runs on the worker that opened
+    /// it, so only that worker reuses it. Each keeps at most
+    /// `max_idle_per_upstream`, as nginx's `keepalive` does per worker.
+    idle: Box<[Mutex<Vec<SendRequest<ReqBody>>>]>,
     /// Bumped by `close_all`: upgraded connections to this upstream close.
     close: watch::Sender<u64>,
 }
@@ -48,7 +52,7 @@ impl Upstream {
             stats,
             revision_header: HeaderValue::from(revision),
             in_flight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             close: watch::Sender::new(0),
         })
     }
@@ -87,15 +91,17 @@ impl Upstream {
 
     /// Number of idle pooled connections (open or not yet noticed closed).
     pub fn idle_connections(&self) -> usize {
-        self.pool().len()
+        (0..self.idle.len()).map(|i| self.pool(i).len()).sum()
     }
 
     /// Close all idle pooled connections (called after draining, before the
     /// instance is stopped).
     pub fn close_idle(&self) {
-        let idle = std::mem::take(&mut *self.pool());
-        // Dropping a `SendRequest` makes its connection task close the socket.
-        drop(idle);
+        for shard in 0..self.idle.len() {
+            let idle = std::mem::take(&mut *self.pool(shard));
+            // Dropping a `SendRequest` makes its connection task close the socket.
+            drop(idle);
+        }
     }
 
     /// Close everything this proxy holds open to the instance: idle pooled
@@ -126,19 +132,20 @@ impl Upstream {
         &self.revision_header
     }
 
-    fn pool(&self) -> MutexGuard<'_, Vec<SendRequest<ReqBody>>> {
-        self.idle
+    fn pool(&self, shard: usize) -> MutexGuard<'_, Vec<SendRequest<ReqBody>>> {
+        self.idle[shard]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Take a pooled connection that is ready for a new request.
+    /// Take a pooled connection of this worker that is ready for a new request.
     pub(crate) fn checkout(&self) -> Option<SendRequest<ReqBody>> {
+        let shard = worker_shard();
         let mut not_yet_ready = None;
         let found = loop {
             // The lock is held for the pop only; closed connections are
             // dropped outside it.
-            let Some(sender) = self.pool().pop() else {
+            let Some(sender) = self.pool(shard).pop() else {
                 break None;
             };
             if sender.is_ready() {
@@ -155,7 +162,7 @@ impl Upstream {
             }
         };
         if let Some(sender) = not_yet_ready {
-            self.pool().push(sender);
+            self.pool(shard).push(sender);
         }
         found
     }
@@ -165,7 +172,7 @@ impl Upstream {
         if sender.is_closed() {
             return;
         }
-        let mut pool = self.pool();
+        let mut pool = self.pool(worker_shard());
         if pool.len() < max_idle {
             pool.push(sender);
         }
@@ -203,6 +210,26 @@ impl fmt::Debug for Upstream {
             .field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
     }
+}
+
+/// Pools per upstream; worker threads beyond this share them (still
+/// correct, just with cross-thread wake-ups).
+const POOL_SHARDS: usize = 32;
+
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static WORKER_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mark the current thread as a proxy worker with its own pool shard.
+pub(crate) fn enter_worker() {
+    let shard = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % POOL_SHARDS;
+    WORKER_SHARD.with(|s| s.set(shard));
+}
+
+fn worker_shard() -> usize {
+    WORKER_SHARD.with(std::cell::Cell::get)
 }
 
 /// Counts one request in an upstream's `in_flight` until dropped.
