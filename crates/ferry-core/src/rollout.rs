@@ -432,30 +432,12 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
         },
         Phase::Progressing | Phase::AwaitingApproval => {
             if let Some((instance, reason)) = failure(&r, obs, now) {
-                begin_revert(
-                    &mut s,
-                    &mut r,
-                    Outcome::Failed,
-                    reason,
-                    instance,
-                    obs,
-                    now,
-                    &mut events,
-                );
+                fail(&mut s, &mut r, reason, instance, obs, now, &mut events);
             } else if let Some(reason) = judge_analysis(&mut r, &observed.measurements, &mut events)
             {
                 match r.params.on_failure {
                     OnFailure::Rollback => {
-                        begin_revert(
-                            &mut s,
-                            &mut r,
-                            Outcome::Failed,
-                            reason,
-                            None,
-                            obs,
-                            now,
-                            &mut events,
-                        );
+                        fail(&mut s, &mut r, reason, None, obs, now, &mut events);
                     }
                     OnFailure::Pause => {
                         r.analysis_held();
@@ -487,29 +469,11 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
         Phase::Monitoring => {
             if let Some((instance, reason)) = failure(&r, obs, now) {
                 let reason = format!("during the monitoring window: {reason}");
-                begin_revert(
-                    &mut s,
-                    &mut r,
-                    Outcome::Failed,
-                    reason,
-                    instance,
-                    obs,
-                    now,
-                    &mut events,
-                );
+                fail(&mut s, &mut r, reason, instance, obs, now, &mut events);
             } else if let Some(reason) = judge_analysis(&mut r, &observed.measurements, &mut events)
             {
                 let reason = format!("during the monitoring window: {reason}");
-                begin_revert(
-                    &mut s,
-                    &mut r,
-                    Outcome::Failed,
-                    reason,
-                    None,
-                    obs,
-                    now,
-                    &mut events,
-                );
+                fail(&mut s, &mut r, reason, None, obs, now, &mut events);
             } else if now >= r.phase_since.saturating_add(r.params.monitor_ms) {
                 let reason = format!(
                     "revision {} served all traffic through its {} monitoring window",
@@ -1039,6 +1003,20 @@ fn blue_green(
         ),
     ));
     reached_full(s, r, now, events);
+}
+
+/// Fail the rollout and put the previous revision back.
+#[allow(clippy::too_many_arguments)]
+fn fail(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    reason: String,
+    instance: Option<String>,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) {
+    begin_revert(s, r, Outcome::Failed, reason, instance, obs, now, events);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -332,6 +332,20 @@ fn rejected<T>(
     Err(e)
 }
 
+/// A JSON body that may be left out (then every field takes its default).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("request body: {e}"),
+        )
+    })
+}
+
 fn check_name(name: &str) -> ApiResult<()> {
     if valid_service_name(name) {
         Ok(())
@@ -948,20 +962,9 @@ async fn rollback(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<RolloutAccepted>)> {
     let action = "rollback";
-    let req: RollbackRequest = if body.is_empty() {
-        RollbackRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("request body: {e}"),
-                );
-                return rejected(&d, &headers, action, &name, serde_json::Value::Null, err);
-            }
-        }
+    let req: RollbackRequest = match optional_body(&body) {
+        Ok(r) => r,
+        Err(e) => return rejected(&d, &headers, action, &name, serde_json::Value::Null, e),
     };
     let detail = serde_json::json!({ "to_revision": req.to_revision });
     let mut core = d.core.lock().await;
@@ -1114,7 +1117,7 @@ async fn approve(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<RolloutAccepted>> {
-    gate(d, name, headers, "approve").await
+    gate(d, name, headers, Gate::Approve).await
 }
 
 async fn abort(
@@ -1122,7 +1125,7 @@ async fn abort(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<RolloutAccepted>> {
-    gate(d, name, headers, "abort").await
+    gate(d, name, headers, Gate::Abort).await
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1139,32 +1142,11 @@ async fn promote(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RolloutAccepted>> {
-    let req: PromoteRequest = if body.is_empty() {
-        PromoteRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("request body: {e}"),
-                );
-                return rejected(&d, &headers, "promote", &name, serde_json::Value::Null, err);
-            }
-        }
+    let req: PromoteRequest = match optional_body(&body) {
+        Ok(r) => r,
+        Err(e) => return rejected(&d, &headers, "promote", &name, serde_json::Value::Null, e),
     };
-    gate(
-        d,
-        name,
-        headers,
-        if req.full {
-            "promote --full"
-        } else {
-            "promote"
-        },
-    )
-    .await
+    gate(d, name, headers, Gate::Promote { full: req.full }).await
 }
 
 async fn pause(
@@ -1172,7 +1154,7 @@ async fn pause(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<RolloutAccepted>> {
-    gate(d, name, headers, "pause").await
+    gate(d, name, headers, Gate::Pause).await
 }
 
 async fn resume(
@@ -1180,7 +1162,7 @@ async fn resume(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<RolloutAccepted>> {
-    gate(d, name, headers, "resume").await
+    gate(d, name, headers, Gate::Resume).await
 }
 
 async fn rollout_measurements(
@@ -1193,13 +1175,118 @@ async fn rollout_measurements(
     Ok(Json(d.store.measurements(id).map_err(ApiError::internal)?))
 }
 
-/// `approve` and `abort`: a flag on the active rollout, acted on by the loop.
+/// The requests that act on the rollout in progress.
+#[derive(Debug, Clone, Copy)]
+enum Gate {
+    Approve,
+    Abort,
+    Promote { full: bool },
+    Pause,
+    Resume,
+}
+
+impl Gate {
+    /// The name in the audit log.
+    fn action(self) -> &'static str {
+        match self {
+            Gate::Approve => "approve",
+            Gate::Abort => "abort",
+            Gate::Promote { full: false } => "promote",
+            Gate::Promote { full: true } => "promote --full",
+            Gate::Pause => "pause",
+            Gate::Resume => "resume",
+        }
+    }
+
+    /// Record the request on the rollout: the message for the caller, or why
+    /// it does not apply now.
+    fn apply(self, r: &mut Rollout, name: &str, who: String) -> Result<String, String> {
+        match self {
+            Gate::Promote { full } => {
+                let promotable = r.strategy == Strategy::Canary
+                    || (r.strategy == Strategy::BlueGreen
+                        && matches!(r.phase, Phase::AwaitingApproval | Phase::Progressing));
+                if !promotable {
+                    return Err(format!(
+                        "rollout {} of `{name}` is a {} rollout; there is nothing to promote",
+                        r.id,
+                        r.strategy.as_str()
+                    ));
+                }
+                if r.phase == Phase::Reverting {
+                    return Err(format!(
+                        "rollout {} is reverting; it cannot be promoted",
+                        r.id
+                    ));
+                }
+                r.requests.promote = Some(ferry_core::rollout::PromoteRequest { by: who, full });
+                Ok(if full {
+                    format!(
+                        "rollout {}: promoting revision {} to 100 %, skipping the remaining steps",
+                        r.id, r.to
+                    )
+                } else {
+                    format!("rollout {}: promoted past the current step", r.id)
+                })
+            }
+            Gate::Pause => {
+                if let Some(why) = &r.paused {
+                    return Err(format!("rollout {} is already paused: {why}", r.id));
+                }
+                r.requests.pause = Some(who);
+                Ok(format!(
+                    "rollout {} paused: traffic and instances stay as they are until `ferry resume {name}`",
+                    r.id
+                ))
+            }
+            Gate::Resume => {
+                if r.paused.is_none() && r.requests.pause.is_none() {
+                    return Err(format!("rollout {} is not paused", r.id));
+                }
+                r.requests.resume = Some(who);
+                Ok(format!("rollout {} resumed", r.id))
+            }
+            Gate::Approve => {
+                let waiting = r.phase == Phase::AwaitingApproval
+                    || (r.strategy == Strategy::BlueGreen && r.phase == Phase::Progressing);
+                if !waiting {
+                    return Err(format!(
+                        "rollout {} of `{name}` is not waiting for approval (it is {:?}, {} strategy)",
+                        r.id,
+                        r.phase,
+                        r.strategy.as_str()
+                    ));
+                }
+                r.approved_by = Some(who);
+                Ok(format!(
+                    "rollout {} approved: traffic switches to revision {} once its set is ready",
+                    r.id, r.to
+                ))
+            }
+            Gate::Abort => {
+                if r.phase == Phase::Reverting {
+                    return Err(format!("rollout {} is already reverting", r.id));
+                }
+                r.abort_requested_by = Some(who);
+                Ok(format!(
+                    "rollout {} is being aborted; traffic returns to revision {}",
+                    r.id,
+                    r.from.map_or("(none)".into(), |f| f.to_string())
+                ))
+            }
+        }
+    }
+}
+
+/// Approve, abort, promote, pause, resume: a request stored on the active
+/// rollout, acted on by the reconcile loop.
 async fn gate(
     d: Arc<Daemon>,
     name: String,
     headers: HeaderMap,
-    action: &str,
+    gate: Gate,
 ) -> ApiResult<Json<RolloutAccepted>> {
+    let action = gate.action();
     let mut core = d.core.lock().await;
     let now = d.clock.now();
     let active = core
@@ -1213,88 +1300,18 @@ async fn gate(
         ));
         return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
     };
-    let who = actor_hint(&headers);
-    let refuse = |why: String| ApiError::conflict(why);
-    let message = if action.starts_with("promote") {
-        let full = action.ends_with("--full");
-        match r.strategy {
-            Strategy::Canary => {}
-            Strategy::BlueGreen
-                if r.phase == Phase::AwaitingApproval || r.phase == Phase::Progressing => {}
-            _ => {
-                let e = refuse(format!(
-                    "rollout {} of `{name}` is a {} rollout; there is nothing to promote",
-                    r.id,
-                    r.strategy.as_str()
-                ));
-                return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-            }
+    let message = match gate.apply(&mut r, &name, actor_hint(&headers)) {
+        Ok(m) => m,
+        Err(why) => {
+            return rejected(
+                &d,
+                &headers,
+                action,
+                &name,
+                serde_json::Value::Null,
+                ApiError::conflict(why),
+            );
         }
-        if r.phase == Phase::Reverting {
-            let e = refuse(format!(
-                "rollout {} is reverting; it cannot be promoted",
-                r.id
-            ));
-            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-        }
-        r.requests.promote = Some(ferry_core::rollout::PromoteRequest { by: who, full });
-        if full {
-            format!(
-                "rollout {}: promoting revision {} to 100 %, skipping the remaining steps",
-                r.id, r.to
-            )
-        } else {
-            format!("rollout {}: promoted past the current step", r.id)
-        }
-    } else if action == "pause" {
-        if r.paused.is_some() {
-            let e = refuse(format!(
-                "rollout {} is already paused: {}",
-                r.id,
-                r.paused.clone().unwrap_or_default()
-            ));
-            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-        }
-        r.requests.pause = Some(who);
-        format!(
-            "rollout {} paused: traffic and instances stay as they are until `ferry resume {name}`",
-            r.id
-        )
-    } else if action == "resume" {
-        if r.paused.is_none() && r.requests.pause.is_none() {
-            let e = refuse(format!("rollout {} is not paused", r.id));
-            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-        }
-        r.requests.resume = Some(who);
-        format!("rollout {} resumed", r.id)
-    } else if action == "approve" {
-        let waiting = r.phase == Phase::AwaitingApproval
-            || (r.strategy == Strategy::BlueGreen && r.phase == Phase::Progressing);
-        if !waiting {
-            let e = ApiError::conflict(format!(
-                "rollout {} of `{name}` is not waiting for approval (it is {:?}, {} strategy)",
-                r.id,
-                r.phase,
-                r.strategy.as_str()
-            ));
-            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-        }
-        r.approved_by = Some(who);
-        format!(
-            "rollout {} approved: traffic switches to revision {} once its set is ready",
-            r.id, r.to
-        )
-    } else {
-        if r.phase == Phase::Reverting {
-            let e = ApiError::conflict(format!("rollout {} is already reverting", r.id));
-            return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
-        }
-        r.abort_requested_by = Some(who);
-        format!(
-            "rollout {} is being aborted; traffic returns to revision {}",
-            r.id,
-            r.from.map_or("(none)".into(), |f| f.to_string())
-        )
     };
     let entry = AuditEntry {
         id: 0,
@@ -1313,8 +1330,7 @@ async fn gate(
             ..Default::default()
         })
         .map_err(ApiError::internal)?;
-    let id = r.id;
-    let to = r.to;
+    let (id, to) = (r.id, r.to);
     core.rollouts.insert(id, r);
     drop(core);
     d.notify.notify_one();
