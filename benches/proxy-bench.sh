@@ -118,8 +118,13 @@ EOF
 "$HAPROXY_BIN" -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
 
 # ------------------------------------------------------------------- Ferry
-"$FERRY_BIN" "127.0.0.1:$FERRY" "127.0.0.1:$FERRY_SPLIT" "127.0.0.1:$UP1" "127.0.0.1:$UP2" "$WORKERS" \
-    >"$WORK/ferry.log" 2>&1 &
+# nginx and HAProxy daemonize (setsid), so each gets its own session and, with
+# the scheduler's autogroups (kernel.sched_autogroup_enabled=1), its own fair
+# share of the CPUs. Ferry runs the same way, as `ferry serve` would under a
+# service manager: started from this script's session it would share one
+# scheduling group with wrk and get half the CPU the others get.
+setsid "$FERRY_BIN" "127.0.0.1:$FERRY" "127.0.0.1:$FERRY_SPLIT" "127.0.0.1:$UP1" "127.0.0.1:$UP2" "$WORKERS" \
+    >"$WORK/ferry.log" 2>&1 </dev/null &
 PIDS+=($!)
 echo $! >"$WORK/ferry.pid"
 

@@ -12,10 +12,36 @@ pub(crate) const X_FERRY_REVISION: HeaderName = HeaderName::from_static("x-ferry
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Read access to a request's headers, whether parsed into a `HeaderMap`
+/// (hyper's path) or still a slice of raw lines (the fast path).
+pub(crate) trait HeaderView {
+    /// The values of header `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]>;
+
+    /// The first value of header `name`.
+    fn value_of<'a>(&'a self, name: &'a HeaderName) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl HeaderView for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl HeaderView for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+}
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
@@ -111,13 +137,13 @@ pub(crate) fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue, t
 
 /// The client's address according to a trusted peer's `X-Forwarded-For`:
 /// the rightmost entry that is not itself a trusted proxy.
-pub(crate) fn forwarded_client(
-    headers: &HeaderMap,
+pub(crate) fn forwarded_client<H: HeaderView + ?Sized>(
+    headers: &H,
     trusted: &[crate::IpNet],
 ) -> Option<std::net::IpAddr> {
     let mut found = None;
-    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-        let Ok(text) = value.to_str() else {
+    for value in headers.values(&X_FORWARDED_FOR).rev() {
+        let Ok(text) = std::str::from_utf8(value) else {
             return found;
         };
         for item in text.rsplit(',') {
@@ -181,6 +207,11 @@ pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
 
 /// A new sampled `traceparent` with a random trace id and parent id.
 pub(crate) fn new_traceparent() -> HeaderValue {
+    HeaderValue::from_bytes(&new_traceparent_bytes()).expect("hex digits are a valid header value")
+}
+
+/// [`new_traceparent`] as bytes, without allocating.
+pub(crate) fn new_traceparent_bytes() -> [u8; 55] {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let words = [
         crate::routing::random_u64() | 1,
@@ -196,7 +227,7 @@ pub(crate) fn new_traceparent() -> HeaderValue {
     hex(3..19, words[0]);
     hex(19..35, words[1]);
     hex(36..52, words[2]);
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
 }
 
 /// The request's id: the client's `X-Request-Id` if present, else a new one
@@ -256,6 +287,11 @@ fn next_id_number() -> u64 {
 
 /// A new process-unique id: 12 random hex digits, `-`, 12 hex digits of counter.
 pub(crate) fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_bytes()).expect("hex digits are a valid header value")
+}
+
+/// [`new_request_id`] as bytes, without allocating.
+pub(crate) fn new_request_id_bytes() -> [u8; 25] {
     let mut buf = [0u8; 25];
     buf[..12].copy_from_slice(id_prefix());
     buf[12] = b'-';
@@ -264,7 +300,7 @@ pub(crate) fn new_request_id() -> HeaderValue {
         *byte = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
 }
 
 #[cfg(test)]

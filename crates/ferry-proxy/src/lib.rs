@@ -12,6 +12,7 @@
 
 mod access_log;
 mod body;
+mod fast;
 mod headers;
 mod net;
 mod proxy;
@@ -435,9 +436,9 @@ impl Shared {
     /// swap that removes it comes later in the SeqCst order, so the daemon's
     /// subsequent `in_flight()` read sees our increment. Otherwise we undo it
     /// and pick again from the newer table.
-    pub(crate) fn acquire(
+    pub(crate) fn acquire<H: headers::HeaderView + ?Sized>(
         &self,
-        headers: &http::HeaderMap,
+        headers: &H,
         tried: &[Arc<Upstream>],
     ) -> Option<InFlight> {
         loop {

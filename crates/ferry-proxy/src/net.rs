@@ -222,15 +222,20 @@ pub(crate) fn parse_proxy_header(h: &[u8]) -> io::Result<Option<SocketAddr>> {
 /// connection. The timer is only allocated once a write first stalls.
 pub(crate) struct ClientIo {
     inner: TcpStream,
+    read: Vec<u8>,
+    read_pos: usize,
     send_timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
 
 impl ClientIo {
-    pub(crate) fn new(inner: TcpStream, send_timeout: Duration) -> ClientIo {
+    /// `read`: bytes already read from `inner`, served to the reader first.
+    pub(crate) fn new(inner: TcpStream, read: Vec<u8>, send_timeout: Duration) -> ClientIo {
         ClientIo {
             inner,
+            read,
+            read_pos: 0,
             send_timeout,
             stall: None,
             armed: false,
@@ -285,7 +290,18 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.read_pos < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.read_pos);
+            buf.put_slice(&this.read[this.read_pos..this.read_pos + n]);
+            this.read_pos += n;
+            if this.read_pos == this.read.len() {
+                this.read = Vec::new();
+                this.read_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::access_log::Entry;
 use crate::body::{Lease, PendingLog, ProxyBody, ReqBody, UploadState};
 use crate::headers::{
-    TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
+    HeaderView, TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
     forwarded_client, set_forwarding, strip_hop_by_hop, wants_upgrade,
 };
 use crate::net::{ClientIo, is_trusted, read_proxy_header};
@@ -234,22 +234,22 @@ async fn reject(mut stream: TcpStream) {
 /// Per client connection state shared by its requests.
 pub(crate) struct ConnCtx {
     slot: ConnSlot,
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// The client's address: the peer's, or the one its PROXY header gave.
     client: IpAddr,
     /// `client` formatted once per connection for `X-Forwarded-For`.
-    client_ip: HeaderValue,
+    pub(crate) client_ip: HeaderValue,
     /// `client` is a trusted proxy: its `X-Forwarded-For` is believed.
-    trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 impl ConnCtx {
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.slot.shared
     }
 
     /// The end client's address (from a trusted `X-Forwarded-For` if any).
-    fn client_addr(&self, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_addr<H: HeaderView + ?Sized>(&self, headers: &H) -> IpAddr {
         if self.trusted {
             forwarded_client(headers, &self.config.options.trusted_proxies).unwrap_or(self.client)
         } else {
@@ -294,7 +294,13 @@ async fn serve(
         client_ip,
         trusted: trusted_net(client),
     });
-    let io = TokioIo::new(ClientIo::new(stream, config.options.send_timeout));
+    // Plain requests are served by the fast path; the first one it does not
+    // handle moves the connection, and what was read of it, to hyper.
+    let (stream, read) = match crate::fast::serve(&ctx, stream, &mut shutdown).await {
+        crate::fast::Served::Closed => return,
+        crate::fast::Served::Fallback(stream, read) => (stream, read),
+    };
+    let io = TokioIo::new(ClientIo::new(stream, read, config.options.send_timeout));
     let service = service_fn(move |req| proxy(Arc::clone(&ctx), req));
     let conn = config.builder.serve_connection(io, service).with_upgrades();
     let mut conn = pin!(conn);
@@ -417,7 +423,7 @@ async fn proxy(
     Ok(exchange.run(in_flight, req).await)
 }
 
-fn hash_ip(ip: IpAddr) -> u64 {
+pub(crate) fn hash_ip(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => hash_key(4, &v4.octets()),
         IpAddr::V6(v6) => hash_key(6, &v6.octets()),

@@ -6,11 +6,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::HeaderMap;
 use http::header::{self, HeaderName};
 
 use crate::Upstream;
-use crate::headers::X_FERRY_REVISION;
+use crate::headers::{HeaderView, X_FERRY_REVISION};
 
 /// Basis points in a whole (100 %).
 pub const WHOLE: u32 = 10_000;
@@ -133,9 +132,9 @@ impl Routes {
     }
 
     /// Choose an upstream for a request with `headers`, skipping `tried`.
-    pub(crate) fn pick(
+    pub(crate) fn pick<H: HeaderView + ?Sized>(
         &self,
-        headers: &HeaderMap,
+        headers: &H,
         tried: &[Arc<Upstream>],
     ) -> Option<&Arc<Upstream>> {
         let upstreams = &self.table.upstreams;
@@ -165,9 +164,8 @@ impl Routes {
     }
 
     /// The group (revision) a request should go to; `None` = any.
-    fn choose_group(&self, headers: &HeaderMap) -> Option<usize> {
-        if let Some(forced) = headers.get(X_FERRY_REVISION) {
-            let value = forced.as_bytes();
+    fn choose_group<H: HeaderView + ?Sized>(&self, headers: &H) -> Option<usize> {
+        if let Some(value) = headers.value_of(&X_FERRY_REVISION) {
             let group = if value.eq_ignore_ascii_case(b"canary") {
                 self.canary_group
             } else {
@@ -188,13 +186,10 @@ impl Routes {
         (group != NO_GROUP).then_some(group)
     }
 
-    fn sticky_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    fn sticky_key<'h, H: HeaderView + ?Sized>(&'h self, headers: &'h H) -> Option<&'h [u8]> {
         match &self.stickiness {
             Stickiness::None => None,
-            Stickiness::Header(name) => headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .filter(|v| !v.is_empty()),
+            Stickiness::Header(name) => headers.value_of(name).filter(|v| !v.is_empty()),
             Stickiness::Cookie(name) => cookie(headers, name.as_bytes()),
         }
     }
@@ -214,9 +209,9 @@ fn parse_u64(bytes: &[u8]) -> Option<u64> {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
-    for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';') {
+fn cookie<'h, H: HeaderView + ?Sized>(headers: &'h H, name: &[u8]) -> Option<&'h [u8]> {
+    for value in headers.values(&header::COOKIE) {
+        for pair in value.split(|&b| b == b';') {
             let pair = pair.trim_ascii();
             if let Some(rest) = pair.strip_prefix(name)
                 && let Some(v) = rest.strip_prefix(b"=")
@@ -280,6 +275,7 @@ fn random_bucket() -> u32 {
 mod unit {
     use super::*;
     use crate::{RevisionStats, RoutingTable};
+    use http::HeaderMap;
     use http::HeaderValue;
 
     fn ups(spec: &[(u64, usize)]) -> Vec<Arc<Upstream>> {

@@ -1354,3 +1354,140 @@ async fn weighted_split_over_sockets_counts_by_serving_revision() {
         "sticky and forced requests count where served"
     );
 }
+
+// ------------------------------------------- fast path and hyper's path
+
+/// Plain requests take the fast path; the first one it does not handle (a
+/// chunked upload here) moves the connection to hyper's path with the bytes
+/// already read, and pipelined requests are answered in order throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_hands_unusual_requests_to_hyper_mid_connection() {
+    let up = spawn_upstream("a", true).await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    let a = upstream("a", 1, up.addr, &stats);
+    proxy.set_routes(table(&[&a]));
+    let requests = concat!(
+        "GET /one HTTP/1.1\r\nHost: web.test\r\n\r\n",
+        "GET /two HTTP/1.1\r\nHost: web.test\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        "GET /three HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+    );
+    let out = raw_exchange(proxy.local_addr(), requests.as_bytes()).await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{out}");
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {out}"))
+    };
+    assert!(at("x-seen-uri: /one") < at("x-seen-uri: /two"), "{out}");
+    assert!(at("x-seen-uri: /two") < at("hello world"), "{out}");
+    assert!(at("hello world") < at("x-seen-uri: /three"), "{out}");
+    assert_eq!(stats.snapshot().by_class[1], 4);
+    assert_eq!(a.in_flight(), 0);
+
+    // What the fast path does not parse, hyper answers (and closes).
+    let out = raw_exchange(
+        proxy.local_addr(),
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nBad Header\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // HTTP/1.0 clients are served (by hyper's path).
+    let out = raw_exchange(proxy.local_addr(), b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(out.contains(" 200 OK\r\n"), "{out}");
+    assert!(out.contains("x-seen-uri: /old"), "{out}");
+    assert!(out.ends_with("\r\na"), "{out}");
+}
+
+/// A scripted raw upstream: answers by path, keeps connections open unless
+/// the answer is delimited by closing; counts the connections it accepted.
+async fn spawn_scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut stream).await {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let (response, close): (&str, bool) = match path.as_str() {
+                        "/chunked" => (
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                             Connection: x-hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+                             X-Request-Id: forged\r\nX-Ferry-Revision: 99\r\n\r\n\
+                             5\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+                            false,
+                        ),
+                        "/eof" => (
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+                            true,
+                        ),
+                        "/interim" => (
+                            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                             HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            false,
+                        ),
+                        "/badlen" => (
+                            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+                            true,
+                        ),
+                        "/garbage" => ("NOT HTTP AT ALL\r\n\r\n", true),
+                        _ => ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
+                    };
+                    if stream.write_all(response.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Responses relayed by the fast path keep their framing (chunked bodies
+/// verbatim, close-delimited bodies ending the client connection), lose
+/// their hop-by-hop headers, and reuse upstream connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_relays_every_response_framing() {
+    let (addr, accepted) = spawn_scripted_upstream().await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    let up = upstream("s", 7, addr, &stats);
+    proxy.set_routes(table(&[&up]));
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for _ in 0..3 {
+        let resp = within("chunked", client.get("/chunked")).await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.text(), "hello world");
+        assert_eq!(resp.header("x-ferry-revision"), "7");
+        assert_ne!(resp.header("x-request-id"), "forged");
+        assert!(resp.headers.get("x-hop").is_none(), "{:?}", resp.headers);
+        assert!(resp.headers.get("keep-alive").is_none());
+    }
+    // Three requests, one upstream connection: it went back to the pool
+    // after each complete chunked body.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(up.idle_connections(), 1);
+
+    // Interim responses are skipped.
+    let resp = within("interim", client.get("/interim")).await.unwrap();
+    assert_eq!((resp.status, resp.text()), (StatusCode::OK, "ok"));
+
+    // A body delimited by the upstream closing reaches the client whole,
+    // and the client connection is closed after it.
+    let out = raw_exchange(proxy.local_addr(), b"GET /eof HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nuntil close"), "{out}");
+
+    // Broken responses are 502s, counted as upstream errors.
+    for path in ["/badlen", "/garbage"] {
+        let resp = fetch(proxy.local_addr(), get(path)).await;
+        assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{path}");
+    }
+    assert_eq!(stats.snapshot().upstream_errors, 2);
+    assert_eq!(up.in_flight(), 0);
+}

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub struct Upstream {
     /// it, so only that worker reuses it. Each keeps at most
     /// `max_idle_per_upstream`, as nginx's `keepalive` does per worker.
     idle: Box<[Mutex<Vec<SendRequest<ReqBody>>>]>,
+    /// Idle keep-alive connections of the fast path (`fast.rs`), which owns
+    /// its upstream sockets directly; same sharding and limit.
+    raw_idle: Box<[Mutex<Vec<RawConn>>]>,
     /// Bumped by `close_all`: upgraded connections to this upstream close.
     close: watch::Sender<u64>,
 }
@@ -53,6 +56,7 @@ impl Upstream {
             revision_header: HeaderValue::from(revision),
             in_flight: AtomicUsize::new(0),
             idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            raw_idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             close: watch::Sender::new(0),
         })
     }
@@ -91,7 +95,9 @@ impl Upstream {
 
     /// Number of idle pooled connections (open or not yet noticed closed).
     pub fn idle_connections(&self) -> usize {
-        (0..self.idle.len()).map(|i| self.pool(i).len()).sum()
+        (0..self.idle.len())
+            .map(|i| self.pool(i).len() + self.raw_pool(i).len())
+            .sum()
     }
 
     /// Close all idle pooled connections (called after draining, before the
@@ -101,6 +107,8 @@ impl Upstream {
             let idle = std::mem::take(&mut *self.pool(shard));
             // Dropping a `SendRequest` makes its connection task close the socket.
             drop(idle);
+            let raw = std::mem::take(&mut *self.raw_pool(shard));
+            drop(raw);
         }
     }
 
@@ -136,6 +144,53 @@ impl Upstream {
         self.idle[shard]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn raw_pool(&self, shard: usize) -> MutexGuard<'_, Vec<RawConn>> {
+        self.raw_idle[shard]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Take an idle fast-path connection opened by this thread that the
+    /// upstream has not closed (as far as the reactor knows: no syscall
+    /// unless the socket turned readable while idle).
+    pub(crate) fn checkout_raw(&self) -> Option<TcpStream> {
+        let owner = thread_owner();
+        let shard = worker_shard();
+        loop {
+            let conn = {
+                let mut pool = self.raw_pool(shard);
+                let at = pool.iter().rposition(|c| c.owner == owner)?;
+                pool.swap_remove(at)
+            };
+            if still_open(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+    }
+
+    /// Return a fast-path connection after a complete exchange.
+    pub(crate) fn release_raw(&self, stream: TcpStream, max_idle: usize) {
+        let mut pool = self.raw_pool(worker_shard());
+        if pool.len() < max_idle {
+            pool.push(RawConn {
+                owner: thread_owner(),
+                stream,
+            });
+        }
+    }
+
+    /// Open a new fast-path connection.
+    pub(crate) async fn connect_raw(&self, timeout: Duration) -> io::Result<TcpStream> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 
     /// Take a pooled connection of this worker that is ready for a new request.
@@ -230,6 +285,40 @@ pub(crate) fn enter_worker() {
 
 fn worker_shard() -> usize {
     WORKER_SHARD.with(std::cell::Cell::get)
+}
+
+/// An idle fast-path connection and the thread whose runtime it is
+/// registered with (only that thread may use it: shards can be shared by
+/// threads when there are more than `POOL_SHARDS`).
+struct RawConn {
+    owner: u64,
+    stream: TcpStream,
+}
+
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static THREAD_OWNER: u64 = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
+}
+
+fn thread_owner() -> u64 {
+    THREAD_OWNER.with(|o| *o)
+}
+
+/// Whether an idle keep-alive connection is still open. An idle socket the
+/// reactor has not seen turn readable is (the upstream's FIN or RST would
+/// have made it readable); a readable one is checked with a read.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => true,
+        std::task::Poll::Ready(Err(_)) => false,
+        std::task::Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            // Data on an idle connection is as bad as EOF: it is not ours.
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 /// Counts one request in an upstream's `in_flight` until dropped.
