@@ -149,7 +149,7 @@ pub(crate) async fn serve(
             }
             Action::Forward(forward) => {
                 let close = request.close;
-                conn.forward(*forward, close, shutdown).await
+                conn.forward(forward, close, shutdown).await
             }
         };
         if !keep_open {
@@ -204,7 +204,7 @@ enum Action {
         log: Option<PendingLog>,
     },
     /// `out` holds the request for the upstream.
-    Forward(Box<Forward>),
+    Forward(Forward),
 }
 
 struct Forward {
@@ -472,13 +472,13 @@ impl Conn<'_> {
         Prepared::Ready(Request {
             consumed,
             close,
-            action: Action::Forward(Box::new(Forward {
+            action: Action::Forward(Forward {
                 in_flight,
                 start,
                 head: method == "HEAD",
                 replayable,
                 log,
-            })),
+            }),
         })
     }
 

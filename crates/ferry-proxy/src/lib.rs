@@ -405,6 +405,9 @@ impl Shared {
         };
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (Linux), so
+        // a connection costs no setsockopt of its own.
+        socket.set_nodelay(true)?;
         socket.bind(self.local_addr)?;
         let listener = socket.listen(1024)?;
         let mut slot = self.lock_listener(worker);
