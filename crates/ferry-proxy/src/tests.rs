@@ -1491,3 +1491,40 @@ async fn fast_path_relays_every_response_framing() {
     assert_eq!(stats.snapshot().upstream_errors, 2);
     assert_eq!(up.in_flight(), 0);
 }
+
+/// An upstream whose accept queue is full: the kernel drops further SYNs,
+/// so connecting to it hangs until the proxy's `connect_timeout` gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_ends_a_hanging_connect_with_502() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the queue; never accept.
+    let mut fillers = Vec::new();
+    while fillers.len() < 8 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    assert!(fillers.len() < 8, "the accept queue never filled up");
+
+    let stats = RevisionStats::new();
+    let options = ProxyOptions {
+        connect_timeout: Duration::from_millis(400),
+        ..ProxyOptions::default()
+    };
+    let proxy = start_proxy(options).await;
+    let hanging = upstream("hanging", 1, addr, &stats);
+    proxy.set_routes(table(&[&hanging]));
+    let started = std::time::Instant::now();
+    let resp = fetch(proxy.local_addr(), get("/")).await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{}", resp.text());
+    // It waited for the connect timeout, not for an error from the kernel.
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert_eq!(stats.snapshot().upstream_errors, 1);
+    assert_eq!(hanging.in_flight(), 0);
+    drop(listener);
+}
