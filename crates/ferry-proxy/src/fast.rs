@@ -68,9 +68,9 @@ pub(crate) async fn serve(
     let mut conn = Conn {
         ctx,
         client,
-        input: Vec::with_capacity(4096),
-        out: Vec::with_capacity(1024),
-        resp: Vec::with_capacity(RESPONSE_BUF),
+        input: Buf::new(Class::Input),
+        out: Buf::new(Class::Out),
+        resp: Buf::new(Class::Response),
         request_id: Vec::with_capacity(64),
         timer: Timer::new(),
     };
@@ -82,7 +82,7 @@ pub(crate) async fn serve(
         if conn.input.is_empty() {
             let read = tokio::select! {
                 biased;
-                read = within(&mut conn.timer, read_more(&mut conn.client, &mut conn.input)) => read,
+                read = within(&mut conn.timer, read_idle(&conn.client, &mut conn.input)) => read,
                 _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
             };
             match read {
@@ -115,20 +115,19 @@ pub(crate) async fn serve(
                         Some(Ok(n)) if n > 0 => {}
                         Some(_) => return Served::Closed,
                         None => {
-                            let _ = conn
-                                .local(
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    b"request body timed out: the client paused too long\n",
-                                    None,
-                                    true,
-                                )
-                                .await;
+                            let _ = Box::pin(conn.local(
+                                StatusCode::REQUEST_TIMEOUT,
+                                b"request body timed out: the client paused too long\n",
+                                None,
+                                true,
+                            ))
+                            .await;
                             return Served::Closed;
                         }
                     }
                 }
                 Prepared::Partial | Prepared::Fallback => {
-                    return Served::Fallback(conn.client, conn.input);
+                    return Served::Fallback(conn.client, conn.input.take());
                 }
                 Prepared::Ready(request) => break request,
             }
@@ -142,20 +141,27 @@ pub(crate) async fn serve(
                 log,
             } => {
                 let close = request.close || *shutdown.borrow();
-                conn.local_logged(status, &body, retry_after, close, log)
+                Box::pin(conn.local_logged(status, &body, retry_after, close, log))
                     .await
                     .is_ok()
                     && !close
             }
             Action::Forward(forward) => {
                 let close = request.close;
-                conn.forward(forward, close, shutdown).await
+                // Boxed: the exchange's state is only needed while a request
+                // is in progress, not by every idle connection's task.
+                Box::pin(conn.forward(forward, close, shutdown)).await
             }
         };
+        conn.out.release();
         if !keep_open {
             return Served::Closed;
         }
         conn.input.drain(..consumed);
+        if conn.input.is_empty() {
+            // Idle connections hold no read buffers.
+            conn.input.release();
+        }
     }
 }
 
@@ -164,13 +170,13 @@ struct Conn<'a> {
     ctx: &'a Arc<ConnCtx>,
     client: TcpStream,
     /// Bytes read from the client not yet consumed (pipelined requests
-    /// included).
-    input: Vec<u8>,
+    /// included); lent by the worker's free list while there are any.
+    input: Buf,
     /// The request head (and body) for the upstream, then the response head
     /// for the client.
-    out: Vec<u8>,
-    /// Bytes read from the upstream.
-    resp: Vec<u8>,
+    out: Buf,
+    /// Bytes read from the upstream; lent while a request is forwarded.
+    resp: Buf,
     /// The current request's `X-Request-Id`.
     request_id: Vec<u8>,
     timer: Timer,
@@ -418,7 +424,7 @@ impl Conn<'_> {
         };
 
         // Second pass: the upstream's request head.
-        let out = &mut self.out;
+        let out = self.out.get();
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -509,6 +515,17 @@ impl Conn<'_> {
         client_close: bool,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
+        let keep_open = self.exchange(forward, client_close, shutdown).await;
+        self.resp.release();
+        keep_open
+    }
+
+    async fn exchange(
+        &mut self,
+        forward: Forward,
+        client_close: bool,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
         let Forward {
             mut in_flight,
             start,
@@ -529,7 +546,7 @@ impl Conn<'_> {
             let reused = pooled.is_some();
             let mut stream = match pooled {
                 Some(stream) => stream,
-                None => match upstream.connect_raw(options.connect_timeout).await {
+                None => match Box::pin(upstream.connect_raw(options.connect_timeout)).await {
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(
@@ -622,58 +639,17 @@ impl Conn<'_> {
         let (stream, head_len) = upstream_conn;
         let upstream = Arc::clone(in_flight.upstream());
 
-        // The response head for the client.
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(_)) = resp.parse(&self.resp[..head_len]) else {
-            unreachable!("read_response_head returned a complete head");
-        };
-        let code = resp.code.unwrap_or(502);
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-        let mut upstream_keeps = resp.version == Some(1);
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut encoded = false;
-        let mut bad_length = false;
-        let mut named: Vec<&[u8]> = Vec::new();
-        for h in resp.headers.iter() {
-            match classify_response_header(h.name) {
-                RespHeader::Connection => {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            upstream_keeps = false;
-                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                            named.push(token);
-                        }
-                    }
-                }
-                RespHeader::TransferEncoding => {
-                    encoded = true;
-                    chunked = h
-                        .value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                }
-                RespHeader::ContentLength => match parse_length(h.value) {
-                    Some(len) if length.is_none_or(|l| l == len) => length = Some(len),
-                    _ => bad_length = true,
-                },
-                _ => {}
-            }
-        }
-        let bodyless = head || code < 200 || code == 204 || code == 304;
-        let framing = if bodyless {
-            Framing::Length(0)
-        } else if encoded {
-            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
-            if chunked {
-                Framing::Chunked(ChunkScanner::default())
-            } else {
-                Framing::UntilClose
-            }
-        } else if bad_length {
+        // The response head for the client (parsed in a plain function, so
+        // that its header array is not kept in this future's state).
+        let shutting_down = *shutdown.borrow();
+        let Some(RespHead {
+            status,
+            framing,
+            mut upstream_keeps,
+            until_close,
+            close,
+        }) = self.response_head(head_len, head, client_close || shutting_down, &upstream)
+        else {
             tracing::warn!(
                 service = %self.ctx.shared().service,
                 instance = upstream.instance_id(),
@@ -689,56 +665,13 @@ impl Conn<'_> {
                     shutdown,
                 )
                 .await;
-        } else {
-            match length {
-                Some(len) => Framing::Length(len),
-                None => Framing::UntilClose,
-            }
         };
-        let until_close = matches!(framing, Framing::UntilClose);
-        let close = client_close || until_close || *shutdown.borrow();
-
         upstream.stats().record(status, start.elapsed());
         if let Some(log) = log.as_mut() {
             log.entry.status = status;
             log.entry.revision = Some(upstream.revision());
             log.entry.instance = Some(Arc::clone(upstream.instance()));
         }
-
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for h in resp.headers.iter() {
-            match classify_response_header(h.name) {
-                RespHeader::Keep => {
-                    if named
-                        .iter()
-                        .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
-                    {
-                        continue;
-                    }
-                }
-                RespHeader::ContentLength if !encoded => {}
-                RespHeader::TransferEncoding if chunked && !bodyless => {}
-                _ => continue,
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-ferry-revision: ");
-        out.extend_from_slice(upstream.revision_header().as_bytes());
-        out.extend_from_slice(b"\r\nx-request-id: ");
-        out.extend_from_slice(&self.request_id);
-        if close {
-            out.extend_from_slice(b"\r\nconnection: close");
-        }
-        out.extend_from_slice(b"\r\n\r\n");
 
         // The body: what came with the head, then the rest as it arrives.
         let mut framing = framing;
@@ -806,6 +739,120 @@ impl Conn<'_> {
         complete && !close
     }
 
+    /// Parse the upstream's response head (`resp[..head_len]`) and write the
+    /// client's into `out`. `None`: its framing is invalid.
+    fn response_head(
+        &mut self,
+        head_len: usize,
+        head: bool,
+        close_client: bool,
+        upstream: &crate::Upstream,
+    ) -> Option<RespHead> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(_)) = resp.parse(&self.resp[..head_len]) else {
+            unreachable!("read_response_head returned a complete head");
+        };
+        let code = resp.code.unwrap_or(502);
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut upstream_keeps = resp.version == Some(1);
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut encoded = false;
+        let mut bad_length = false;
+        let mut named: Vec<&[u8]> = Vec::new();
+        for h in resp.headers.iter() {
+            match classify_response_header(h.name) {
+                RespHeader::Connection => {
+                    for token in h.value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            upstream_keeps = false;
+                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                            named.push(token);
+                        }
+                    }
+                }
+                RespHeader::TransferEncoding => {
+                    encoded = true;
+                    chunked = h
+                        .value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                RespHeader::ContentLength => match parse_length(h.value) {
+                    Some(len) if length.is_none_or(|l| l == len) => length = Some(len),
+                    _ => bad_length = true,
+                },
+                _ => {}
+            }
+        }
+        let bodyless = head || code < 200 || code == 204 || code == 304;
+        let framing = if bodyless {
+            Framing::Length(0)
+        } else if encoded {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+            if chunked {
+                Framing::Chunked(ChunkScanner::default())
+            } else {
+                Framing::UntilClose
+            }
+        } else if bad_length {
+            return None;
+        } else {
+            match length {
+                Some(len) => Framing::Length(len),
+                None => Framing::UntilClose,
+            }
+        };
+        let until_close = matches!(framing, Framing::UntilClose);
+        let close = close_client || until_close;
+
+        let out = self.out.get();
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            match classify_response_header(h.name) {
+                RespHeader::Keep => {
+                    if named
+                        .iter()
+                        .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+                    {
+                        continue;
+                    }
+                }
+                RespHeader::ContentLength if !encoded => {}
+                RespHeader::TransferEncoding if chunked && !bodyless => {}
+                _ => continue,
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-ferry-revision: ");
+        out.extend_from_slice(upstream.revision_header().as_bytes());
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(&self.request_id);
+        if close {
+            out.extend_from_slice(b"\r\nconnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+
+        Some(RespHead {
+            status,
+            framing,
+            upstream_keeps,
+            until_close,
+            close,
+        })
+    }
+
     /// Read the upstream's response head into `resp`, skipping interim
     /// (1xx) responses; returns its length.
     async fn read_response_head(&mut self, stream: &mut TcpStream) -> Result<usize, HeadFailure> {
@@ -848,8 +895,21 @@ impl Conn<'_> {
         }
     }
 
-    /// Answer 502/504 for a request no upstream could serve.
-    async fn upstream_error(
+    /// Answer 502/504 for a request no upstream could serve. Boxed, like
+    /// `connect`: rare paths should not enlarge every connection's task.
+    fn upstream_error<'s>(
+        &'s mut self,
+        in_flight: InFlight,
+        status: StatusCode,
+        start: Instant,
+        log: Option<PendingLog>,
+        client_close: bool,
+        shutdown: &'s watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 's>> {
+        Box::pin(self.answer_upstream_error(in_flight, status, start, log, client_close, shutdown))
+    }
+
+    async fn answer_upstream_error(
         &mut self,
         in_flight: InFlight,
         status: StatusCode,
@@ -886,7 +946,7 @@ impl Conn<'_> {
         retry_after: Option<u64>,
         close: bool,
     ) -> io::Result<()> {
-        let out = &mut self.out;
+        let out = self.out.get();
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
@@ -972,6 +1032,18 @@ fn classify_response_header(name: &str) -> RespHeader {
         17 if is("transfer-encoding") => RespHeader::TransferEncoding,
         _ => RespHeader::Keep,
     }
+}
+
+/// What `Conn::response_head` found.
+struct RespHead {
+    status: StatusCode,
+    framing: Framing,
+    /// The upstream connection may be reused after the body.
+    upstream_keeps: bool,
+    /// The body ends when the upstream closes.
+    until_close: bool,
+    /// Close the client connection after this response.
+    close: bool,
 }
 
 /// Where a response body ends.
@@ -1113,11 +1185,114 @@ impl ChunkScanner {
 }
 
 /// Read what is available into the spare capacity of `buf`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_more(stream: &mut TcpStream, buf: &mut Buf) -> io::Result<usize> {
+    let buf = buf.get();
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
     stream.read_buf(buf).await
+}
+
+/// Wait for the next request on an idle connection, taking a buffer only
+/// once there are bytes to read.
+async fn read_idle(stream: &TcpStream, buf: &mut Buf) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf.get()) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf.release(),
+            res => return res,
+        }
+    }
+}
+
+/// The two kinds of read buffer, and their sizes.
+#[derive(Clone, Copy)]
+enum Class {
+    /// Bytes from the client.
+    Input = 0,
+    /// Bytes from the upstream.
+    Response = 1,
+    /// A head being written (to the upstream, then to the client).
+    Out = 2,
+}
+
+const CLASS_SIZE: [usize; 3] = [4096, RESPONSE_BUF, 1024];
+
+/// Buffers kept per class by each worker thread.
+const FREE_BUFFERS: usize = 64;
+
+thread_local! {
+    static FREE: std::cell::RefCell<[Vec<Vec<u8>>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// A read buffer taken from the worker's free list when first needed and
+/// given back when released (or dropped), so that memory follows the
+/// requests in progress rather than the connections open, as nginx's does.
+struct Buf {
+    vec: Vec<u8>,
+    class: Class,
+}
+
+impl Buf {
+    fn new(class: Class) -> Buf {
+        Buf {
+            vec: Vec::new(),
+            class,
+        }
+    }
+
+    /// The buffer, taken from the free list if not held yet.
+    fn get(&mut self) -> &mut Vec<u8> {
+        if self.vec.capacity() == 0 {
+            let class = self.class as usize;
+            self.vec = FREE
+                .with(|free| free.borrow_mut()[class].pop())
+                .unwrap_or_else(|| Vec::with_capacity(CLASS_SIZE[class]));
+        }
+        &mut self.vec
+    }
+
+    /// Give the buffer back (its contents are discarded).
+    fn release(&mut self) {
+        let class = self.class as usize;
+        let mut vec = std::mem::take(&mut self.vec);
+        let size = CLASS_SIZE[class];
+        if (size..=4 * size).contains(&vec.capacity()) {
+            vec.clear();
+            // `try_with`: a connection may be dropped while its thread exits.
+            let _ = FREE.try_with(|free| {
+                let mut free = free.borrow_mut();
+                if free[class].len() < FREE_BUFFERS {
+                    free[class].push(vec);
+                }
+            });
+        }
+    }
+
+    /// The bytes, leaving the buffer empty (not returned to the free list).
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.vec)
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.vec
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.vec
+    }
 }
 
 /// Write `a` then `b` with as few syscalls as possible.

@@ -304,6 +304,20 @@ async fn serve(
         crate::fast::Served::Closed => return,
         crate::fast::Served::Fallback(stream, read) => (stream, read),
     };
+    // Boxed: hyper's connection state is large and rarely needed, and every
+    // open connection's task would otherwise reserve room for it.
+    Box::pin(serve_with_hyper(ctx, stream, read, peer, shutdown)).await;
+}
+
+/// Serve the rest of a connection with hyper; `read`: bytes already read.
+async fn serve_with_hyper(
+    ctx: Arc<ConnCtx>,
+    stream: TcpStream,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = Arc::clone(&ctx.config);
     let io = TokioIo::new(ClientIo::new(stream, read, config.options.send_timeout));
     let service = service_fn(move |req| proxy(Arc::clone(&ctx), req));
     let conn = config.builder.serve_connection(io, service).with_upgrades();
