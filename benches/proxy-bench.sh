@@ -13,6 +13,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}   # wrk threads
+IDLE=${IDLE:-5000}      # idle keep-alive connections for the memory measurement
 WORKERS=${WORKERS:-2}   # worker processes/threads of every proxy (and the upstream)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/ferry-bench}
@@ -27,9 +28,9 @@ HAPROXY=18301 HAPROXY_SPLIT=18302
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need haproxy; then
+if ! need wrk || ! need nginx || ! need haproxy || ! need python3; then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy
+    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy python3
 fi
 NGINX_BIN=$(command -v nginx)
 HAPROXY_BIN=$(command -v haproxy)
@@ -93,7 +94,7 @@ EOF
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 8000
+    maxconn 9000
 defaults
     mode http
     option http-keep-alive
@@ -158,6 +159,34 @@ peak_rss() {
     echo "$total"
 }
 
+# Memory per idle client connection, measured first, on fresh processes
+# (allocators keep what they grew to, so later deltas would read ~0): RSS of
+# all the proxy's processes before and while IDLE keep-alive connections,
+# each after one request, sit open.
+rss_now() {
+    local total=0 kb
+    for pid in $(pids_of "$1"); do
+        kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+IDLE_REPORT=()
+for c in ferry nginx haproxy; do
+    port=$(case $c in ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac)
+    before=$(rss_now "$c")
+    python3 "$ROOT/benches/idle-conns.py" "$port" "$IDLE" 3 >"$WORK/idle-$c.txt" &
+    holder=$!
+    for _ in $(seq 600); do [ -s "$WORK/idle-$c.txt" ] && break; sleep 0.1; done
+    sleep 1
+    during=$(rss_now "$c")
+    wait "$holder" || true
+    IDLE_REPORT+=("$(printf '  %-8s %6s kB before, %6s kB with %s idle connections (%s answered): %5.2f kB each' \
+        "$c" "$before" "$during" "$IDLE" "$(cat "$WORK/idle-$c.txt")" \
+        "$(awk -v a="$before" -v b="$during" -v n="$IDLE" 'BEGIN {printf "%.2f", (b - a) / n}')")")
+done
+printf '%s\n' "memory per idle keep-alive connection (VmRSS, all processes of the proxy):" "${IDLE_REPORT[@]}"
+
 # ------------------------------------------------------------------- runs
 # to_ms VALUE: wrk's "812.00us" / "1.23ms" / "1.02s" in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN {
@@ -217,4 +246,5 @@ done
 echo
 echo "peak RSS (VmHWM, all processes of the proxy, after all runs):"
 for c in ferry nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(peak_rss "$c")"; done
+printf '%s\n' "memory per idle keep-alive connection (measured before the runs):" "${IDLE_REPORT[@]}"
 echo "raw results: $OUT"
