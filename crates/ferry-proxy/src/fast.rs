@@ -45,8 +45,11 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 16 * 1024;
 /// Headers per message the fast path parses; more go to hyper's path.
 const MAX_HEADERS: usize = 64;
-/// Longest response head accepted from an upstream.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Longest response head accepted from an upstream (hyper's client allows
+/// about as much).
+const MAX_RESPONSE_HEAD: usize = 400 * 1024;
+/// Headers per response accepted from an upstream (as hyper's client).
+const MAX_RESPONSE_HEADERS: usize = 100;
 /// Read buffer for upstream responses.
 const RESPONSE_BUF: usize = 16 * 1024;
 
@@ -93,12 +96,14 @@ pub(crate) async fn serve(
         let request = loop {
             match conn.prepare() {
                 Prepared::Partial if conn.input.len() < MAX_HEAD => {
-                    match within(
-                        &mut conn.timer,
-                        read_more(&mut conn.client, &mut conn.input),
-                    )
-                    .await
-                    {
+                    // A request not yet read in full is not in flight: on
+                    // shutdown the connection closes (as hyper's does).
+                    let read = tokio::select! {
+                        biased;
+                        read = within(&mut conn.timer, read_more(&mut conn.client, &mut conn.input)) => read,
+                        _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
+                    };
+                    match read {
                         Some(Ok(n)) if n > 0 => {}
                         _ => return Served::Closed,
                     }
@@ -113,13 +118,23 @@ pub(crate) async fn serve(
                     .await
                     {
                         Some(Ok(n)) if n > 0 => {}
-                        Some(_) => return Served::Closed,
+                        Some(_) => {
+                            // The client went away mid-body: logged as the
+                            // 400 hyper's path logs.
+                            if let Some(mut log) = conn.unfinished_log() {
+                                log.entry.status = StatusCode::BAD_REQUEST;
+                                log.send();
+                            }
+                            return Served::Closed;
+                        }
                         None => {
-                            let _ = Box::pin(conn.local(
+                            let log = conn.unfinished_log();
+                            let _ = Box::pin(conn.local_logged(
                                 StatusCode::REQUEST_TIMEOUT,
                                 b"request body timed out: the client paused too long\n",
                                 None,
                                 true,
+                                log,
                             ))
                             .await;
                             return Served::Closed;
@@ -259,10 +274,45 @@ fn classify_request_header(name: &str) -> ReqHeader {
     }
 }
 
-/// A request target the fast path forwards verbatim: origin-form, visible
-/// ASCII only.
+/// A request target the fast path forwards verbatim: origin-form, made of
+/// RFC 3986 path and query characters only (unreserved, sub-delims, `:`,
+/// `@`, `/`, `?`, `%`). Anything else (`"<>\\^`{|}#`, non-ASCII) is left to
+/// hyper's path, which decides whether it is a 400 or how to forward it.
 fn plain_path(path: &str) -> bool {
-    path.starts_with('/') && path.bytes().all(|b| (0x21..0x7f).contains(&b))
+    const fn table() -> [bool; 256] {
+        let mut ok = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            ok[b] = c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                );
+            b += 1;
+        }
+        ok
+    }
+    static PLAIN: [bool; 256] = table();
+    path.starts_with('/') && path.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
 /// A `Content-Length` value: digits only, no sign, no spaces.
@@ -339,6 +389,12 @@ impl Conn<'_> {
         if body_len > MAX_BODY as u64 {
             return Prepared::Fallback;
         }
+        // Set before the body has arrived: a 408 for it carries the id.
+        self.request_id.clear();
+        match request_id {
+            Some(id) => self.request_id.extend_from_slice(id),
+            None => self.request_id.extend_from_slice(&new_request_id_bytes()),
+        }
         let consumed = head_len + body_len as usize;
         if self.input.len() < consumed {
             return Prepared::NeedBody;
@@ -348,37 +404,86 @@ impl Conn<'_> {
         let config = &*ctx.config;
         let shared = ctx.shared();
         let start = Instant::now();
-        self.request_id.clear();
-        match request_id {
-            Some(id) => self.request_id.extend_from_slice(id),
-            None => self.request_id.extend_from_slice(&new_request_id_bytes()),
-        }
         let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
-        let log = config.log.as_ref().map(|_| PendingLog {
-            entry: Box::new(Entry {
-                time: SystemTime::now(),
-                client: ctx.client_addr(headers),
-                method: Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-                uri: Uri::try_from(path).unwrap_or_default(),
-                status: StatusCode::OK,
-                revision: None,
-                instance: None,
-                duration: Duration::ZERO,
-                bytes: 0,
-                request_id: header_value(&self.request_id),
-                traceparent: match &new_traceparent {
-                    Some(new) => Some(header_value(new)),
-                    None => headers
-                        .value_of(&crate::headers::TRACEPARENT)
-                        .map(header_value),
-                },
-                user_agent: headers
-                    .value_of(&http::header::USER_AGENT)
-                    .map(header_value),
-            }),
-            start: start.into_std(),
-            config: Arc::clone(&ctx.config),
-        });
+
+        // Second pass: the upstream's request head, written before routing
+        // so that routing (stickiness) and the rate limit see the headers
+        // as the upstream will, as on hyper's path.
+        let out = self.out.get();
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut forwarded_for = false;
+        let mut traceparent_kept = false;
+        for h in headers {
+            match classify_request_header(h.name) {
+                ReqHeader::Keep => {}
+                ReqHeader::Tracestate if traceparent_ok => {}
+                ReqHeader::Traceparent if traceparent_ok && !traceparent_kept => {
+                    traceparent_kept = true;
+                }
+                ReqHeader::ForwardedFor if ctx.trusted => {
+                    // Collected below, in order, into one header.
+                    forwarded_for |= !h.value.is_empty();
+                    continue;
+                }
+                _ => continue,
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if seen_length {
+            // One canonical Content-Length, however the client wrote it.
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(body_len, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        let xff_start = out.len();
+        if forwarded_for {
+            for h in headers {
+                if classify_request_header(h.name) == ReqHeader::ForwardedFor && !h.value.is_empty()
+                {
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+        out.extend_from_slice(ctx.client_ip.as_bytes());
+        let xff = xff_start..out.len();
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-request-id: ");
+        out.extend_from_slice(&self.request_id);
+        if let Some(new) = &new_traceparent {
+            out.extend_from_slice(b"\r\ntraceparent: ");
+            out.extend_from_slice(new);
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.input[head_len..consumed]);
+
+        let traceparent_name = crate::headers::TRACEPARENT;
+        let traceparent = match &new_traceparent {
+            Some(new) => Some(&new[..]),
+            None => headers.value_of(&traceparent_name),
+        };
+        let view = Rewritten {
+            raw: headers,
+            forwarded_for: &self.out[xff],
+            request_id: &self.request_id,
+            traceparent,
+        };
+        let log = new_log(
+            ctx,
+            headers,
+            method,
+            path,
+            &self.request_id,
+            traceparent,
+            start,
+        );
         let local = |status, body, retry_after, log| {
             Prepared::Ready(Request {
                 consumed,
@@ -393,7 +498,7 @@ impl Conn<'_> {
         };
         if let Some(limiter) = &config.limiter {
             let key = match &limiter.options.key {
-                RateLimitKey::Header(name) => headers
+                RateLimitKey::Header(name) => view
                     .value_of(name)
                     .filter(|v| !v.is_empty())
                     .map(|v| hash_key(1, v)),
@@ -414,7 +519,7 @@ impl Conn<'_> {
                 );
             }
         }
-        let Some(in_flight) = shared.acquire(headers, &[]) else {
+        let Some(in_flight) = shared.acquire(&view, &[]) else {
             return local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 shared.no_instance_body.clone(),
@@ -422,54 +527,6 @@ impl Conn<'_> {
                 log,
             );
         };
-
-        // Second pass: the upstream's request head.
-        let out = self.out.get();
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut forwarded_for = false;
-        let mut traceparent_kept = false;
-        for h in headers {
-            match classify_request_header(h.name) {
-                ReqHeader::Keep | ReqHeader::ContentLength => {}
-                ReqHeader::Tracestate if traceparent_ok => {}
-                ReqHeader::Traceparent if traceparent_ok && !traceparent_kept => {
-                    traceparent_kept = true;
-                }
-                ReqHeader::ForwardedFor if ctx.trusted => {
-                    // Collected below, in order, into one header.
-                    forwarded_for |= !h.value.is_empty();
-                    continue;
-                }
-                _ => continue,
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if forwarded_for {
-            for h in headers {
-                if classify_request_header(h.name) == ReqHeader::ForwardedFor && !h.value.is_empty()
-                {
-                    out.extend_from_slice(h.value);
-                    out.extend_from_slice(b", ");
-                }
-            }
-        }
-        out.extend_from_slice(ctx.client_ip.as_bytes());
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-request-id: ");
-        out.extend_from_slice(&self.request_id);
-        if let Some(new) = &new_traceparent {
-            out.extend_from_slice(b"\r\ntraceparent: ");
-            out.extend_from_slice(new);
-        }
-        out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(&self.input[head_len..consumed]);
         let replayable = body_len == 0
             && (matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
                 || headers
@@ -486,6 +543,28 @@ impl Conn<'_> {
                 log,
             }),
         })
+    }
+
+    /// The access-log entry of a request whose body never arrived in full
+    /// (parsed again from `input`).
+    fn unfinished_log(&self) -> Option<PendingLog> {
+        self.ctx.config.log.as_ref()?;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(&self.input).ok()?;
+        let (Some(method), Some(path)) = (req.method, req.path) else {
+            return None;
+        };
+        let traceparent = crate::headers::TRACEPARENT;
+        new_log(
+            self.ctx,
+            req.headers,
+            method,
+            path,
+            &self.request_id,
+            req.headers.value_of(&traceparent),
+            Instant::now(),
+        )
     }
 
     /// Pick another upstream for the current request (parsed again from
@@ -735,7 +814,7 @@ impl Conn<'_> {
         // A response cut short (or delimited by closing): its connection is
         // closed, not reused.
         drop(lease);
-        finish_log(log, bytes);
+        finish_log(log, framing.body_bytes(bytes));
         complete && !close
     }
 
@@ -748,7 +827,7 @@ impl Conn<'_> {
         close_client: bool,
         upstream: &crate::Upstream,
     ) -> Option<RespHead> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = resp.parse(&self.resp[..head_len]) else {
             unreachable!("read_response_head returned a complete head");
@@ -761,8 +840,10 @@ impl Conn<'_> {
         let mut encoded = false;
         let mut bad_length = false;
         let mut named: Vec<&[u8]> = Vec::new();
+        let mut dated = false;
         for h in resp.headers.iter() {
             match classify_response_header(h.name) {
+                RespHeader::Date => dated = true,
                 RespHeader::Connection => {
                     for token in h.value.split(|&b| b == b',') {
                         let token = token.trim_ascii();
@@ -826,6 +907,7 @@ impl Conn<'_> {
                         continue;
                     }
                 }
+                RespHeader::Date => {}
                 RespHeader::ContentLength if !encoded => {}
                 RespHeader::TransferEncoding if chunked && !bodyless => {}
                 _ => continue,
@@ -834,6 +916,10 @@ impl Conn<'_> {
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
+        }
+        if !dated {
+            // As hyper's server does (RFC 9110 6.6.1: a proxy may add one).
+            push_date(out);
         }
         out.extend_from_slice(b"x-ferry-revision: ");
         out.extend_from_slice(upstream.revision_header().as_bytes());
@@ -869,10 +955,13 @@ impl Conn<'_> {
                 Some(Ok(_)) => {}
             }
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&self.resp) {
                     Ok(httparse::Status::Complete(len)) => match resp.code {
+                        None | Some(0..=99) => {
+                            return Err(HeadFailure::Invalid("bad status code"));
+                        }
                         Some(101) => {
                             return Err(HeadFailure::Invalid(
                                 "switched protocols without being asked",
@@ -952,7 +1041,9 @@ impl Conn<'_> {
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\nx-request-id: ");
+        out.extend_from_slice(b"\r\n");
+        push_date(out);
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nx-request-id: ");
         out.extend_from_slice(&self.request_id);
         if let Some(secs) = retry_after {
             out.extend_from_slice(format!("\r\nretry-after: {secs}").as_bytes());
@@ -996,6 +1087,107 @@ fn finish_log(log: Option<PendingLog>, bytes: u64) {
     }
 }
 
+/// The access-log entry of a request (`None` when the log is off).
+fn new_log(
+    ctx: &Arc<ConnCtx>,
+    headers: &[httparse::Header<'_>],
+    method: &str,
+    path: &str,
+    request_id: &[u8],
+    traceparent: Option<&[u8]>,
+    start: Instant,
+) -> Option<PendingLog> {
+    ctx.config.log.as_ref()?;
+    Some(PendingLog {
+        entry: Box::new(Entry {
+            time: SystemTime::now(),
+            client: ctx.client_addr(headers),
+            method: Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+            // `plain_path` only lets through targets `Uri` accepts.
+            uri: Uri::try_from(path).unwrap_or_default(),
+            status: StatusCode::OK,
+            revision: None,
+            instance: None,
+            duration: Duration::ZERO,
+            bytes: 0,
+            request_id: header_value(request_id),
+            traceparent: traceparent.map(header_value),
+            user_agent: headers
+                .value_of(&http::header::USER_AGENT)
+                .map(header_value),
+        }),
+        start: start.into_std(),
+        config: Arc::clone(&ctx.config),
+    })
+}
+
+/// The request's headers as the upstream receives them: the rewritten
+/// forwarding, id and trace headers over the client's own (routing and the
+/// rate limit read these, as on hyper's path).
+struct Rewritten<'a> {
+    raw: &'a [httparse::Header<'a>],
+    forwarded_for: &'a [u8],
+    request_id: &'a [u8],
+    traceparent: Option<&'a [u8]>,
+}
+
+impl HeaderView for Rewritten<'_> {
+    fn values<'a>(
+        &'a self,
+        name: &'a http::HeaderName,
+    ) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        let set: Option<Option<&'a [u8]>> = if *name == crate::headers::X_FORWARDED_FOR {
+            Some(Some(self.forwarded_for))
+        } else if *name == crate::headers::X_REQUEST_ID {
+            Some(Some(self.request_id))
+        } else if *name == crate::headers::TRACEPARENT {
+            Some(self.traceparent)
+        } else if *name == crate::headers::X_FORWARDED_PROTO {
+            Some(Some(b"http"))
+        } else {
+            None
+        };
+        let raw = set.is_none();
+        set.flatten()
+            .into_iter()
+            .chain(self.raw.values(name).filter(move |_| raw))
+    }
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Append `date: <now, IMF-fixdate>\r\n`, formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != secs || date.1.is_empty() {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
 fn header_value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -1013,6 +1205,7 @@ enum HeadFailure {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RespHeader {
     Keep,
+    Date,
     Drop,
     Connection,
     ContentLength,
@@ -1023,6 +1216,7 @@ fn classify_response_header(name: &str) -> RespHeader {
     let is = |n: &str| name.eq_ignore_ascii_case(n);
     match name.len() {
         2 if is("te") => RespHeader::Drop,
+        4 if is("date") => RespHeader::Date,
         7 if is("upgrade") || is("trailer") => RespHeader::Drop,
         10 if is("connection") => RespHeader::Connection,
         10 if is("keep-alive") => RespHeader::Drop,
@@ -1057,6 +1251,15 @@ enum Framing {
 }
 
 impl Framing {
+    /// Body bytes for the access log, given the bytes relayed: chunked
+    /// bodies count their data, not their framing (as hyper's path does).
+    fn body_bytes(&self, relayed: u64) -> u64 {
+        match self {
+            Framing::Chunked(scanner) => scanner.data,
+            _ => relayed,
+        }
+    }
+
     /// Of `data` just read, how many bytes belong to the body, and whether
     /// the body is complete with them.
     fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), ()> {
@@ -1080,7 +1283,11 @@ impl Framing {
 struct ChunkScanner {
     state: Chunk,
     size: u64,
+    /// Hex digits of the current size line, and how many are significant.
     digits: u8,
+    significant: u8,
+    /// Bytes of chunk data passed over (the body without its framing).
+    data: u64,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -1108,9 +1315,13 @@ impl ChunkScanner {
                 Chunk::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (b as char).to_digit(16).unwrap_or(0);
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err(());
+                        self.digits = self.digits.saturating_add(1);
+                        if self.size > 0 || digit > 0 {
+                            // Leading zeros do not count towards the limit.
+                            self.significant += 1;
+                            if self.significant > 15 {
+                                return Err(());
+                            }
                         }
                         self.size = self.size * 16 + u64::from(digit);
                     }
@@ -1128,6 +1339,7 @@ impl ChunkScanner {
                         return Err(());
                     }
                     self.digits = 0;
+                    self.significant = 0;
                     self.state = if self.size == 0 {
                         Chunk::TrailerStart
                     } else {
@@ -1139,6 +1351,7 @@ impl ChunkScanner {
                         .unwrap_or(usize::MAX)
                         .min(data.len() - i);
                     self.size -= take as u64;
+                    self.data += take as u64;
                     i += take;
                     if self.size == 0 {
                         self.state = Chunk::DataCr;
@@ -1416,8 +1629,14 @@ mod unit {
         assert_eq!(parse_length(b"+42"), None);
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b"4 2"), None);
-        assert!(plain_path("/a?b=c"));
+        assert!(plain_path("/a?b=c&d=%20e"));
+        assert!(plain_path("/users/@me/(x)*;y,z:1!$'+~"));
         assert!(!plain_path("http://x/"));
         assert!(!plain_path("/caf\u{e9}"));
+        for odd in [
+            "/a b", "/<x>", "/a`b", "/a\"b", "/a{b}", "/a|b", "/a\\b", "/a^b", "/p#frag",
+        ] {
+            assert!(!plain_path(odd), "{odd}");
+        }
     }
 }

@@ -381,6 +381,9 @@ async fn proxy(
             log,
         ));
     }
+    // Before the rate limit and routing, which read headers as the upstream
+    // will see them (a client cannot pick its key by forging them).
+    set_forwarding(&mut parts.headers, &ctx.client_ip, ctx.trusted);
     if let Some(limiter) = &config.limiter {
         let key = match &limiter.options.key {
             RateLimitKey::Header(name) => parts
@@ -408,7 +411,6 @@ async fn proxy(
             return Ok(resp);
         }
     }
-    set_forwarding(&mut parts.headers, &ctx.client_ip, ctx.trusted);
     to_origin_form(&mut parts);
     parts.version = Version::HTTP_11;
     if let Some(protocol) = upgrade_to {

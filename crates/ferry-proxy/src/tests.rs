@@ -1528,3 +1528,225 @@ async fn connect_timeout_ends_a_hanging_connect_with_502() {
     assert_eq!(hanging.in_flight(), 0);
     drop(listener);
 }
+
+/// An upstream answering every request of a connection with `answer(head)`.
+async fn spawn_fn_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut stream).await {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    if stream.write_all(&answer(&head)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn temp_log_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "ferry-proxy-fast-{}-{}.log",
+        std::process::id(),
+        crate::routing::random_u64()
+    ))
+}
+
+fn logged(options: &mut ProxyOptions) -> std::path::PathBuf {
+    let path = temp_log_path();
+    options.access_log = Some(crate::AccessLogOptions {
+        path: path.clone(),
+        buffer: 64,
+    });
+    path
+}
+
+async fn log_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    eventually("access log lines", || {
+        lines = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.len() >= count
+    })
+    .await;
+    lines
+}
+
+/// Broken upstream heads become clean 502s that leave the client connection
+/// in step; a head with many headers is not broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_upstream_heads_never_desync_the_client() {
+    let addr = spawn_fn_upstream(|head| {
+        if head.starts_with("GET /weird ") {
+            b"HTTP/1.1 099 Weird\r\nContent-Length: 5\r\n\r\nhello".to_vec()
+        } else if head.starts_with("GET /many ") {
+            let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+            for i in 0..90 {
+                r.push_str(&format!("x-h{i}: v\r\n"));
+            }
+            r.push_str("\r\nok");
+            r.into_bytes()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+        }
+    })
+    .await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    let up = upstream("w", 1, addr, &stats);
+    proxy.set_routes(table(&[&up]));
+    let out = raw_exchange(
+        proxy.local_addr(),
+        b"GET /weird HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // The 502 is the proxy's own, with its own length; the next response
+    // starts right after its body.
+    let end = out.find("\r\n\r\n").unwrap() + 4;
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    let length: usize = out[..end]
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        out[end + length..].starts_with("HTTP/1.1 200 OK\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    assert_eq!(stats.snapshot().upstream_errors, 1);
+
+    let resp = fetch(proxy.local_addr(), get("/many")).await;
+    assert_eq!((resp.status, resp.text()), (StatusCode::OK, "ok"));
+    assert_eq!(resp.header("x-h89"), "v");
+    // The proxy dates responses whose upstream did not.
+    assert!(httpdate::parse_http_date(resp.header("date")).is_ok());
+}
+
+/// Targets hyper would reject or rewrite are not forwarded by the fast path
+/// as they came, and the access log shows what was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_request_targets_are_left_to_hyper() {
+    let addr = spawn_fn_upstream(|head| {
+        let line = head.lines().next().unwrap_or("").to_owned();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}",
+            line.len()
+        )
+        .into_bytes()
+    })
+    .await;
+    let stats = RevisionStats::new();
+    let mut options = ProxyOptions::default();
+    let log = logged(&mut options);
+    let proxy = start_proxy(options).await;
+    proxy.set_routes(table(&[&upstream("p", 1, addr, &stats)]));
+    let out = raw_exchange(
+        proxy.local_addr(),
+        b"GET /admin/delete?user=<all> HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw_exchange(
+        proxy.local_addr(),
+        b"GET /page#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.ends_with("GET /page HTTP/1.1"), "{out}");
+    let lines = log_lines(&log, 1).await;
+    assert!(lines[0].contains("\"path\":\"/page\""), "{lines:?}");
+    let _ = std::fs::remove_file(log);
+}
+
+/// A request whose body stalls is answered 408 with its own request id and
+/// logged; a chunked response is logged with its data bytes; a connection
+/// whose request head is unfinished closes on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_edges_are_answered_and_logged_like_hyper() {
+    let up = spawn_upstream("u", true).await;
+    let chunked = spawn_fn_upstream(|_| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let stats = RevisionStats::new();
+    let mut options = ProxyOptions {
+        client_body_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
+    let log = logged(&mut options);
+    let proxy = start_proxy(options).await;
+    let addr = proxy.local_addr();
+    proxy.set_routes(table(&[&upstream("u", 1, up.addr, &stats)]));
+
+    let out = raw_exchange(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Request-Id: previous\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(out.contains("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+    let timeout_head = &out[out.find("HTTP/1.1 408").unwrap()..];
+    assert!(timeout_head.contains("x-request-id: mine\r\n"), "{out}");
+    let lines = log_lines(&log, 2).await;
+    assert!(lines[1].contains("\"status\":408"), "{lines:?}");
+    assert!(lines[1].contains("\"request_id\":\"mine\""), "{lines:?}");
+
+    proxy.set_routes(table(&[&upstream("c", 2, chunked, &stats)]));
+    assert_eq!(fetch(addr, get("/chunks")).await.text(), "hello world");
+    let lines = log_lines(&log, 3).await;
+    assert!(lines[2].contains("\"bytes\":11,"), "{lines:?}");
+
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    eventually("connection counted", || {
+        proxy.counters().connections_open == 1
+    })
+    .await;
+    proxy.shutdown();
+    let mut buf = [0u8; 64];
+    let read = within("closed on shutdown", partial.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let _ = std::fs::remove_file(log);
+}
+
+/// Stickiness keyed on a header the proxy rewrites routes on the rewritten
+/// value: a client cannot choose its revision by forging it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stickiness_reads_rewritten_forwarding_headers() {
+    let a = spawn_upstream("a", true).await;
+    let b = spawn_upstream("b", true).await;
+    let (sa, sb) = (RevisionStats::new(), RevisionStats::new());
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    proxy.set_routes(RoutingTable {
+        upstreams: vec![upstream("a", 1, a.addr, &sa), upstream("b", 2, b.addr, &sb)],
+        split: Some(crate::Split {
+            weights: vec![(1, 5_000), (2, 5_000)],
+            stickiness: crate::Stickiness::Header(http::HeaderName::from_static("x-forwarded-for")),
+            canary: None,
+        }),
+    });
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let mut seen = HashSet::new();
+    for i in 0..30 {
+        let req = Request::get("/")
+            .header("host", "web.test")
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = within("sticky", client.send(req)).await.unwrap();
+        seen.insert(resp.header("x-upstream").to_owned());
+    }
+    assert_eq!(seen.len(), 1, "not sticky to the real client: {seen:?}");
+}
