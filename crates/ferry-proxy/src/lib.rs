@@ -204,6 +204,9 @@ pub(crate) struct Shared {
     pub(crate) handoff: Box<[proxy::Handoff]>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) counters: Counters,
+    /// Serve plain requests on the fast path (tests turn it off to run the
+    /// same checks on hyper's path).
+    pub(crate) fast_path: std::sync::atomic::AtomicBool,
 }
 
 impl ProxyHandle {
@@ -256,6 +259,7 @@ impl ProxyHandle {
             handoff: handoff.into(),
             shutdown: watch::Sender::new(false),
             counters,
+            fast_path: std::sync::atomic::AtomicBool::new(true),
         });
         let mut started = Vec::with_capacity(workers);
         for (index, handoff_rx) in handoff_rx.drain(..).enumerate() {
@@ -334,6 +338,14 @@ impl ProxyHandle {
     /// The options in force.
     pub fn options(&self) -> ProxyOptions {
         self.shared.config.load().options.clone()
+    }
+
+    /// Serve new connections entirely with hyper (`false`) or with the fast
+    /// path for plain requests (`true`, the default). For tests that check
+    /// both paths behave the same.
+    #[doc(hidden)]
+    pub fn set_fast_path(&self, enabled: bool) {
+        self.shared.fast_path.store(enabled, Ordering::Relaxed);
     }
 
     /// The listener's counters.

@@ -300,9 +300,14 @@ async fn serve(
     });
     // Plain requests are served by the fast path; the first one it does not
     // handle moves the connection, and what was read of it, to hyper.
-    let (stream, read) = match crate::fast::serve(&ctx, stream, &mut shutdown).await {
-        crate::fast::Served::Closed => return,
-        crate::fast::Served::Fallback(stream, read) => (stream, read),
+    let fast = ctx.shared().fast_path.load(Ordering::Relaxed);
+    let (stream, read) = if fast {
+        match crate::fast::serve(&ctx, stream, &mut shutdown).await {
+            crate::fast::Served::Closed => return,
+            crate::fast::Served::Fallback(stream, read) => (stream, read),
+        }
+    } else {
+        (stream, Vec::new())
     };
     // Boxed: hyper's connection state is large and rarely needed, and every
     // open connection's task would otherwise reserve room for it.

@@ -127,7 +127,11 @@ async fn upstream_handler(
     } else if let Some(code) = path.strip_prefix("/status/") {
         resp = resp.status(code.parse::<u16>().unwrap());
     } else if path == "/echo" {
-        body = req.into_body().collect().await.unwrap().to_bytes();
+        // A client that gives up mid-body leaves nothing to echo.
+        body = match req.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
     }
     Ok(resp.body(Full::new(body)).unwrap())
 }
@@ -268,11 +272,58 @@ async fn fetch(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
 
 // -------------------------------------------------------------------- proxy
 
-async fn start_proxy(options: ProxyOptions) -> ProxyHandle {
-    ProxyHandle::bind("web".into(), "127.0.0.1:0".parse().unwrap(), options)
-        .await
-        .unwrap()
+tokio::task_local! {
+    /// Whether the proxies a test starts use the fast path (see `on_both_paths!`).
+    static FAST_PATH: bool;
 }
+
+async fn start_proxy(options: ProxyOptions) -> ProxyHandle {
+    let proxy = ProxyHandle::bind("web".into(), "127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    proxy.set_fast_path(FAST_PATH.try_with(|fast| *fast).unwrap_or(true));
+    proxy
+}
+
+/// Run test `$name` twice: plain requests on the fast path, then everything
+/// on hyper's path. Both must behave the same.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fast_path() {
+                super::FAST_PATH.scope(true, super::$name()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper_path() {
+                super::FAST_PATH.scope(false, super::$name()).await;
+            }
+        }
+    )*};
+}
+
+on_both_paths!(
+    round_robin_and_forwarding_headers,
+    empty_table_dead_upstreams_and_connect_retry,
+    routing_swaps_under_load_drop_nothing,
+    deploys_under_load_drop_nothing,
+    upstream_closed_pooled_connections_never_fail_requests,
+    streaming_responses_are_not_buffered,
+    in_flight_stats_prometheus_and_timeouts,
+    shutdown_finishes_in_flight_and_stops_accepting,
+    slow_clients_are_cut_off,
+    connection_cap_answers_503,
+    client_address_from_trusted_proxies_and_proxy_protocol,
+    access_log_lines_carry_request_ids_and_traces,
+    rate_limit_answers_429_with_retry_after,
+    weighted_split_over_sockets_counts_by_serving_revision,
+    odd_upstream_heads_never_desync_the_client,
+    odd_request_targets_are_left_to_hyper,
+    fast_path_edges_are_answered_and_logged_like_hyper,
+    stickiness_reads_rewritten_forwarding_headers,
+    connect_timeout_ends_a_hanging_connect_with_502,
+);
 
 fn table(upstreams: &[&Arc<Upstream>]) -> RoutingTable {
     RoutingTable {
@@ -292,7 +343,6 @@ fn upstream(
 
 // -------------------------------------------------------------------- tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_and_forwarding_headers() {
     let a = spawn_upstream("a", true).await;
     let b = spawn_upstream("b", true).await;
@@ -388,7 +438,6 @@ async fn round_robin_and_forwarding_headers() {
     assert!(routes.upstreams.iter().all(|u| u.idle_connections() >= 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_table_dead_upstreams_and_connect_retry() {
     let live = spawn_upstream("live", true).await;
     let stats = RevisionStats::new();
@@ -428,7 +477,6 @@ async fn empty_table_dead_upstreams_and_connect_retry() {
     assert_eq!(dead.in_flight() + dead2.in_flight(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_swaps_under_load_drop_nothing() {
     const TOTAL: isize = 2000;
     const SWAPS: usize = 100;
@@ -504,7 +552,6 @@ async fn routing_swaps_under_load_drop_nothing() {
 
 /// Full deploys under load: start a new instance, swap, drain the old one,
 /// close its idle connections and stop it, twenty times.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_under_load_drop_nothing() {
     const TOTAL: isize = 1500;
     const DEPLOYS: usize = 20;
@@ -570,7 +617,6 @@ async fn deploys_under_load_drop_nothing() {
     assert_eq!((snap.by_class[1], snap.total), (TOTAL as u64, TOTAL as u64));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closed_pooled_connections_never_fail_requests() {
     // Upstream answering with `Connection: close`.
     let closer = spawn_upstream("closer", false).await;
@@ -612,7 +658,6 @@ async fn upstream_closed_pooled_connections_never_fail_requests() {
     assert_eq!((snap.by_class[1], snap.by_class[4]), (360, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_responses_are_not_buffered() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = listener.local_addr().unwrap();
@@ -666,7 +711,6 @@ async fn streaming_responses_are_not_buffered() {
     assert_eq!(rest, "rest\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_stats_prometheus_and_timeouts() {
     let up = spawn_upstream("slowpoke", true).await;
     let stats = RevisionStats::new();
@@ -735,7 +779,6 @@ async fn in_flight_stats_prometheus_and_timeouts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_and_stops_accepting() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -976,7 +1019,6 @@ async fn large_request_bodies_stream_through() {
     assert_eq!(body, (CHUNK * CHUNKS).to_string());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -1064,7 +1106,6 @@ async fn spawn_big_upstream(size: usize) -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_answers_503() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -1095,7 +1136,6 @@ async fn connection_cap_answers_503() {
     assert_eq!(fetch(addr, get("/")).await.status, StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_address_from_trusted_proxies_and_proxy_protocol() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -1145,7 +1185,6 @@ async fn client_address_from_trusted_proxies_and_proxy_protocol() {
     assert_eq!(resp, "");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_carry_request_ids_and_traces() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -1250,7 +1289,6 @@ async fn access_log_lines_carry_request_ids_and_traces() {
     assert_eq!(proxy.counters().access_log_dropped, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_retry_after() {
     let up = spawn_upstream("u", true).await;
     let stats = RevisionStats::new();
@@ -1297,7 +1335,6 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(stats.snapshot().total, 7, "429s never reach an upstream");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_over_sockets_counts_by_serving_revision() {
     let a = spawn_upstream("stable", true).await;
     let b = spawn_upstream("canary", true).await;
@@ -1494,7 +1531,6 @@ async fn fast_path_relays_every_response_framing() {
 
 /// An upstream whose accept queue is full: the kernel drops further SYNs,
 /// so connecting to it hangs until the proxy's `connect_timeout` gives up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_ends_a_hanging_connect_with_502() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -1581,7 +1617,6 @@ async fn log_lines(path: &std::path::Path, count: usize) -> Vec<String> {
 
 /// Broken upstream heads become clean 502s that leave the client connection
 /// in step; a head with many headers is not broken.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_upstream_heads_never_desync_the_client() {
     let addr = spawn_fn_upstream(|head| {
         if head.starts_with("GET /weird ") {
@@ -1633,7 +1668,6 @@ async fn odd_upstream_heads_never_desync_the_client() {
 
 /// Targets hyper would reject or rewrite are not forwarded by the fast path
 /// as they came, and the access log shows what was asked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_request_targets_are_left_to_hyper() {
     let addr = spawn_fn_upstream(|head| {
         let line = head.lines().next().unwrap_or("").to_owned();
@@ -1667,9 +1701,7 @@ async fn odd_request_targets_are_left_to_hyper() {
 }
 
 /// A request whose body stalls is answered 408 with its own request id and
-/// logged; a chunked response is logged with its data bytes; a connection
-/// whose request head is unfinished closes on shutdown.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// logged; a chunked response is logged with its data bytes.
 async fn fast_path_edges_are_answered_and_logged_like_hyper() {
     let up = spawn_upstream("u", true).await;
     let chunked = spawn_fn_upstream(|_| {
@@ -1704,7 +1736,18 @@ async fn fast_path_edges_are_answered_and_logged_like_hyper() {
     assert_eq!(fetch(addr, get("/chunks")).await.text(), "hello world");
     let lines = log_lines(&log, 3).await;
     assert!(lines[2].contains("\"bytes\":11,"), "{lines:?}");
+    let _ = std::fs::remove_file(log);
+}
 
+/// A connection whose request head is unfinished closes on shutdown (on
+/// hyper's path it waits for `idle_timeout`, the head's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_closes_unfinished_heads_on_shutdown() {
+    let up = spawn_upstream("u", true).await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    let addr = proxy.local_addr();
+    proxy.set_routes(table(&[&upstream("u", 1, up.addr, &stats)]));
     let mut partial = TcpStream::connect(addr).await.unwrap();
     partial
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -1718,12 +1761,10 @@ async fn fast_path_edges_are_answered_and_logged_like_hyper() {
     let mut buf = [0u8; 64];
     let read = within("closed on shutdown", partial.read(&mut buf)).await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let _ = std::fs::remove_file(log);
 }
 
 /// Stickiness keyed on a header the proxy rewrites routes on the rewritten
 /// value: a client cannot choose its revision by forging it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stickiness_reads_rewritten_forwarding_headers() {
     let a = spawn_upstream("a", true).await;
     let b = spawn_upstream("b", true).await;
