@@ -82,16 +82,10 @@ pub(crate) async fn serve(
         // The whole head must arrive within idle_timeout of when we started
         // waiting for it (slowloris), as with hyper's header_read_timeout.
         conn.timer.set(Instant::now() + options.idle_timeout);
-        if conn.input.is_empty() {
-            let read = tokio::select! {
-                biased;
-                read = within(&mut conn.timer, read_idle(&conn.client, &mut conn.input)) => read,
-                _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
-            };
-            match read {
-                Some(Ok(n)) if n > 0 => {}
-                _ => return Served::Closed,
-            }
+        if conn.input.is_empty()
+            && !wait_idle(&conn.client, &mut conn.input, &mut conn.timer, shutdown).await
+        {
+            return Served::Closed;
         }
         let request = loop {
             match conn.prepare() {
@@ -1407,15 +1401,35 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Buf) -> io::Result<usize> {
 }
 
 /// Wait for the next request on an idle connection, taking a buffer only
-/// once there are bytes to read.
-async fn read_idle(stream: &TcpStream, buf: &mut Buf) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf.get()) {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf.release(),
-            res => return res,
-        }
+/// once there are bytes to read. `false`: the connection is to close (the
+/// client closed it or failed, the idle timeout passed, or shutdown).
+///
+/// Written as one poll function over the socket's readiness, the timer and
+/// the shutdown signal, so that the state an idle connection keeps is small.
+async fn wait_idle(
+    stream: &TcpStream,
+    buf: &mut Buf,
+    timer: &mut Timer,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    if *shutdown.borrow() {
+        return false;
     }
+    let mut stop = pin!(shutdown.changed());
+    poll_fn(|cx| {
+        while stream.poll_read_ready(cx).is_ready() {
+            match stream.try_read_buf(buf.get()) {
+                Ok(n) => return Poll::Ready(n > 0),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf.release(),
+                Err(_) => return Poll::Ready(false),
+            }
+        }
+        if stop.as_mut().poll(cx).is_ready() || timer.poll_expired(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The two kinds of read buffer, and their sizes.
