@@ -175,6 +175,12 @@ pub(crate) struct PendingLog {
 }
 
 impl PendingLog {
+    /// Record which instance (and revision) the request went to.
+    pub(crate) fn served_by(&mut self, upstream: &crate::Upstream) {
+        self.entry.revision = Some(upstream.revision());
+        self.entry.instance = Some(Arc::clone(upstream.instance()));
+    }
+
     pub(crate) fn send(mut self) {
         self.entry.duration = self.start.elapsed();
         if let Some(log) = &self.config.log {

@@ -21,7 +21,6 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -35,8 +34,7 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::Entry;
 use crate::body::PendingLog;
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
-use crate::proxy::{ConnCtx, hash_ip};
-use crate::rate_limit::{RateLimitKey, hash_key};
+use crate::proxy::{ConnCtx, RATE_LIMITED, is_replayable, rate_limited, upstream_failed};
 use crate::upstream::InFlight;
 
 /// Longest request head the fast path reads; longer ones go to hyper's path.
@@ -396,7 +394,6 @@ impl Conn<'_> {
         }
 
         let ctx = self.ctx;
-        let config = &*ctx.config;
         let shared = ctx.shared();
         let start = Instant::now();
         let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
@@ -491,28 +488,14 @@ impl Conn<'_> {
                 },
             })
         };
-        if let Some(limiter) = &config.limiter {
-            let key = match &limiter.options.key {
-                RateLimitKey::Header(name) => view
-                    .value_of(name)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| hash_key(1, v)),
-                RateLimitKey::ClientIp => None,
-            };
-            let key = key.unwrap_or_else(|| match log.as_ref() {
-                Some(log) => hash_ip(log.entry.client),
-                None => hash_ip(ctx.client_addr(headers)),
-            });
-            if let Err(wait) = limiter.check(key, start.into_std()) {
-                shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return local(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Bytes::from_static(b"too many requests: slow down and retry later\n"),
-                    Some(secs.max(1)),
-                    log,
-                );
-            }
+        let client = log.as_ref().map(|log| log.entry.client);
+        if let Some(secs) = rate_limited(ctx, &view, client, start.into_std()) {
+            return local(
+                StatusCode::TOO_MANY_REQUESTS,
+                Bytes::from_static(RATE_LIMITED),
+                Some(secs),
+                log,
+            );
         }
         let Some(in_flight) = shared.acquire(&view, &[]) else {
             return local(
@@ -522,11 +505,7 @@ impl Conn<'_> {
                 log,
             );
         };
-        let replayable = body_len == 0
-            && (matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
-                || headers
-                    .iter()
-                    .any(|h| h.name.eq_ignore_ascii_case("idempotency-key")));
+        let replayable = body_len == 0 && is_replayable(method, headers);
         Prepared::Ready(Request {
             consumed,
             close,
@@ -743,8 +722,7 @@ impl Conn<'_> {
         upstream.stats().record(status, start.elapsed());
         if let Some(log) = log.as_mut() {
             log.entry.status = status;
-            log.entry.revision = Some(upstream.revision());
-            log.entry.instance = Some(Arc::clone(upstream.instance()));
+            log.served_by(&upstream);
         }
 
         // The body: what came with the head, then the rest as it arrives.
@@ -1002,20 +980,7 @@ impl Conn<'_> {
         client_close: bool,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
-        let upstream = in_flight.upstream();
-        upstream
-            .stats()
-            .record_upstream_error(status, start.elapsed());
-        if let Some(log) = log.as_mut() {
-            log.entry.revision = Some(upstream.revision());
-            log.entry.instance = Some(Arc::clone(upstream.instance()));
-        }
-        drop(in_flight);
-        let body: &'static [u8] = if status == StatusCode::GATEWAY_TIMEOUT {
-            b"gateway timeout: the upstream did not answer in time\n"
-        } else {
-            b"bad gateway: no upstream could serve the request\n"
-        };
+        let body = upstream_failed(in_flight, status, start.elapsed(), &mut log);
         let close = client_close || *shutdown.borrow();
         self.local_logged(status, body, None, close, log)
             .await

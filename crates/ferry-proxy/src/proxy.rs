@@ -389,32 +389,17 @@ async fn proxy(
     // Before the rate limit and routing, which read headers as the upstream
     // will see them (a client cannot pick its key by forging them).
     set_forwarding(&mut parts.headers, &ctx.client_ip, ctx.trusted);
-    if let Some(limiter) = &config.limiter {
-        let key = match &limiter.options.key {
-            RateLimitKey::Header(name) => parts
-                .headers
-                .get(name)
-                .filter(|v| !v.is_empty())
-                .map(|v| hash_key(1, v.as_bytes())),
-            RateLimitKey::ClientIp => None,
-        };
-        let key = key.unwrap_or_else(|| match log.as_ref() {
-            Some(log) => hash_ip(log.entry.client),
-            None => hash_ip(ctx.client_addr(&parts.headers)),
-        });
-        if let Err(wait) = limiter.check(key, start) {
-            shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let mut resp = local_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                Bytes::from_static(b"too many requests: slow down and retry later\n"),
-                request_id,
-                log,
-            );
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            return Ok(resp);
-        }
+    let client = log.as_ref().map(|log| log.entry.client);
+    if let Some(secs) = rate_limited(&ctx, &parts.headers, client, start) {
+        let mut resp = local_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Bytes::from_static(RATE_LIMITED),
+            request_id,
+            log,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(resp);
     }
     to_origin_form(&mut parts);
     parts.version = Version::HTTP_11;
@@ -434,7 +419,7 @@ async fn proxy(
         ));
     };
     let (body, upload) = ReqBody::new(incoming, config.options.client_body_timeout);
-    let replayable = body.is_empty() && is_replayable(&parts);
+    let replayable = body.is_empty() && is_replayable(parts.method.as_str(), &parts.headers);
     let req = Request::from_parts(parts, body);
     let exchange = Exchange {
         ctx: &ctx,
@@ -448,7 +433,58 @@ async fn proxy(
     Ok(exchange.run(in_flight, req).await)
 }
 
-pub(crate) fn hash_ip(ip: IpAddr) -> u64 {
+/// The body of a `429`.
+pub(crate) const RATE_LIMITED: &[u8] = b"too many requests: slow down and retry later\n";
+
+/// Count a request against the service's rate limit (if any), keyed by the
+/// configured header or else the client's address (`client` if already
+/// known). `Some(seconds)`: over the limit, retry after that long (≥ 1).
+pub(crate) fn rate_limited<H: HeaderView + ?Sized>(
+    ctx: &ConnCtx,
+    headers: &H,
+    client: Option<IpAddr>,
+    now: Instant,
+) -> Option<u64> {
+    let limiter = ctx.config.limiter.as_ref()?;
+    let key = match &limiter.options.key {
+        RateLimitKey::Header(name) => headers
+            .value_of(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| hash_key(1, v)),
+        RateLimitKey::ClientIp => None,
+    };
+    let key = key.unwrap_or_else(|| hash_ip(client.unwrap_or_else(|| ctx.client_addr(headers))));
+    let wait = limiter.check(key, now).err()?;
+    ctx.shared()
+        .counters
+        .rate_limited
+        .fetch_add(1, Ordering::Relaxed);
+    Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+}
+
+/// Count a request no upstream could serve (502/504) against `in_flight`'s
+/// revision, note the instance in the access log, stop counting the request
+/// in flight, and return the body to answer with.
+pub(crate) fn upstream_failed(
+    in_flight: InFlight,
+    status: StatusCode,
+    elapsed: Duration,
+    log: &mut Option<PendingLog>,
+) -> &'static [u8] {
+    let upstream = in_flight.upstream();
+    upstream.stats().record_upstream_error(status, elapsed);
+    if let Some(log) = log.as_mut() {
+        log.served_by(upstream);
+    }
+    drop(in_flight);
+    if status == StatusCode::GATEWAY_TIMEOUT {
+        b"gateway timeout: the upstream did not answer in time\n"
+    } else {
+        b"bad gateway: no upstream could serve the request\n"
+    }
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => hash_key(4, &v4.octets()),
         IpAddr::V6(v6) => hash_key(6, &v6.octets()),
@@ -641,8 +677,7 @@ impl Exchange<'_> {
         upstream.stats().record(status, self.start.elapsed());
         if let Some(log) = self.log.as_mut() {
             log.entry.status = status;
-            log.entry.revision = Some(upstream.revision());
-            log.entry.instance = Some(Arc::clone(upstream.instance()));
+            log.served_by(upstream);
         }
         let (mut parts, body) = resp.into_parts();
         // hyper downgrades to HTTP/1.0 itself for HTTP/1.0 clients.
@@ -689,8 +724,7 @@ impl Exchange<'_> {
         parts.headers.insert(X_REQUEST_ID, self.request_id);
         if let Some(log) = self.log.as_mut() {
             log.entry.status = StatusCode::SWITCHING_PROTOCOLS;
-            log.entry.revision = Some(upstream.revision());
-            log.entry.instance = Some(Arc::clone(upstream.instance()));
+            log.served_by(&upstream);
         }
         let close = upstream.close_signal();
         tokio::spawn(tunnel(
@@ -705,21 +739,8 @@ impl Exchange<'_> {
     }
 
     fn upstream_error(self, in_flight: InFlight, status: StatusCode) -> Response<ProxyBody> {
-        let upstream = in_flight.upstream();
-        upstream
-            .stats()
-            .record_upstream_error(status, self.start.elapsed());
         let mut log = self.log;
-        if let Some(log) = log.as_mut() {
-            log.entry.revision = Some(upstream.revision());
-            log.entry.instance = Some(Arc::clone(upstream.instance()));
-        }
-        drop(in_flight);
-        let body: &'static [u8] = if status == StatusCode::GATEWAY_TIMEOUT {
-            b"gateway timeout: the upstream did not answer in time\n"
-        } else {
-            b"bad gateway: no upstream could serve the request\n"
-        };
+        let body = upstream_failed(in_flight, status, self.start.elapsed(), &mut log);
         local_response(status, Bytes::from_static(body), self.request_id, log)
     }
 }
@@ -824,11 +845,12 @@ fn is_stale_connection(err: &hyper::Error) -> bool {
     false
 }
 
-fn is_replayable(parts: &http::request::Parts) -> bool {
-    matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) || parts.headers.contains_key("idempotency-key")
+/// Whether a body-less request is safe to send twice: a safe method, or
+/// one the client marked with `Idempotency-Key`.
+pub(crate) fn is_replayable<H: HeaderView + ?Sized>(method: &str, headers: &H) -> bool {
+    const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+        || headers.value_of(&IDEMPOTENCY_KEY).is_some()
 }
 
 fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {
