@@ -541,8 +541,9 @@ impl Conn<'_> {
         )
     }
 
-    /// Pick another upstream for the current request (parsed again from
-    /// `input`), skipping those in `tried`.
+    /// Pick another upstream for the current request, skipping those in
+    /// `tried`. Routes on the head written for the upstream (`out`), so a
+    /// retry sees the rewritten forwarding headers as the first pick did.
     fn next_upstream(
         &self,
         current: InFlight,
@@ -551,7 +552,7 @@ impl Conn<'_> {
         tried.push(Arc::clone(current.upstream()));
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        if req.parse(&self.input).is_err() {
+        if req.parse(&self.out).is_err() {
             return Err(current);
         }
         match self.ctx.shared().acquire(&*req.headers, tried) {
@@ -560,25 +561,43 @@ impl Conn<'_> {
         }
     }
 
-    /// Forward the request in `out` and relay the response. Returns whether
-    /// the client connection stays open.
+    /// Forward the request in `out` and relay the response, or answer
+    /// 502/504 if no upstream could. Returns whether the client connection
+    /// stays open.
     async fn forward(
         &mut self,
         forward: Forward,
         client_close: bool,
         shutdown: &watch::Receiver<bool>,
     ) -> bool {
-        let keep_open = self.exchange(forward, client_close, shutdown).await;
+        let start = forward.start;
+        let keep_open = match self.exchange(forward, client_close, shutdown).await {
+            Ok(keep_open) => keep_open,
+            Err(Failed {
+                in_flight,
+                status,
+                mut log,
+            }) => {
+                let body = upstream_failed(in_flight, status, start.elapsed(), &mut log);
+                let close = client_close || *shutdown.borrow();
+                self.local_logged(status, body, None, close, log)
+                    .await
+                    .is_ok()
+                    && !close
+            }
+        };
         self.resp.release();
         keep_open
     }
 
+    /// Send the request upstream (retrying as `proxy.rs` does) and relay the
+    /// response; `Err` when no upstream answered usefully.
     async fn exchange(
         &mut self,
         forward: Forward,
         client_close: bool,
         shutdown: &watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Result<bool, Failed> {
         let Forward {
             mut in_flight,
             start,
@@ -616,16 +635,11 @@ impl Conn<'_> {
                                 continue;
                             }
                             Err(last) => {
-                                return self
-                                    .upstream_error(
-                                        last,
-                                        StatusCode::BAD_GATEWAY,
-                                        start,
-                                        log,
-                                        client_close,
-                                        shutdown,
-                                    )
-                                    .await;
+                                return Err(Failed {
+                                    in_flight: last,
+                                    status: StatusCode::BAD_GATEWAY,
+                                    log,
+                                });
                             }
                         }
                     }
@@ -659,16 +673,11 @@ impl Conn<'_> {
                         error = why,
                         "upstream request failed"
                     );
-                    return self
-                        .upstream_error(
-                            in_flight,
-                            StatusCode::BAD_GATEWAY,
-                            start,
-                            log,
-                            client_close,
-                            shutdown,
-                        )
-                        .await;
+                    return Err(Failed {
+                        in_flight,
+                        status: StatusCode::BAD_GATEWAY,
+                        log,
+                    });
                 }
                 HeadFailure::Timeout => {
                     tracing::warn!(
@@ -676,16 +685,11 @@ impl Conn<'_> {
                         instance = upstream.instance_id(),
                         "upstream response header timeout"
                     );
-                    return self
-                        .upstream_error(
-                            in_flight,
-                            StatusCode::GATEWAY_TIMEOUT,
-                            start,
-                            log,
-                            client_close,
-                            shutdown,
-                        )
-                        .await;
+                    return Err(Failed {
+                        in_flight,
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        log,
+                    });
                 }
             }
         };
@@ -708,16 +712,11 @@ impl Conn<'_> {
                 instance = upstream.instance_id(),
                 "upstream sent an invalid Content-Length"
             );
-            return self
-                .upstream_error(
-                    in_flight,
-                    StatusCode::BAD_GATEWAY,
-                    start,
-                    log,
-                    client_close,
-                    shutdown,
-                )
-                .await;
+            return Err(Failed {
+                in_flight,
+                status: StatusCode::BAD_GATEWAY,
+                log,
+            });
         };
         upstream.stats().record(status, start.elapsed());
         if let Some(log) = log.as_mut() {
@@ -788,7 +787,7 @@ impl Conn<'_> {
         // closed, not reused.
         drop(lease);
         finish_log(log, framing.body_bytes(bytes));
-        complete && !close
+        Ok(complete && !close)
     }
 
     /// Parse the upstream's response head (`resp[..head_len]`) and write the
@@ -957,37 +956,6 @@ impl Conn<'_> {
         }
     }
 
-    /// Answer 502/504 for a request no upstream could serve. Boxed, like
-    /// `connect`: rare paths should not enlarge every connection's task.
-    fn upstream_error<'s>(
-        &'s mut self,
-        in_flight: InFlight,
-        status: StatusCode,
-        start: Instant,
-        log: Option<PendingLog>,
-        client_close: bool,
-        shutdown: &'s watch::Receiver<bool>,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 's>> {
-        Box::pin(self.answer_upstream_error(in_flight, status, start, log, client_close, shutdown))
-    }
-
-    async fn answer_upstream_error(
-        &mut self,
-        in_flight: InFlight,
-        status: StatusCode,
-        start: Instant,
-        mut log: Option<PendingLog>,
-        client_close: bool,
-        shutdown: &watch::Receiver<bool>,
-    ) -> bool {
-        let body = upstream_failed(in_flight, status, start.elapsed(), &mut log);
-        let close = client_close || *shutdown.borrow();
-        self.local_logged(status, body, None, close, log)
-            .await
-            .is_ok()
-            && !close
-    }
-
     async fn local(
         &mut self,
         status: StatusCode,
@@ -1150,6 +1118,13 @@ fn push_date(out: &mut Vec<u8>) {
 
 fn header_value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A request no upstream answered: what `Conn::forward` answers for it.
+struct Failed {
+    in_flight: InFlight,
+    status: StatusCode,
+    log: Option<PendingLog>,
 }
 
 enum HeadFailure {
