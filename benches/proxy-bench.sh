@@ -142,7 +142,7 @@ for port in $FERRY_SPLIT $NGINX_SPLIT $HAPROXY_SPLIT; do
     echo "split check on :$port: $n/200 answers from revision 2"
 done
 
-# Peak RSS (VmHWM, kB) of a contender: all its processes together.
+# The processes of a contender (master and workers).
 pids_of() {
     case $1 in
         ferry) cat "$WORK/ferry.pid" ;;
@@ -150,36 +150,32 @@ pids_of() {
         haproxy) cat "$WORK/haproxy.pid"; pgrep -P "$(cat "$WORK/haproxy.pid")" || true ;;
     esac
 }
-peak_rss() {
+# status_kb FIELD CONTENDER: a /proc/PID/status field (VmHWM: peak RSS,
+# VmRSS: RSS now), in kB, summed over all the contender's processes.
+status_kb() {
     local total=0 kb
-    for pid in $(pids_of "$1"); do
-        kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    for pid in $(pids_of "$2"); do
+        kb=$(awk -v f="$1:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
         total=$((total + ${kb:-0}))
     done
     echo "$total"
 }
+CONTENDERS=(direct ferry nginx haproxy)
+port_of() { case $1 in direct) echo $UP1 ;; ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac; }
+split_port_of() { case $1 in ferry) echo $FERRY_SPLIT ;; nginx) echo $NGINX_SPLIT ;; haproxy) echo $HAPROXY_SPLIT ;; esac; }
 
 # Memory per idle client connection, measured first, on fresh processes
 # (allocators keep what they grew to, so later deltas would read ~0): RSS of
 # all the proxy's processes before and while IDLE keep-alive connections,
 # each after one request, sit open.
-rss_now() {
-    local total=0 kb
-    for pid in $(pids_of "$1"); do
-        kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$((total + ${kb:-0}))
-    done
-    echo "$total"
-}
 IDLE_REPORT=()
 for c in ferry nginx haproxy; do
-    port=$(case $c in ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac)
-    before=$(rss_now "$c")
-    python3 "$ROOT/benches/idle-conns.py" "$port" "$IDLE" 3 >"$WORK/idle-$c.txt" &
+    before=$(status_kb VmRSS "$c")
+    python3 "$ROOT/benches/idle-conns.py" "$(port_of "$c")" "$IDLE" 3 >"$WORK/idle-$c.txt" &
     holder=$!
     for _ in $(seq 600); do [ -s "$WORK/idle-$c.txt" ] && break; sleep 0.1; done
     sleep 1
-    during=$(rss_now "$c")
+    during=$(status_kb VmRSS "$c")
     wait "$holder" || true
     IDLE_REPORT+=("$(printf '  %-8s %6s kB before, %6s kB with %s idle connections (%s answered): %5.2f kB each' \
         "$c" "$before" "$during" "$IDLE" "$(cat "$WORK/idle-$c.txt")" \
@@ -209,9 +205,6 @@ run() { # scenario contender port [extra wrk args]
 }
 
 echo "round,scenario,contender,rps,p50_ms,p99_ms,errors" >"$OUT"
-CONTENDERS=(direct ferry nginx haproxy)
-port_of() { case $1 in direct) echo $UP1 ;; ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac; }
-split_port_of() { case $1 in ferry) echo $FERRY_SPLIT ;; nginx) echo $NGINX_SPLIT ;; haproxy) echo $HAPROXY_SPLIT ;; esac; }
 
 # Warm up every contender (connection pools, page cache).
 for c in "${CONTENDERS[@]}"; do wrk -t1 -c10 -d2s "http://127.0.0.1:$(port_of "$c")/" >/dev/null; done
@@ -245,6 +238,6 @@ for s in keepalive close split; do
 done
 echo
 echo "peak RSS (VmHWM, all processes of the proxy, after all runs):"
-for c in ferry nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(peak_rss "$c")"; done
+for c in ferry nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(status_kb VmHWM "$c")"; done
 printf '%s\n' "memory per idle keep-alive connection (measured before the runs):" "${IDLE_REPORT[@]}"
 echo "raw results: $OUT"

@@ -181,7 +181,8 @@ impl Upstream {
         }
     }
 
-    /// Open a new fast-path connection.
+    /// Open a new TCP connection (`TCP_NODELAY`), within `timeout`: a
+    /// fast-path connection as is, or the socket under a hyper connection.
     pub(crate) async fn connect_raw(&self, timeout: Duration) -> io::Result<TcpStream> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(stream) => stream?,
@@ -235,13 +236,7 @@ impl Upstream {
 
     /// Open a new connection and spawn its connection task.
     pub(crate) async fn connect(&self, timeout: Duration) -> io::Result<SendRequest<ReqBody>> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Ok(stream) => stream?,
-            Err(_) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-            }
-        };
-        stream.set_nodelay(true)?;
+        let stream = self.connect_raw(timeout).await?;
         let (sender, conn) = Builder::new()
             .handshake(TokioIo::new(stream))
             .await
