@@ -609,7 +609,7 @@ impl Conn<'_> {
         let mut tried = Vec::new();
         let mut fresh_only = false;
         let upstream_conn = loop {
-            let upstream = Arc::clone(in_flight.upstream());
+            let upstream = in_flight.upstream();
             let pooled = if fresh_only {
                 None
             } else {
@@ -694,7 +694,7 @@ impl Conn<'_> {
             }
         };
         let (stream, head_len) = upstream_conn;
-        let upstream = Arc::clone(in_flight.upstream());
+        let upstream = in_flight.upstream();
 
         // The response head for the client (parsed in a plain function, so
         // that its header array is not kept in this future's state).
@@ -705,7 +705,7 @@ impl Conn<'_> {
             mut upstream_keeps,
             until_close,
             close,
-        }) = self.response_head(head_len, head, client_close || shutting_down, &upstream)
+        }) = self.response_head(head_len, head, client_close || shutting_down, upstream)
         else {
             tracing::warn!(
                 service = %self.ctx.shared().service,
@@ -721,7 +721,7 @@ impl Conn<'_> {
         upstream.stats().record(status, start.elapsed());
         if let Some(log) = log.as_mut() {
             log.entry.status = status;
-            log.served_by(&upstream);
+            log.served_by(upstream);
         }
 
         // The body: what came with the head, then the rest as it arrives.
@@ -749,6 +749,7 @@ impl Conn<'_> {
                 // followed by `close_idle` closes it), both before the last
                 // write to the client.
                 if upstream_keeps {
+                    let upstream = in_flight.upstream();
                     upstream.release_raw(stream, options.max_idle_per_upstream);
                 }
                 drop(in_flight);
