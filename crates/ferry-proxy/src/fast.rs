@@ -34,7 +34,9 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::Entry;
 use crate::body::PendingLog;
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
-use crate::proxy::{ConnCtx, RATE_LIMITED, is_replayable, rate_limited, upstream_failed};
+use crate::proxy::{
+    ConnCtx, RATE_LIMITED, is_replayable, pooled_or_connect, rate_limited, upstream_failed,
+};
 use crate::upstream::InFlight;
 
 /// Longest request head the fast path reads; longer ones go to hyper's path.
@@ -549,16 +551,14 @@ impl Conn<'_> {
         current: InFlight,
         tried: &mut Vec<Arc<crate::Upstream>>,
     ) -> Result<InFlight, InFlight> {
-        tried.push(Arc::clone(current.upstream()));
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         if req.parse(&self.out).is_err() {
             return Err(current);
         }
-        match self.ctx.shared().acquire(&*req.headers, tried) {
-            Some(next) => Ok(next),
-            None => Err(current),
-        }
+        self.ctx
+            .shared()
+            .next_upstream(current, tried, &*req.headers)
     }
 
     /// Forward the request in `out` and relay the response, or answer
@@ -609,42 +609,27 @@ impl Conn<'_> {
         let mut tried = Vec::new();
         let mut fresh_only = false;
         let upstream_conn = loop {
+            let found = pooled_or_connect(
+                &self.ctx.shared().service,
+                in_flight,
+                fresh_only,
+                crate::Upstream::checkout_raw,
+                |upstream| async move { upstream.connect_raw(options.connect_timeout).await },
+                |current| self.next_upstream(current, &mut tried),
+            )
+            .await;
+            let (mut stream, reused);
+            (in_flight, stream, reused) = match found {
+                Ok(found) => found,
+                Err(last) => {
+                    return Err(Failed {
+                        in_flight: last,
+                        status: StatusCode::BAD_GATEWAY,
+                        log,
+                    });
+                }
+            };
             let upstream = in_flight.upstream();
-            let pooled = if fresh_only {
-                None
-            } else {
-                upstream.checkout_raw()
-            };
-            let reused = pooled.is_some();
-            let mut stream = match pooled {
-                Some(stream) => stream,
-                None => match Box::pin(upstream.connect_raw(options.connect_timeout)).await {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        tracing::warn!(
-                            service = %self.ctx.shared().service,
-                            instance = upstream.instance_id(),
-                            addr = %upstream.addr(),
-                            error = %err,
-                            "cannot connect to upstream"
-                        );
-                        match self.next_upstream(in_flight, &mut tried) {
-                            Ok(next) => {
-                                in_flight = next;
-                                fresh_only = false;
-                                continue;
-                            }
-                            Err(last) => {
-                                return Err(Failed {
-                                    in_flight: last,
-                                    status: StatusCode::BAD_GATEWAY,
-                                    log,
-                                });
-                            }
-                        }
-                    }
-                },
-            };
             self.timer
                 .set(Instant::now() + options.response_header_timeout);
             let sent = within(&mut self.timer, stream.write_all(&self.out)).await;

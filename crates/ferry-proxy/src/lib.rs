@@ -470,4 +470,19 @@ impl Shared {
             drop(in_flight);
         }
     }
+
+    /// Give up on `current`'s upstream (added to `tried`) and acquire the
+    /// next untried one; `Err` hands `current` back when none is left.
+    pub(crate) fn next_upstream<H: headers::HeaderView + ?Sized>(
+        &self,
+        current: InFlight,
+        tried: &mut Vec<Arc<Upstream>>,
+        headers: &H,
+    ) -> Result<InFlight, InFlight> {
+        tried.push(Arc::clone(current.upstream()));
+        match self.acquire(headers, tried) {
+            Some(next) => Ok(next),
+            None => Err(current),
+        }
+    }
 }

@@ -520,35 +520,19 @@ impl Exchange<'_> {
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let mut fresh_only = false;
         loop {
-            let upstream = in_flight.upstream();
-            let pooled = if fresh_only {
-                None
-            } else {
-                upstream.checkout()
-            };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                None => match upstream.connect(options.connect_timeout).await {
-                    Ok(sender) => sender,
-                    Err(err) => {
-                        tracing::warn!(
-                            service = %self.ctx.shared().service,
-                            instance = upstream.instance_id(),
-                            addr = %upstream.addr(),
-                            error = %err,
-                            "cannot connect to upstream"
-                        );
-                        match self.next_upstream(in_flight, &mut tried, req.headers()) {
-                            Ok(next) => {
-                                in_flight = next;
-                                fresh_only = false;
-                                continue;
-                            }
-                            Err(last) => return self.upstream_error(last, StatusCode::BAD_GATEWAY),
-                        }
-                    }
-                },
+            let found = pooled_or_connect(
+                &self.ctx.shared().service,
+                in_flight,
+                fresh_only,
+                Upstream::checkout,
+                |upstream| async move { upstream.connect(options.connect_timeout).await },
+                |current| self.next_upstream(current, &mut tried, req.headers()),
+            )
+            .await;
+            let (mut sender, reused);
+            (in_flight, sender, reused) = match found {
+                Ok(found) => found,
+                Err(last) => return self.upstream_error(last, StatusCode::BAD_GATEWAY),
             };
             let replay = (reused && self.replayable).then(|| clone_head(&req));
             let sent = send(
@@ -645,11 +629,7 @@ impl Exchange<'_> {
         tried: &mut Vec<Arc<Upstream>>,
         headers: &HeaderMap,
     ) -> Result<InFlight, InFlight> {
-        tried.push(Arc::clone(current.upstream()));
-        match self.ctx.shared().acquire(headers, tried) {
-            Some(next) => Ok(next),
-            None => Err(current),
-        }
+        self.ctx.shared().next_upstream(current, tried, headers)
     }
 
     fn upstream_response(
@@ -742,6 +722,48 @@ impl Exchange<'_> {
         let mut log = self.log;
         let body = upstream_failed(in_flight, status, self.start.elapsed(), &mut log);
         local_response(status, Bytes::from_static(body), self.request_id, log)
+    }
+}
+
+/// A connection to `in_flight`'s upstream, for either path's kind of
+/// connection: a pooled one (`checkout`, unless `fresh_only`) or a new one
+/// (`connect`). When connecting fails, `next` moves the request to the next
+/// untried upstream (a refused connect is never the request's fault).
+/// `Ok((in_flight, connection, reused))`, or `Err(last upstream)` when none
+/// could be connected to.
+pub(crate) async fn pooled_or_connect<C, Fut>(
+    service: &str,
+    mut in_flight: InFlight,
+    fresh_only: bool,
+    checkout: impl Fn(&Upstream) -> Option<C>,
+    connect: impl Fn(Arc<Upstream>) -> Fut,
+    mut next: impl FnMut(InFlight) -> Result<InFlight, InFlight>,
+) -> Result<(InFlight, C, bool), InFlight>
+where
+    Fut: Future<Output = io::Result<C>>,
+{
+    if !fresh_only && let Some(pooled) = checkout(in_flight.upstream()) {
+        return Ok((in_flight, pooled, true));
+    }
+    loop {
+        let upstream = in_flight.upstream();
+        match connect(Arc::clone(upstream)).await {
+            Ok(new) => return Ok((in_flight, new, false)),
+            Err(err) => {
+                tracing::warn!(
+                    service,
+                    instance = upstream.instance_id(),
+                    addr = %upstream.addr(),
+                    error = %err,
+                    "cannot connect to upstream"
+                );
+                in_flight = next(in_flight)?;
+                // A different upstream: its pool may have a connection.
+                if let Some(pooled) = checkout(in_flight.upstream()) {
+                    return Ok((in_flight, pooled, true));
+                }
+            }
+        }
     }
 }
 
