@@ -2,11 +2,14 @@
 //! the API and prints for people (text) or machines (`--output json`).
 
 /// `println!` that ends the process quietly when stdout is closed (e.g.
-/// `ferry history web | head`), instead of panicking.
+/// `ferry history web | head`), instead of panicking. Every line goes
+/// through [`crate::term::printable`]: what the commands print includes
+/// text users and programs wrote (messages, reasons, probe details).
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+        let line = format!($($arg)*);
+        if writeln!(std::io::stdout(), "{}", crate::term::printable(&line)).is_err() {
             std::process::exit(0);
         }
     }};
@@ -101,6 +104,17 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
             problems.push(format!("error: {}", config::positioned(path, &text, &p)));
         }
     }
+    let base_dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    for (name, spec) in &cfg.services {
+        for p in missing_programs(name, spec, &base_dir) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            problems.push(format!("error: {}", config::positioned(path, &text, &p)));
+        }
+    }
     if !problems.is_empty() {
         return Err(CliError::usage(format!(
             "{}\nnothing was changed",
@@ -128,6 +142,62 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
         }
     }
     Ok(())
+}
+
+/// The programs a service runs (its command, its `pre_deploy` hook) that
+/// cannot be found: a relative or absolute path that is not an executable
+/// file, or a bare name on no directory of `PATH`. Programs whose name
+/// depends on `{version}` (or whose workdir does) are known only at deploy
+/// time and are not checked.
+fn missing_programs(
+    name: &str,
+    spec: &ferry_core::spec::ServiceSpec,
+    base_dir: &Path,
+) -> Vec<ferry_core::spec::Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let workdir = spec.workdir.as_deref().map(|w| base_dir.join(w));
+    let mut problems = Vec::new();
+    let commands = [
+        ("command", Some(&spec.command)),
+        ("pre_deploy", spec.pre_deploy.as_ref()),
+    ];
+    for (key, command) in commands {
+        let Some(argv) = command.map(|c| c.argv(|a| a.to_string())) else {
+            continue;
+        };
+        let Some(program) = argv.first().filter(|p| !p.contains('{')) else {
+            continue;
+        };
+        let found = if program.contains('/') {
+            let dir = workdir.as_deref().unwrap_or(base_dir);
+            if dir.to_string_lossy().contains('{') && !program.starts_with('/') {
+                continue;
+            }
+            executable(&dir.join(program))
+        } else {
+            std::env::var_os("PATH").is_some_and(|paths| {
+                std::env::split_paths(&paths).any(|d| executable(&d.join(program)))
+            })
+        };
+        if !found {
+            let wherein = if program.contains('/') {
+                format!(
+                    "is not an executable file (relative paths start from {})",
+                    workdir.as_deref().unwrap_or(base_dir).display()
+                )
+            } else {
+                "is not on PATH (instances see the daemon's PATH)".to_string()
+            };
+            problems.push(ferry_core::spec::Problem {
+                path: vec!["services".into(), name.into(), key.into()],
+                message: format!("`{program}` {wherein}; install it or fix the path"),
+            });
+        }
+    }
+    problems
 }
 
 pub struct DeployArgs {
@@ -177,7 +247,7 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         };
         if !valid_env_name(k) {
             return Err(CliError::usage(format!(
-                "--set: `{k}` is not a valid environment variable name"
+                "--set: `{k}` is not a valid environment variable name; use ASCII letters, digits and `_`, not starting with a digit"
             )));
         }
         overrides.insert(k.to_string(), v.to_string());
@@ -303,7 +373,7 @@ pub async fn watch(
                         e.message
                     );
                     match &bar {
-                        Some(pb) => pb.println(line),
+                        Some(pb) => pb.println(crate::term::printable(&line)),
                         None => say!("{line}"),
                     }
                 }
@@ -488,6 +558,9 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(why) = &s.proxy_error {
+            say!("  NOT SERVING: {why}");
+        }
         if let Some(r) = &s.rollout {
             say!(
                 "  rollout {}: {} to revision {} ({}), {:?}, {}/{} available",

@@ -81,6 +81,7 @@ pub async fn run() -> CliResult<()> {
     let serve_config = ferry_server::ServeConfig {
         data_dir: data_dir.clone(),
         api_addr: "127.0.0.1:0".parse().expect("literal address"),
+        api_limits: Default::default(),
     };
     let daemon = tokio::spawn(ferry_server::serve(
         serve_config,

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod demo;
+mod term;
 
 use clap::{Parser, Subcommand};
 use client::{CliError, CliResult, Client};
@@ -71,6 +72,16 @@ enum Command {
         /// Address of the HTTP API (port 0 picks a free one; the data dir records it).
         #[arg(long, env = "FERRY_API_ADDR", default_value = "127.0.0.1:7070")]
         api_addr: SocketAddr,
+        /// Most open API connections; more wait in the kernel's queue.
+        #[arg(long, value_name = "N", default_value_t = 512)]
+        api_max_connections: usize,
+        /// How long the API waits for a request's headers, and keeps an idle
+        /// connection open.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_arg)]
+        api_header_timeout: std::time::Duration,
+        /// How long one API request (body and answer) may take before 408.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
+        api_request_timeout: std::time::Duration,
     },
     /// Release a new version of a service.
     Deploy {
@@ -165,6 +176,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Seal every stored secret under a new key (stop the daemon first).
+    ///
+    /// Secret env values (names with SECRET, TOKEN, PASSWORD or KEY) are
+    /// stored encrypted under the key in <data-dir>/secret.key, or in
+    /// FERRY_SECRET_KEY when that is set. This makes a new key (or takes
+    /// FERRY_NEW_SECRET_KEY, required when the key is in FERRY_SECRET_KEY),
+    /// re-encrypts every secret with it in one transaction, and replaces the
+    /// key file. An interrupted rotation is finished or undone at the next
+    /// start.
+    RotateKey,
     /// Run the whole story on embedded defaults: deploy, roll, switch, and a bad release rolled back.
     Demo,
     /// The bundled demo service (used by `ferry demo` and the tests).
@@ -194,11 +215,13 @@ fn main() {
     let code = match runtime.block_on(run(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            // Multi-line messages already say `error:` on each line.
-            if e.message.starts_with("error: ") {
-                eprintln!("{}", e.message);
+            // Multi-line messages already say `error:` on each line. They
+            // quote the daemon's answers, which quote user input.
+            let message = term::printable(&e.message);
+            if message.starts_with("error: ") {
+                eprintln!("{message}");
             } else {
-                eprintln!("error: {}", e.message);
+                eprintln!("error: {message}");
             }
             e.code
         }
@@ -211,18 +234,30 @@ async fn run(cli: Cli) -> CliResult<()> {
     match &cli.command {
         Command::Init { config, force } => commands::init(config, *force),
         Command::Check { config } => commands::check(config, client().ok(), cli.output).await,
-        Command::Serve { api_addr } => {
+        Command::Serve {
+            api_addr,
+            api_max_connections,
+            api_header_timeout,
+            api_request_timeout,
+        } => {
             init_logging(cli.log_format, "info");
             let config = ferry_server::ServeConfig {
                 data_dir: cli.data_dir.clone(),
                 api_addr: *api_addr,
+                api_limits: ferry_server::api_server::ApiLimits {
+                    max_connections: *api_max_connections,
+                    header_timeout: *api_header_timeout,
+                    request_timeout: *api_request_timeout,
+                    ..Default::default()
+                },
             };
             ferry_server::serve(config, shutdown_signal(), None)
                 .await
                 .map_err(|e| {
                     let code = match e {
                         ferry_server::ServeError::Bind { .. }
-                        | ferry_server::ServeError::AlreadyRunning { .. } => client::EXIT_USAGE,
+                        | ferry_server::ServeError::AlreadyRunning { .. }
+                        | ferry_server::ServeError::Key(_) => client::EXIT_USAGE,
                         _ => client::EXIT_FAILED,
                     };
                     CliError {
@@ -286,6 +321,18 @@ async fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Rollout { id } => commands::rollout(&client()?, *id, cli.output).await,
         Command::Audit { limit } => commands::audit(&client()?, *limit, cli.output).await,
+        Command::RotateKey => {
+            let message = ferry_server::rotate_key(&cli.data_dir).map_err(|e| CliError {
+                code: match e {
+                    ferry_server::ServeError::AlreadyRunning { .. }
+                    | ferry_server::ServeError::Key(_) => client::EXIT_USAGE,
+                    _ => client::EXIT_FAILED,
+                },
+                message: e.to_string(),
+            })?;
+            println!("{message}");
+            Ok(())
+        }
         Command::Demo => {
             init_logging(cli.log_format, "warn");
             demo::run().await
@@ -297,6 +344,15 @@ async fn run(cli: Cli) -> CliResult<()> {
                 .map_err(|e| CliError::failed(format!("demo-app: {e:#}")))
         }
     }
+}
+
+/// A positive duration with a unit, for clap.
+fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    let d = ferry_core::duration::parse(text)?;
+    if d.is_zero() {
+        return Err("must be longer than 0".into());
+    }
+    Ok(d.0)
 }
 
 /// SIGINT or SIGTERM.

@@ -10,6 +10,7 @@ mod it {
     mod deploys;
     mod example;
     mod failures;
+    mod hardening;
     mod input;
     mod instances;
     mod prometheus;

@@ -18,7 +18,11 @@ pub fn free_port() -> u16 {
 
 /// Knobs of the test service's spec.
 pub struct Spec {
+    /// The `command` value as TOML (default: the bundled demo app).
+    pub command: Option<String>,
     pub instances: u32,
+    /// More `KEY = "value"` pairs for the `env` table, each after a comma.
+    pub env_extra: String,
     pub strategy: &'static str,
     pub min_ready: &'static str,
     pub deploy_timeout: &'static str,
@@ -34,7 +38,9 @@ pub struct Spec {
 impl Default for Spec {
     fn default() -> Self {
         Spec {
+            command: None,
             instances: 3,
+            env_extra: String::new(),
             strategy: "rolling",
             min_ready: "300ms",
             deploy_timeout: "10s",
@@ -55,6 +61,13 @@ pub struct Env {
 impl Env {
     /// A temp dir with a ferry.toml for service `web` and a running daemon.
     pub fn start(spec: Spec) -> Env {
+        let mut env = Env::prepare(spec);
+        env.start_daemon();
+        env
+    }
+
+    /// A temp dir with a ferry.toml for service `web`; no daemon yet.
+    pub fn prepare(spec: Spec) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("ferry-it-")
             .tempdir()
@@ -66,18 +79,16 @@ impl Env {
             daemon: None,
         };
         env.write_config(&spec);
-        let mut env = env;
-        env.start_daemon();
         env
     }
 
     pub fn write_config(&self, spec: &Spec) {
         let text = format!(
             r#"[services.web]
-command = ["{FERRY}", "demo-app"]
+command = {command}
 instances = {instances}
 listen = "127.0.0.1:{port}"
-env = {{ DEMO_VERSION = "{{version}}" }}
+env = {{ DEMO_VERSION = "{{version}}"{env_extra} }}
 {extra}
 [services.web.readiness]
 http = "/health"
@@ -94,7 +105,12 @@ scale_down_delay = "{scale_down_delay}"
 {deploy_extra}
 {tail}
 "#,
+            command = spec
+                .command
+                .clone()
+                .unwrap_or_else(|| format!(r#"["{FERRY}", "demo-app"]"#)),
             instances = spec.instances,
+            env_extra = spec.env_extra,
             port = self.port,
             extra = spec.extra,
             strategy = spec.strategy,
@@ -112,6 +128,11 @@ scale_down_delay = "{scale_down_delay}"
     }
 
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&[], &[]);
+    }
+
+    /// Start `ferry serve` with extra arguments and environment variables.
+    pub fn start_daemon_with(&mut self, args: &[&str], envs: &[(&str, &str)]) {
         let _ = std::fs::remove_file(self.data_dir().join("api.json"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -120,6 +141,8 @@ scale_down_delay = "{scale_down_delay}"
             .unwrap();
         let child = Command::new(FERRY)
             .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(envs.iter().copied())
             .env("FERRY_DATA_DIR", self.data_dir())
             .current_dir(self.dir.path())
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -88,20 +88,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
 /// Validate a parsed config: each service, then what spans services.
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut listens: BTreeMap<String, &str> = BTreeMap::new();
+    let mut listens: Vec<(std::net::SocketAddr, &str)> = Vec::new();
     for (name, spec) in &config.services {
         problems.extend(spec.validate(name));
         if let Some(addr) = spec.listen_addr() {
-            let key = addr.to_string();
-            if let Some(other) = listens.get(&key) {
+            if let Some((theirs, other)) = listens
+                .iter()
+                .find(|(theirs, _)| crate::spec::listens_overlap(addr, *theirs))
+            {
+                let how = if *theirs == addr {
+                    "is already used by".to_string()
+                } else {
+                    format!("overlaps {theirs}, used by")
+                };
                 problems.push(Problem {
                     path: vec!["services".into(), name.clone(), "listen".into()],
                     message: format!(
-                        "listen = \"{key}\" is already used by service `{other}`; give each service its own address"
+                        "listen = \"{addr}\" {how} service `{other}`; give each service its own port (an unspecified address such as 0.0.0.0 takes the port on every address)"
                     ),
                 });
             } else {
-                listens.insert(key, name);
+                listens.push((addr, name));
             }
         }
     }
@@ -263,6 +270,33 @@ mod tests {
         let e = errors(text);
         assert!(e[0].contains("already used by service `a`"), "{e:?}");
         assert!(e[0].contains(":6:"), "{e:?}");
+        // A wildcard address takes the port on every address.
+        let text = "[services.a]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9\"\n[services.b]\ncommand = [\"x\"]\nlisten = \"0.0.0.0:9\"\n";
+        let e = errors(text);
+        assert!(
+            e[0].contains("overlaps 127.0.0.1:9, used by service `a`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn injected_probe_paths_nul_values_and_tiny_intervals_are_rejected() {
+        let base = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n";
+        let e = errors(&format!(
+            "{base}[services.web.readiness]\nhttp = \"/h\\r\\nX-Injected: 1\"\n"
+        ));
+        assert!(e[0].contains("services.web.readiness.http"), "{e:?}");
+        let e = errors(&format!("{base}env = {{ A = \"x\\u0000y\" }}\n"));
+        assert!(e[0].contains("NUL"), "{e:?}");
+        let e = errors(&format!(
+            "{base}[services.web.readiness]\ntcp = true\ninterval = \"1ns\"\n"
+        ));
+        assert!(
+            e[0].contains("interval") && e[0].contains("at least"),
+            "{e:?}"
+        );
+        let e = errors(&format!("{base}env = {{ \"A B\" = \"1\" }}\n"));
+        assert!(e[0].contains("not a valid variable name"), "{e:?}");
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl Revision {
     }
 }
 
-/// Validate a version label given on the command line.
+/// Validate a version label given on the command line. It is filled into
+/// paths (`releases/{version}`) and argument lists, so it must be one plain
+/// path component that no program reads as an option: it starts with a
+/// letter or digit (never `.`, `..` or `-`).
 pub fn check_version(version: &str) -> Result<(), String> {
     if version.is_empty() || version.len() > 128 {
         return Err("--version must be 1 to 128 characters".into());
@@ -72,5 +75,32 @@ pub fn check_version(version: &str) -> Result<(), String> {
             "--version `{version}` may use only letters, digits, `.`, `-`, `_` and `+` (it is filled into paths and commands)"
         ));
     }
+    if !version.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "--version `{version}` must start with a letter or digit: it is filled into paths, where `.` and `..` name other directories, and into argument lists, where a leading `-` reads as an option"
+        ));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_version;
+
+    #[test]
+    fn versions_cannot_escape_a_path_or_become_an_option() {
+        for good in ["v1", "1.2.3", "2026-11-25", "v1+build.7", "a..b"] {
+            assert!(check_version(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", ".", "..", ".hidden", "-rf", "--help", "_x", "+1", "a/b", "v 1", "v\n",
+        ] {
+            assert!(check_version(bad).is_err(), "{bad:?} must be rejected");
+        }
+        assert!(
+            check_version("..")
+                .unwrap_err()
+                .contains("start with a letter or digit")
+        );
+    }
 }

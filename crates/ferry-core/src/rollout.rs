@@ -34,6 +34,17 @@ pub struct ServiceState {
     pub active_rollout: Option<u64>,
 }
 
+impl ServiceState {
+    /// Does the service have anything to serve or start: a stable
+    /// revision, a rollout under way, or instances wanted? A first deploy
+    /// that failed leaves none of these.
+    pub fn has_work(&self) -> bool {
+        self.stable.is_some()
+            || self.active_rollout.is_some()
+            || self.scale.values().any(|n| *n > 0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutKind {

@@ -350,10 +350,75 @@ pub fn valid_service_name(name: &str) -> bool {
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// A portable environment variable name: ASCII letters, digits and `_`,
+/// not starting with a digit (POSIX's portable set; anything else is lost
+/// or mangled by shells and process managers).
 pub fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
-        && !name.contains(['=', '\0'])
+        && name.len() <= 256
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Why an environment value or argument cannot be passed to a process, if it
+/// cannot: the kernel takes NUL-terminated strings, so a NUL would cut it (or
+/// fail every start).
+pub fn unpassable(value: &str) -> Option<&'static str> {
+    value.contains('\0').then_some(
+        "contains a NUL character, which no process argument or environment value can hold",
+    )
+}
+
+/// The shortest probe interval: more often than this is load, not health.
+pub const MIN_PROBE_INTERVAL: Dur = Dur::millis(100);
+/// The shortest probe timeout.
+pub const MIN_PROBE_TIMEOUT: Dur = Dur::millis(10);
+
+/// Is `path` a request path a probe may send as is: `/` then RFC 3986 path
+/// and query characters (no spaces, control characters or CR/LF, which would
+/// end the request line and inject headers).
+pub fn valid_probe_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 2048
+        && path.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'%'
+                        | b'?'
+                )
+        })
+}
+
+/// Do two listen addresses compete for the same socket? Same port and same
+/// IP, or the same port where one is the unspecified address of its family
+/// (`0.0.0.0:P` takes `127.0.0.1:P` too), or `[::]:P` against any IPv4
+/// address on a dual-stack host.
+pub fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    x == y
+        || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+        || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))
 }
 
 impl ServiceSpec {
@@ -384,6 +449,12 @@ impl ServiceSpec {
             ));
         }
         for (suffix, part) in self.command.parts() {
+            if let Some(why) = unpassable(part) {
+                p.push(Problem::new(
+                    &at(&["command"]),
+                    format!("command{suffix} {why}"),
+                ));
+            }
             for bad in unknown_placeholders(part) {
                 p.push(Problem::new(
                     &at(&["command"]),
@@ -438,6 +509,9 @@ impl ServiceSpec {
                     ),
                 ));
             }
+            if let Some(why) = unpassable(v) {
+                p.push(Problem::new(&at(&["env", k]), format!("env {k} {why}")));
+            }
             for bad in unknown_placeholders(v) {
                 p.push(Problem::new(
                     &at(&["env", k]),
@@ -476,6 +550,21 @@ impl ServiceSpec {
                     &at(&["deploy", key]),
                     format!("{key} = \"0s\" leaves no time at all; give a positive duration such as \"30s\""),
                 ));
+            }
+        }
+        if let Some(w) = &self.workdir
+            && let Some(why) = unpassable(w)
+        {
+            p.push(Problem::new(&at(&["workdir"]), format!("workdir {why}")));
+        }
+        if let Some(hook) = &self.pre_deploy {
+            for (suffix, part) in hook.parts() {
+                if let Some(why) = unpassable(part) {
+                    p.push(Problem::new(
+                        &at(&["pre_deploy"]),
+                        format!("pre_deploy{suffix} {why}"),
+                    ));
+                }
             }
         }
         if let Some(hook) = &self.pre_deploy
@@ -524,23 +613,28 @@ fn validate_probe(probe: &ProbeSpec, at: &[String], p: &mut Vec<Problem>) {
             "a probe needs a check: http = \"/health\" or tcp = true",
         )),
         (Some(_), true) => p.push(Problem::new(at, "choose one check: http or tcp, not both")),
-        (Some(path), false) if !path.starts_with('/') => {
+        (Some(path), false) if !valid_probe_path(path) => {
             let mut k = at.to_vec();
             k.push("http".into());
             p.push(Problem::new(
                 &k,
-                format!("http = \"{path}\" must be a path starting with `/`, e.g. \"/health\""),
+                format!(
+                    "http = {path:?} must be a path starting with `/`, of URL path and query characters only (no spaces or control characters; percent-encode others), e.g. \"/health\""
+                ),
             ));
         }
         _ => {}
     }
-    for (key, value) in [("interval", probe.interval), ("timeout", probe.timeout)] {
-        if value.is_zero() {
+    for (key, value, min) in [
+        ("interval", probe.interval, MIN_PROBE_INTERVAL),
+        ("timeout", probe.timeout, MIN_PROBE_TIMEOUT),
+    ] {
+        if value < min {
             let mut k = at.to_vec();
             k.push(key.into());
             p.push(Problem::new(
                 &k,
-                format!("{key} must be positive, e.g. \"1s\""),
+                format!("{key} = \"{value}\" is too short; use at least \"{min}\", e.g. \"1s\""),
             ));
         }
     }
@@ -572,6 +666,40 @@ mod tests {
             vec!["prot".to_string()]
         );
         assert!(unknown_placeholders("json {\"a\": 1}").is_empty());
+    }
+
+    #[test]
+    fn env_names_are_portable_and_values_passable() {
+        for good in ["A", "_X", "DB_URL2", "lower_ok"] {
+            assert!(valid_env_name(good), "{good}");
+        }
+        for bad in ["", "1A", "A B", "é", "A=B", "A-B", "A.B", "A\0"] {
+            assert!(!valid_env_name(bad), "{bad:?}");
+        }
+        assert!(unpassable("a\0b").is_some());
+        assert!(unpassable("fine value = with spaces").is_none());
+    }
+
+    #[test]
+    fn probe_paths_cannot_inject_a_header() {
+        assert!(valid_probe_path("/health"));
+        assert!(valid_probe_path("/a/b?x=1&y=%20"));
+        for bad in ["health", "/h\r\nX-Injected: 1", "/a b", "/\t", "/é", ""] {
+            assert!(!valid_probe_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_overlap_by_port_and_wildcard() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listens_overlap(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(listens_overlap(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(listens_overlap(a("127.0.0.2:80"), a("0.0.0.0:80")));
+        assert!(listens_overlap(a("[::]:80"), a("127.0.0.1:80")));
+        assert!(listens_overlap(a("[::1]:80"), a("[::]:80")));
+        assert!(!listens_overlap(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!listens_overlap(a("127.0.0.1:80"), a("127.0.0.1:81")));
+        assert!(!listens_overlap(a("0.0.0.0:80"), a("[::1]:80")));
     }
 
     #[test]

@@ -59,10 +59,12 @@ impl AccessLog {
         {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&options.path)?;
+        // Client addresses and request paths: readable by Ferry's user only.
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(&options.path)?;
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let service: Arc<str> = Arc::from(service);
         tokio::task::spawn_blocking(move || write_loop(rx, file, &service));

@@ -85,13 +85,20 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
     })
 }
 
+/// Logs hold whatever programs print (tokens included, at times): created
+/// 0600 in a 0700 directory, whatever the umask.
 fn open_log(path: &Path) -> Result<File, RuntimeError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
     }
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(|source| RuntimeError::Log {
             path: path.display().to_string(),
@@ -164,9 +171,39 @@ pub fn marker_of(pid: i32) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// Every live process whose marker starts with `prefix`: (pid, marker).
-/// Used after a restart to adopt instances and to find orphans.
-pub fn find_marked(prefix: &str) -> Vec<(i32, String)> {
+/// A live process that carries a marker, and the process group it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub pid: i32,
+    pub pgid: i32,
+    pub marker: String,
+}
+
+impl Marked {
+    /// Is this the process Ferry spawned? Ferry starts each instance and
+    /// hook as the leader of a new group, and its children (a `sh -c`
+    /// command's programs) inherit both the group and the marker.
+    pub fn is_leader(&self) -> bool {
+        self.pid == self.pgid
+    }
+}
+
+/// The process group of a live process.
+fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command: state, ppid, pgrp.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Every live process whose marker starts with `prefix`, with its group.
+/// Used after a restart to adopt instances (by their group leader) and to
+/// stop orphans (by group, so a shell's children go too).
+pub fn find_marked(prefix: &str) -> Vec<Marked> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -182,8 +219,9 @@ pub fn find_marked(prefix: &str) -> Vec<(i32, String)> {
         if let Some(marker) = marker_of(pid)
             && marker.starts_with(prefix)
             && is_alive(pid)
+            && let Some(pgid) = pgid_of(pid)
         {
-            found.push((pid, marker));
+            found.push(Marked { pid, pgid, marker });
         }
     }
     found
@@ -340,9 +378,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(is_alive(pid));
         let found = find_marked(&format!("test-{}/", std::process::id()));
+        // The shell leads the group; its child carries the marker too, in
+        // the same group, and is not the leader.
+        let leaders: Vec<&Marked> = found.iter().filter(|m| m.is_leader()).collect();
         assert!(
-            found.iter().any(|(p, m)| *p == pid && *m == marker),
+            leaders.len() == 1 && leaders[0].pid == pid && leaders[0].marker == marker,
             "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| !m.is_leader() && m.pgid == pid && m.marker == marker),
+            "the shell's child is found in the shell's group: {found:?}"
         );
         assert!(log_tail(&s.log_path, 5).contains("started hi"));
         stop_group(pid, Some(&mut child), Duration::from_secs(5)).await;

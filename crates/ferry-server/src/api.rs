@@ -84,6 +84,9 @@ pub struct ServiceStatus {
     pub scale: BTreeMap<u64, u32>,
     pub instances: Vec<InstanceViewOwned>,
     pub rollout: Option<RolloutView>,
+    /// Why the service's proxy is not listening, when it should be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_error: Option<String>,
 }
 
 /// Same as the supervisor's view, deserializable for the CLI.
@@ -199,7 +202,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(daemon: Arc<Daemon>) -> Router {
+pub fn router(daemon: Arc<Daemon>, limits: crate::api_server::ApiLimits) -> Router {
     let authed = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -235,7 +238,91 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             )
         })
         .with_state(daemon)
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response(json_errors))
 }
+
+/// A request (its body read and its handling) that takes longer than the
+/// limit gets 408: a client trickling a body holds nothing for long.
+async fn request_timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request was not received and answered within {}s",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Errors raised by the HTTP framework before a handler runs (a body over
+/// the size limit, a path parameter or query that does not parse) come as
+/// plain text; give them the API's one error shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than the API takes ({message}); a deploy request is a few KiB"
+        ),
+        _ if message.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        _ => message,
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// `text`, cut to at most `max` bytes on a character boundary, marked with
+/// `…` when cut: audit fields come from requests and must stay small.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// Longest service name, path or action kept in an audit entry.
+const AUDIT_FIELD_MAX: usize = 128;
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -252,17 +339,49 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
     if given.is_some_and(|t| same(t.as_bytes(), d.token.as_bytes())) {
         return next.run(req).await;
     }
-    if req.method() != http::Method::GET {
-        let entry = AuditEntry {
-            id: 0,
-            at: d.clock.now(),
-            actor: format!("unauthenticated ({})", actor_hint(req.headers())),
-            action: format!("{} {}", req.method(), req.uri().path()),
-            target: req.uri().path().to_string(),
-            detail: serde_json::Value::Null,
-            outcome: "denied: missing or wrong token".into(),
-        };
-        let _ = d.store.append_audit(&entry);
+    // Turned away before anything is parsed or stored; audited only within
+    // the client's budget, and then as a bounded summary.
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let now = d.clock.now();
+    match d.denials.deny(client, now) {
+        crate::denials::Verdict::Throttle { retry_after_s } => {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many requests without a valid token from this address; the rest are not recorded one by one",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after_s),
+            );
+            return resp;
+        }
+        crate::denials::Verdict::Audit { unrecorded } if req.method() != http::Method::GET => {
+            let path = req.uri().path();
+            let mut outcome = "denied: missing or wrong token".to_string();
+            if unrecorded > 0 {
+                outcome.push_str(&format!(
+                    " (and {unrecorded} earlier denied requests from {client}, answered 429 and not recorded one by one)"
+                ));
+            }
+            let entry = AuditEntry {
+                id: 0,
+                at: now,
+                actor: format!("unauthenticated ({client}, {})", actor_hint(req.headers())),
+                action: bounded(&format!("{} {path}", req.method()), AUDIT_FIELD_MAX),
+                target: bounded(path, AUDIT_FIELD_MAX),
+                detail: serde_json::Value::Null,
+                outcome,
+            };
+            if let Err(e) = d.store.append_audit(&entry) {
+                tracing::error!("cannot write audit entry: {e}");
+            }
+        }
+        crate::denials::Verdict::Audit { .. } => {}
     }
     let mut resp = ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -303,9 +422,9 @@ fn record_audit(
         at: d.clock.now(),
         actor: actor(h),
         action: action.into(),
-        target: target.into(),
+        target: bounded(target, AUDIT_FIELD_MAX),
         detail,
-        outcome: outcome.into(),
+        outcome: bounded(outcome, 4 * AUDIT_FIELD_MAX),
     };
     if let Err(e) = d.store.append_audit(&entry) {
         tracing::error!("cannot write audit entry: {e}");
@@ -367,24 +486,36 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
         if store_ok { "healthy" } else { "unhealthy" }.to_string(),
     );
     let now = d.clock.now();
+    let mut problems = BTreeMap::new();
     for (name, state) in &core.states {
         if state.stable.is_none() {
             continue;
         }
         let serving = core.supervisor.routable(state, now).len();
-        checks.insert(
-            format!("service:{name}"),
-            if serving > 0 { "healthy" } else { "unhealthy" }.to_string(),
-        );
+        let check = format!("service:{name}");
+        if let Some(why) = core.proxy_problem(name) {
+            problems.insert(check.clone(), why);
+        } else if serving == 0 {
+            problems.insert(check.clone(), "no instance takes traffic".to_string());
+        }
+        let health = if problems.contains_key(&check) {
+            "unhealthy"
+        } else {
+            "healthy"
+        };
+        checks.insert(check, health.to_string());
     }
     let healthy = checks.values().all(|v| v == "healthy");
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": rfc3339(now),
         "uptime_seconds": now.saturating_sub(d.started_at) / 1000,
         "checks": checks,
     });
+    if !problems.is_empty() {
+        body["problems"] = serde_json::json!(problems);
+    }
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -435,6 +566,7 @@ fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> 
             .map(Into::into)
             .collect(),
         rollout,
+        proxy_error: core.proxy_problem(&state.name),
     }
 }
 
@@ -632,11 +764,19 @@ fn validate_deploy(name: &str, req: &DeployRequest) -> ApiResult<()> {
             message: e,
         });
     }
-    for k in req.overrides.keys() {
+    for (k, v) in &req.overrides {
         if !valid_env_name(k) {
             problems.push(Problem {
                 path: vec!["overrides".into(), k.clone()],
-                message: format!("--set {k}=…: `{k}` is not a valid variable name"),
+                message: format!(
+                    "--set {k}=…: `{k}` is not a valid variable name; use ASCII letters, digits and `_`, not starting with a digit"
+                ),
+            });
+        }
+        if let Some(why) = ferry_core::spec::unpassable(v) {
+            problems.push(Problem {
+                path: vec!["overrides".into(), k.clone()],
+                message: format!("--set {k}=…: the value {why}"),
             });
         }
     }
@@ -739,25 +879,28 @@ async fn deploy(
         );
         return rejected(&d, &headers, action, &name, detail, e);
     }
-    for (other, s) in &core.states {
-        if other == &name {
+    let others: Vec<String> = core
+        .states
+        .iter()
+        .filter(|(other, s)| **other != name && s.has_work())
+        .map(|(other, _)| other.clone())
+        .collect();
+    for other in others {
+        let Some(theirs) = core.service_listen(&other) else {
             continue;
-        }
-        let other_listen = s
-            .stable
-            .and_then(|n| d.store.revision(other, n).ok().flatten())
-            .and_then(|r| r.spec.listen_addr());
-        if other_listen == Some(listen) {
+        };
+        if ferry_core::spec::listens_overlap(listen, theirs) {
             let e = ApiError::invalid(
                 format!(
-                    "services.{name}.listen: {listen} is already used by service `{other}`; give each service its own address"
+                    "services.{name}.listen: {listen} overlaps {theirs}, used by service `{other}`; give each service its own port"
                 ),
                 vec![],
             );
             return rejected(&d, &headers, action, &name, detail, e);
         }
     }
-    if !core.proxies.contains_key(&name)
+    let ours = core.proxies.get(&name).map(|p| p.local_addr());
+    if ours != Some(listen)
         && let Err(err) = std::net::TcpListener::bind(listen)
     {
         let e = ApiError::invalid(

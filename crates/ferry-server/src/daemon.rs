@@ -40,6 +40,8 @@ pub struct Daemon {
     pending: Pending,
     http: reqwest::Client,
     pub webhooks: crate::webhooks::Notifier,
+    /// Requests turned away for a missing or wrong token, per client.
+    pub denials: crate::denials::Denials,
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
@@ -60,6 +62,33 @@ pub struct Core {
     proxy_options_of: BTreeMap<String, u64>,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
+}
+
+impl Core {
+    /// Why a service that should be served has no listening proxy, if so:
+    /// the bind error, or that it is not bound yet.
+    pub fn proxy_problem(&self, name: &str) -> Option<String> {
+        let state = self.states.get(name)?;
+        if !state.has_work() || self.proxies.contains_key(name) {
+            return None;
+        }
+        Some(
+            self.bind_errors
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| "the proxy is not listening yet".to_string()),
+        )
+    }
+
+    /// Where a service's proxy listens (or is to listen): the address of
+    /// its stable revision, else of its newest revision.
+    pub fn service_listen(&mut self, name: &str) -> Option<SocketAddr> {
+        let state = self.states.get(name)?;
+        let number = state
+            .stable
+            .or_else(|| state.scale.keys().next_back().copied())?;
+        self.supervisor.revision(name, number)?.spec.listen_addr()
+    }
 }
 
 impl Daemon {
@@ -116,6 +145,7 @@ impl Daemon {
             pending: Pending::default(),
             http: reqwest::Client::new(),
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
+            denials: crate::denials::Denials::default(),
         });
         daemon.fail_interrupted_hooks().await?;
         Ok(daemon)
@@ -260,11 +290,13 @@ impl Daemon {
                             // Aborted while its hook runs: stop the hook too.
                             let marker = format!("{}/hook-{}", self.daemon_id, r.id);
                             tokio::spawn(async move {
-                                for (pid, m) in ferry_runtime::find_marked(&marker) {
-                                    if m != marker {
-                                        continue;
-                                    }
-                                    ferry_runtime::stop_group(pid, None, Duration::from_secs(5))
+                                let groups: BTreeSet<i32> = ferry_runtime::find_marked(&marker)
+                                    .into_iter()
+                                    .filter(|m| m.marker == marker)
+                                    .map(|m| m.pgid)
+                                    .collect();
+                                for pgid in groups {
+                                    ferry_runtime::stop_group(pgid, None, Duration::from_secs(5))
                                         .await;
                                 }
                             });
@@ -409,10 +441,40 @@ impl Daemon {
     }
 
     /// Give each proxy the available instances of its traffic revisions;
-    /// one atomic swap per change.
+    /// one atomic swap per change. A service's proxy listens where the
+    /// revision that defines it says, and only while the service has
+    /// something to serve; a failed bind is retried every tick.
     async fn route(&self, core: &mut Core, now: Millis) {
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
+            let wanted = if core.states[&name].has_work() {
+                self.listen_of(core, &name)
+            } else {
+                None
+            };
+            let bound = core.proxies.get(&name).map(|p| p.local_addr());
+            if bound.is_some() && bound != wanted.as_ref().map(|(l, _)| *l) {
+                let p = core.proxies.remove(&name).expect("bound");
+                p.shutdown();
+                core.routed.remove(&name);
+                core.proxy_options_of.remove(&name);
+                match &wanted {
+                    Some((listen, _)) => tracing::info!(
+                        service = %name,
+                        "proxy moves from {} to {listen}",
+                        p.local_addr()
+                    ),
+                    None => tracing::info!(
+                        service = %name,
+                        "proxy on {} closed: the service has no revision to serve",
+                        p.local_addr()
+                    ),
+                }
+            }
+            let Some((listen, options)) = wanted else {
+                core.bind_errors.remove(&name);
+                continue;
+            };
             let state = &core.states[&name];
             let ups = core.supervisor.reachable(state, now);
             let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
@@ -422,19 +484,17 @@ impl Daemon {
             }
             let split = self.split_of(core, &name, &ups);
             if !core.proxies.contains_key(&name) {
-                let Some((listen, options)) = self.listen_of(core, &name) else {
-                    continue;
-                };
                 match ProxyHandle::bind(name.clone(), listen, options).await {
                     Ok(p) => {
                         tracing::info!(service = %name, "proxy listening on {listen}");
+                        core.bind_errors.remove(&name);
                         core.proxies.insert(name.clone(), p);
                     }
                     Err(e) => {
                         // Say it once per distinct error, not every tick.
                         let text = format!("cannot listen on {listen}: {e}");
                         if core.bind_errors.get(&name) != Some(&text) {
-                            tracing::error!(service = %name, "{text}");
+                            tracing::error!(service = %name, "{text}; retrying every tick");
                             core.bind_errors.insert(name.clone(), text);
                         }
                         continue;

@@ -4,8 +4,10 @@
 
 pub mod analysis;
 pub mod api;
+pub mod api_server;
 pub mod clock;
 pub mod daemon;
+pub mod denials;
 pub mod metrics;
 pub mod probe;
 pub mod proxy_config;
@@ -14,7 +16,7 @@ pub mod webhooks;
 
 use clock::{Clock, SystemClock};
 use daemon::Daemon;
-use ferry_store::Store;
+use ferry_store::{SecretKey, Store};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,13 @@ use std::sync::Arc;
 pub const API_FILE: &str = "api.json";
 /// The admin token, mode 0600: `<data-dir>/token`.
 pub const TOKEN_FILE: &str = "token";
+/// The key that seals secret values in the store, mode 0600, created on
+/// first start unless [`KEY_ENV`] gives one.
+pub const KEY_FILE: &str = "secret.key";
+/// A key given in the environment instead of [`KEY_FILE`] (64 hex chars).
+pub const KEY_ENV: &str = "FERRY_SECRET_KEY";
+/// The next key during `ferry rotate-key`, until the store is sealed with it.
+const NEXT_KEY_FILE: &str = "secret.key.next";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiInfo {
@@ -35,6 +44,7 @@ pub struct ApiInfo {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
+    pub api_limits: api_server::ApiLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +63,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("secret key: {0}")]
+    Key(String),
     #[error(transparent)]
     Store(#[from] ferry_store::StoreError),
     #[error(transparent)]
@@ -70,15 +82,93 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 
 /// Read the token, creating it (0600) on first start.
 pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         _ => {}
     }
     let token = supervisor::new_token().map_err(io_err(Path::new("/dev/urandom")))?;
-    let tmp = data_dir.join(".token.tmp");
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+/// Make the data dir private before anything is written to it: it holds
+/// the token, the state store (secrets, encrypted, and their key) and
+/// instance logs. Directories are 0700 and files 0600, whatever the umask;
+/// a data dir (or anything in it) that is open to other users is made
+/// private, and each change is returned as a note for the log. A data dir
+/// that cannot be made private is refused.
+pub fn secure_data_dir(data_dir: &Path) -> Result<Vec<String>, ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut notes = Vec::new();
+    for dir in [data_dir.to_path_buf(), data_dir.join("logs")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(&dir))?;
+    }
+    let mut fix = |path: &Path, private: u32| -> Result<(), ServeError> {
+        let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).map_err(|e| {
+            ServeError::DataDir {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "it is open to other users (mode {mode:04o}) and cannot be made private ({e}); run `chmod -R go-rwx {}` or use another --data-dir",
+                        data_dir.display()
+                    ),
+                ),
+            }
+        })?;
+        notes.push(format!(
+            "{} was mode {mode:04o}, open to other users; made it {private:04o}",
+            path.display()
+        ));
+        Ok(())
+    };
+    fix(data_dir, 0o700)?;
+    for dir in [data_dir.to_path_buf(), data_dir.join("logs")] {
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            fix(&path, if is_dir { 0o700 } else { 0o600 })?;
+        }
+    }
+    Ok(notes)
+}
+
+/// Create `path` empty with mode 0600 if it does not exist (SQLite gives
+/// its `-wal` and `-shm` files the mode of the database file).
+fn create_private(path: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(io_err(path))
+}
+
+/// Write `text` to `path` atomically (a 0600 temp file renamed over it).
+fn write_private(path: &Path, text: &str) -> Result<(), ServeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -86,22 +176,147 @@ pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    f.write_all(token.as_bytes()).map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(token)
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Where the store's key comes from.
+enum KeySource {
+    Env,
+    File,
+}
+
+/// The key from [`KEY_ENV`], else from [`KEY_FILE`], created on first
+/// start: only while the store has never had a key (new, or written by a
+/// Ferry from before secrets were sealed), so a lost key file is reported
+/// as lost instead of replaced by a key that opens nothing.
+fn load_key(data_dir: &Path) -> Result<(SecretKey, KeySource), ServeError> {
+    if let Ok(hex) = std::env::var(KEY_ENV) {
+        let key = SecretKey::from_hex(&hex)
+            .map_err(|e| ServeError::Key(format!("{KEY_ENV} is not a key: {e}")))?;
+        return Ok((key, KeySource::Env));
+    }
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKey::from_hex(&text)
+            .map(|k| (k, KeySource::File))
+            .map_err(|e| ServeError::Key(format!("{} is not a key: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if Store::has_key(&data_dir.join("ferry.db"))? {
+                return Err(ServeError::Key(format!(
+                    "{} is missing, and the store's secrets were sealed with it; restore it from your backup (or start with {KEY_ENV} set to the key)",
+                    path.display()
+                )));
+            }
+            let key = SecretKey::generate().map_err(|e| ServeError::Key(e.to_string()))?;
+            write_private(&path, &key.to_hex())?;
+            Ok((key, KeySource::File))
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Open the store with its key. A `ferry rotate-key` that was interrupted
+/// left the next key beside the current one: whichever opens the store is
+/// the key, and the rotation is finished or undone accordingly.
+fn open_store(data_dir: &Path) -> Result<Store, ServeError> {
+    let db = data_dir.join("ferry.db");
+    let (key, source) = load_key(data_dir)?;
+    create_private(&db)?;
+    let next = data_dir.join(NEXT_KEY_FILE);
+    let next_key = match source {
+        KeySource::File => std::fs::read_to_string(&next)
+            .ok()
+            .and_then(|t| SecretKey::from_hex(&t).ok()),
+        KeySource::Env => None,
+    };
+    match Store::open(&db, key) {
+        Ok(store) => {
+            if next_key.is_some() {
+                tracing::warn!(
+                    "an interrupted key rotation had not sealed the store yet; the current key stays"
+                );
+                let _ = std::fs::remove_file(&next);
+            }
+            Ok(store)
+        }
+        Err(ferry_store::StoreError::WrongKey) if next_key.is_some() => {
+            let store = Store::open(&db, next_key.expect("checked"))?;
+            std::fs::rename(&next, data_dir.join(KEY_FILE)).map_err(io_err(&next))?;
+            tracing::warn!("finished an interrupted key rotation: {KEY_FILE} is the new key");
+            Ok(store)
+        }
+        Err(ferry_store::StoreError::WrongKey) => Err(ServeError::Key(format!(
+            "the store's secrets were sealed with another key than {}; restore the key they were sealed with",
+            match source {
+                KeySource::Env => format!("the one in {KEY_ENV}"),
+                KeySource::File => data_dir.join(KEY_FILE).display().to_string(),
+            }
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ferry rotate-key`: seal every secret in the store under a new key
+/// (from `FERRY_NEW_SECRET_KEY`, or generated), with the daemon stopped.
+/// With a key file, the new key replaces it; with [`KEY_ENV`], the new key
+/// must be given and the caller sets it there before the next start. Returns
+/// a message for the user; it never shows a key.
+pub fn rotate_key(data_dir: &Path) -> Result<String, ServeError> {
+    if !data_dir.join("ferry.db").exists() {
+        return Err(ServeError::Key(format!(
+            "{} holds no state store; nothing to rotate",
+            data_dir.display()
+        )));
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let (_, source) = load_key(data_dir)?;
+    let mut store = open_store(data_dir)?;
+    let new = match std::env::var("FERRY_NEW_SECRET_KEY") {
+        Ok(hex) => SecretKey::from_hex(&hex)
+            .map_err(|e| ServeError::Key(format!("FERRY_NEW_SECRET_KEY is not a key: {e}")))?,
+        Err(_) if matches!(source, KeySource::Env) => {
+            return Err(ServeError::Key(format!(
+                "the key comes from {KEY_ENV}; give the new one in FERRY_NEW_SECRET_KEY (e.g. `openssl rand -hex 32`), then start `ferry serve` with {KEY_ENV} set to it"
+            )));
+        }
+        Err(_) => SecretKey::generate().map_err(|e| ServeError::Key(e.to_string()))?,
+    };
+    match source {
+        KeySource::File => {
+            // The next key is durable before any secret is sealed with it.
+            write_private(&data_dir.join(NEXT_KEY_FILE), &new.to_hex())?;
+            let n = store.rekey(new)?;
+            let next = data_dir.join(NEXT_KEY_FILE);
+            std::fs::rename(&next, data_dir.join(KEY_FILE)).map_err(io_err(&next))?;
+            Ok(format!(
+                "sealed the secrets of {n} revisions with a new key, now in {}",
+                data_dir.join(KEY_FILE).display()
+            ))
+        }
+        KeySource::Env => {
+            let n = store.rekey(new)?;
+            Ok(format!(
+                "sealed the secrets of {n} revisions with FERRY_NEW_SECRET_KEY; start the next `ferry serve` with {KEY_ENV} set to it (the old key no longer opens them)"
+            ))
+        }
+    }
 }
 
 /// Take an exclusive lock on the data dir: one daemon per data dir.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
     let path = data_dir.join("daemon.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true),
+        0o600,
+    )
+    .open(&path)
+    .map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(_) => {
@@ -124,19 +339,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServeError> {
+    if let Some(n) = api_server::raise_fd_limit() {
+        tracing::debug!("open file limit: {n}");
+    }
     let data_dir = &config.data_dir;
-    let fresh = !data_dir.exists();
-    std::fs::create_dir_all(data_dir.join("logs")).map_err(io_err(data_dir))?;
-    if fresh {
-        // The store holds revisions' environment, secrets included.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(data_dir))?;
+    for note in secure_data_dir(data_dir)? {
+        tracing::warn!("{note}");
     }
     let data_dir = data_dir.canonicalize().map_err(io_err(data_dir))?;
     let _lock = lock_data_dir(&data_dir)?;
     let token = ensure_token(&data_dir)?;
-    let store = Arc::new(Store::open(&data_dir.join("ferry.db"))?);
+    let store = Arc::new(open_store(&data_dir)?);
     let fresh_id = supervisor::new_id().map_err(io_err(Path::new("/dev/urandom")))?;
     let daemon_id = store.meta_or_init("daemon_id", || fresh_id)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -152,13 +365,10 @@ pub async fn serve(
         url: format!("http://{addr}"),
         pid: std::process::id(),
     };
-    let tmp = data_dir.join(".api.json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&info).unwrap_or_default(),
-    )
-    .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, data_dir.join(API_FILE)).map_err(io_err(&data_dir))?;
+    write_private(
+        &data_dir.join(API_FILE),
+        &serde_json::to_string_pretty(&info).unwrap_or_default(),
+    )?;
     tracing::info!(
         "ferry daemon {} listening on http://{addr} (data dir {})",
         env!("CARGO_PKG_VERSION"),
@@ -168,15 +378,13 @@ pub async fn serve(
         let _ = tx.send(addr);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut api_stop = stop_rx.clone();
-    let app = api::router(d.clone());
-    let api = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    let app = api::router(d.clone(), config.api_limits);
+    let api = tokio::spawn(api_server::run(
+        listener,
+        app,
+        config.api_limits,
+        stop_rx.clone(),
+    ));
     let mut loop_stop = stop_rx;
     let reconcile = tokio::spawn(d.clone().run(async move {
         let _ = loop_stop.wait_for(|v| *v).await;

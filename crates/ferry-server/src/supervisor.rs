@@ -198,21 +198,32 @@ impl Supervisor {
     /// process the store does not know (orphans, hooks of a dead daemon).
     pub async fn restore(&mut self) -> Vec<String> {
         let mut notes = Vec::new();
-        let marked: BTreeMap<String, i32> = runtime::find_marked(&self.marker_prefix())
-            .into_iter()
-            .map(|(pid, m)| (m, pid))
-            .collect();
+        // Per marker: the process Ferry spawned (the group leader), if it
+        // lives, and every group its processes are in. A `sh -c` command's
+        // children carry the marker too; only the leader is the instance.
+        let mut leaders: BTreeMap<String, i32> = BTreeMap::new();
+        let mut groups: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for m in runtime::find_marked(&self.marker_prefix()) {
+            if m.is_leader() {
+                leaders.insert(m.marker.clone(), m.pid);
+            }
+            groups.entry(m.marker).or_default().insert(m.pgid);
+        }
         let records = self.store.instances().unwrap_or_default();
         let known: BTreeSet<String> = records.iter().map(|r| self.marker(&r.id)).collect();
-        for (marker, pid) in &marked {
-            if !known.contains(marker) {
-                notes.push(format!("stopping orphan process {pid} ({marker})"));
-                runtime::stop_group(*pid, None, Duration::from_secs(5)).await;
+        for (marker, pgids) in &groups {
+            // Orphans (hooks of the dead daemon among them), and what is
+            // left of an instance whose own process is gone.
+            if !known.contains(marker) || !leaders.contains_key(marker) {
+                for pgid in pgids {
+                    notes.push(format!("stopping orphan process group {pgid} ({marker})"));
+                    runtime::stop_group(*pgid, None, Duration::from_secs(5)).await;
+                }
             }
         }
         let now = self.clock.now();
         for rec in records {
-            let pid = marked.get(&self.marker(&rec.id)).copied();
+            let pid = leaders.get(&self.marker(&rec.id)).copied();
             let Some(rev) = self.revision(&rec.service, rec.revision) else {
                 let _ = self.store.delete_instance(&rec.id);
                 continue;
@@ -324,6 +335,11 @@ impl Supervisor {
                 let was_healthy =
                     ready_since.is_some_and(|t| now.saturating_sub(t) >= HEALTHY_AFTER_MS);
                 stop_probes(inst);
+                // What the process left behind in its group (a shell's
+                // children) must not keep its port or keep running.
+                if let Some(pgid) = inst.rec.pid {
+                    runtime::signal_group(pgid, runtime::Signal::SIGKILL);
+                }
                 inst.running = false;
                 inst.child = None;
                 inst.upstream.close_all();

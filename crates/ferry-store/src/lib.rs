@@ -7,11 +7,14 @@
 //! new state, never half of one.
 #![forbid(unsafe_code)]
 
+pub mod seal;
+
 use ferry_core::Millis;
 use ferry_core::analysis::Measurement;
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{Event, Rollout, ServiceState};
 use rusqlite::{Connection, OptionalExtension, params};
+pub use seal::{SealError, SecretKey};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -34,6 +37,12 @@ pub enum StoreError {
         "state store was written by a newer Ferry (schema {found}, this Ferry knows {known}); upgrade ferry"
     )]
     TooNew { found: i64, known: i64 },
+    #[error("state store: {0}")]
+    Seal(#[from] SealError),
+    #[error(
+        "state store: its secrets were sealed with another key than the one given; restore the data dir's secret.key (or the FERRY_SECRET_KEY it was started with)"
+    )]
+    WrongKey,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -109,15 +118,22 @@ pub struct StoredMeasurement {
     pub measurement: Measurement,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Sealed in `meta` under the store's key, so that a wrong key is found at
+/// open rather than at the first secret.
+const KEY_CHECK: (&str, &str) = ("ferry-store/key-check", "ok");
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Seals the secret values of revisions (see [`seal`]).
+    key: SecretKey,
 }
 
 impl Store {
-    /// Open (creating if needed) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store> {
+    /// Open (creating if needed) the store at `path`; `key` seals and opens
+    /// secret values, and must be the key they were sealed with.
+    pub fn open(path: &Path, key: SecretKey) -> Result<Store> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -126,11 +142,121 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted and overwritten content is zeroed, not left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let store = Store {
             conn: Mutex::new(conn),
+            key,
         };
         store.migrate()?;
+        store.check_key()?;
         Ok(store)
+    }
+
+    /// Was the store at `path` ever given a key? A store that does not
+    /// exist yet, or was written by a Ferry from before secrets were
+    /// sealed, was not.
+    pub fn has_key(path: &Path) -> Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let has_meta: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            return Ok(false);
+        }
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'key_check')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Refuse a key that is not the one the store's secrets are sealed
+    /// with; a store that has no check yet takes this key's.
+    fn check_key(&self) -> Result<()> {
+        let conn = self.lock();
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            Some(v) => match self.key.open(KEY_CHECK.0, &v) {
+                Ok(text) if text == KEY_CHECK.1 => Ok(()),
+                _ => Err(StoreError::WrongKey),
+            },
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [self.key.seal(KEY_CHECK.0, KEY_CHECK.1)?],
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Seal every secret again under `new`, in one transaction (the key
+    /// check too), and use `new` from now on. A crash leaves every secret
+    /// under the old key or every one under the new.
+    pub fn rekey(&mut self, new: SecretKey) -> Result<usize> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let mut bodies = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT service, number, body FROM revisions")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                bodies.push(row?);
+            }
+        }
+        let mut sealed = 0;
+        for (service, number, body) in bodies {
+            let mut rev: Revision = decode(&body, "revision")?;
+            seal::open_revision(&self.key, &mut rev)?;
+            let resealed = seal::seal_revision(&new, &rev)?;
+            if resealed != rev {
+                sealed += 1;
+            }
+            tx.execute(
+                "UPDATE revisions SET body = ?1 WHERE service = ?2 AND number = ?3",
+                params![to_json(&resealed), service, number],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_check', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [new.seal(KEY_CHECK.0, KEY_CHECK.1)?],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.key = new;
+        self.scrub()?;
+        Ok(sealed)
+    }
+
+    /// Leave no old page images behind: empty the WAL into the database
+    /// and rebuild it (with `secure_delete`, freed space is zeroed).
+    fn scrub(&self) -> Result<()> {
+        let conn = self.lock();
+        conn.execute_batch(
+            "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+        )?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -182,6 +308,45 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            // Secrets written in clear by an older Ferry are sealed now,
+            // and the clear copies scrubbed from the file.
+            drop(conn);
+            let mut conn = self.lock();
+            let tx = conn.transaction()?;
+            let mut bodies = Vec::new();
+            {
+                let mut stmt = tx.prepare("SELECT service, number, body FROM revisions")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                for row in rows {
+                    bodies.push(row?);
+                }
+            }
+            let mut changed = 0;
+            for (service, number, body) in bodies {
+                let rev: Revision = decode(&body, "revision")?;
+                let sealed = seal::seal_revision(&self.key, &rev)?;
+                if sealed != rev {
+                    changed += 1;
+                    tx.execute(
+                        "UPDATE revisions SET body = ?1 WHERE service = ?2 AND number = ?3",
+                        params![to_json(&sealed), service, number],
+                    )?;
+                }
+            }
+            tx.execute_batch("PRAGMA user_version = 3;")?;
+            tx.commit()?;
+            drop(conn);
+            if changed > 0 {
+                self.scrub()?;
+            }
+        }
         Ok(())
     }
 
@@ -207,9 +372,10 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         if let Some(rev) = change.revision {
+            let sealed = seal::seal_revision(&self.key, rev)?;
             tx.execute(
                 "INSERT INTO revisions (service, number, body) VALUES (?1, ?2, ?3)",
-                params![rev.service, rev.number as i64, to_json(rev)],
+                params![rev.service, rev.number as i64, to_json(&sealed)],
             )?;
         }
         if let Some(r) = change.rollout {
@@ -307,22 +473,32 @@ impl Store {
             .pop())
     }
 
+    /// A service's revisions, secrets opened.
     pub fn revisions(&self, service: &str) -> Result<Vec<Revision>> {
-        self.bodies(
+        let mut revs: Vec<Revision> = self.bodies(
             "SELECT body FROM revisions WHERE service = ?1 ORDER BY number",
             [service],
             "revision",
-        )
+        )?;
+        for rev in &mut revs {
+            seal::open_revision(&self.key, rev)?;
+        }
+        Ok(revs)
     }
 
+    /// One revision, secrets opened.
     pub fn revision(&self, service: &str, number: u64) -> Result<Option<Revision>> {
-        Ok(self
+        let mut rev: Option<Revision> = self
             .bodies(
                 "SELECT body FROM revisions WHERE service = ?1 AND number = ?2",
                 params![service, number as i64],
                 "revision",
             )?
-            .pop())
+            .pop();
+        if let Some(rev) = &mut rev {
+            seal::open_revision(&self.key, rev)?;
+        }
+        Ok(rev)
     }
 
     /// The number the next revision of `service` gets.
@@ -449,16 +625,17 @@ impl Store {
         let rows = stmt.query_map(p, |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for body in rows {
-            let body = body?;
-            out.push(
-                serde_json::from_str(&body).map_err(|source| StoreError::Decode {
-                    what: what.to_string(),
-                    source,
-                })?,
-            );
+            out.push(decode(&body?, what)?);
         }
         Ok(out)
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<T> {
+    serde_json::from_str(body).map_err(|source| StoreError::Decode {
+        what: what.to_string(),
+        source,
+    })
 }
 
 fn insert_audit(conn: &Connection, a: &AuditEntry) -> Result<()> {
@@ -481,10 +658,11 @@ mod tests {
 
     #[test]
     fn commit_is_atomic_and_survives_reopen() {
+        let key = SecretKey::generate().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry.db");
         {
-            let store = Store::open(&path).unwrap();
+            let store = Store::open(&path, key.clone()).unwrap();
             let state = ServiceState {
                 name: "web".into(),
                 stable: Some(1),
@@ -532,7 +710,7 @@ mod tests {
             });
             assert!(err.is_err(), "duplicate revision must fail");
         }
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, key.clone()).unwrap();
         let s = store.service("web").unwrap().unwrap();
         assert_eq!(s.stable, Some(1), "the failed change left nothing behind");
         assert!(store.audit(10).unwrap().is_empty());
@@ -540,5 +718,89 @@ mod tests {
         assert_eq!(store.next_revision_number("web").unwrap(), 2);
         let id = store.meta_or_init("id", || "abc".into()).unwrap();
         assert_eq!(store.meta_or_init("id", || "other".into()).unwrap(), id);
+    }
+
+    fn secret_revision(number: u64) -> Revision {
+        let json = format!(
+            r#"{{"service":"web","number":{number},"version":"v1","spec":{{"command":["x"],"listen":"127.0.0.1:1","env":{{"DB_PASSWORD":"hunter2-env","GREETING":"hello-plain"}}}},"overrides":{{"API_TOKEN":"tok-override-77"}},"base_dir":"/","config_file":"f","message":null,"author":"a","created_at":1}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// Every byte Ferry keeps on disk for this store.
+    fn on_disk(path: &Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            all.extend(std::fs::read(p).unwrap_or_default());
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn secrets_are_sealed_on_disk_and_open_only_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.db");
+        let key = SecretKey::generate().unwrap();
+        let rev = secret_revision(1);
+        {
+            let store = Store::open(&path, key.clone()).unwrap();
+            store
+                .commit(&Change {
+                    revision: Some(&rev),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(store.revision("web", 1).unwrap().unwrap(), rev);
+            let disk = on_disk(&path);
+            assert!(contains(&disk, "hello-plain"), "plain values stay readable");
+            for secret in ["hunter2-env", "tok-override-77"] {
+                assert!(!contains(&disk, secret), "{secret} is on disk in clear");
+            }
+        }
+        // The wrong key is refused at open, before any secret is needed.
+        let other = SecretKey::generate().unwrap();
+        assert!(matches!(
+            Store::open(&path, other.clone()),
+            Err(StoreError::WrongKey)
+        ));
+        // Rotation: every secret under the new key, the old one refused.
+        let mut store = Store::open(&path, key.clone()).unwrap();
+        assert_eq!(store.rekey(other.clone()).unwrap(), 1);
+        drop(store);
+        assert!(matches!(Store::open(&path, key), Err(StoreError::WrongKey)));
+        let store = Store::open(&path, other).unwrap();
+        assert_eq!(store.revisions("web").unwrap(), vec![rev]);
+    }
+
+    #[test]
+    fn a_store_with_clear_secrets_is_sealed_and_scrubbed_on_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.db");
+        let key = SecretKey::generate().unwrap();
+        let rev = secret_revision(1);
+        {
+            // What Ferry before sealing wrote: schema 2, secrets in clear.
+            let store = Store::open(&path, key.clone()).unwrap();
+            drop(store);
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO revisions (service, number, body) VALUES ('web', 1, ?1)",
+                [to_json(&rev)],
+            )
+            .unwrap();
+            conn.execute_batch("DELETE FROM meta; PRAGMA user_version = 2;")
+                .unwrap();
+        }
+        assert!(contains(&on_disk(&path), "hunter2-env"));
+        let store = Store::open(&path, key).unwrap();
+        assert_eq!(store.revision("web", 1).unwrap().unwrap(), rev);
+        let disk = on_disk(&path);
+        assert!(!contains(&disk, "hunter2-env") && !contains(&disk, "tok-override-77"));
     }
 }
