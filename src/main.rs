@@ -172,8 +172,8 @@ enum Command {
     },
     /// Show the audit log: who changed what, when, and how it ended.
     Audit {
-        /// How many of the newest entries to show.
-        #[arg(long, default_value_t = 100)]
+        /// How many of the newest entries to show (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Seal every stored secret under a new key (stop the daemon first).

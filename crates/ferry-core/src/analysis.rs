@@ -9,7 +9,7 @@ use crate::spec::Problem;
 use serde::{Deserialize, Serialize};
 
 /// `[services.NAME.analysis]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalysisSpec {
     /// How often every check is measured.
@@ -76,7 +76,7 @@ mod defaults {
 }
 
 /// A threshold: a number, or a duration for latency (`"500ms"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Threshold {
     Number(f64),
@@ -94,7 +94,7 @@ impl Threshold {
 }
 
 /// One entry of `checks = [...]`, as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// A built-in metric: request_rate, error_rate, latency_p50/p95/p99, or
@@ -123,7 +123,7 @@ pub struct CheckSpec {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Builtin {
     RequestRate,
@@ -162,7 +162,7 @@ impl Builtin {
 }
 
 /// What the judge compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JudgeMetric {
     Latency,
@@ -170,7 +170,7 @@ pub enum JudgeMetric {
 }
 
 /// A check, validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Check {
     Builtin {
@@ -425,7 +425,7 @@ impl AnalysisSpec {
 }
 
 /// What the proxy saw of one revision over the analysis window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WindowStats {
     pub seconds: f64,
     pub requests: u64,
@@ -483,7 +483,7 @@ impl WindowStats {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
@@ -492,7 +492,7 @@ pub enum Verdict {
 }
 
 /// One judged measurement, kept in the rollout's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Measurement {
     pub check: String,
     pub verdict: Verdict,

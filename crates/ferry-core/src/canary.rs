@@ -6,7 +6,7 @@ use crate::spec::Problem;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A step: set the canary's weight, pause, or both (weight first).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryStep {
     /// Share of traffic for the canary, in percent (0..=100).
@@ -46,8 +46,19 @@ impl<'de> Deserialize<'de> for Pause {
     }
 }
 
+impl utoipa::PartialSchema for Pause {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::duration::string_schema(
+            "How long to hold a step (a duration such as \"30s\"), or \"manual\" to wait for `ferry promote`.",
+            "manual",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Pause {}
+
 /// What to do when analysis fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnFailure {
     /// Take the canary out of traffic at once and stop it.
@@ -59,7 +70,7 @@ pub enum OnFailure {
 }
 
 /// Where a user's identity comes from, so one user sees one revision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "name")]
 pub enum Stickiness {
     Header(String),

@@ -59,6 +59,30 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// The API's schema: a string with a unit.
+impl utoipa::PartialSchema for Dur {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "A duration with a unit: \"500ms\", \"30s\", \"2m\", \"1h 30m\" (a bare number is refused).",
+            "30s",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Dur {}
+
+/// A string schema with a description and one example.
+pub(crate) fn string_schema(
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .examples([serde_json::Value::from(example)])
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

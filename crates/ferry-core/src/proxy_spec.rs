@@ -5,7 +5,7 @@ use crate::spec::Problem;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the proxy in front of one service. Every key is optional.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySpec {
     /// Time to open a TCP connection to an instance.
@@ -49,7 +49,7 @@ pub struct ProxySpec {
 
 /// `[services.NAME.proxy.rate_limit]`: `rate` requests per `per`, with
 /// bursts of up to `burst`, counted per client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub rate: u32,

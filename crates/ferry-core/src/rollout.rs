@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What each service should look like right now. Persisted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceState {
     pub name: String,
     /// The revision that serves when no rollout is under way.
@@ -45,14 +45,14 @@ impl ServiceState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutKind {
     Deploy,
     Rollback,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Running the `pre_deploy` hook; nothing else is touched yet.
@@ -70,7 +70,7 @@ pub enum Phase {
     Done,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Succeeded,
@@ -90,7 +90,7 @@ impl Outcome {
 
 /// The numbers a rollout follows, copied from the target revision's spec
 /// when it starts so the rollout never depends on a later edit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Params {
     pub instances: u32,
     pub max_surge: u32,
@@ -145,7 +145,7 @@ impl Params {
 }
 
 /// The result of the `pre_deploy` hook, recorded by the shell.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HookResult {
     pub ok: bool,
     pub summary: String,
@@ -154,7 +154,7 @@ pub struct HookResult {
 }
 
 /// One rollout. Persisted; `advance` returns its next value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollout {
     pub id: u64,
     pub service: String,
@@ -202,7 +202,7 @@ pub struct Rollout {
 }
 
 /// `ferry promote`, `ferry pause`, `ferry resume`, waiting to be applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Requests {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote: Option<PromoteRequest>,
@@ -212,7 +212,8 @@ pub struct Requests {
     pub resume: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PendingPromotion)]
 pub struct PromoteRequest {
     pub by: String,
     /// Skip every remaining step.
@@ -220,7 +221,7 @@ pub struct PromoteRequest {
 }
 
 /// Where a canary is in its steps.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CanaryProgress {
     /// Index of the current step; `steps.len()` = promoting to 100 %.
     pub step: usize,
@@ -233,7 +234,7 @@ pub struct CanaryProgress {
 }
 
 /// Running totals of the analysis.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnalysisCounters {
     pub measurements: u64,
     pub failures: u32,
@@ -254,7 +255,7 @@ pub struct AnalysisCounters {
     pub last_problem: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlastRadius {
     pub requests: u64,
     pub failed: u64,
@@ -317,7 +318,7 @@ impl Rollout {
 }
 
 /// What the shell saw of one live (not stopping) instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceObs {
     pub id: String,
     pub revision: u64,
@@ -337,7 +338,7 @@ pub fn is_available(ready_since: Option<Millis>, min_ready_ms: u64, now: Millis)
 }
 
 /// A line for the rollout's event log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub kind: String,
     pub message: String,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 /// A command: an argument list (spawned directly) or a string the user wrote
 /// for a shell (spawned as `sh -c STRING`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CommandSpec {
     Argv(Vec<String>),
@@ -41,7 +41,7 @@ impl CommandSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     #[default]
@@ -70,7 +70,7 @@ impl Strategy {
 
 /// A readiness or liveness probe. Defaults follow Kubernetes: every 10s,
 /// 1s timeout, 3 failures to fail, 1 success to pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
     /// Path for an HTTP GET; any 2xx within `timeout` passes.
@@ -114,7 +114,7 @@ impl ProbeSpec {
 }
 
 /// How a new revision replaces the old one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySpec {
     #[serde(default)]
@@ -173,7 +173,7 @@ impl Default for DeploySpec {
 }
 
 /// One service as declared in `ferry.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub command: CommandSpec,
@@ -268,7 +268,7 @@ pub mod defaults {
 
 /// One thing wrong with a spec: where (a key path under the service), what,
 /// and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// Key path from the top of the file, e.g. `["services","web","instances"]`.
     pub path: Vec<String>,

@@ -24,7 +24,7 @@ pub const EVENT_KINDS: [&str; 16] = [
     "done",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// Where to POST each event as JSON.

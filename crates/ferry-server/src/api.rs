@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// Header the CLI uses to say who is acting (user@host); recorded in audit.
 pub const ACTOR_HEADER: &str = "x-ferry-actor";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub spec: ServiceSpec,
@@ -47,14 +47,14 @@ pub struct DeployRequest {
     pub config_file: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     #[serde(default)]
     pub to_revision: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutAccepted {
     pub rollout: Option<u64>,
     pub revision: u64,
@@ -63,7 +63,7 @@ pub struct RolloutAccepted {
     pub plan: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutView {
     #[serde(flatten)]
     pub rollout: Rollout,
@@ -74,7 +74,7 @@ pub struct RolloutView {
     pub active: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceStatus {
     pub name: String,
     pub listen: Option<String>,
@@ -90,7 +90,7 @@ pub struct ServiceStatus {
 }
 
 /// Same as the supervisor's view, deserializable for the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceViewOwned {
     pub id: String,
     pub revision: u64,
@@ -121,7 +121,7 @@ impl From<InstanceView> for InstanceViewOwned {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub rollout: u64,
     pub kind: RolloutKind,
@@ -140,12 +140,12 @@ pub struct HistoryEntry {
 }
 
 /// The API's error body: `{"error": {"code", "message", "problems"}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -226,8 +226,8 @@ pub fn router(daemon: Arc<Daemon>, limits: crate::api_server::ApiLimits) -> Rout
             require_token,
         ));
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
@@ -323,6 +323,50 @@ fn bounded(text: &str, max: usize) -> String {
 
 /// Longest service name, path or action kept in an audit entry.
 const AUDIT_FIELD_MAX: usize = 128;
+
+/// The API server runs.
+#[utoipa::path(get, path = "/livez", tag = "ferry", summary = "The API server runs (no token)",
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+/// The API server answers (it checks nothing else).
+#[utoipa::path(get, path = "/readyz", tag = "ferry", summary = "The API server answers (no token)",
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+async fn readyz() -> &'static str {
+    "ok\n"
+}
+
+/// The OpenAPI description of this API (`docs/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Ferry API",
+        description = "Ferry's daemon API: deploy, roll back, gate and watch releases. See docs/api.md.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        livez, readyz, health, metrics, list_services, get_service, history, get_revision,
+        deploy, rollback, approve, abort, promote, pause, resume, get_rollout, rollout_events,
+        rollout_measurements, audit
+    ),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -453,16 +497,15 @@ fn rejected<T>(
 
 /// A JSON body that may be left out (then every field takes its default).
 fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("request body: {e}"),
-        )
-    })
+    serde_json::from_slice::<Option<T>>(if body.is_empty() { b"null" } else { body })
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("request body: {e}"),
+            )
+        })
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -477,6 +520,39 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// `GET /health`: the daemon's own checks.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `healthy` when every check is, else `unhealthy`.
+    pub status: String,
+    /// Ferry's version.
+    pub version: String,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub uptime_seconds: u64,
+    /// `store`, and `service:<name>` for each service with a serving
+    /// revision: `healthy` or `unhealthy`.
+    pub checks: BTreeMap<String, String>,
+    /// Why each unhealthy check is unhealthy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub problems: BTreeMap<String, String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ferry",
+    summary = "The daemon's health",
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Every check is healthy", body = Health),
+        (status = 503, description = "Some check is unhealthy", body = Health),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let core = d.core.lock().await;
     let mut checks = BTreeMap::new();
@@ -506,16 +582,14 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
         checks.insert(check, health.to_string());
     }
     let healthy = checks.values().all(|v| v == "healthy");
-    let mut body = serde_json::json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": rfc3339(now),
-        "uptime_seconds": now.saturating_sub(d.started_at) / 1000,
-        "checks": checks,
-    });
-    if !problems.is_empty() {
-        body["problems"] = serde_json::json!(problems);
-    }
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        timestamp: rfc3339(now),
+        uptime_seconds: now.saturating_sub(d.started_at) / 1000,
+        checks,
+        problems,
+    };
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -524,6 +598,20 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ferry",
+    summary = "Prometheus metrics",
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let core = d.core.lock().await;
     let text = crate::metrics::render(&core, d.clock.now());
@@ -589,6 +677,20 @@ fn rollout_view(core: &mut crate::daemon::Core, r: Rollout, now: u64) -> Rollout
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "ferry",
+    summary = "Every deployed service",
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Services", body = [ServiceStatus]),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
     let mut core = d.core.lock().await;
     let now = d.clock.now();
@@ -601,6 +703,22 @@ async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>>
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "ferry",
+    summary = "One service",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The service", body = ServiceStatus),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn get_service(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -614,6 +732,22 @@ async fn get_service(
     Ok(Json(status_of(&mut core, &state, d.clock.now())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/history",
+    tag = "ferry",
+    summary = "A service's rollouts, oldest first",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Rollouts", body = [HistoryEntry]),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn history(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -673,6 +807,23 @@ async fn history(
     Ok(Json(entries))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/revisions/{number}",
+    tag = "ferry",
+    summary = "One revision, secrets redacted",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$"), ("number" = u64, Path, description = "The revision number")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The revision", body = ferry_core::revision::Revision),
+        (status = 404, description = "No such revision", body = ErrorBody),
+        (status = 400, description = "A path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn get_revision(
     State(d): State<Arc<Daemon>>,
     Path((name, number)): Path<(String, u64)>,
@@ -687,6 +838,23 @@ async fn get_revision(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}",
+    tag = "ferry",
+    summary = "One rollout",
+    params(("id" = u64, Path, description = "The rollout")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The rollout", body = RolloutView),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 400, description = "A path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn get_rollout(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<u64>,
@@ -703,17 +871,47 @@ async fn get_rollout(
     Ok(Json(rollout_view(&mut core, r, d.clock.now())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct After {
+    /// Only events with a sequence number above this one.
     #[serde(default)]
     after: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}/events",
+    tag = "ferry",
+    summary = "A rollout's events",
+    params(("id" = u64, Path, description = "The rollout"), After),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Events, oldest first", body = [ferry_store::StoredEvent]),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 400, description = "A path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn rollout_events(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<u64>,
     Query(q): Query<After>,
 ) -> ApiResult<Json<Vec<StoredEvent>>> {
+    if d.store.rollout(id).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::not_found(format!("no rollout {id}")));
+    }
+    // Sequence numbers are SQLite integers.
+    if q.after > i64::MAX as u64 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("after must be at most {}", i64::MAX),
+        ));
+    }
     Ok(Json(
         d.store
             .rollout_events(id, q.after)
@@ -721,8 +919,14 @@ async fn rollout_events(
     ))
 }
 
-#[derive(Deserialize)]
+/// The most audit entries one request returns.
+pub const AUDIT_LIMIT_MAX: u32 = 10_000;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Limit {
+    /// How many of the newest entries (1 to 10000, default 100).
+    #[param(minimum = 1, maximum = 10000)]
     #[serde(default = "default_limit")]
     limit: u32,
 }
@@ -731,15 +935,34 @@ fn default_limit() -> u32 {
     100
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "ferry",
+    summary = "The audit log",
+    params(Limit),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The newest entries, oldest first", body = [ferry_store::AuditEntry]),
+        (status = 400, description = "The query does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn audit(
     State(d): State<Arc<Daemon>>,
     Query(q): Query<Limit>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(
-        d.store
-            .audit(q.limit.min(10_000))
-            .map_err(ApiError::internal)?,
-    ))
+    if !(1..=AUDIT_LIMIT_MAX).contains(&q.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit must be 1 to {AUDIT_LIMIT_MAX}, not {}", q.limit),
+        ));
+    }
+    Ok(Json(d.store.audit(q.limit).map_err(ApiError::internal)?))
 }
 
 fn deploy_detail(req: &DeployRequest) -> serde_json::Value {
@@ -809,6 +1032,27 @@ fn validate_deploy(name: &str, req: &DeployRequest) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/deploys",
+    tag = "ferry",
+    summary = "Release a new revision",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body = DeployRequest,
+    security(("token" = [])),
+    responses(
+        (status = 201, description = "The rollout started", body = RolloutAccepted),
+        (status = 200, description = "Dry run: the plan; nothing changed", body = RolloutAccepted),
+        (status = 409, description = "A rollout is in progress", body = ErrorBody),
+        (status = 422, description = "The spec, version, overrides or listen address are not acceptable", body = ErrorBody),
+        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn deploy(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1098,6 +1342,27 @@ impl NewRollout<'_> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "ferry",
+    summary = "Roll back to the previous (or a given) revision",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body (content = Option<RollbackRequest>, description = "Optional; an empty body rolls back to the previous revision"),
+    security(("token" = [])),
+    responses(
+        (status = 201, description = "The rollback started", body = RolloutAccepted),
+        (status = 202, description = "The rollout in progress is being rolled back", body = RolloutAccepted),
+        (status = 404, description = "No such service or revision", body = ErrorBody),
+        (status = 409, description = "Nothing to roll back to, or the target serves already", body = ErrorBody),
+        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn rollback(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1255,6 +1520,23 @@ async fn rollback(
     Ok((StatusCode::CREATED, Json(accepted)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/approve",
+    tag = "ferry",
+    summary = "Let a blue-green rollout switch traffic",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn approve(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1263,6 +1545,23 @@ async fn approve(
     gate(d, name, headers, Gate::Approve).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/abort",
+    tag = "ferry",
+    summary = "Stop the rollout in progress",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn abort(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1271,7 +1570,7 @@ async fn abort(
     gate(d, name, headers, Gate::Abort).await
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// Skip every remaining step.
@@ -1279,6 +1578,25 @@ pub struct PromoteRequest {
     pub full: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/promote",
+    tag = "ferry",
+    summary = "Move a canary past its step (or all steps)",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body (content = Option<PromoteRequest>, description = "Optional"),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or nothing to promote", body = ErrorBody),
+        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn promote(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1292,6 +1610,23 @@ async fn promote(
     gate(d, name, headers, Gate::Promote { full: req.full }).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/pause",
+    tag = "ferry",
+    summary = "Hold the rollout in progress",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn pause(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1300,6 +1635,23 @@ async fn pause(
     gate(d, name, headers, Gate::Pause).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/resume",
+    tag = "ferry",
+    summary = "Continue a paused rollout",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn resume(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -1308,6 +1660,23 @@ async fn resume(
     gate(d, name, headers, Gate::Resume).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}/measurements",
+    tag = "ferry",
+    summary = "A rollout's analysis measurements",
+    params(("id" = u64, Path, description = "The rollout")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Measurements, oldest first", body = [ferry_store::StoredMeasurement]),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 400, description = "A path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
+        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 async fn rollout_measurements(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<u64>,
@@ -1483,4 +1852,30 @@ async fn gate(
         message,
         plan: vec![],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiDoc;
+    use utoipa::OpenApi;
+
+    /// `docs/openapi.json` is generated from the code; this keeps it so.
+    /// Regenerate with `UPDATE_OPENAPI=1 cargo test -p ferry-server openapi`.
+    #[test]
+    fn docs_openapi_json_matches_the_code() {
+        let text = ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the description serializes")
+            + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &text).unwrap();
+            return;
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "docs/openapi.json is not what the code describes; regenerate it with `UPDATE_OPENAPI=1 cargo test -p ferry-server openapi`"
+        );
+    }
 }

@@ -48,7 +48,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A process Ferry runs for a revision. Written before the process starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceRecord {
     pub id: String,
     pub service: String,
@@ -62,7 +62,7 @@ pub struct InstanceRecord {
     pub log_path: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceState {
     /// Should be running (it may be between restarts).
@@ -72,7 +72,7 @@ pub enum InstanceState {
 }
 
 /// One entry of the audit log: who did what, when, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     #[serde(default)]
     pub id: u64,
@@ -86,7 +86,7 @@ pub struct AuditEntry {
 }
 
 /// A rollout event as stored, with its sequence number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub seq: u64,
     pub at: Millis,
@@ -111,7 +111,7 @@ pub struct Change<'a> {
 }
 
 /// A measurement as stored, with when it was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredMeasurement {
     pub at: Millis,
     #[serde(flatten)]
