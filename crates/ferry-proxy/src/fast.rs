@@ -13,6 +13,8 @@
 //! `Expect`, `Transfer-Encoding` or bodies over [`MAX_BODY`], heads over
 //! [`MAX_HEAD`], absolute-form targets, `CONNECT`, `Connection` headers
 //! naming other headers, and anything `httparse` rejects (hyper answers 400).
+//! A request it would take but for its `Host` (missing, repeated or invalid)
+//! it answers 400 itself, as hyper's path does (`proxy::host_rejected`).
 //! The fast path therefore only ever sees unambiguous messages, and the
 //! behaviour users see (headers, metrics, access log, timeouts, retries,
 //! draining) is the same on both paths; the proxy tests run over both.
@@ -35,7 +37,8 @@ use crate::access_log::Entry;
 use crate::body::PendingLog;
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
 use crate::proxy::{
-    ConnCtx, RATE_LIMITED, is_replayable, pooled_or_connect, rate_limited, upstream_failed,
+    ConnCtx, RATE_LIMITED, host_rejected, is_replayable, pooled_or_connect, rate_limited,
+    upstream_failed,
 };
 use crate::upstream::InFlight;
 
@@ -244,6 +247,8 @@ enum ReqHeader {
     RequestId,
     Traceparent,
     Tracestate,
+    /// Checked (exactly one, valid) and forwarded as is.
+    Host,
     /// The fast path does not handle it.
     Fallback,
 }
@@ -252,6 +257,7 @@ fn classify_request_header(name: &str) -> ReqHeader {
     let is = |n: &str| name.eq_ignore_ascii_case(n);
     match name.len() {
         2 if is("te") => ReqHeader::Drop,
+        4 if is("host") => ReqHeader::Host,
         6 if is("expect") => ReqHeader::Fallback,
         7 if is("upgrade") => ReqHeader::Fallback,
         7 if is("trailer") => ReqHeader::Drop,
@@ -345,9 +351,17 @@ impl Conn<'_> {
         let mut request_id: Option<&[u8]> = None;
         let mut traceparent_ok = false;
         let mut traceparent_seen = false;
+        let mut hosts = 0usize;
+        let mut host: &[u8] = b"";
         for h in headers {
             match classify_request_header(h.name) {
                 ReqHeader::Fallback => return Prepared::Fallback,
+                ReqHeader::Host => {
+                    if hosts == 0 {
+                        host = h.value;
+                    }
+                    hosts += 1;
+                }
                 ReqHeader::ContentLength => {
                     let Some(len) = parse_length(h.value) else {
                         return Prepared::Fallback;
@@ -390,12 +404,41 @@ impl Conn<'_> {
             Some(id) => self.request_id.extend_from_slice(id),
             None => self.request_id.extend_from_slice(&new_request_id_bytes()),
         }
+        let ctx = self.ctx;
+        if let Some(body) = host_rejected(true, hosts, host) {
+            // Answered at once, body or not, and the connection closed after
+            // it (as on hyper's path): nothing of it reaches an upstream.
+            let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
+            let traceparent_name = crate::headers::TRACEPARENT;
+            let traceparent = match &new_traceparent {
+                Some(new) => Some(&new[..]),
+                None => headers.value_of(&traceparent_name),
+            };
+            let log = new_log(
+                ctx,
+                headers,
+                method,
+                path,
+                &self.request_id,
+                traceparent,
+                Instant::now(),
+            );
+            return Prepared::Ready(Request {
+                consumed: head_len,
+                close: true,
+                action: Action::Local {
+                    status: StatusCode::BAD_REQUEST,
+                    body: Bytes::from_static(body),
+                    retry_after: None,
+                    log,
+                },
+            });
+        }
         let consumed = head_len + body_len as usize;
         if self.input.len() < consumed {
             return Prepared::NeedBody;
         }
 
-        let ctx = self.ctx;
         let shared = ctx.shared();
         let start = Instant::now();
         let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
@@ -413,7 +456,7 @@ impl Conn<'_> {
         let mut traceparent_kept = false;
         for h in headers {
             match classify_request_header(h.name) {
-                ReqHeader::Keep => {}
+                ReqHeader::Keep | ReqHeader::Host => {}
                 ReqHeader::Tracestate if traceparent_ok => {}
                 ReqHeader::Traceparent if traceparent_ok && !traceparent_kept => {
                     traceparent_kept = true;

@@ -205,6 +205,96 @@ pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
         && parent.iter().any(|&b| b != b'0')
 }
 
+/// A `Host` value (or an absolute-form target's authority) as RFC 9112 3.2
+/// allows it: `uri-host [ ":" port ]`, where `uri-host` is an IP-literal in
+/// brackets (IPv6 or IPvFuture) or a reg-name (RFC 3986 unreserved,
+/// sub-delims and `%XX` escapes; IPv4 addresses are reg-names too). An empty
+/// value is valid (RFC 9112 3.2: a target without authority). No spaces,
+/// `/`, `@` (userinfo), `\`, controls or non-ASCII.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        if !valid_ip_literal(&value[1..end]) {
+            return false;
+        }
+        (&[][..], &value[end + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && valid_reg_name(host)
+}
+
+/// RFC 3986 `unreserved` and `sub-delims`.
+const fn host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// `*( unreserved / pct-encoded / sub-delims )`.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        let b = name[i];
+        if b == b'%' {
+            if !(name.len() > i + 2
+                && name[i + 1].is_ascii_hexdigit()
+                && name[i + 2].is_ascii_hexdigit())
+            {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !host_char(b) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// What is between the brackets of an IP-literal: an IPv6 address (no zone)
+/// or `"v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn valid_ip_literal(inside: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inside {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail.iter().all(|&b| host_char(b) || b == b':');
+    }
+    std::str::from_utf8(inside).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// A new sampled `traceparent` with a random trace id and parent id.
 pub(crate) fn new_traceparent() -> HeaderValue {
     HeaderValue::from_bytes(&new_traceparent_bytes()).expect("hex digits are a valid header value")
@@ -407,6 +497,53 @@ mod unit {
             b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
         ));
         assert_ne!(new_traceparent(), new_traceparent());
+    }
+
+    #[test]
+    fn host_values() {
+        for good in [
+            "web.test",
+            "web.test:8080",
+            "WEB.test:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::ffff:1.2.3.4]",
+            "[v7.fe80::1:zone]",
+            "a%2Db",
+            "x_y-z~!$&'()*+,;=",
+            "",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "web test",
+            "web.test/",
+            "user@web.test",
+            "web.test:80:80",
+            "web.test:8o",
+            "a\tb",
+            "a\0b",
+            "a\r\nb",
+            "[::1",
+            "[::1]x",
+            "[::1]:8x",
+            "[fe80::1%25eth0]",
+            "[v.x]",
+            "[vz.x]",
+            "[v1.]",
+            "::1",
+            "a%2",
+            "a%zz",
+            "a\\b",
+            "caf\u{e9}",
+            "a\"b",
+            "<a>",
+            "a?b",
+            "a#b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]
