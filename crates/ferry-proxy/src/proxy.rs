@@ -945,23 +945,31 @@ fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-/// Rewrite an absolute-form request target to origin-form (path + query).
+/// Rewrite an absolute-form request target to origin-form (path + query),
+/// with `Host` made from its authority: RFC 9112 3.2.2, a proxy ignores the
+/// `Host` received with an absolute-form target and generates one from the
+/// target (otherwise the upstream and whatever read the target before us
+/// would disagree on the host). A request that has no `Host` then (HTTP/1.0
+/// may omit it) gets an empty one, as the HTTP/1.1 request sent upstream
+/// must have one (RFC 9112 3.2).
 fn to_origin_form(parts: &mut http::request::Parts) {
-    if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        return;
+    if let Some(authority) = parts.uri.authority() {
+        // `bad_request` let through only http(s) targets without userinfo.
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
+    if !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static(""));
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
 }
 
 fn local_response(

@@ -2102,5 +2102,31 @@ async fn host_and_request_target_rules_answer_400() {
         }
     }
     assert_eq!(seen.lock().unwrap()[5].method, "OPTIONS");
+    // The HTTP/1.0 request goes upstream as HTTP/1.1, which needs a Host:
+    // an empty one, as for a target without authority (RFC 9112 3.2).
+    assert_eq!(seen.lock().unwrap()[4].header("host"), Some(&b""[..]));
+
+    // An absolute-form target's authority replaces the Host received with
+    // it (RFC 9112 3.2.2), and gives one to an HTTP/1.0 request without.
+    seen.lock().unwrap().clear();
+    for request in [
+        "GET http://a.test:8080/abs?q=1 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        "GET http://a.test:8080/abs?q=1 HTTP/1.0\r\n\r\n",
+    ] {
+        let out = raw_exchange(proxy.local_addr(), request.as_bytes()).await;
+        assert!(out.contains(" 200 OK\r\n"), "{request:?}: {out}");
+        let last = seen.lock().unwrap().pop().expect("forwarded");
+        assert_eq!(last.uri, "/abs?q=1", "{request:?}");
+        assert_eq!(
+            last.header("host"),
+            Some(&b"a.test:8080"[..]),
+            "{request:?}"
+        );
+        assert_eq!(
+            last.headers.iter().filter(|(n, _)| n == "host").count(),
+            1,
+            "{last:?}"
+        );
+    }
     let _ = std::fs::remove_file(log);
 }
