@@ -46,9 +46,9 @@ use crate::upstream::InFlight;
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body the fast path takes (read whole, then forwarded);
 /// larger ones are streamed by hyper's path.
-const MAX_BODY: usize = 16 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 /// Headers per message the fast path parses; more go to hyper's path.
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// Longest response head accepted from an upstream (hyper's client allows
 /// about as much).
 const MAX_RESPONSE_HEAD: usize = 400 * 1024;
@@ -326,78 +326,150 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// What [`parse_head`] found at the start of the client's bytes.
+pub(crate) enum Head<'h, 'b> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path: hyper's path takes the connection.
+    Fallback,
+    /// A request the fast path takes: answered `400` if `rejected`, else
+    /// forwarded.
+    Plain(PlainHead<'h, 'b>),
+}
+
+/// A request head the fast path takes, as [`parse_head`] read it.
+pub(crate) struct PlainHead<'h, 'b> {
+    pub(crate) method: &'b str,
+    /// Origin-form, of [`plain_path`] characters.
+    pub(crate) path: &'b str,
+    /// As the client sent them, in order.
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    /// Bytes of the head, up to and including the empty line.
+    pub(crate) head_len: usize,
+    /// The body's length (≤ [`MAX_BODY`]); 0 without `Content-Length`.
+    pub(crate) body_len: u64,
+    /// The request has a `Content-Length` (one value, maybe repeated).
+    pub(crate) seen_length: bool,
+    /// `Connection: close`.
+    pub(crate) close: bool,
+    /// The first non-empty `X-Request-Id`.
+    pub(crate) request_id: Option<&'b [u8]>,
+    /// The first `traceparent` is well formed.
+    pub(crate) traceparent_ok: bool,
+    /// `Some(body)`: answer `400` with it (`proxy::host_rejected`).
+    pub(crate) rejected: Option<&'static [u8]>,
+}
+
+/// Parse the request head at the start of `input` (with room for
+/// `headers.len()` headers) and decide whether the fast path takes it: the
+/// fast path's whole request grammar, free of side effects so that tests can
+/// call it directly.
+pub(crate) fn parse_head<'h, 'b>(
+    input: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Head<'h, 'b> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Fallback,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Head::Fallback;
+    };
+    if method == "CONNECT" || !plain_path(path) {
+        return Head::Fallback;
+    }
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    // Is it ours, how long is the body, what to keep.
+    let mut body_len = 0u64;
+    let mut seen_length = false;
+    let mut close = false;
+    let mut request_id: Option<&[u8]> = None;
+    let mut traceparent_ok = false;
+    let mut traceparent_seen = false;
+    let mut hosts = 0usize;
+    let mut host: &[u8] = b"";
+    for h in headers {
+        match classify_request_header(h.name) {
+            ReqHeader::Fallback => return Head::Fallback,
+            ReqHeader::Host => {
+                if hosts == 0 {
+                    host = h.value;
+                }
+                hosts += 1;
+            }
+            ReqHeader::ContentLength => {
+                let Some(len) = parse_length(h.value) else {
+                    return Head::Fallback;
+                };
+                if seen_length && len != body_len {
+                    return Head::Fallback;
+                }
+                seen_length = true;
+                body_len = len;
+            }
+            ReqHeader::Connection => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // Names other headers as hop-by-hop (or asks to
+                        // upgrade): hyper's path strips those.
+                        return Head::Fallback;
+                    }
+                }
+            }
+            ReqHeader::RequestId if request_id.is_none() && !h.value.is_empty() => {
+                request_id = Some(h.value);
+            }
+            ReqHeader::Traceparent if !traceparent_seen => {
+                // As hyper's path: the first one counts.
+                traceparent_seen = true;
+                traceparent_ok = valid_traceparent(h.value);
+            }
+            _ => {}
+        }
+    }
+    if body_len > MAX_BODY as u64 {
+        return Head::Fallback;
+    }
+    Head::Plain(PlainHead {
+        method,
+        path,
+        headers,
+        head_len,
+        body_len,
+        seen_length,
+        close,
+        request_id,
+        traceparent_ok,
+        rejected: host_rejected(true, hosts, host),
+    })
+}
+
 impl Conn<'_> {
     /// Parse the request at the start of `input` and decide what to do with
     /// it; for a forwarded request, write its upstream head into `out`.
     fn prepare(&mut self) -> Prepared {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&self.input) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Prepared::Partial,
-            Err(_) => return Prepared::Fallback,
+        let PlainHead {
+            method,
+            path,
+            headers,
+            head_len,
+            body_len,
+            seen_length,
+            close,
+            request_id,
+            traceparent_ok,
+            rejected,
+        } = match parse_head(&self.input, &mut headers) {
+            Head::Partial => return Prepared::Partial,
+            Head::Fallback => return Prepared::Fallback,
+            Head::Plain(head) => head,
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-            return Prepared::Fallback;
-        };
-        if method == "CONNECT" || !plain_path(path) {
-            return Prepared::Fallback;
-        }
-        let headers = &*req.headers;
-        // First pass: is it ours, how long is the body, what to keep.
-        let mut body_len = 0u64;
-        let mut seen_length = false;
-        let mut close = false;
-        let mut request_id: Option<&[u8]> = None;
-        let mut traceparent_ok = false;
-        let mut traceparent_seen = false;
-        let mut hosts = 0usize;
-        let mut host: &[u8] = b"";
-        for h in headers {
-            match classify_request_header(h.name) {
-                ReqHeader::Fallback => return Prepared::Fallback,
-                ReqHeader::Host => {
-                    if hosts == 0 {
-                        host = h.value;
-                    }
-                    hosts += 1;
-                }
-                ReqHeader::ContentLength => {
-                    let Some(len) = parse_length(h.value) else {
-                        return Prepared::Fallback;
-                    };
-                    if seen_length && len != body_len {
-                        return Prepared::Fallback;
-                    }
-                    seen_length = true;
-                    body_len = len;
-                }
-                ReqHeader::Connection => {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                            // Names other headers as hop-by-hop (or asks to
-                            // upgrade): hyper's path strips those.
-                            return Prepared::Fallback;
-                        }
-                    }
-                }
-                ReqHeader::RequestId if request_id.is_none() && !h.value.is_empty() => {
-                    request_id = Some(h.value);
-                }
-                ReqHeader::Traceparent if !traceparent_seen => {
-                    // As hyper's path: the first one counts.
-                    traceparent_seen = true;
-                    traceparent_ok = valid_traceparent(h.value);
-                }
-                _ => {}
-            }
-        }
-        if body_len > MAX_BODY as u64 {
-            return Prepared::Fallback;
-        }
         // Set before the body has arrived: a 408 for it carries the id.
         self.request_id.clear();
         match request_id {
@@ -405,7 +477,7 @@ impl Conn<'_> {
             None => self.request_id.extend_from_slice(&new_request_id_bytes()),
         }
         let ctx = self.ctx;
-        if let Some(body) = host_rejected(true, hosts, host) {
+        if let Some(body) = rejected {
             // Answered at once, body or not, and the connection closed after
             // it (as on hyper's path): nothing of it reaches an upstream.
             let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
