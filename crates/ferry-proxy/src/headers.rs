@@ -171,10 +171,16 @@ pub(crate) fn forwarded_client<H: HeaderView + ?Sized>(
 
 /// Keep the client's W3C `traceparent` if it is well formed, else start a
 /// new trace (and drop a `tracestate` that belonged to the bad one).
+/// The first `traceparent` counts and is the one forwarded (as on the fast
+/// path): a second one would leave the upstream to choose.
 pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     if let Some(value) = headers.get(TRACEPARENT)
         && valid_traceparent(value.as_bytes())
     {
+        if headers.get_all(TRACEPARENT).iter().nth(1).is_some() {
+            let first = value.clone();
+            headers.insert(TRACEPARENT, first);
+        }
         return;
     }
     headers.remove(TRACESTATE);
@@ -320,13 +326,25 @@ pub(crate) fn new_traceparent_bytes() -> [u8; 55] {
     buf
 }
 
-/// The request's id: the client's `X-Request-Id` if present, else a new one
-/// (which is also set on the request).
+/// The request's id: the client's first non-empty `X-Request-Id` if any,
+/// else a new one; the request keeps that one only (as on the fast path).
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID)
+    let mut ids = headers.get_all(X_REQUEST_ID).iter();
+    let first = ids.next();
+    if let Some(id) = first
         && !id.is_empty()
+        && ids.next().is_none()
     {
         return id.clone();
+    }
+    if let Some(id) = headers
+        .get_all(X_REQUEST_ID)
+        .iter()
+        .find(|id| !id.is_empty())
+        .cloned()
+    {
+        headers.insert(X_REQUEST_ID, id.clone());
+        return id;
     }
     let id = new_request_id();
     headers.insert(X_REQUEST_ID, id.clone());
@@ -476,6 +494,11 @@ mod unit {
         ensure_traceparent(&mut h);
         assert_eq!(h[TRACEPARENT], good);
         assert_eq!(h[TRACESTATE], "x=1");
+        // The first counts, and is the only one forwarded.
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        h.append(TRACEPARENT, HeaderValue::from_static(other));
+        ensure_traceparent(&mut h);
+        assert_eq!(h.get_all(TRACEPARENT).iter().collect::<Vec<_>>(), [good]);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -556,5 +579,18 @@ mod unit {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut h), "abc");
+        // The first non-empty one, and only it, as on the fast path.
+        let mut h = HeaderMap::new();
+        for id in ["", "b", "c"] {
+            h.append(X_REQUEST_ID, HeaderValue::from_static(id));
+        }
+        assert_eq!(ensure_request_id(&mut h), "b");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
+        assert_eq!(h[X_REQUEST_ID], "b");
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static(""));
+        let made = ensure_request_id(&mut h);
+        assert!(!made.is_empty());
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [made]);
     }
 }

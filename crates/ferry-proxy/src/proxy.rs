@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
@@ -358,6 +359,15 @@ async fn proxy(
         None => None,
     };
     strip_hop_by_hop(&mut parts.headers);
+    // One canonical Content-Length, as the fast path sends it (hyper keeps
+    // the client's spelling, `007`).
+    if parts.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = incoming.size_hint().exact()
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     let request_id = ensure_request_id(&mut parts.headers);
     ensure_traceparent(&mut parts.headers);
     let log = config.log.as_ref().map(|_| PendingLog {

@@ -324,6 +324,7 @@ on_both_paths!(
     stickiness_reads_rewritten_forwarding_headers,
     connect_timeout_ends_a_hanging_connect_with_502,
     host_and_request_target_rules_answer_400,
+    forwarded_heads_are_canonical,
 );
 
 fn table(upstreams: &[&Arc<Upstream>]) -> RoutingTable {
@@ -2129,4 +2130,67 @@ async fn host_and_request_target_rules_answer_400() {
         );
     }
     let _ = std::fs::remove_file(log);
+}
+
+/// What a property test comparing the two paths over sockets found hyper's
+/// path forwarding otherwise than the fast path: a Content-Length as the client spelled it
+/// (`007`), every `traceparent`, and every `X-Request-Id` (or a fresh id
+/// when the first was empty). Both paths send one canonical Content-Length, the first
+/// `traceparent`, and the first non-empty id, which is also the response's.
+async fn forwarded_heads_are_canonical() {
+    let (addr, seen) = spawn_recording_upstream().await;
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    proxy.set_routes(table(&[&upstream("r", 1, addr, &stats)]));
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let cases: &[(String, &str, &[u8])] = &[
+        (
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\nhello!!".into(),
+            "content-length",
+            b"7",
+        ),
+        (
+            format!(
+                "GET /c HTTP/1.1\r\nHost: a\r\ntraceparent: {trace}\r\ntraceparent: {other}\r\n\r\n"
+            ),
+            "traceparent",
+            trace.as_bytes(),
+        ),
+        (
+            "GET /d HTTP/1.1\r\nHost: a\r\nX-Request-Id:\r\nX-Request-Id: second\r\n\r\n".into(),
+            "x-request-id",
+            b"second",
+        ),
+        (
+            "GET /e HTTP/1.1\r\nHost: a\r\nX-Request-Id: first\r\nX-Request-Id: second\r\n\r\n"
+                .into(),
+            "x-request-id",
+            b"first",
+        ),
+    ];
+    for (request, name, expected) in cases {
+        seen.lock().unwrap().clear();
+        let request = request.replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
+        let out = raw_exchange(proxy.local_addr(), request.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{request:?}: {out}");
+        let seen = seen.lock().unwrap().pop().expect("forwarded");
+        let values: Vec<&[u8]> = seen
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| &v[..])
+            .collect();
+        assert_eq!(values, [*expected], "{request:?}: {seen:?}");
+        if *name == "x-request-id" {
+            let id = String::from_utf8_lossy(expected);
+            assert!(
+                out.contains(&format!("\r\nx-request-id: {id}\r\n")),
+                "{out}"
+            );
+        }
+        if request.starts_with("POST") {
+            assert_eq!(&seen.body[..], b"hello!!");
+        }
+    }
 }
