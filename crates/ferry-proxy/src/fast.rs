@@ -362,8 +362,8 @@ pub(crate) struct PlainHead<'h, 'b> {
 
 /// Parse the request head at the start of `input` (with room for
 /// `headers.len()` headers) and decide whether the fast path takes it: the
-/// fast path's whole request grammar, free of side effects so that tests can
-/// call it directly.
+/// fast path's whole request grammar, free of side effects (the property
+/// tests in `tests/fuzz.rs` check it against httparse and hyper's path).
 pub(crate) fn parse_head<'h, 'b>(
     input: &'b [u8],
     headers: &'h mut [httparse::Header<'b>],

@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 
 use crate::{ProxyHandle, ProxyOptions, RevisionStats, RoutingTable, Upstream};
 
+mod fuzz;
+
 /// Generous bound for anything that should be quick.
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -2132,8 +2134,8 @@ async fn host_and_request_target_rules_answer_400() {
     let _ = std::fs::remove_file(log);
 }
 
-/// What a property test comparing the two paths over sockets found hyper's
-/// path forwarding otherwise than the fast path: a Content-Length as the client spelled it
+/// What the property tests (`fuzz.rs`) found hyper's path forwarding
+/// otherwise than the fast path: a Content-Length as the client spelled it
 /// (`007`), every `traceparent`, and every `X-Request-Id` (or a fresh id
 /// when the first was empty). Both paths send one canonical Content-Length, the first
 /// `traceparent`, and the first non-empty id, which is also the response's.
