@@ -218,26 +218,45 @@ pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
 /// value is valid (RFC 9112 3.2: a target without authority). No spaces,
 /// `/`, `@` (userinfo), `\`, controls or non-ASCII.
 pub(crate) fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
-        let Some(end) = value.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        if !valid_ip_literal(&value[1..end]) {
-            return false;
+    // One pass over a reg-name (every request on the fast path has a Host):
+    // a table look-up per byte until the port.
+    static REG_NAME: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = host_char(b as u8);
+            b += 1;
         }
-        (&[][..], &value[end + 1..])
-    } else {
-        match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &[][..]),
-        }
+        table
     };
-    let port_ok = match port.split_first() {
+    let port = |rest: &[u8]| match rest.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     };
-    port_ok && valid_reg_name(host)
+    if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        return valid_ip_literal(&value[1..end]) && port(&value[end + 1..]);
+    }
+    let mut i = 0;
+    while let Some(&b) = value.get(i) {
+        if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else if b == b'%' {
+            // pct-encoded
+            if !(value.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && value.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else {
+            return port(&value[i..]);
+        }
+    }
+    true
 }
 
 /// RFC 3986 `unreserved` and `sub-delims`.
@@ -260,29 +279,6 @@ const fn host_char(b: u8) -> bool {
                 | b';'
                 | b'='
         )
-}
-
-/// `*( unreserved / pct-encoded / sub-delims )`.
-fn valid_reg_name(name: &[u8]) -> bool {
-    let mut i = 0;
-    while i < name.len() {
-        let b = name[i];
-        if b == b'%' {
-            if !(name.len() > i + 2
-                && name[i + 1].is_ascii_hexdigit()
-                && name[i + 2].is_ascii_hexdigit())
-            {
-                return false;
-            }
-            i += 3;
-            continue;
-        }
-        if !host_char(b) {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// What is between the brackets of an IP-literal: an IPv6 address (no zone)
