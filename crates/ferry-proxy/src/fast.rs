@@ -13,6 +13,8 @@
 //! `Expect`, `Transfer-Encoding` or bodies over [`MAX_BODY`], heads over
 //! [`MAX_HEAD`], absolute-form targets, `CONNECT`, `Connection` headers
 //! naming other headers, and anything `httparse` rejects (hyper answers 400).
+//! A request it would take but for its `Host` (missing, repeated or invalid)
+//! it answers 400 itself, as hyper's path does (`proxy::host_rejected`).
 //! The fast path therefore only ever sees unambiguous messages, and the
 //! behaviour users see (headers, metrics, access log, timeouts, retries,
 //! draining) is the same on both paths; the proxy tests run over both.
@@ -35,7 +37,8 @@ use crate::access_log::Entry;
 use crate::body::PendingLog;
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
 use crate::proxy::{
-    ConnCtx, RATE_LIMITED, is_replayable, pooled_or_connect, rate_limited, upstream_failed,
+    ConnCtx, RATE_LIMITED, host_rejected, is_replayable, pooled_or_connect, rate_limited,
+    upstream_failed,
 };
 use crate::upstream::InFlight;
 
@@ -43,9 +46,9 @@ use crate::upstream::InFlight;
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body the fast path takes (read whole, then forwarded);
 /// larger ones are streamed by hyper's path.
-const MAX_BODY: usize = 16 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 /// Headers per message the fast path parses; more go to hyper's path.
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// Longest response head accepted from an upstream (hyper's client allows
 /// about as much).
 const MAX_RESPONSE_HEAD: usize = 400 * 1024;
@@ -244,6 +247,8 @@ enum ReqHeader {
     RequestId,
     Traceparent,
     Tracestate,
+    /// Checked (exactly one, valid) and forwarded as is.
+    Host,
     /// The fast path does not handle it.
     Fallback,
 }
@@ -252,6 +257,7 @@ fn classify_request_header(name: &str) -> ReqHeader {
     let is = |n: &str| name.eq_ignore_ascii_case(n);
     match name.len() {
         2 if is("te") => ReqHeader::Drop,
+        4 if is("host") => ReqHeader::Host,
         6 if is("expect") => ReqHeader::Fallback,
         7 if is("upgrade") => ReqHeader::Fallback,
         7 if is("trailer") => ReqHeader::Drop,
@@ -320,82 +326,191 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// What [`parse_head`] found at the start of the client's bytes.
+pub(crate) enum Head<'h, 'b> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path: hyper's path takes the connection.
+    Fallback,
+    /// A request the fast path takes: answered `400` if `rejected`, else
+    /// forwarded.
+    Plain(PlainHead<'h, 'b>),
+}
+
+/// A request head the fast path takes, as [`parse_head`] read it.
+pub(crate) struct PlainHead<'h, 'b> {
+    pub(crate) method: &'b str,
+    /// Origin-form, of [`plain_path`] characters.
+    pub(crate) path: &'b str,
+    /// As the client sent them, in order.
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    /// Bytes of the head, up to and including the empty line.
+    pub(crate) head_len: usize,
+    /// The body's length (≤ [`MAX_BODY`]); 0 without `Content-Length`.
+    pub(crate) body_len: u64,
+    /// The request has a `Content-Length` (one value, maybe repeated).
+    pub(crate) seen_length: bool,
+    /// `Connection: close`.
+    pub(crate) close: bool,
+    /// The first non-empty `X-Request-Id`.
+    pub(crate) request_id: Option<&'b [u8]>,
+    /// The first `traceparent` is well formed.
+    pub(crate) traceparent_ok: bool,
+    /// `Some(body)`: answer `400` with it (`proxy::host_rejected`).
+    pub(crate) rejected: Option<&'static [u8]>,
+}
+
+/// Parse the request head at the start of `input` (with room for
+/// `headers.len()` headers) and decide whether the fast path takes it: the
+/// fast path's whole request grammar, free of side effects (the property
+/// tests in `tests/fuzz.rs` check it against httparse and hyper's path).
+pub(crate) fn parse_head<'h, 'b>(
+    input: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Head<'h, 'b> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Fallback,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Head::Fallback;
+    };
+    if method == "CONNECT" || !plain_path(path) {
+        return Head::Fallback;
+    }
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    // Is it ours, how long is the body, what to keep.
+    let mut body_len = 0u64;
+    let mut seen_length = false;
+    let mut close = false;
+    let mut request_id: Option<&[u8]> = None;
+    let mut traceparent_ok = false;
+    let mut traceparent_seen = false;
+    let mut hosts = 0usize;
+    let mut host: &[u8] = b"";
+    for h in headers {
+        match classify_request_header(h.name) {
+            ReqHeader::Fallback => return Head::Fallback,
+            ReqHeader::Host => {
+                if hosts == 0 {
+                    host = h.value;
+                }
+                hosts += 1;
+            }
+            ReqHeader::ContentLength => {
+                let Some(len) = parse_length(h.value) else {
+                    return Head::Fallback;
+                };
+                if seen_length && len != body_len {
+                    return Head::Fallback;
+                }
+                seen_length = true;
+                body_len = len;
+            }
+            ReqHeader::Connection => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // Names other headers as hop-by-hop (or asks to
+                        // upgrade): hyper's path strips those.
+                        return Head::Fallback;
+                    }
+                }
+            }
+            ReqHeader::RequestId if request_id.is_none() && !h.value.is_empty() => {
+                request_id = Some(h.value);
+            }
+            ReqHeader::Traceparent if !traceparent_seen => {
+                // As hyper's path: the first one counts.
+                traceparent_seen = true;
+                traceparent_ok = valid_traceparent(h.value);
+            }
+            _ => {}
+        }
+    }
+    if body_len > MAX_BODY as u64 {
+        return Head::Fallback;
+    }
+    Head::Plain(PlainHead {
+        method,
+        path,
+        headers,
+        head_len,
+        body_len,
+        seen_length,
+        close,
+        request_id,
+        traceparent_ok,
+        rejected: host_rejected(true, hosts, host),
+    })
+}
+
 impl Conn<'_> {
     /// Parse the request at the start of `input` and decide what to do with
     /// it; for a forwarded request, write its upstream head into `out`.
     fn prepare(&mut self) -> Prepared {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&self.input) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Prepared::Partial,
-            Err(_) => return Prepared::Fallback,
+        let PlainHead {
+            method,
+            path,
+            headers,
+            head_len,
+            body_len,
+            seen_length,
+            close,
+            request_id,
+            traceparent_ok,
+            rejected,
+        } = match parse_head(&self.input, &mut headers) {
+            Head::Partial => return Prepared::Partial,
+            Head::Fallback => return Prepared::Fallback,
+            Head::Plain(head) => head,
         };
-        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-            return Prepared::Fallback;
-        };
-        if method == "CONNECT" || !plain_path(path) {
-            return Prepared::Fallback;
-        }
-        let headers = &*req.headers;
-        // First pass: is it ours, how long is the body, what to keep.
-        let mut body_len = 0u64;
-        let mut seen_length = false;
-        let mut close = false;
-        let mut request_id: Option<&[u8]> = None;
-        let mut traceparent_ok = false;
-        let mut traceparent_seen = false;
-        for h in headers {
-            match classify_request_header(h.name) {
-                ReqHeader::Fallback => return Prepared::Fallback,
-                ReqHeader::ContentLength => {
-                    let Some(len) = parse_length(h.value) else {
-                        return Prepared::Fallback;
-                    };
-                    if seen_length && len != body_len {
-                        return Prepared::Fallback;
-                    }
-                    seen_length = true;
-                    body_len = len;
-                }
-                ReqHeader::Connection => {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                            // Names other headers as hop-by-hop (or asks to
-                            // upgrade): hyper's path strips those.
-                            return Prepared::Fallback;
-                        }
-                    }
-                }
-                ReqHeader::RequestId if request_id.is_none() && !h.value.is_empty() => {
-                    request_id = Some(h.value);
-                }
-                ReqHeader::Traceparent if !traceparent_seen => {
-                    // As hyper's path: the first one counts.
-                    traceparent_seen = true;
-                    traceparent_ok = valid_traceparent(h.value);
-                }
-                _ => {}
-            }
-        }
-        if body_len > MAX_BODY as u64 {
-            return Prepared::Fallback;
-        }
         // Set before the body has arrived: a 408 for it carries the id.
         self.request_id.clear();
         match request_id {
             Some(id) => self.request_id.extend_from_slice(id),
             None => self.request_id.extend_from_slice(&new_request_id_bytes()),
         }
+        let ctx = self.ctx;
+        if let Some(body) = rejected {
+            // Answered at once, body or not, and the connection closed after
+            // it (as on hyper's path): nothing of it reaches an upstream.
+            let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
+            let traceparent_name = crate::headers::TRACEPARENT;
+            let traceparent = match &new_traceparent {
+                Some(new) => Some(&new[..]),
+                None => headers.value_of(&traceparent_name),
+            };
+            let log = new_log(
+                ctx,
+                headers,
+                method,
+                path,
+                &self.request_id,
+                traceparent,
+                Instant::now(),
+            );
+            return Prepared::Ready(Request {
+                consumed: head_len,
+                close: true,
+                action: Action::Local {
+                    status: StatusCode::BAD_REQUEST,
+                    body: Bytes::from_static(body),
+                    retry_after: None,
+                    log,
+                },
+            });
+        }
         let consumed = head_len + body_len as usize;
         if self.input.len() < consumed {
             return Prepared::NeedBody;
         }
 
-        let ctx = self.ctx;
         let shared = ctx.shared();
         let start = Instant::now();
         let new_traceparent = (!traceparent_ok).then(new_traceparent_bytes);
@@ -413,7 +528,7 @@ impl Conn<'_> {
         let mut traceparent_kept = false;
         for h in headers {
             match classify_request_header(h.name) {
-                ReqHeader::Keep => {}
+                ReqHeader::Keep | ReqHeader::Host => {}
                 ReqHeader::Tracestate if traceparent_ok => {}
                 ReqHeader::Traceparent if traceparent_ok && !traceparent_kept => {
                     traceparent_kept = true;

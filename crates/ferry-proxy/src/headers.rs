@@ -171,10 +171,16 @@ pub(crate) fn forwarded_client<H: HeaderView + ?Sized>(
 
 /// Keep the client's W3C `traceparent` if it is well formed, else start a
 /// new trace (and drop a `tracestate` that belonged to the bad one).
+/// The first `traceparent` counts and is the one forwarded (as on the fast
+/// path): a second one would leave the upstream to choose.
 pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     if let Some(value) = headers.get(TRACEPARENT)
         && valid_traceparent(value.as_bytes())
     {
+        if headers.get_all(TRACEPARENT).iter().nth(1).is_some() {
+            let first = value.clone();
+            headers.insert(TRACEPARENT, first);
+        }
         return;
     }
     headers.remove(TRACESTATE);
@@ -205,6 +211,92 @@ pub(crate) fn valid_traceparent(v: &[u8]) -> bool {
         && parent.iter().any(|&b| b != b'0')
 }
 
+/// A `Host` value (or an absolute-form target's authority) as RFC 9112 3.2
+/// allows it: `uri-host [ ":" port ]`, where `uri-host` is an IP-literal in
+/// brackets (IPv6 or IPvFuture) or a reg-name (RFC 3986 unreserved,
+/// sub-delims and `%XX` escapes; IPv4 addresses are reg-names too). An empty
+/// value is valid (RFC 9112 3.2: a target without authority). No spaces,
+/// `/`, `@` (userinfo), `\`, controls or non-ASCII.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    // One pass over a reg-name (every request on the fast path has a Host):
+    // a table look-up per byte until the port.
+    static REG_NAME: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = host_char(b as u8);
+            b += 1;
+        }
+        table
+    };
+    let port = |rest: &[u8]| match rest.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        return valid_ip_literal(&value[1..end]) && port(&value[end + 1..]);
+    }
+    let mut i = 0;
+    while let Some(&b) = value.get(i) {
+        if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else if b == b'%' {
+            // pct-encoded
+            if !(value.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && value.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else {
+            return port(&value[i..]);
+        }
+    }
+    true
+}
+
+/// RFC 3986 `unreserved` and `sub-delims`.
+const fn host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// What is between the brackets of an IP-literal: an IPv6 address (no zone)
+/// or `"v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn valid_ip_literal(inside: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = inside {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail.iter().all(|&b| host_char(b) || b == b':');
+    }
+    std::str::from_utf8(inside).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// A new sampled `traceparent` with a random trace id and parent id.
 pub(crate) fn new_traceparent() -> HeaderValue {
     HeaderValue::from_bytes(&new_traceparent_bytes()).expect("hex digits are a valid header value")
@@ -230,13 +322,25 @@ pub(crate) fn new_traceparent_bytes() -> [u8; 55] {
     buf
 }
 
-/// The request's id: the client's `X-Request-Id` if present, else a new one
-/// (which is also set on the request).
+/// The request's id: the client's first non-empty `X-Request-Id` if any,
+/// else a new one; the request keeps that one only (as on the fast path).
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID)
+    let mut ids = headers.get_all(X_REQUEST_ID).iter();
+    let first = ids.next();
+    if let Some(id) = first
         && !id.is_empty()
+        && ids.next().is_none()
     {
         return id.clone();
+    }
+    if let Some(id) = headers
+        .get_all(X_REQUEST_ID)
+        .iter()
+        .find(|id| !id.is_empty())
+        .cloned()
+    {
+        headers.insert(X_REQUEST_ID, id.clone());
+        return id;
     }
     let id = new_request_id();
     headers.insert(X_REQUEST_ID, id.clone());
@@ -386,6 +490,11 @@ mod unit {
         ensure_traceparent(&mut h);
         assert_eq!(h[TRACEPARENT], good);
         assert_eq!(h[TRACESTATE], "x=1");
+        // The first counts, and is the only one forwarded.
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        h.append(TRACEPARENT, HeaderValue::from_static(other));
+        ensure_traceparent(&mut h);
+        assert_eq!(h.get_all(TRACEPARENT).iter().collect::<Vec<_>>(), [good]);
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -410,6 +519,53 @@ mod unit {
     }
 
     #[test]
+    fn host_values() {
+        for good in [
+            "web.test",
+            "web.test:8080",
+            "WEB.test:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::ffff:1.2.3.4]",
+            "[v7.fe80::1:zone]",
+            "a%2Db",
+            "x_y-z~!$&'()*+,;=",
+            "",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "web test",
+            "web.test/",
+            "user@web.test",
+            "web.test:80:80",
+            "web.test:8o",
+            "a\tb",
+            "a\0b",
+            "a\r\nb",
+            "[::1",
+            "[::1]x",
+            "[::1]:8x",
+            "[fe80::1%25eth0]",
+            "[v.x]",
+            "[vz.x]",
+            "[v1.]",
+            "::1",
+            "a%2",
+            "a%zz",
+            "a\\b",
+            "caf\u{e9}",
+            "a\"b",
+            "<a>",
+            "a?b",
+            "a#b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn request_ids_are_unique() {
         let a = new_request_id();
         let b = new_request_id();
@@ -419,5 +575,18 @@ mod unit {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut h), "abc");
+        // The first non-empty one, and only it, as on the fast path.
+        let mut h = HeaderMap::new();
+        for id in ["", "b", "c"] {
+            h.append(X_REQUEST_ID, HeaderValue::from_static(id));
+        }
+        assert_eq!(ensure_request_id(&mut h), "b");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
+        assert_eq!(h[X_REQUEST_ID], "b");
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static(""));
+        let made = ensure_request_id(&mut h);
+        assert!(!made.is_empty());
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), [made]);
     }
 }

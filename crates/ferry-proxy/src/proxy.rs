@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
@@ -27,7 +28,7 @@ use crate::access_log::Entry;
 use crate::body::{Lease, PendingLog, ProxyBody, ReqBody, UploadState};
 use crate::headers::{
     HeaderView, TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
-    forwarded_client, set_forwarding, strip_hop_by_hop, wants_upgrade,
+    forwarded_client, set_forwarding, strip_hop_by_hop, valid_host, wants_upgrade,
 };
 use crate::net::{ClientIo, is_trusted, read_proxy_header};
 use crate::rate_limit::{RateLimitKey, hash_key};
@@ -358,6 +359,15 @@ async fn proxy(
         None => None,
     };
     strip_hop_by_hop(&mut parts.headers);
+    // One canonical Content-Length, as the fast path sends it (hyper keeps
+    // the client's spelling, `007`).
+    if parts.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = incoming.size_hint().exact()
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     let request_id = ensure_request_id(&mut parts.headers);
     ensure_traceparent(&mut parts.headers);
     let log = config.log.as_ref().map(|_| PendingLog {
@@ -378,6 +388,17 @@ async fn proxy(
         start,
         config: Arc::clone(&ctx.config),
     });
+    if let Some(body) = bad_request(&parts) {
+        let mut resp = local_response(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(body),
+            request_id,
+            log,
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     if parts.method == Method::CONNECT {
         return Ok(local_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -435,6 +456,56 @@ async fn proxy(
 
 /// The body of a `429`.
 pub(crate) const RATE_LIMITED: &[u8] = b"too many requests: slow down and retry later\n";
+
+/// Bodies of the `400`s the proxy answers itself (RFC 9112 3.2, 3.2.2).
+const NO_HOST: &[u8] = b"bad request: an HTTP/1.1 request needs a Host header\n";
+const MANY_HOSTS: &[u8] = b"bad request: more than one Host header\n";
+const BAD_HOST: &[u8] = b"bad request: the Host header is not a valid host[:port]\n";
+const BAD_TARGET: &[u8] = b"bad request: the request target is not valid for its method\n";
+
+/// RFC 9112 3.2: a request without `Host` (HTTP/1.1 only; HTTP/1.0 may omit
+/// it), with more than one `Host` line, or with an invalid one is answered
+/// `400` and never forwarded. `hosts`: how many `Host` lines the request
+/// has, `first`: the first one's value. `Some(body)`: answer `400` with it.
+pub(crate) fn host_rejected(http11: bool, hosts: usize, first: &[u8]) -> Option<&'static [u8]> {
+    match hosts {
+        0 if http11 => Some(NO_HOST),
+        0 => None,
+        1 if valid_host(first) => None,
+        1 => Some(BAD_HOST),
+        _ => Some(MANY_HOSTS),
+    }
+}
+
+/// Why hyper's path answers a request `400` itself: its `Host` (see
+/// [`host_rejected`]), or a request target in none of the forms RFC 9112 3.2
+/// allows for its method: origin-form (`/path`), absolute-form
+/// (`http://host/path`, no userinfo), `*` for `OPTIONS` only, and
+/// authority-form for `CONNECT` only (which is answered `405`). hyper reads
+/// `GET a` as an authority-form `a`: forwarded, it would become `GET /`.
+fn bad_request(parts: &http::request::Parts) -> Option<&'static [u8]> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    let count = first.map_or(0, |_| 1 + hosts.count());
+    let first = first.map_or(&b""[..], HeaderValue::as_bytes);
+    if let Some(body) = host_rejected(parts.version == Version::HTTP_11, count, first) {
+        return Some(body);
+    }
+    let uri = &parts.uri;
+    let valid = match (uri.scheme(), uri.authority()) {
+        (None, None) => {
+            uri.path().starts_with('/') || (uri.path() == "*" && parts.method == Method::OPTIONS)
+        }
+        (Some(scheme), Some(authority)) => {
+            (*scheme == http::uri::Scheme::HTTP || *scheme == http::uri::Scheme::HTTPS)
+                && !authority.host().is_empty()
+                && valid_host(authority.as_str().as_bytes())
+        }
+        (None, Some(_)) => parts.method == Method::CONNECT,
+        (Some(_), None) => false,
+    };
+    (!valid).then_some(BAD_TARGET)
+}
 
 /// Count a request against the service's rate limit (if any), keyed by the
 /// configured header or else the client's address (`client` if already
@@ -884,23 +955,31 @@ fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-/// Rewrite an absolute-form request target to origin-form (path + query).
+/// Rewrite an absolute-form request target to origin-form (path + query),
+/// with `Host` made from its authority: RFC 9112 3.2.2, a proxy ignores the
+/// `Host` received with an absolute-form target and generates one from the
+/// target (otherwise the upstream and whatever read the target before us
+/// would disagree on the host). A request that has no `Host` then (HTTP/1.0
+/// may omit it) gets an empty one, as the HTTP/1.1 request sent upstream
+/// must have one (RFC 9112 3.2).
 fn to_origin_form(parts: &mut http::request::Parts) {
-    if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        return;
+    if let Some(authority) = parts.uri.authority() {
+        // `bad_request` let through only http(s) targets without userinfo.
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
+    if !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static(""));
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
 }
 
 fn local_response(
