@@ -7,6 +7,8 @@
 pub mod analysis;
 pub mod canary;
 pub mod config;
+#[cfg(test)]
+mod config_fuzz;
 pub mod duration;
 pub mod proxy_spec;
 pub mod redact;

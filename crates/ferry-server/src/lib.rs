@@ -4,6 +4,8 @@
 
 pub mod analysis;
 pub mod api;
+#[cfg(test)]
+mod api_fuzz;
 pub mod api_server;
 pub mod clock;
 pub mod daemon;
