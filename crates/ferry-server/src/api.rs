@@ -338,6 +338,36 @@ async fn readyz() -> &'static str {
     "ok\n"
 }
 
+/// What every route behind the token may answer besides its own answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description, never built
+enum TokenErrors {
+    /// Missing or wrong bearer token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Too many requests without a valid token from this address
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The request was not received and answered in time
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// The state store failed
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// What every route that reads a JSON body may answer about it.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description, never built
+enum BodyErrors {
+    /// The body is not valid JSON for this request, or the name is invalid
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The body is larger than the API takes
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+}
+
 /// The OpenAPI description of this API (`docs/openapi.json`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -547,10 +577,7 @@ pub struct Health {
     responses(
         (status = 200, description = "Every check is healthy", body = Health),
         (status = 503, description = "Some check is unhealthy", body = Health),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn health(State(d): State<Arc<Daemon>>) -> Response {
@@ -606,10 +633,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     security(("token" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
@@ -685,10 +709,7 @@ fn rollout_view(core: &mut crate::daemon::Core, r: Rollout, now: u64) -> Rollout
     security(("token" = [])),
     responses(
         (status = 200, description = "Services", body = [ServiceStatus]),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
@@ -713,10 +734,7 @@ async fn list_services(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>>
     responses(
         (status = 200, description = "The service", body = ServiceStatus),
         (status = 404, description = "No such service", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn get_service(
@@ -742,10 +760,7 @@ async fn get_service(
     responses(
         (status = 200, description = "Rollouts", body = [HistoryEntry]),
         (status = 404, description = "No such service", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn history(
@@ -818,10 +833,7 @@ async fn history(
         (status = 200, description = "The revision", body = ferry_core::revision::Revision),
         (status = 404, description = "No such revision", body = ErrorBody),
         (status = 400, description = "A path parameter does not parse", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn get_revision(
@@ -849,10 +861,7 @@ async fn get_revision(
         (status = 200, description = "The rollout", body = RolloutView),
         (status = 404, description = "No such rollout", body = ErrorBody),
         (status = 400, description = "A path parameter does not parse", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn get_rollout(
@@ -890,10 +899,7 @@ struct After {
         (status = 200, description = "Events, oldest first", body = [ferry_store::StoredEvent]),
         (status = 404, description = "No such rollout", body = ErrorBody),
         (status = 400, description = "A path parameter does not parse", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn rollout_events(
@@ -945,10 +951,7 @@ fn default_limit() -> u32 {
     responses(
         (status = 200, description = "The newest entries, oldest first", body = [ferry_store::AuditEntry]),
         (status = 400, description = "The query does not parse", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn audit(
@@ -1045,12 +1048,8 @@ fn validate_deploy(name: &str, req: &DeployRequest) -> ApiResult<()> {
         (status = 200, description = "Dry run: the plan; nothing changed", body = RolloutAccepted),
         (status = 409, description = "A rollout is in progress", body = ErrorBody),
         (status = 422, description = "The spec, version, overrides or listen address are not acceptable", body = ErrorBody),
-        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
-        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
     )
 )]
 async fn deploy(
@@ -1355,12 +1354,8 @@ impl NewRollout<'_> {
         (status = 202, description = "The rollout in progress is being rolled back", body = RolloutAccepted),
         (status = 404, description = "No such service or revision", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, or the target serves already", body = ErrorBody),
-        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
-        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
     )
 )]
 async fn rollback(
@@ -1531,10 +1526,7 @@ async fn rollback(
         (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
         (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
         (status = 400, description = "The name is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn approve(
@@ -1556,10 +1548,7 @@ async fn approve(
         (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
         (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
         (status = 400, description = "The name is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn abort(
@@ -1589,12 +1578,8 @@ pub struct PromoteRequest {
     responses(
         (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
         (status = 409, description = "No rollout in progress, or nothing to promote", body = ErrorBody),
-        (status = 400, description = "The body is not valid JSON for this request, or the name is invalid", body = ErrorBody),
-        (status = 413, description = "The body is larger than the API takes", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
     )
 )]
 async fn promote(
@@ -1621,10 +1606,7 @@ async fn promote(
         (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
         (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
         (status = 400, description = "The name is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn pause(
@@ -1646,10 +1628,7 @@ async fn pause(
         (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
         (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
         (status = 400, description = "The name is invalid", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn resume(
@@ -1671,10 +1650,7 @@ async fn resume(
         (status = 200, description = "Measurements, oldest first", body = [ferry_store::StoredMeasurement]),
         (status = 404, description = "No such rollout", body = ErrorBody),
         (status = 400, description = "A path parameter does not parse", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 429, description = "Too many requests without a valid token from this address", body = ErrorBody),
-        (status = 408, description = "The request was not received and answered in time", body = ErrorBody),
-        (status = 500, description = "The state store failed", body = ErrorBody),
+        TokenErrors,
     )
 )]
 async fn rollout_measurements(

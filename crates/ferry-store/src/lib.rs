@@ -210,33 +210,10 @@ impl Store {
     pub fn rekey(&mut self, new: SecretKey) -> Result<usize> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
-        let mut bodies = Vec::new();
-        {
-            let mut stmt = tx.prepare("SELECT service, number, body FROM revisions")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                bodies.push(row?);
-            }
-        }
-        let mut sealed = 0;
-        for (service, number, body) in bodies {
-            let mut rev: Revision = decode(&body, "revision")?;
+        let sealed = rewrite_revisions(&tx, |mut rev| {
             seal::open_revision(&self.key, &mut rev)?;
-            let resealed = seal::seal_revision(&new, &rev)?;
-            if resealed != rev {
-                sealed += 1;
-            }
-            tx.execute(
-                "UPDATE revisions SET body = ?1 WHERE service = ?2 AND number = ?3",
-                params![to_json(&resealed), service, number],
-            )?;
-        }
+            Ok(seal::seal_revision(&new, &rev)?)
+        })?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('key_check', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -314,32 +291,7 @@ impl Store {
             drop(conn);
             let mut conn = self.lock();
             let tx = conn.transaction()?;
-            let mut bodies = Vec::new();
-            {
-                let mut stmt = tx.prepare("SELECT service, number, body FROM revisions")?;
-                let rows = stmt.query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?;
-                for row in rows {
-                    bodies.push(row?);
-                }
-            }
-            let mut changed = 0;
-            for (service, number, body) in bodies {
-                let rev: Revision = decode(&body, "revision")?;
-                let sealed = seal::seal_revision(&self.key, &rev)?;
-                if sealed != rev {
-                    changed += 1;
-                    tx.execute(
-                        "UPDATE revisions SET body = ?1 WHERE service = ?2 AND number = ?3",
-                        params![to_json(&sealed), service, number],
-                    )?;
-                }
-            }
+            let changed = rewrite_revisions(&tx, |rev| Ok(seal::seal_revision(&self.key, &rev)?))?;
             tx.execute_batch("PRAGMA user_version = 3;")?;
             tx.commit()?;
             drop(conn);
@@ -629,6 +581,40 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Pass every stored revision through `f` and store what it returns when
+/// the stored text changes; returns how many changed.
+fn rewrite_revisions(
+    tx: &rusqlite::Transaction<'_>,
+    mut f: impl FnMut(Revision) -> Result<Revision>,
+) -> Result<usize> {
+    let mut rows = Vec::new();
+    {
+        let mut stmt = tx.prepare("SELECT service, number, body FROM revisions")?;
+        let found = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in found {
+            rows.push(row?);
+        }
+    }
+    let mut changed = 0;
+    for (service, number, body) in rows {
+        let next = to_json(&f(decode(&body, "revision")?)?);
+        if next != body {
+            changed += 1;
+            tx.execute(
+                "UPDATE revisions SET body = ?1 WHERE service = ?2 AND number = ?3",
+                params![next, service, number],
+            )?;
+        }
+    }
+    Ok(changed)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<T> {
