@@ -300,6 +300,31 @@ mod tests {
     }
 
     #[test]
+    fn every_event_kind_can_be_subscribed_to_and_others_are_refused() {
+        let kinds: Vec<String> = crate::event::EventKind::ALL
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect();
+        let base = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n";
+        let text = format!(
+            "{base}[[services.web.webhooks]]\nurl = \"http://127.0.0.1:9/\"\nevents = [{}]\n",
+            kinds.join(", ")
+        );
+        let cfg = parse(Path::new("ferry.toml"), &text).unwrap();
+        assert_eq!(
+            cfg.services["web"].webhooks[0].events.len(),
+            crate::event::EventKind::ALL.len()
+        );
+        let e = errors(&format!(
+            "{base}[[services.web.webhooks]]\nurl = \"http://127.0.0.1:9/\"\nevents = [\"nope\"]\n"
+        ));
+        assert!(
+            e[0].contains("nope") && e[0].contains("awaiting-approval") && e[0].contains(":6:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn inline_table_keys_are_located() {
         let text = "[services.web]\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\nenv = { A = \"{nope}\" }\n";
         let e = errors(text);

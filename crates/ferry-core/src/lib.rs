@@ -10,6 +10,7 @@ pub mod config;
 #[cfg(test)]
 mod config_fuzz;
 pub mod duration;
+pub mod event;
 pub mod proxy_spec;
 pub mod redact;
 pub mod revision;

@@ -79,6 +79,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The event that announces this outcome.
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            Outcome::Succeeded => EventKind::Done,
+            Outcome::Failed => EventKind::Failed,
+            Outcome::Aborted => EventKind::Aborted,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
@@ -337,18 +346,10 @@ pub fn is_available(ready_since: Option<Millis>, min_ready_ms: u64, now: Millis)
     ready_since.is_some_and(|t| now >= t.saturating_add(min_ready_ms))
 }
 
-/// A line for the rollout's event log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Event {
-    pub kind: String,
-    pub message: String,
-}
+pub use crate::event::{Event, EventKind};
 
-fn event(kind: &str, message: String) -> Event {
-    Event {
-        kind: kind.into(),
-        message,
-    }
+fn event(kind: EventKind, message: String) -> Event {
+    Event { kind, message }
 }
 
 /// Everything the shell observed for one `advance`.
@@ -430,7 +431,7 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
             None => {}
             Some(h) if h.ok => {
                 events.push(event(
-                    "hook",
+                    EventKind::Hook,
                     format!("pre_deploy hook succeeded: {}", h.summary),
                 ));
                 set_phase(&mut r, Phase::Progressing, now);
@@ -455,7 +456,7 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
                         r.analysis_held();
                         r.paused = Some(reason.clone());
                         events.push(event(
-                            "paused",
+EventKind::Paused,
                             format!(
                                 "ANALYSIS FAILED, rollout {} PAUSED (on_failure = \"pause\"): traffic stays where it is until a human decides: `ferry resume {svc}`, `ferry promote {svc}` or `ferry abort {svc}`. {reason}",
                                 r.id,
@@ -513,7 +514,7 @@ fn reached_full(s: &mut ServiceState, r: &mut Rollout, now: Millis, events: &mut
         r.analysis.failures = 0;
         r.analysis.inconclusive_in_row = 0;
         events.push(event(
-            "monitoring",
+EventKind::Monitoring,
             format!(
                 "revision {} serves all traffic; watching it for {} (a failure rolls back to revision {})",
                 r.to,
@@ -552,7 +553,7 @@ fn apply_requests(r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
     {
         r.paused = Some(format!("paused by {who}"));
         events.push(event(
-            "paused",
+            EventKind::Paused,
             format!(
                 "rollout {} paused by {who}; `ferry resume {}` continues it",
                 r.id, r.service
@@ -567,7 +568,7 @@ fn apply_requests(r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
         r.analysis.held = false;
         r.last_progress_at = now;
         events.push(event(
-            "resumed",
+            EventKind::Resumed,
             format!("rollout {} resumed by {who} (it was held: {why})", r.id),
         ));
     }
@@ -580,7 +581,7 @@ fn apply_requests(r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
             Strategy::Canary if p.full => {
                 r.canary.step = r.params.steps.len();
                 events.push(event(
-                    "promoted",
+                    EventKind::Promoted,
                     format!("promoted to 100 % by {} (remaining steps skipped)", p.by),
                 ));
             }
@@ -592,13 +593,13 @@ fn apply_requests(r: &mut Rollout, now: Millis, events: &mut Vec<Event>) {
                     r.canary.step_since = now;
                 }
                 events.push(event(
-                    "promoted",
+                    EventKind::Promoted,
                     format!("promoted by {}: on to the next step", p.by),
                 ));
             }
             _ => {
                 r.approved_by = Some(p.by.clone());
-                events.push(event("promoted", format!("promoted by {}", p.by)));
+                events.push(event(EventKind::Promoted, format!("promoted by {}", p.by)));
             }
         }
         if r.phase == Phase::AwaitingApproval && r.strategy == Strategy::Canary {
@@ -628,7 +629,7 @@ fn judge_analysis(
                 r.analysis.failures += 1;
                 r.analysis.last_problem = Some(format!("{}: {}", m.check, m.detail));
                 events.push(event(
-                    "analysis-failed",
+                    EventKind::AnalysisFailed,
                     format!(
                         "analysis: {} failed ({}/{} failures allowed): {}",
                         m.check, r.analysis.failures, r.params.failure_limit, m.detail
@@ -661,7 +662,7 @@ fn judge_analysis(
             r.analysis.last_problem.clone().unwrap_or_default()
         );
         events.push(event(
-            "paused",
+EventKind::Paused,
             format!("rollout {} paused: {why}; it is not promoted on too little evidence. `ferry resume {}` to go on", r.id, r.service),
         ));
         r.paused = Some(why);
@@ -762,7 +763,7 @@ fn rolling(
         if let Some(from) = r.from {
             set_scale(s, from, old_next);
             events.push(event(
-                "scale",
+                EventKind::Scale,
                 format!(
                     "revision {} → {new_desired}/{n} instances, revision {from} → {old_next}",
                     r.to
@@ -770,14 +771,14 @@ fn rolling(
             ));
         } else {
             events.push(event(
-                "scale",
+                EventKind::Scale,
                 format!("revision {} → {new_desired}/{n} instances", r.to),
             ));
         }
     }
     if progress_mark(r, new.available, now) {
         events.push(event(
-            "available",
+            EventKind::Available,
             format!(
                 "revision {}: {}/{n} instances available",
                 r.to,
@@ -836,7 +837,7 @@ fn canary_steps(
                     .collect();
                 r.canary.weight = w;
                 events.push(event(
-                    "step",
+EventKind::Step,
                     format!(
                         "step {}/{}: canary (revision {}) takes {w} % of traffic on {need} instance{}",
                         i + 1,
@@ -861,7 +862,7 @@ fn canary_steps(
                 if r.phase != Phase::AwaitingApproval {
                     set_phase(r, Phase::AwaitingApproval, now);
                     events.push(event(
-                        "awaiting-approval",
+                        EventKind::AwaitingApproval,
                         format!(
                             "step {}/{}: paused at {} %; `ferry promote {}` goes on",
                             i + 1,
@@ -885,7 +886,7 @@ fn canary_steps(
     if r.canary.applied != Some(steps.len()) {
         r.canary.applied = Some(steps.len());
         events.push(event(
-            "promoting",
+            EventKind::Promoting,
             format!("all steps passed: promoting revision {} to 100 %", r.to),
         ));
     }
@@ -917,7 +918,7 @@ fn blue_green(
     if new.desired != n {
         set_scale(s, r.to, n);
         events.push(event(
-            "scale",
+            EventKind::Scale,
             format!("starting the new set: revision {} → {n} instances", r.to),
         ));
     }
@@ -925,7 +926,7 @@ fn blue_green(
         s.traffic = vec![r.to];
         if progress_mark(r, new.available, now) {
             events.push(event(
-                "available",
+                EventKind::Available,
                 format!(
                     "revision {}: {}/{n} instances available",
                     r.to,
@@ -942,7 +943,7 @@ fn blue_green(
     s.traffic = vec![from];
     if progress_mark(r, new.available, now) {
         events.push(event(
-            "available",
+            EventKind::Available,
             format!(
                 "revision {}: {}/{n} instances available",
                 r.to,
@@ -959,7 +960,7 @@ fn blue_green(
             if !r.analysis.pre_promotion_started {
                 r.analysis.pre_promotion_started = true;
                 events.push(event(
-                    "pre-promotion",
+EventKind::PrePromotion,
                     format!(
                         "the new set (revision {}) is ready; pre-promotion analysis needs {} passing rounds in a row before the switch (send it traffic with `X-Ferry-Revision: {}`)",
                         r.to, r.params.pre_promotion_passes, r.to
@@ -971,7 +972,7 @@ fn blue_green(
         if !r.analysis.pre_promotion_passed {
             r.analysis.pre_promotion_passed = true;
             events.push(event(
-                "pre-promotion",
+                EventKind::PrePromotion,
                 format!(
                     "pre-promotion analysis passed {} rounds in a row",
                     r.analysis.passes_in_row
@@ -987,7 +988,7 @@ fn blue_green(
         if r.phase != Phase::AwaitingApproval {
             set_phase(r, Phase::AwaitingApproval, now);
             events.push(event(
-                "awaiting-approval",
+EventKind::AwaitingApproval,
                 format!(
                     "the new set (revision {}) is ready; traffic stays on revision {from} until `ferry approve {}`",
                     r.to, r.service
@@ -997,7 +998,7 @@ fn blue_green(
         return;
     }
     if let Some(who) = &r.approved_by {
-        events.push(event("approved", format!("approved by {who}")));
+        events.push(event(EventKind::Approved, format!("approved by {who}")));
     }
     s.traffic = vec![r.to];
     s.stable = Some(r.to);
@@ -1007,7 +1008,7 @@ fn blue_green(
         s.retiring.insert(from, now + r.params.scale_down_delay_ms);
     }
     events.push(event(
-        "switched",
+EventKind::Switched,
         format!(
             "all traffic switched to revision {}; revision {from} keeps running for {} (instant rollback)",
             r.to,
@@ -1045,7 +1046,7 @@ fn begin_revert(
     r.failed_instance = instance;
     r.outcome = Some(outcome);
     r.reason = Some(reason.clone());
-    events.push(event(outcome.as_str(), reason));
+    events.push(event(outcome.event_kind(), reason));
     match r.from {
         Some(from) => {
             s.retiring.remove(&from);
@@ -1066,7 +1067,7 @@ fn begin_revert(
                 vec![from]
             };
             events.push(event(
-                "reverting",
+                EventKind::Reverting,
                 format!(
                     "traffic returns to revision {from}; revision {} is being stopped",
                     r.to
@@ -1104,7 +1105,7 @@ fn revert(
         let reason = r.reason.clone().unwrap_or_default();
         if timed_out {
             events.push(event(
-                "warning",
+                EventKind::Warning,
                 format!(
                     "revision {from} has only {}/{} instances available",
                     old.available, old.desired
@@ -1129,7 +1130,7 @@ fn finish(
     set_phase(r, Phase::Done, now);
     s.active_rollout = None;
     events.push(event(
-        "done",
+        EventKind::Done,
         format!("rollout {} {}: {reason}", r.id, outcome.as_str()),
     ));
 }
@@ -1150,7 +1151,7 @@ pub fn settle(state: &ServiceState, now: Millis) -> (ServiceState, Vec<Event>) {
         s.scale.remove(&rev);
         s.traffic.retain(|t| *t != rev);
         events.push(event(
-            "retired",
+            EventKind::Retired,
             format!("revision {rev} stopped after its scale-down delay"),
         ));
     }
@@ -1206,12 +1207,12 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
         };
         let step = advance(&s, &sim, &observed, now);
         for e in &step.events {
-            if e.kind == "scale" {
+            if e.kind == EventKind::Scale {
                 batch += 1;
                 lines.push(format!("batch {batch}: {}", e.message));
             }
 
-            if e.kind == "switched"
+            if e.kind == EventKind::Switched
                 && !(r.auto_approve || p.auto_promote || r.kind == RolloutKind::Rollback)
             {
                 lines.push(format!(
@@ -1219,7 +1220,7 @@ pub fn plan(state: &ServiceState, r: &Rollout) -> Vec<String> {
                     r.service
                 ));
             }
-            if e.kind == "switched" {
+            if e.kind == EventKind::Switched {
                 lines.push(e.message.clone());
             }
         }

@@ -1237,7 +1237,7 @@ async fn deploy(
     next.active_rollout = Some(id);
     next.retiring.remove(&number);
     let started = ferry_core::rollout::Event {
-        kind: "started".into(),
+        kind: ferry_core::event::EventKind::Started,
         message: format!(
             "rollout {id}: {} revision {number} ({}) of `{name}`{}",
             strategy.as_str(),
@@ -1487,7 +1487,7 @@ async fn rollback(
     next.active_rollout = Some(id);
     next.retiring.remove(&target);
     let started = ferry_core::rollout::Event {
-        kind: "started".into(),
+        kind: ferry_core::event::EventKind::Started,
         message: format!(
             "rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})",
             rev.version

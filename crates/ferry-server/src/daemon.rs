@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::supervisor::Supervisor;
 use ferry_core::Millis;
 use ferry_core::rollout::{
-    self, BlastRadius, Event, HookResult, Observed, Phase, Rollout, ServiceState,
+    self, BlastRadius, Event, EventKind, HookResult, Observed, Phase, Rollout, ServiceState,
 };
 use ferry_core::spec::Strategy;
 use ferry_proxy::{ProxyHandle, ProxyOptions, RoutingTable};
@@ -237,7 +237,7 @@ impl Daemon {
                         .rollout
                         .outcome
                         .is_some_and(|o| o != rollout::Outcome::Succeeded);
-                    let promoting = step.events.iter().any(|e| e.kind == "promoting");
+                    let promoting = step.events.iter().any(|e| e.kind == EventKind::Promoting);
                     if step.rollout.strategy == Strategy::Canary
                         && step.rollout.blast_radius.is_none()
                         && step.rollout.from.is_some()
@@ -250,7 +250,7 @@ impl Daemon {
                         };
                         step.rollout.blast_radius = Some(blast);
                         step.events.push(Event {
-                            kind: "blast-radius".into(),
+                            kind: EventKind::BlastRadius,
                             message: format!(
                                 "blast radius: the canary served {} requests, {} of them failed, before it was {}",
                                 blast.requests,
@@ -663,7 +663,7 @@ impl Daemon {
             });
             let now = self.clock.now();
             let event = Event {
-                kind: "hook".into(),
+                kind: EventKind::Hook,
                 message: format!(
                     "pre_deploy hook finished: {}",
                     next.hook.as_ref().map_or("", |h| h.summary.as_str())

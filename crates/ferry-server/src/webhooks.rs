@@ -65,7 +65,7 @@ impl Notifier {
         now: Millis,
     ) {
         for e in events {
-            for hook in hooks.iter().filter(|h| h.wants(&e.kind)) {
+            for hook in hooks.iter().filter(|h| h.wants(e.kind)) {
                 let body = payload(rollout, version, e, now);
                 if self
                     .tx

@@ -92,7 +92,7 @@ pub struct StoredEvent {
     pub at: Millis,
     pub service: String,
     pub rollout: Option<u64>,
-    pub kind: String,
+    pub kind: ferry_core::event::EventKind,
     pub message: String,
 }
 
@@ -352,7 +352,7 @@ impl Store {
         for (rollout, e) in &change.events {
             tx.execute(
                 "INSERT INTO events (at, service, rollout, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![change.now as i64, service, rollout.map(|r| r as i64), e.kind, e.message],
+                params![change.now as i64, service, rollout.map(|r| r as i64), e.kind.as_str(), e.message],
             )?;
         }
         if let Some(a) = change.audit {
@@ -554,12 +554,20 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map(p, |r| {
+            let kind: String = r.get(4)?;
+            let kind = ferry_core::event::EventKind::parse(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    4,
+                    rusqlite::types::Type::Text,
+                    format!("unknown event kind `{kind}`").into(),
+                )
+            })?;
             Ok(StoredEvent {
                 seq: r.get::<_, i64>(0)? as u64,
                 at: r.get::<_, i64>(1)? as u64,
                 service: r.get(2)?,
                 rollout: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                kind: r.get(4)?,
+                kind,
                 message: r.get(5)?,
             })
         })?;
@@ -654,10 +662,7 @@ mod tests {
                 stable: Some(1),
                 ..Default::default()
             };
-            let e = Event {
-                kind: "scale".into(),
-                message: "hi".into(),
-            };
+            let e = Event::new(ferry_core::event::EventKind::Scale, "hi");
             store
                 .commit(&Change {
                     state: Some(&state),

@@ -249,7 +249,7 @@ fn blue_green_waits_for_approval_then_switches_at_once() {
     let (s, r, min_serving, events) = run(s, r, &mut w, 5_000, Some(20_000));
     assert_eq!(r.outcome, Some(Outcome::Succeeded));
     assert!(r.finished_at.unwrap() >= 20_000);
-    assert!(events.iter().any(|e| e.kind == "awaiting-approval"));
+    assert!(events.iter().any(|e| e.kind == EventKind::AwaitingApproval));
     assert_eq!(s.traffic, vec![2]);
     assert_eq!(
         s.scale,
@@ -503,7 +503,7 @@ fn a_healthy_canary_walks_its_steps_and_waits_at_manual_pauses() {
         (canary_scale_at(5), canary_scale_at(25), canary_scale_at(50)),
         (1, 1, 2)
     );
-    assert!(events.iter().any(|e| e.kind == "promoting"));
+    assert!(events.iter().any(|e| e.kind == EventKind::Promoting));
 }
 
 #[test]
@@ -539,7 +539,7 @@ fn failed_analysis_takes_the_canary_to_zero_in_the_same_tick() {
     assert!(
         events
             .iter()
-            .filter(|e| e.kind == "analysis-failed")
+            .filter(|e| e.kind == EventKind::AnalysisFailed)
             .count()
             == 2
     );
@@ -653,7 +653,10 @@ fn pause_resume_and_full_promotion_by_hand() {
     assert!(r.finished_at.unwrap() >= 30_000);
     assert_eq!(s.traffic, vec![2]);
     for kind in ["paused", "resumed", "promoted"] {
-        assert!(events.iter().any(|e| e.kind == kind), "{kind}: {events:#?}");
+        assert!(
+            events.iter().any(|e| e.kind.as_str() == kind),
+            "{kind}: {events:#?}"
+        );
     }
 }
 
@@ -739,7 +742,7 @@ fn a_release_is_watched_after_100_percent_and_rolled_back_when_it_goes_bad() {
         assert_eq!(s.traffic, vec![1], "{strategy:?}");
         assert_eq!(s.stable, Some(1), "{strategy:?}");
         assert_eq!(s.scale, [(1, 3)].into(), "{strategy:?}");
-        assert!(events.iter().any(|e| e.kind == "monitoring"));
+        assert!(events.iter().any(|e| e.kind == EventKind::Monitoring));
     }
 }
 
