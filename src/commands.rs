@@ -453,10 +453,7 @@ fn finish(view: &RolloutView, output: Output) -> CliResult<()> {
     }
     // `ferry rollback` during a rollout aborts it: that abort is the
     // rollback succeeding.
-    let rolled_back = r.outcome == Some(ferry_core::rollout::Outcome::Aborted)
-        && r.abort_requested_by
-            .as_deref()
-            .is_some_and(|a| a.starts_with("rollback by"));
+    let rolled_back = r.outcome == Some(ferry_core::rollout::Outcome::Aborted) && r.rolled_back;
     if rolled_back {
         if output == Output::Text {
             say!(

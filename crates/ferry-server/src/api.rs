@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::redact;
 use ferry_core::revision::{Revision, check_version};
-use ferry_core::rollout::{self, Params, Phase, Rollout, RolloutKind, ServiceState};
+use ferry_core::rollout::{self, Gate, Params, Phase, Rollout, RolloutKind, ServiceState};
 use ferry_core::spec::{Problem, ServiceSpec, Strategy, valid_env_name, valid_service_name};
 use ferry_store::{AuditEntry, Change, StoredEvent};
 use serde::{Deserialize, Serialize};
@@ -1393,22 +1393,31 @@ async fn rollback(
             ));
             return rejected(&d, &headers, action, &name, detail, e);
         }
-        r.abort_requested_by = Some(format!("rollback by {}", actor_hint(&headers)));
+        let message = match r.request(Gate::Rollback, &actor_hint(&headers)) {
+            Ok(m) => m,
+            Err(why) => {
+                return rejected(&d, &headers, action, &name, detail, ApiError::conflict(why));
+            }
+        };
+        let mut audit_detail = detail.clone();
+        redact::redact_json(&mut audit_detail);
+        let entry = AuditEntry {
+            id: 0,
+            at: now,
+            actor: actor(&headers),
+            action: action.into(),
+            target: name.clone(),
+            detail: audit_detail,
+            outcome: format!("accepted: rollout {id} is being rolled back"),
+        };
         d.store
             .commit(&Change {
                 rollout: Some(&r),
+                audit: Some(&entry),
                 now,
                 ..Default::default()
             })
             .map_err(ApiError::internal)?;
-        record_audit(
-            &d,
-            &headers,
-            action,
-            &name,
-            detail,
-            &format!("accepted: rollout {id} is being rolled back"),
-        );
         let to = r.from.unwrap_or(r.to);
         core.rollouts.insert(id, r);
         drop(core);
@@ -1418,7 +1427,7 @@ async fn rollback(
             Json(RolloutAccepted {
                 rollout: Some(id),
                 revision: to,
-                message: format!("rollout {id} is being rolled back to revision {to}"),
+                message,
                 plan: vec![],
             }),
         ));
@@ -1663,109 +1672,6 @@ async fn rollout_measurements(
     Ok(Json(d.store.measurements(id).map_err(ApiError::internal)?))
 }
 
-/// The requests that act on the rollout in progress.
-#[derive(Debug, Clone, Copy)]
-enum Gate {
-    Approve,
-    Abort,
-    Promote { full: bool },
-    Pause,
-    Resume,
-}
-
-impl Gate {
-    /// The name in the audit log.
-    fn action(self) -> &'static str {
-        match self {
-            Gate::Approve => "approve",
-            Gate::Abort => "abort",
-            Gate::Promote { full: false } => "promote",
-            Gate::Promote { full: true } => "promote --full",
-            Gate::Pause => "pause",
-            Gate::Resume => "resume",
-        }
-    }
-
-    /// Record the request on the rollout: the message for the caller, or why
-    /// it does not apply now.
-    fn apply(self, r: &mut Rollout, name: &str, who: String) -> Result<String, String> {
-        match self {
-            Gate::Promote { full } => {
-                let promotable = r.strategy == Strategy::Canary
-                    || (r.strategy == Strategy::BlueGreen
-                        && matches!(r.phase, Phase::AwaitingApproval | Phase::Progressing));
-                if !promotable {
-                    return Err(format!(
-                        "rollout {} of `{name}` is a {} rollout; there is nothing to promote",
-                        r.id,
-                        r.strategy.as_str()
-                    ));
-                }
-                if r.phase == Phase::Reverting {
-                    return Err(format!(
-                        "rollout {} is reverting; it cannot be promoted",
-                        r.id
-                    ));
-                }
-                r.requests.promote = Some(ferry_core::rollout::PromoteRequest { by: who, full });
-                Ok(if full {
-                    format!(
-                        "rollout {}: promoting revision {} to 100 %, skipping the remaining steps",
-                        r.id, r.to
-                    )
-                } else {
-                    format!("rollout {}: promoted past the current step", r.id)
-                })
-            }
-            Gate::Pause => {
-                if let Some(why) = &r.paused {
-                    return Err(format!("rollout {} is already paused: {why}", r.id));
-                }
-                r.requests.pause = Some(who);
-                Ok(format!(
-                    "rollout {} paused: traffic and instances stay as they are until `ferry resume {name}`",
-                    r.id
-                ))
-            }
-            Gate::Resume => {
-                if r.paused.is_none() && r.requests.pause.is_none() {
-                    return Err(format!("rollout {} is not paused", r.id));
-                }
-                r.requests.resume = Some(who);
-                Ok(format!("rollout {} resumed", r.id))
-            }
-            Gate::Approve => {
-                let waiting = r.phase == Phase::AwaitingApproval
-                    || (r.strategy == Strategy::BlueGreen && r.phase == Phase::Progressing);
-                if !waiting {
-                    return Err(format!(
-                        "rollout {} of `{name}` is not waiting for approval (it is {:?}, {} strategy)",
-                        r.id,
-                        r.phase,
-                        r.strategy.as_str()
-                    ));
-                }
-                r.approved_by = Some(who);
-                Ok(format!(
-                    "rollout {} approved: traffic switches to revision {} once its set is ready",
-                    r.id, r.to
-                ))
-            }
-            Gate::Abort => {
-                if r.phase == Phase::Reverting {
-                    return Err(format!("rollout {} is already reverting", r.id));
-                }
-                r.abort_requested_by = Some(who);
-                Ok(format!(
-                    "rollout {} is being aborted; traffic returns to revision {}",
-                    r.id,
-                    r.from.map_or("(none)".into(), |f| f.to_string())
-                ))
-            }
-        }
-    }
-}
-
 /// Approve, abort, promote, pause, resume: a request stored on the active
 /// rollout, acted on by the reconcile loop.
 async fn gate(
@@ -1788,7 +1694,7 @@ async fn gate(
         ));
         return rejected(&d, &headers, action, &name, serde_json::Value::Null, e);
     };
-    let message = match gate.apply(&mut r, &name, actor_hint(&headers)) {
+    let message = match r.request(gate, &actor_hint(&headers)) {
         Ok(m) => m,
         Err(why) => {
             return rejected(

@@ -369,10 +369,13 @@ impl Daemon {
         let Some(spec) = rev.spec.analysis.clone() else {
             return done;
         };
+        // A paused rollout keeps being measured (quietly) as what it is
+        // underneath.
+        let phase = r.effective_phase();
         let rolling_out =
-            matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval) && r.from.is_some();
+            matches!(phase, Phase::Progressing | Phase::AwaitingApproval) && r.from.is_some();
         // Which checks judge this rollout now, if any.
-        let checks = match (r.strategy, r.phase) {
+        let checks = match (r.strategy, phase) {
             (_, Phase::Monitoring) => spec.checks(),
             (Strategy::Canary, _) if rolling_out => spec.checks(),
             (Strategy::BlueGreen, _)

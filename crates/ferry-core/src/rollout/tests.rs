@@ -28,6 +28,7 @@ fn params(n: u32, surge: u32, unavail: u32) -> Params {
         inconclusive_limit: 2,
         monitor_ms: 0,
         pre_promotion_passes: 0,
+        min_step_ms: 0,
     }
 }
 
@@ -135,8 +136,11 @@ fn run(
     let mut all = vec![];
     while !r.is_done() {
         assert!(now < start + 600_000, "rollout never finished: {r:?}");
-        if approve_at.is_some_and(|t| now >= t) && r.approved_by.is_none() {
-            r.approved_by = Some("tester".into());
+        if approve_at.is_some_and(|t| now >= t)
+            && r.approved_by.is_none()
+            && !r.gates.iter().any(|g| g.gate == Gate::Approve)
+        {
+            let _ = r.request(Gate::Approve, "tester");
         }
         let step = advance(&s, &r, &seen(&w.instances), now);
         s = step.state;
@@ -293,7 +297,7 @@ fn rollback_to_a_warm_revision_is_instant() {
 fn abort_returns_traffic() {
     let (s, mut w) = steady(3);
     let mut r = deploy(1, Some(1), 2, Strategy::BlueGreen, params(3, 1, 0));
-    r.abort_requested_by = Some("ops".into());
+    r.request(Gate::Abort, "ops").unwrap();
     let (s, r, _, _) = run(s, r, &mut w, 5_000, None);
     assert_eq!(r.outcome, Some(Outcome::Aborted));
     assert_eq!(s.traffic, vec![1]);
@@ -451,10 +455,7 @@ fn a_healthy_canary_walks_its_steps_and_waits_at_manual_pauses() {
         |_| vec![measurement(Verdict::Pass)],
         |now, r| {
             if r.phase == Phase::AwaitingApproval && promoted_at.is_none() && now > 100_000 {
-                r.requests.promote = Some(PromoteRequest {
-                    by: "ops".into(),
-                    full: false,
-                });
+                r.request(Gate::Promote { full: false }, "ops").unwrap();
                 promoted_at = Some(now);
             }
         },
@@ -636,16 +637,13 @@ fn pause_resume_and_full_promotion_by_hand() {
         |_| vec![],
         |now, r| {
             if now == 8_000 {
-                r.requests.pause = Some("alice".into());
+                r.request(Gate::Pause, "alice").unwrap();
             }
             if now == 20_000 {
-                r.requests.resume = Some("alice".into());
+                r.request(Gate::Resume, "alice").unwrap();
             }
             if now == 30_000 {
-                r.requests.promote = Some(PromoteRequest {
-                    by: "bob".into(),
-                    full: true,
-                });
+                r.request(Gate::Promote { full: true }, "bob").unwrap();
             }
         },
     );
@@ -835,4 +833,182 @@ fn blue_green_pre_promotion_analysis_gates_the_switch() {
             assert_eq!(s.scale, [(1, 3)].into());
         }
     }
+}
+
+/// A canary rollout at the given phase, for gate rules.
+fn in_phase(phase: Phase, strategy: Strategy) -> Rollout {
+    let mut r = canary(vec![w(10), pause(Pause::Manual)]);
+    r.strategy = strategy;
+    r.phase = phase;
+    if phase == Phase::Paused {
+        r.paused_in = Some(Phase::Progressing);
+        r.paused = Some("paused by ops".into());
+    }
+    if phase == Phase::Done {
+        r.outcome = Some(Outcome::Succeeded);
+    }
+    r
+}
+
+#[test]
+fn which_request_is_legal_in_which_phase() {
+    use Phase::*;
+    use Strategy::*;
+    let promote = Gate::Promote { full: false };
+    // (gate, strategy, phase, accepted)
+    let table = [
+        (Gate::Approve, BlueGreen, Progressing, true),
+        (Gate::Approve, BlueGreen, AwaitingApproval, true),
+        (Gate::Approve, Canary, AwaitingApproval, true),
+        (Gate::Approve, Canary, Progressing, false),
+        (Gate::Approve, Rolling, Progressing, false),
+        (Gate::Approve, BlueGreen, Monitoring, false),
+        (promote, Canary, Progressing, true),
+        (promote, Canary, Paused, true),
+        (promote, BlueGreen, AwaitingApproval, true),
+        (promote, Rolling, Progressing, false),
+        (promote, BlueGreen, Monitoring, false),
+        (promote, Canary, Reverting, false),
+        (Gate::Pause, Canary, Progressing, true),
+        (Gate::Pause, Canary, AwaitingApproval, true),
+        (Gate::Pause, Canary, Paused, false),
+        (Gate::Pause, Rolling, Monitoring, false),
+        (Gate::Pause, Rolling, PreDeploy, false),
+        (Gate::Resume, Canary, Paused, true),
+        (Gate::Resume, Canary, Progressing, false),
+        (Gate::Abort, Rolling, PreDeploy, true),
+        (Gate::Abort, Canary, Paused, true),
+        (Gate::Abort, Rolling, Monitoring, true),
+        (Gate::Abort, Rolling, Reverting, false),
+        (Gate::Rollback, BlueGreen, AwaitingApproval, true),
+        (Gate::Abort, Rolling, Done, false),
+    ];
+    for (gate, strategy, phase, legal) in table {
+        let mut r = in_phase(phase, strategy);
+        let got = r.request(gate, "ops");
+        assert_eq!(
+            got.is_ok(),
+            legal,
+            "{gate:?} on a {strategy:?} rollout in {phase:?}: {got:?}"
+        );
+        assert_eq!(r.gates.len(), usize::from(legal), "stored only when legal");
+    }
+    // A pause already asked for: a second is refused, a resume accepted.
+    let mut r = in_phase(Progressing, Canary);
+    r.request(Gate::Pause, "a").unwrap();
+    assert!(r.request(Gate::Pause, "b").is_err());
+    assert!(r.request(Gate::Resume, "b").is_ok());
+}
+
+#[test]
+fn a_paused_canary_reports_its_pause_once_and_measures_quietly() {
+    let steps = vec![w(20), pause(Pause::For(Dur::secs(60)))];
+    let mut params = canary_params(steps);
+    params.on_failure = OnFailure::Pause;
+    params.failure_limit = 0;
+    let mut r = canary(vec![]);
+    r.params = params;
+    let (_, r, _, events) = drive(
+        r,
+        30_000,
+        |now| {
+            if now >= 8_000 {
+                vec![measurement(Verdict::Fail)]
+            } else {
+                vec![]
+            }
+        },
+        |_, _| {},
+    );
+    assert_eq!(r.phase, Phase::Paused, "the phase says it is paused");
+    assert_eq!(r.effective_phase(), Phase::Progressing);
+    let failed: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::AnalysisFailed)
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one failure is announced, not every tick: {failed:#?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Paused)
+            .count(),
+        1
+    );
+    // It kept measuring: every tick from 8 s to 30 s.
+    assert!(r.analysis.measurements > 200, "{:?}", r.analysis);
+    assert!(r.analysis.last_problem.is_some());
+}
+
+#[test]
+fn every_step_and_pause_is_announced_with_the_numbers_status_shows() {
+    let steps = vec![
+        w(10),
+        pause(Pause::For(Dur::secs(5))),
+        w(30),
+        pause(Pause::Manual),
+        w(60),
+    ];
+    let mut r = canary(steps);
+    r.auto_approve = true;
+    let (_, r, _, events) = drive(r, 200_000, |_| vec![], |_, _| {});
+    assert_eq!(r.outcome, Some(Outcome::Succeeded), "{events:#?}");
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Step)
+        .map(|e| e.message.as_str())
+        .collect();
+    for (n, what) in [
+        (1, "takes 10 %"),
+        (2, "holding 5s at 10 %"),
+        (2, "the 5s hold at 10 % ended"),
+        (3, "takes 30 %"),
+        (4, "manual pause at 30 % skipped (--auto-approve)"),
+        (5, "takes 60 %"),
+    ] {
+        assert!(
+            steps
+                .iter()
+                .any(|m| m.starts_with(&format!("step {n}/5: ")) && m.contains(what)),
+            "no `step {n}/5: … {what}` in {steps:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_weight_step_without_a_pause_is_judged_for_one_analysis_interval() {
+    let mut r = canary(vec![w(10), w(40), w(70)]);
+    r.params.min_step_ms = 2_000;
+    let (_, r, states, events) = drive(r, 200_000, |_| vec![], |_, _| {});
+    assert_eq!(r.outcome, Some(Outcome::Succeeded), "{events:#?}");
+    for weight in [10, 40, 70] {
+        let at: Vec<Millis> = states
+            .iter()
+            .filter(|(_, s)| s.weights.get(&2) == Some(&weight))
+            .map(|(t, _)| *t)
+            .collect();
+        let held = at.last().unwrap() - at.first().unwrap();
+        assert!(held >= 1_900, "{weight} % held {held} ms");
+    }
+}
+
+#[test]
+fn rollouts_stored_before_pauses_were_a_phase_still_hold_and_stop() {
+    // Held the old way: phase progressing, with a reason.
+    let mut held = canary(vec![w(10), pause(Pause::Manual)]);
+    held.paused = Some("paused by ops".into());
+    let (s, _) = steady(4);
+    let step = advance(&s, &held, &Observed::default(), 6_000);
+    assert_eq!(step.rollout.phase, Phase::Paused);
+    assert_eq!(step.rollout.paused_in, Some(Phase::Progressing));
+    // Asked to stop the old way: the stop still happens.
+    let mut stopping = canary(vec![w(10)]);
+    stopping.abort_requested_by = Some("rollback by ops".into());
+    let step = advance(&s, &stopping, &Observed::default(), 6_000);
+    assert_eq!(step.rollout.outcome, Some(Outcome::Aborted));
+    assert!(step.rollout.rolled_back);
+    assert_eq!(step.state.traffic, vec![1]);
 }
