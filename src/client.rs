@@ -2,8 +2,7 @@
 //! the data dir's `api.json` and `token`), sends requests, and turns API
 //! errors into exit codes.
 
-use ferry_server::api::{ACTOR_HEADER, ErrorBody};
-use ferry_server::{API_FILE, ApiInfo, TOKEN_FILE};
+use ferry_api::{ACTOR_HEADER, API_FILE, ApiInfo, ErrorBody, TOKEN_FILE};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;

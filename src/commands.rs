@@ -16,13 +16,13 @@ macro_rules! say {
 }
 
 use crate::client::{CliError, CliResult, Client};
+use ferry_api::{
+    AuditEntry, DeployRequest, HistoryEntry, RollbackRequest, RolloutAccepted, RolloutView,
+    ServiceStatus, StoredEvent, StoredMeasurement, rfc3339,
+};
 use ferry_core::config::{self, Config};
 use ferry_core::revision::check_version;
 use ferry_core::spec::{Strategy, valid_env_name};
-use ferry_server::api::{
-    DeployRequest, HistoryEntry, RollbackRequest, RolloutAccepted, RolloutView, ServiceStatus,
-};
-use ferry_store::{AuditEntry, StoredEvent};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -364,12 +364,12 @@ pub async fn watch(
             match output {
                 Output::Json => say!(
                     "{}",
-                    serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": ferry_server::clock::rfc3339(e.at), "kind": e.kind, "message": e.message})
+                    serde_json::json!({"type": "event", "rollout": id, "seq": e.seq, "at": rfc3339(e.at), "kind": e.kind, "message": e.message})
                 ),
                 Output::Text => {
                     let line = format!(
                         "  {} {}",
-                        ferry_server::clock::rfc3339(e.at).get(11..19).unwrap_or(""),
+                        rfc3339(e.at).get(11..19).unwrap_or(""),
                         e.message
                     );
                     match &bar {
@@ -541,7 +541,9 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
         let serving = s
             .instances
             .iter()
-            .filter(|i| i.state == "serving" && s.traffic.contains(&i.revision))
+            .filter(|i| {
+                i.state == ferry_api::InstanceState::Serving && s.traffic.contains(&i.revision)
+            })
             .count();
         say!(
             "{}  listen {}  revision {} ({})  serving {serving}  traffic → {}",
@@ -597,13 +599,13 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
                 "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
                 i.id,
                 i.revision,
-                i.state,
+                i.state.as_str(),
                 i.port,
                 i.pid.map_or("-".into(), |p| p.to_string()),
                 i.restarts,
                 i.last_exit
                     .as_deref()
-                    .filter(|_| i.state != "serving")
+                    .filter(|_| i.state != ferry_api::InstanceState::Serving)
                     .or(i.last_probe.as_deref())
                     .unwrap_or("-")
             );
@@ -672,7 +674,7 @@ pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()>
     for e in &entries {
         say!(
             "{:<24} {:<34} {:<18} {:<10} {}",
-            ferry_server::clock::rfc3339(e.at),
+            rfc3339(e.at),
             e.actor,
             e.action,
             e.target,
@@ -686,7 +688,7 @@ pub async fn audit(client: &Client, limit: u32, output: Output) -> CliResult<()>
 pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> {
     let view: RolloutView = client.get(&format!("/v1/rollouts/{id}")).await?;
     let events: Vec<StoredEvent> = client.get(&format!("/v1/rollouts/{id}/events")).await?;
-    let measurements: Vec<ferry_store::StoredMeasurement> = client
+    let measurements: Vec<StoredMeasurement> = client
         .get(&format!("/v1/rollouts/{id}/measurements"))
         .await?;
     if output == Output::Json {
@@ -729,14 +731,14 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
     }
     say!("  events:");
     for e in &events {
-        say!("    {} {}", ferry_server::clock::rfc3339(e.at), e.message);
+        say!("    {} {}", rfc3339(e.at), e.message);
     }
     if !measurements.is_empty() {
         say!("  measurements ({}):", measurements.len());
         for m in &measurements {
             say!(
                 "    {} {:<13} {:<40} {}",
-                ferry_server::clock::rfc3339(m.at),
+                rfc3339(m.at),
                 format!("{:?}", m.measurement.verdict).to_lowercase(),
                 m.measurement.check,
                 m.measurement.detail

@@ -12,10 +12,12 @@ mod config_fuzz;
 pub mod duration;
 pub mod event;
 pub mod proxy_spec;
+pub mod records;
 pub mod redact;
 pub mod revision;
 pub mod rollout;
 pub mod spec;
+pub mod time;
 pub mod webhook;
 
 /// Milliseconds since the Unix epoch. The shell reads the clock; the core only

@@ -4,154 +4,25 @@
 
 use crate::clock::rfc3339;
 use crate::daemon::Daemon;
-use crate::supervisor::InstanceView;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ferry_api::{
+    ACTOR_HEADER, AUDIT_LIMIT_MAX, AuditEntry, DeployRequest, ErrorBody, ErrorDetail, Health,
+    HistoryEntry, PromoteRequest, RollbackRequest, RolloutAccepted, RolloutView, ServiceStatus,
+    StoredEvent,
+};
 use ferry_core::redact;
 use ferry_core::revision::{Revision, check_version};
 use ferry_core::rollout::{self, Gate, Params, Phase, Rollout, RolloutKind, ServiceState};
-use ferry_core::spec::{Problem, ServiceSpec, Strategy, valid_env_name, valid_service_name};
-use ferry_store::{AuditEntry, Change, StoredEvent};
-use serde::{Deserialize, Serialize};
+use ferry_core::spec::{Problem, Strategy, valid_env_name, valid_service_name};
+use ferry_store::Change;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Header the CLI uses to say who is acting (user@host); recorded in audit.
-pub const ACTOR_HEADER: &str = "x-ferry-actor";
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeployRequest {
-    pub spec: ServiceSpec,
-    pub version: String,
-    #[serde(default)]
-    pub overrides: BTreeMap<String, String>,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub strategy: Option<Strategy>,
-    #[serde(default)]
-    pub auto_approve: bool,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Override the spec's monitoring window for this rollout.
-    #[serde(default)]
-    pub monitor: Option<ferry_core::duration::Dur>,
-    /// Directory relative paths resolve against (the config file's).
-    pub base_dir: String,
-    #[serde(default)]
-    pub config_file: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
-    #[serde(default)]
-    pub to_revision: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RolloutAccepted {
-    pub rollout: Option<u64>,
-    pub revision: u64,
-    pub message: String,
-    #[serde(default)]
-    pub plan: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RolloutView {
-    #[serde(flatten)]
-    pub rollout: Rollout,
-    pub from_version: Option<String>,
-    pub to_version: String,
-    /// Instances of the new revision that take traffic now.
-    pub available: u32,
-    pub active: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub listen: Option<String>,
-    pub stable: Option<u64>,
-    pub version: Option<String>,
-    pub traffic: Vec<u64>,
-    pub scale: BTreeMap<u64, u32>,
-    pub instances: Vec<InstanceViewOwned>,
-    pub rollout: Option<RolloutView>,
-    /// Why the service's proxy is not listening, when it should be.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_error: Option<String>,
-}
-
-/// Same as the supervisor's view, deserializable for the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct InstanceViewOwned {
-    pub id: String,
-    pub revision: u64,
-    pub port: u16,
-    pub pid: Option<i32>,
-    pub state: String,
-    pub ready: bool,
-    pub restarts: u32,
-    pub last_probe: Option<String>,
-    pub last_exit: Option<String>,
-    pub log: String,
-}
-
-impl From<InstanceView> for InstanceViewOwned {
-    fn from(v: InstanceView) -> Self {
-        InstanceViewOwned {
-            id: v.id,
-            revision: v.revision,
-            port: v.port,
-            pid: v.pid,
-            state: v.state,
-            ready: v.ready,
-            restarts: v.restarts,
-            last_probe: v.last_probe,
-            last_exit: v.last_exit,
-            log: v.log,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HistoryEntry {
-    pub rollout: u64,
-    pub kind: RolloutKind,
-    pub revision: u64,
-    pub version: String,
-    pub from: Option<u64>,
-    pub strategy: Strategy,
-    pub phase: Phase,
-    pub outcome: Option<String>,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-    pub author: String,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub hook_output: Option<String>,
-}
-
-/// The API's error body: `{"error": {"code", "message", "problems"}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<Problem>,
-}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -550,24 +421,6 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-/// `GET /health`: the daemon's own checks.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Health {
-    /// `healthy` when every check is, else `unhealthy`.
-    pub status: String,
-    /// Ferry's version.
-    pub version: String,
-    /// RFC 3339, UTC.
-    pub timestamp: String,
-    pub uptime_seconds: u64,
-    /// `store`, and `service:<name>` for each service with a serving
-    /// revision: `healthy` or `unhealthy`.
-    pub checks: BTreeMap<String, String>,
-    /// Why each unhealthy check is unhealthy.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub problems: BTreeMap<String, String>,
-}
-
 #[utoipa::path(
     get,
     path = "/health",
@@ -671,12 +524,7 @@ fn status_of(core: &mut crate::daemon::Core, state: &ServiceState, now: u64) -> 
         version: version_of(core, &state.name, state.stable),
         traffic: state.traffic.clone(),
         scale: state.scale.clone(),
-        instances: core
-            .supervisor
-            .views(&state.name, &state.traffic)
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        instances: core.supervisor.views(&state.name, &state.traffic),
         rollout,
         proxy_error: core.proxy_problem(&state.name),
     }
@@ -924,9 +772,6 @@ async fn rollout_events(
             .map_err(ApiError::internal)?,
     ))
 }
-
-/// The most audit entries one request returns.
-pub const AUDIT_LIMIT_MAX: u32 = 10_000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1566,14 +1411,6 @@ async fn abort(
     headers: HeaderMap,
 ) -> ApiResult<Json<RolloutAccepted>> {
     gate(d, name, headers, Gate::Abort).await
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PromoteRequest {
-    /// Skip every remaining step.
-    #[serde(default)]
-    pub full: bool,
 }
 
 #[utoipa::path(

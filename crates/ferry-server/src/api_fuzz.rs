@@ -12,7 +12,7 @@
 //! PROPTEST_CASES=20000 cargo test -p ferry-server --release api_fuzz
 //! ```
 
-use crate::api::{ErrorBody, RolloutAccepted};
+use ferry_api::{ErrorBody, RolloutAccepted};
 use crate::api_server::ApiLimits;
 use crate::clock::SystemClock;
 use crate::daemon::Daemon;

@@ -19,15 +19,12 @@ pub mod webhooks;
 use clock::{Clock, SystemClock};
 use daemon::Daemon;
 use ferry_store::{SecretKey, Store};
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where `ferry serve` says how to reach it: `<data-dir>/api.json`.
-pub const API_FILE: &str = "api.json";
-/// The admin token, mode 0600: `<data-dir>/token`.
-pub const TOKEN_FILE: &str = "token";
+pub use ferry_api::{API_FILE, ApiInfo, TOKEN_FILE};
+
 /// The key that seals secret values in the store, mode 0600, created on
 /// first start unless [`KEY_ENV`] gives one.
 pub const KEY_FILE: &str = "secret.key";
@@ -35,12 +32,6 @@ pub const KEY_FILE: &str = "secret.key";
 pub const KEY_ENV: &str = "FERRY_SECRET_KEY";
 /// The next key during `ferry rotate-key`, until the store is sealed with it.
 const NEXT_KEY_FILE: &str = "secret.key.next";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiInfo {
-    pub url: String,
-    pub pid: u32,
-}
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {

@@ -28,7 +28,9 @@ pub fn render(core: &Core, now: Millis) -> String {
     let mut counts: std::collections::BTreeMap<(String, u64, String), u64> = Default::default();
     for (s, state) in &core.states {
         for v in core.supervisor.views(s, &state.traffic) {
-            *counts.entry((s.clone(), v.revision, v.state)).or_default() += 1;
+            *counts
+                .entry((s.clone(), v.revision, v.state.as_str().to_string()))
+                .or_default() += 1;
         }
     }
     for ((service, revision, state), n) in counts {

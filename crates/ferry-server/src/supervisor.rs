@@ -85,21 +85,6 @@ impl Instance {
     }
 }
 
-/// A read-only view of an instance for the API.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct InstanceView {
-    pub id: String,
-    pub revision: u64,
-    pub port: u16,
-    pub pid: Option<i32>,
-    pub state: String,
-    pub ready: bool,
-    pub restarts: u32,
-    pub last_probe: Option<String>,
-    pub last_exit: Option<String>,
-    pub log: String,
-}
-
 pub struct Supervisor {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
@@ -612,7 +597,8 @@ impl Supervisor {
     }
 
     /// Instances of `service`; `traffic` tells serving from standby ones.
-    pub fn views(&self, service: &str, traffic: &[u64]) -> Vec<InstanceView> {
+    pub fn views(&self, service: &str, traffic: &[u64]) -> Vec<ferry_api::InstanceView> {
+        use ferry_api::InstanceState;
         let now = self.clock.now();
         self.instances
             .values()
@@ -624,26 +610,27 @@ impl Supervisor {
                     .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
                 let ready = i.ready_since();
                 let state = if i.stopping {
-                    "stopping"
+                    InstanceState::Stopping
                 } else if i.crash_loop.is_some() {
-                    "crash-loop"
+                    InstanceState::CrashLoop
                 } else if !i.running {
-                    "restarting"
+                    InstanceState::Restarting
                 } else if is_available(ready, min_ready, now) && traffic.contains(&i.rec.revision) {
-                    "serving"
+                    InstanceState::Serving
                 } else if is_available(ready, min_ready, now) {
-                    "standby"
+                    InstanceState::Standby
                 } else if ready.is_some() {
-                    "warming"
+                    InstanceState::Warming
                 } else {
-                    "starting"
+                    InstanceState::Starting
                 };
-                InstanceView {
+                ferry_api::InstanceView {
                     id: i.rec.id.clone(),
                     revision: i.rec.revision,
+                    address: i.upstream.addr().to_string(),
                     port: i.rec.port,
                     pid: i.rec.pid,
-                    state: state.into(),
+                    state,
                     ready: ready.is_some(),
                     restarts: i.rec.restarts,
                     last_probe: i.last_probe(),

@@ -11,6 +11,7 @@ pub mod seal;
 
 use ferry_core::Millis;
 use ferry_core::analysis::Measurement;
+pub use ferry_core::records::{AuditEntry, StoredEvent, StoredMeasurement};
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{Event, Rollout, ServiceState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -71,31 +72,6 @@ pub enum InstanceState {
     Stopping,
 }
 
-/// One entry of the audit log: who did what, when, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditEntry {
-    #[serde(default)]
-    pub id: u64,
-    pub at: Millis,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    /// Parameters, with secrets already redacted by the caller.
-    pub detail: serde_json::Value,
-    pub outcome: String,
-}
-
-/// A rollout event as stored, with its sequence number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoredEvent {
-    pub seq: u64,
-    pub at: Millis,
-    pub service: String,
-    pub rollout: Option<u64>,
-    pub kind: ferry_core::event::EventKind,
-    pub message: String,
-}
-
 /// Everything one decision changes, written in one transaction.
 #[derive(Debug, Default)]
 pub struct Change<'a> {
@@ -108,14 +84,6 @@ pub struct Change<'a> {
     /// Analysis measurements of a rollout: (rollout id, measurement).
     pub measurements: Vec<(u64, &'a Measurement)>,
     pub now: Millis,
-}
-
-/// A measurement as stored, with when it was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoredMeasurement {
-    pub at: Millis,
-    #[serde(flatten)]
-    pub measurement: Measurement,
 }
 
 const SCHEMA_VERSION: i64 = 3;
