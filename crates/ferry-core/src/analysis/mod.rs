@@ -25,9 +25,10 @@
 //! check, window, stats ← judge
 //! ```
 //!
-//! `stats` and `check` use no sibling. The submodules are private and
-//! everything public is re-exported here, so every item keeps its path
-//! `ferry_core::analysis::X`.
+//! `stats` and `check` use no sibling. The judge's unit tests also build
+//! their checks through `spec`; `spec` never uses `judge`, so that adds no
+//! cycle. The submodules are private and everything public is re-exported
+//! here, so every item keeps its path `ferry_core::analysis::X`.
 
 mod check;
 mod judge;
