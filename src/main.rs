@@ -244,7 +244,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             let config = ferry_server::ServeConfig {
                 data_dir: cli.data_dir.clone(),
                 api_addr: *api_addr,
-                api_limits: ferry_server::api_server::ApiLimits {
+                api_limits: ferry_server::http::server::ApiLimits {
                     max_connections: *api_max_connections,
                     header_timeout: *api_header_timeout,
                     request_timeout: *api_request_timeout,

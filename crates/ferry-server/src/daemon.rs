@@ -8,6 +8,7 @@
 
 use crate::analysis::{self as runner, Pending, Round, Sampler};
 use crate::clock::Clock;
+use crate::snapshot::Snapshot;
 use crate::supervisor::Supervisor;
 use ferry_core::Millis;
 use ferry_core::rollout::{
@@ -41,7 +42,9 @@ pub struct Daemon {
     http: reqwest::Client,
     pub webhooks: crate::webhooks::Notifier,
     /// Requests turned away for a missing or wrong token, per client.
-    pub denials: crate::denials::Denials,
+    pub denials: crate::http::denials::Denials,
+    /// What API reads see; replaced after every tick and mutation.
+    snapshot: arc_swap::ArcSwap<Snapshot>,
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
@@ -62,6 +65,8 @@ pub struct Core {
     proxy_options_of: BTreeMap<String, u64>,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
+    /// Why the last store write failed, until one succeeds again.
+    pub store_problem: Option<String>,
 }
 
 impl Core {
@@ -140,15 +145,31 @@ impl Daemon {
                 bind_errors: BTreeMap::new(),
                 proxy_options_of: BTreeMap::new(),
                 last_round: BTreeMap::new(),
+                store_problem: None,
             }),
             notify: Notify::new(),
             pending: Pending::default(),
             http: reqwest::Client::new(),
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
-            denials: crate::denials::Denials::default(),
+            denials: crate::http::denials::Denials::default(),
+            snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
         });
+        {
+            let mut core = daemon.core.lock().await;
+            daemon.publish(&mut core, now);
+        }
         daemon.fail_interrupted_hooks().await?;
         Ok(daemon)
+    }
+
+    /// Publish what API reads see, from `core` as it is now.
+    pub fn publish(&self, core: &mut Core, now: Millis) {
+        self.snapshot.store(Arc::new(Snapshot::take(core, now)));
+    }
+
+    /// The last published snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// A hook that was running when the previous daemon died has an unknown
@@ -339,6 +360,7 @@ impl Daemon {
             tracing::info!("{note}");
         }
         self.route(core, now).await;
+        self.publish(core, now);
         Ok(())
     }
 

@@ -3,16 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
-pub mod api;
-#[cfg(test)]
-mod api_fuzz;
-pub mod api_server;
 pub mod clock;
 pub mod daemon;
-pub mod denials;
+pub mod http;
 pub mod metrics;
+pub mod ops;
 pub mod probe;
 pub mod proxy_config;
+pub mod snapshot;
 pub mod supervisor;
 pub mod webhooks;
 
@@ -37,7 +35,7 @@ const NEXT_KEY_FILE: &str = "secret.key.next";
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
-    pub api_limits: api_server::ApiLimits,
+    pub api_limits: http::server::ApiLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +330,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServeError> {
-    if let Some(n) = api_server::raise_fd_limit() {
+    if let Some(n) = http::server::raise_fd_limit() {
         tracing::debug!("open file limit: {n}");
     }
     let data_dir = &config.data_dir;
@@ -371,8 +369,8 @@ pub async fn serve(
         let _ = tx.send(addr);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(d.clone(), config.api_limits);
-    let api = tokio::spawn(api_server::run(
+    let app = http::router(d.clone(), config.api_limits);
+    let api = tokio::spawn(http::server::run(
         listener,
         app,
         config.api_limits,

@@ -77,6 +77,9 @@ pub enum InstanceState {
 pub struct Change<'a> {
     pub revision: Option<&'a Revision>,
     pub rollout: Option<&'a Rollout>,
+    /// Another rollout this decision ends (a monitoring window a new
+    /// deploy supersedes).
+    pub ended: Option<&'a Rollout>,
     pub state: Option<&'a ServiceState>,
     pub events: Vec<(Option<u64>, &'a Event)>,
     pub service: Option<&'a str>,
@@ -93,7 +96,11 @@ const SCHEMA_VERSION: i64 = 3;
 const KEY_CHECK: (&str, &str) = ("ferry-store/key-check", "ok");
 
 pub struct Store {
+    /// Every write, and reads that allocate (next ids), go through this one.
     conn: Mutex<Connection>,
+    /// Reads for the API: in WAL mode they see the last commit and never
+    /// wait for one in progress (its fsync included).
+    reader: Mutex<Connection>,
     /// Seals the secret values of revisions (see [`seal`]).
     key: SecretKey,
 }
@@ -112,8 +119,18 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Deleted and overwritten content is zeroed, not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let store = Store {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             key,
         };
         store.migrate()?;
@@ -202,6 +219,11 @@ impl Store {
             "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
         )?;
         Ok(())
+    }
+
+    /// The read connection (see [`Store::reader`]).
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -298,7 +320,7 @@ impl Store {
                 params![rev.service, rev.number as i64, to_json(&sealed)],
             )?;
         }
-        if let Some(r) = change.rollout {
+        for r in change.ended.iter().chain(change.rollout.iter()) {
             tx.execute(
                 "INSERT INTO rollouts (id, service, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET body = excluded.body",
@@ -343,7 +365,7 @@ impl Store {
 
     /// The newest `limit` audit entries, oldest first.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn.prepare(
             "SELECT id, at, actor, action, target, detail, outcome FROM
              (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
@@ -479,7 +501,7 @@ impl Store {
 
     /// Every measurement of a rollout's analysis, oldest first.
     pub fn measurements(&self, rollout: u64) -> Result<Vec<StoredMeasurement>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt =
             conn.prepare("SELECT at, body FROM measurements WHERE rollout = ?1 ORDER BY seq")?;
         let rows = stmt.query_map([rollout as i64], |r| {
@@ -519,7 +541,7 @@ impl Store {
     }
 
     fn events(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<StoredEvent>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map(p, |r| {
             let kind: String = r.get(4)?;
@@ -548,7 +570,7 @@ impl Store {
         p: impl rusqlite::Params,
         what: &str,
     ) -> Result<Vec<T>> {
-        let conn = self.lock();
+        let conn = self.read();
         let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map(p, |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();

@@ -12,11 +12,11 @@
 //! PROPTEST_CASES=20000 cargo test -p ferry-server --release api_fuzz
 //! ```
 
-use ferry_api::{ErrorBody, RolloutAccepted};
-use crate::api_server::ApiLimits;
 use crate::clock::SystemClock;
 use crate::daemon::Daemon;
+use crate::http::server::ApiLimits;
 use axum::body::Body;
+use ferry_api::{ErrorBody, RolloutAccepted};
 use ferry_store::{SecretKey, Store};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -246,7 +246,7 @@ fn fixture() -> Fixture {
             dir.path().to_path_buf(),
         ))
         .unwrap();
-    let router = crate::api::router(daemon, ApiLimits::default());
+    let router = crate::http::router(daemon, ApiLimits::default());
     Fixture {
         _dir: dir,
         runtime,

@@ -1,0 +1,274 @@
+//! `/v1/services/...`: list, one service, its history and revisions, and
+//! the mutations (deploy, rollback, approve, abort, promote, pause, resume).
+
+use super::error::ApiResult;
+use super::openapi::{BodyErrors, TokenErrors};
+use super::{accepted, actor, body, optional_body};
+use crate::daemon::Daemon;
+use crate::ops;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use ferry_api::{
+    DeployRequest, ErrorBody, HistoryEntry, PromoteRequest, RollbackRequest, RolloutAccepted,
+    ServiceStatus,
+};
+use ferry_core::rollout::Gate;
+use std::sync::Arc;
+
+type Mutation = ApiResult<(StatusCode, Json<RolloutAccepted>)>;
+
+#[utoipa::path(
+    get,
+    operation_id = "list_services",
+    path = "/v1/services",
+    tag = "ferry",
+    summary = "Every deployed service",
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Services", body = [ServiceStatus]),
+        TokenErrors,
+    )
+)]
+pub async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
+    Json(ops::read::services(&d))
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "get_service",
+    path = "/v1/services/{name}",
+    tag = "ferry",
+    summary = "One service",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The service", body = ServiceStatus),
+        (status = 404, description = "No such service", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn get(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServiceStatus>> {
+    Ok(Json(ops::read::service(&d, &name)?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/history",
+    tag = "ferry",
+    summary = "A service's rollouts, oldest first",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Rollouts", body = [HistoryEntry]),
+        (status = 404, description = "No such service", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn history(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<HistoryEntry>>> {
+    Ok(Json(ops::read::history(&d, &name)?))
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "get_revision",
+    path = "/v1/services/{name}/revisions/{number}",
+    tag = "ferry",
+    summary = "One revision, secrets redacted",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$"), ("number" = u64, Path, description = "The revision number")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The revision", body = ferry_core::revision::Revision),
+        (status = 404, description = "No such revision", body = ErrorBody),
+        (status = 400, description = "A path parameter does not parse", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn revision(
+    State(d): State<Arc<Daemon>>,
+    Path((name, number)): Path<(String, u64)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(ops::read::revision(&d, &name, number)?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/deploys",
+    tag = "ferry",
+    summary = "Release a new revision",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body = DeployRequest,
+    security(("token" = [])),
+    responses(
+        (status = 201, description = "The rollout started", body = RolloutAccepted),
+        (status = 200, description = "Dry run: the plan; nothing changed", body = RolloutAccepted),
+        (status = 409, description = "A rollout is in progress", body = ErrorBody),
+        (status = 422, description = "The spec, version, overrides or listen address are not acceptable", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
+    )
+)]
+pub async fn deploy(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Mutation {
+    let actor = actor(&headers);
+    let req: DeployRequest = body(&d, &actor, "deploy", &name, &bytes)?;
+    accepted(ops::deploy::deploy(&d, &name, req, &actor).await)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "ferry",
+    summary = "Roll back to the previous (or a given) revision",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body (content = Option<RollbackRequest>, description = "Optional; an empty body rolls back to the previous revision"),
+    security(("token" = [])),
+    responses(
+        (status = 201, description = "The rollback started", body = RolloutAccepted),
+        (status = 202, description = "The rollout in progress is being rolled back", body = RolloutAccepted),
+        (status = 404, description = "No such service or revision", body = ErrorBody),
+        (status = 409, description = "Nothing to roll back to, or the target serves already", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
+    )
+)]
+pub async fn rollback(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Mutation {
+    let actor = actor(&headers);
+    let req: RollbackRequest = optional_body(&d, &actor, "rollback", &name, &bytes)?;
+    accepted(ops::rollback::rollback(&d, &name, req, &actor).await)
+}
+
+/// A gate request on the rollout in progress.
+async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, gate: Gate) -> Mutation {
+    let actor = actor(&headers);
+    accepted(ops::gates::request(&d, &name, gate, &actor, serde_json::Value::Null).await)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/approve",
+    tag = "ferry",
+    summary = "Let a blue-green rollout switch traffic",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn approve(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Mutation {
+    gate(d, name, headers, Gate::Approve).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/abort",
+    tag = "ferry",
+    summary = "Stop the rollout in progress",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn abort(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Mutation {
+    gate(d, name, headers, Gate::Abort).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/pause",
+    tag = "ferry",
+    summary = "Hold the rollout in progress",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn pause(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Mutation {
+    gate(d, name, headers, Gate::Pause).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/resume",
+    tag = "ferry",
+    summary = "Continue a paused rollout",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+        (status = 400, description = "The name is invalid", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn resume(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Mutation {
+    gate(d, name, headers, Gate::Resume).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/promote",
+    tag = "ferry",
+    summary = "Move a canary past its step (or all steps)",
+    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+    request_body (content = Option<PromoteRequest>, description = "Optional"),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+        (status = 409, description = "No rollout in progress, or nothing to promote", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
+    )
+)]
+pub async fn promote(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Mutation {
+    let actor = actor(&headers);
+    let req: PromoteRequest = optional_body(&d, &actor, "promote", &name, &bytes)?;
+    gate(d, name, headers, Gate::Promote { full: req.full }).await
+}

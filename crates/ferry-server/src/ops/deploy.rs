@@ -1,0 +1,317 @@
+//! Deploy: a new revision of a service, and the rollout that releases it
+//! (or, with `dry_run`, the plan of that rollout).
+
+use super::{Accepted, Actor, Audit, NewRollout, OpError, OpResult};
+use crate::daemon::Daemon;
+use ferry_api::{DeployRequest, RolloutAccepted};
+use ferry_core::event::{Event, EventKind};
+use ferry_core::revision::{Revision, check_version};
+use ferry_core::rollout::{self, Params, Phase, Rollout, RolloutKind, ServiceState};
+use ferry_core::spec::{Problem, Strategy, valid_env_name, valid_service_name};
+use std::sync::Arc;
+
+/// What the audit log keeps of a deploy request (secrets redacted later).
+pub fn audit_detail(req: &DeployRequest) -> serde_json::Value {
+    serde_json::json!({
+        "version": req.version,
+        "overrides": req.overrides,
+        "message": req.message,
+        "strategy": req.strategy,
+        "auto_approve": req.auto_approve,
+        "dry_run": req.dry_run,
+        "monitor": req.monitor.map(|m| m.to_string()),
+        "config_file": req.config_file,
+    })
+}
+
+/// A service name in a path, or why it is not one.
+pub fn check_name(name: &str) -> OpResult<()> {
+    if valid_service_name(name) {
+        Ok(())
+    } else {
+        Err(OpError::BadRequest(format!(
+            "`{name}` is not a valid service name"
+        )))
+    }
+}
+
+/// Every problem with a deploy request, found before anything is stored.
+pub fn validate(name: &str, req: &DeployRequest) -> OpResult<()> {
+    check_name(name)?;
+    let mut problems = req.spec.validate(name);
+    if let Err(e) = check_version(&req.version) {
+        problems.push(Problem {
+            path: vec!["version".into()],
+            message: e,
+        });
+    }
+    if req.overrides.len() > 256 {
+        problems.push(Problem {
+            path: vec!["overrides".into()],
+            message: format!("{} --set overrides; at most 256", req.overrides.len()),
+        });
+    }
+    for (k, v) in &req.overrides {
+        if !valid_env_name(k) {
+            problems.push(Problem {
+                path: vec!["overrides".into(), k.clone()],
+                message: format!(
+                    "--set {k}=…: `{k}` is not a valid variable name; use ASCII letters, digits and `_`, not starting with a digit"
+                ),
+            });
+        }
+        if let Some(why) = ferry_core::spec::unpassable(v) {
+            problems.push(Problem {
+                path: vec!["overrides".into(), k.clone()],
+                message: format!("--set {k}=…: the value {why}"),
+            });
+        }
+    }
+    if !std::path::Path::new(&req.base_dir).is_absolute() {
+        problems.push(Problem {
+            path: vec!["base_dir".into()],
+            message: "base_dir must be an absolute path".into(),
+        });
+    }
+    if let Some(m) = &req.message
+        && m.len() > 4096
+    {
+        problems.push(Problem {
+            path: vec!["message".into()],
+            message: "--message is longer than 4096 bytes".into(),
+        });
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let summary = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key(), p.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(OpError::Invalid {
+        message: format!("the deploy request is invalid: {summary}"),
+        problems,
+    })
+}
+
+/// Where the service may listen: its serving revision's address if it has
+/// one; no overlap with another service; free, unless its own proxy holds
+/// it.
+fn check_listen(
+    d: &Daemon,
+    core: &mut crate::daemon::Core,
+    name: &str,
+    req: &DeployRequest,
+    state: &ServiceState,
+) -> OpResult<()> {
+    let _ = d;
+    let listen = req.spec.listen_addr().expect("validated");
+    let current = state
+        .stable
+        .and_then(|n| core.supervisor.revision(name, n))
+        .map(|r| r.spec.listen.clone());
+    if let Some(cur) = &current
+        && cur.parse::<std::net::SocketAddr>().ok() != Some(listen)
+    {
+        return Err(OpError::Invalid {
+            message: format!(
+                "services.{name}.listen: `{name}` serves on {cur}; changing listen of a deployed service is not supported yet. Keep listen = \"{cur}\""
+            ),
+            problems: vec![Problem {
+                path: vec!["services".into(), name.into(), "listen".into()],
+                message: format!("changed from {cur}"),
+            }],
+        });
+    }
+    let others: Vec<String> = core
+        .states
+        .iter()
+        .filter(|(other, s)| *other != name && s.has_work())
+        .map(|(other, _)| other.clone())
+        .collect();
+    for other in others {
+        if let Some(theirs) = core.service_listen(&other)
+            && ferry_core::spec::listens_overlap(listen, theirs)
+        {
+            return Err(OpError::Invalid {
+                message: format!(
+                    "services.{name}.listen: {listen} overlaps {theirs}, used by service `{other}`; give each service its own port"
+                ),
+                problems: vec![],
+            });
+        }
+    }
+    let ours = core.proxies.get(name).map(|p| p.local_addr());
+    if ours != Some(listen)
+        && let Err(err) = std::net::TcpListener::bind(listen)
+    {
+        return Err(OpError::Invalid {
+            message: format!(
+                "services.{name}.listen: {listen} is already in use ({err}); stop what listens there or choose another address"
+            ),
+            problems: vec![],
+        });
+    }
+    Ok(())
+}
+
+/// Release `req` as a new revision of `name`.
+pub async fn deploy(
+    d: &Arc<Daemon>,
+    name: &str,
+    req: DeployRequest,
+    actor: &Actor,
+) -> OpResult<Accepted> {
+    let audit = Audit::new(
+        d,
+        actor,
+        if req.dry_run {
+            "deploy (dry run)"
+        } else {
+            "deploy"
+        },
+        name,
+        audit_detail(&req),
+    );
+    if let Err(e) = validate(name, &req) {
+        return audit.reject(e);
+    }
+    let mut core = d.core.lock().await;
+    let now = d.clock.now();
+    let mut state = core
+        .states
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| ServiceState {
+            name: name.to_string(),
+            ..Default::default()
+        });
+    // A release still in its monitoring window stands; the new deploy
+    // supersedes the watching.
+    let mut concluded = None;
+    if let Some(id) = state.active_rollout
+        && let Some(r) = core.rollouts.get(&id)
+        && r.phase == Phase::Monitoring
+        && !req.dry_run
+    {
+        let step = rollout::conclude_monitoring(&state, r, "a new deploy started", now);
+        state = step.state.clone();
+        concluded = Some((step.rollout, step.events));
+    }
+    if let Some(id) = state.active_rollout {
+        return audit.reject(OpError::Conflict(format!(
+            "rollout {id} of `{name}` is in progress; wait for it, or stop it with `ferry abort {name}`"
+        )));
+    }
+    if let Err(e) = check_listen(d, &mut core, name, &req, &state) {
+        return audit.reject(e);
+    }
+    let number = d.store.next_revision_number(name)?;
+    let id = d.store.next_rollout_id()?;
+    let revision = Revision {
+        service: name.to_string(),
+        number,
+        version: req.version.clone(),
+        spec: req.spec.clone(),
+        overrides: req.overrides.clone(),
+        base_dir: req.base_dir.clone(),
+        config_file: req.config_file.clone(),
+        message: req.message.clone(),
+        author: actor.name.clone(),
+        created_at: now,
+    };
+    let strategy = req.strategy.unwrap_or(req.spec.deploy.strategy);
+    let from_instances = state
+        .stable
+        .and_then(|n| state.scale.get(&n).copied())
+        .unwrap_or(0);
+    let mut r = Rollout::begin(
+        id,
+        name,
+        RolloutKind::Deploy,
+        state.stable,
+        from_instances,
+        number,
+        strategy,
+        Params::from_spec(&req.spec),
+        req.auto_approve,
+        now,
+    );
+    r.started_by = Some(actor.name.clone());
+    if let Some(m) = req.monitor {
+        r.params.monitor_ms = m.as_millis();
+    }
+    if req.dry_run {
+        let plan = dry_run_plan(&state, &r, &req, strategy);
+        audit.record("ok: nothing changed");
+        return Ok(Accepted::Planned(RolloutAccepted {
+            rollout: None,
+            revision: number,
+            message: format!(
+                "dry run: would create revision {number} of `{name}` ({}) and roll it out {}",
+                req.version,
+                strategy.as_str()
+            ),
+            plan,
+        }));
+    }
+    let mut next = state.clone();
+    next.active_rollout = Some(id);
+    next.retiring.remove(&number);
+    let started = Event::new(
+        EventKind::Started,
+        format!(
+            "rollout {id}: {} revision {number} ({}) of `{name}`{}",
+            strategy.as_str(),
+            req.version,
+            state
+                .stable
+                .map(|s| format!(", replacing revision {s}"))
+                .unwrap_or_default()
+        ),
+    );
+    let entry = audit.entry(
+        "accepted",
+        Some(serde_json::json!({"request": audit_detail(&req), "revision": number, "rollout": id})),
+    );
+    let accepted = NewRollout {
+        revision: Some(&revision),
+        rollout: r,
+        state: next,
+        started,
+        audit: entry,
+        concluded,
+    }
+    .commit(d, &mut core, &req.spec.webhooks, &req.version, now)?;
+    drop(core);
+    d.notify.notify_one();
+    Ok(Accepted::Started(accepted))
+}
+
+/// The `--dry-run` plan of a rollout that would start now.
+fn dry_run_plan(
+    state: &ServiceState,
+    r: &Rollout,
+    req: &DeployRequest,
+    strategy: Strategy,
+) -> Vec<String> {
+    let mut plan = rollout::plan(state, r);
+    if let Some(a) = req.spec.analysis.as_ref().filter(|a| !a.checks.is_empty()) {
+        if strategy == Strategy::Canary {
+            plan.push(format!(
+                "analysis every {} over a {} window (fewer than {} requests = inconclusive):",
+                a.interval, a.window, a.min_requests
+            ));
+            for (label, _) in a.checks() {
+                plan.push(format!("  check: {label}"));
+            }
+        } else {
+            plan.push(format!(
+                "analysis checks are declared but judge canary rollouts only; this {} rollout is not judged by them",
+                strategy.as_str()
+            ));
+        }
+    }
+    plan
+}
