@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::random::random_u64;
+
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_FERRY_REVISION: HeaderName = HeaderName::from_static("x-ferry-revision");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -305,11 +307,7 @@ pub(crate) fn new_traceparent() -> HeaderValue {
 /// [`new_traceparent`] as bytes, without allocating.
 pub(crate) fn new_traceparent_bytes() -> [u8; 55] {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let words = [
-        crate::routing::random_u64() | 1,
-        crate::routing::random_u64(),
-        crate::routing::random_u64() | 1,
-    ];
+    let words = [random_u64() | 1, random_u64(), random_u64() | 1];
     let mut hex = |range: std::ops::Range<usize>, mut n: u64| {
         for byte in buf[range].iter_mut().rev() {
             *byte = HEX[(n & 0xf) as usize];

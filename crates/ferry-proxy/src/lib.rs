@@ -16,6 +16,7 @@ mod fast;
 mod headers;
 mod net;
 mod proxy;
+mod random;
 mod rate_limit;
 mod routing;
 mod stats;

@@ -1,8 +1,6 @@
 //! Weighted routing between revisions (canary splits) and the compiled form
 //! of a routing table the hot path reads.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,6 +8,7 @@ use http::header::{self, HeaderName};
 
 use crate::Upstream;
 use crate::headers::{HeaderView, X_FERRY_REVISION};
+use crate::random::{mix, random_u64};
 
 /// Basis points in a whole (100 %).
 pub const WHOLE: u32 = 10_000;
@@ -239,31 +238,6 @@ pub fn bucket_of(key: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (mix(h) % u64::from(WHOLE)) as u32
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-thread_local! {
-    static RNG: Cell<u64> = const { Cell::new(0) };
-}
-
-/// A fast per-thread pseudo-random number (SplitMix64), no locks.
-pub(crate) fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let mut s = state.get();
-        if s == 0 {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(&h as *const _ as usize);
-            s = h.finish() | 1;
-        }
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(s);
-        mix(s)
-    })
 }
 
 fn random_bucket() -> u32 {

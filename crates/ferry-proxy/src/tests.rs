@@ -1195,7 +1195,7 @@ async fn access_log_lines_carry_request_ids_and_traces() {
     let path = std::env::temp_dir().join(format!(
         "ferry-proxy-access-{}-{}.log",
         std::process::id(),
-        crate::routing::random_u64()
+        crate::random::random_u64()
     ));
     let proxy = start_proxy(ProxyOptions {
         access_log: Some(crate::AccessLogOptions {
@@ -1592,7 +1592,7 @@ fn temp_log_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!(
         "ferry-proxy-fast-{}-{}.log",
         std::process::id(),
-        crate::routing::random_u64()
+        crate::random::random_u64()
     ))
 }
 
