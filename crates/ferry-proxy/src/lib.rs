@@ -20,6 +20,7 @@ mod random;
 mod rate_limit;
 mod routing;
 mod stats;
+mod upload;
 mod upstream;
 
 #[cfg(test)]

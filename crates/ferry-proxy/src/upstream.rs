@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::RevisionStats;
-use crate::body::ReqBody;
+use crate::upload::ReqBody;
 
 /// One upstream instance. The daemon creates it once per instance and keeps
 /// the same `Arc` across routing-table swaps, so its keep-alive connection
