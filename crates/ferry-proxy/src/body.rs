@@ -11,10 +11,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use crate::Config;
 use crate::access_log::Entry;
+use crate::config::Config;
 use crate::upload::ReqBody;
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Upstream};
 
 /// An access-log entry waiting for its response to finish.
 pub(crate) struct PendingLog {
@@ -25,7 +25,7 @@ pub(crate) struct PendingLog {
 
 impl PendingLog {
     /// Record which instance (and revision) the request went to.
-    pub(crate) fn served_by(&mut self, upstream: &crate::Upstream) {
+    pub(crate) fn served_by(&mut self, upstream: &Upstream) {
         self.entry.revision = Some(upstream.revision());
         self.entry.instance = Some(Arc::clone(upstream.instance()));
     }

@@ -26,21 +26,56 @@ use tokio::sync::watch;
 
 use crate::access_log::Entry;
 use crate::body::{Lease, PendingLog, ProxyBody};
+use crate::config::Config;
 use crate::headers::{
     HeaderView, TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
     forwarded_client, set_forwarding, strip_hop_by_hop, valid_host, wants_upgrade,
 };
 use crate::net::{ClientIo, is_trusted, read_proxy_header};
 use crate::rate_limit::{RateLimitKey, hash_key};
+use crate::shared::{HandoffRx, Shared};
 use crate::upload::{ReqBody, UploadState};
 use crate::upstream::{InFlight, Upstream};
-use crate::{Config, Shared};
+
+/// Start one worker thread per hand-off receiver (worker `i` gets
+/// `handoffs[i]`) and wait until each has opened its listening socket. On
+/// failure the workers already started are stopped.
+pub(crate) async fn start_workers(
+    shared: &Arc<Shared>,
+    handoffs: Vec<HandoffRx>,
+) -> io::Result<()> {
+    let mut started = Vec::with_capacity(handoffs.len());
+    for (index, handoff_rx) in handoffs.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let worker_shared = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("ferry-proxy-{index}"))
+            .spawn(move || run_worker(worker_shared, index, handoff_rx, ready_tx));
+        match spawned {
+            Ok(_) => started.push(ready_rx),
+            Err(err) => {
+                shared.stop();
+                return Err(err);
+            }
+        }
+    }
+    for ready in started {
+        let res = ready
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("proxy worker thread failed to start")));
+        if let Err(err) = res {
+            shared.stop();
+            return Err(err);
+        }
+    }
+    Ok(())
+}
 
 /// The body of worker thread `worker`: a single-threaded runtime that opens
 /// the worker's listening socket, reports on `ready`, accepts and serves
 /// connections until shutdown, then waits for the connections it serves
 /// (upgraded ones included) to end.
-pub(crate) fn run_worker(
+fn run_worker(
     shared: Arc<Shared>,
     worker: usize,
     mut handoff: HandoffRx,
@@ -72,11 +107,6 @@ pub(crate) fn run_worker(
     });
     // Dropping the runtime closes this worker's idle upstream connections.
 }
-
-/// A connection accepted by another worker, already counted in
-/// `Counters::connections`.
-pub(crate) type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
-type HandoffRx = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
 
 /// Accept connections until the listener is closed by `shutdown()`.
 async fn accept_loop(shared: &Arc<Shared>, worker: usize, handoff: &mut HandoffRx, alive: &Alive) {

@@ -6,16 +6,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderName};
 
-use crate::Upstream;
 use crate::headers::{HeaderView, X_FERRY_REVISION};
 use crate::random::{mix, random_u64};
+use crate::upstream::Upstream;
 
 /// Basis points in a whole (100 %).
 pub const WHOLE: u32 = 10_000;
 
+/// The set of upstreams that take traffic, and how traffic splits between
+/// their revisions.
+#[derive(Clone, Default, Debug)]
+pub struct RoutingTable {
+    /// Upstreams taking traffic.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// `None`: plain round-robin over all upstreams.
+    pub split: Option<Split>,
+}
+
 /// How traffic splits between revisions. `None` in
-/// [`RoutingTable::split`](crate::RoutingTable::split) means plain
-/// round-robin over all upstreams.
+/// [`RoutingTable::split`] means plain round-robin over all upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
     /// Share of traffic per revision, in basis points (0..=10 000), summing to
@@ -55,7 +64,7 @@ struct Group {
 /// The routing table plus what the hot path needs precomputed.
 #[derive(Debug)]
 pub(crate) struct Routes {
-    pub(crate) table: Arc<crate::RoutingTable>,
+    pub(crate) table: Arc<RoutingTable>,
     groups: Vec<Group>,
     /// `(end bucket exclusive, group index or NONE)`, ascending; empty
     /// when there is no split.
@@ -68,7 +77,7 @@ pub(crate) struct Routes {
 const NO_GROUP: usize = usize::MAX;
 
 impl Routes {
-    pub(crate) fn new(table: Arc<crate::RoutingTable>) -> Routes {
+    pub(crate) fn new(table: Arc<RoutingTable>) -> Routes {
         let mut groups: Vec<Group> = Vec::new();
         for (i, u) in table.upstreams.iter().enumerate() {
             match groups.iter_mut().find(|g| g.revision == u.revision()) {
@@ -248,7 +257,7 @@ fn random_bucket() -> u32 {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::{RevisionStats, RoutingTable};
+    use crate::RevisionStats;
     use http::HeaderMap;
     use http::HeaderValue;
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::RevisionStats;
+use crate::stats::RevisionStats;
 use crate::upload::ReqBody;
 
 /// One upstream instance. The daemon creates it once per instance and keeps
