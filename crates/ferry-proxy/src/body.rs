@@ -2,41 +2,16 @@
 //! in-flight guard and the pooled connection until the response is done.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use crate::access_log::Entry;
-use crate::config::Config;
+use crate::pending_log::PendingLog;
 use crate::upload::ReqBody;
-use crate::upstream::{InFlight, Upstream};
-
-/// An access-log entry waiting for its response to finish.
-pub(crate) struct PendingLog {
-    pub(crate) entry: Box<Entry>,
-    pub(crate) start: Instant,
-    pub(crate) config: Arc<Config>,
-}
-
-impl PendingLog {
-    /// Record which instance (and revision) the request went to.
-    pub(crate) fn served_by(&mut self, upstream: &Upstream) {
-        self.entry.revision = Some(upstream.revision());
-        self.entry.instance = Some(Arc::clone(upstream.instance()));
-    }
-
-    pub(crate) fn send(mut self) {
-        self.entry.duration = self.start.elapsed();
-        if let Some(log) = &self.config.log {
-            log.log(self.entry);
-        }
-    }
-}
+use crate::upstream::InFlight;
 
 /// What a response body owes its upstream once it is done: the connection
 /// goes back to the pool (if the response was read completely) and the

@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Entry;
-use crate::body::PendingLog;
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
+use crate::pending_log::PendingLog;
 use crate::proxy::{
     ConnCtx, RATE_LIMITED, host_rejected, is_replayable, pooled_or_connect, rate_limited,
     upstream_failed,

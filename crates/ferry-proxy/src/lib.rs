@@ -16,6 +16,7 @@ mod config;
 mod fast;
 mod headers;
 mod net;
+mod pending_log;
 mod proxy;
 mod random;
 mod rate_limit;

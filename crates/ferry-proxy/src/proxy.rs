@@ -25,13 +25,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::access_log::Entry;
-use crate::body::{Lease, PendingLog, ProxyBody};
+use crate::body::{Lease, ProxyBody};
 use crate::config::Config;
 use crate::headers::{
     HeaderView, TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
     forwarded_client, set_forwarding, strip_hop_by_hop, valid_host, wants_upgrade,
 };
 use crate::net::{ClientIo, is_trusted, read_proxy_header};
+use crate::pending_log::PendingLog;
 use crate::rate_limit::{RateLimitKey, hash_key};
 use crate::shared::{HandoffRx, Shared};
 use crate::upload::{ReqBody, UploadState};
