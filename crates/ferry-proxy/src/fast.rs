@@ -34,12 +34,11 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Entry;
+use crate::admit::{RATE_LIMITED, host_rejected, rate_limited};
+use crate::client::ConnCtx;
+use crate::failover::{is_replayable, pooled_or_connect, upstream_failed};
 use crate::headers::{HeaderView, new_request_id_bytes, new_traceparent_bytes, valid_traceparent};
 use crate::pending_log::PendingLog;
-use crate::proxy::{
-    ConnCtx, RATE_LIMITED, host_rejected, is_replayable, pooled_or_connect, rate_limited,
-    upstream_failed,
-};
 use crate::upstream::InFlight;
 
 /// Longest request head the fast path reads; longer ones go to hyper's path.

@@ -10,9 +10,13 @@
 //! and stopping it.
 #![forbid(unsafe_code)]
 
+mod accept;
 mod access_log;
+mod admit;
 mod body;
+mod client;
 mod config;
+mod failover;
 mod fast;
 mod headers;
 mod net;
@@ -93,7 +97,7 @@ impl ProxyHandle {
         let local_addr = std::net::TcpListener::bind(addr)?.local_addr()?;
         let (shared, handoffs) = Shared::new(service, local_addr, config, counters, workers);
         let shared = Arc::new(shared);
-        proxy::start_workers(&shared, handoffs).await?;
+        accept::start_workers(&shared, handoffs).await?;
         // Stop when the runtime that bound the proxy shuts down, as when the
         // proxy ran on it.
         let guard = StopOnDrop(Arc::clone(&shared));
