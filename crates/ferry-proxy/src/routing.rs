@@ -257,7 +257,7 @@ fn random_bucket() -> u32 {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::RevisionStats;
+    use crate::stats::RevisionStats;
     use http::HeaderMap;
     use http::HeaderValue;
 

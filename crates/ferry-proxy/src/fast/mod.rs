@@ -40,3 +40,35 @@ mod serve;
 mod timer;
 
 pub(crate) use serve::{Served, serve};
+
+// The request and response heads' header classes side by side (a test of
+// two files, kept in their parent).
+#[cfg(test)]
+mod unit {
+    use super::parse_head::{ReqHeader, classify_request_header, parse_length, plain_path};
+    use super::response::{RespHeader, classify_response_header};
+
+    #[test]
+    fn request_headers_are_classified() {
+        assert!(ReqHeader::Fallback == classify_request_header("Transfer-Encoding"));
+        assert!(ReqHeader::Fallback == classify_request_header("upgrade"));
+        assert!(ReqHeader::Fallback == classify_request_header("Expect"));
+        assert!(ReqHeader::Connection == classify_request_header("CONNECTION"));
+        assert!(ReqHeader::Drop == classify_request_header("X-Forwarded-Proto"));
+        assert!(ReqHeader::Keep == classify_request_header("x-forwarded-host"));
+        assert!(RespHeader::Drop == classify_response_header("X-Ferry-Revision"));
+        assert_eq!(parse_length(b"42"), Some(42));
+        assert_eq!(parse_length(b"+42"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"4 2"), None);
+        assert!(plain_path("/a?b=c&d=%20e"));
+        assert!(plain_path("/users/@me/(x)*;y,z:1!$'+~"));
+        assert!(!plain_path("http://x/"));
+        assert!(!plain_path("/caf\u{e9}"));
+        for odd in [
+            "/a b", "/<x>", "/a`b", "/a\"b", "/a{b}", "/a|b", "/a\\b", "/a^b", "/p#frag",
+        ] {
+            assert!(!plain_path(odd), "{odd}");
+        }
+    }
+}
