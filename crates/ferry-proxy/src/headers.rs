@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::net::{IpNet, is_trusted};
+use crate::random::random_u64;
+
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_FERRY_REVISION: HeaderName = HeaderName::from_static("x-ferry-revision");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -139,7 +142,7 @@ pub(crate) fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue, t
 /// the rightmost entry that is not itself a trusted proxy.
 pub(crate) fn forwarded_client<H: HeaderView + ?Sized>(
     headers: &H,
-    trusted: &[crate::IpNet],
+    trusted: &[IpNet],
 ) -> Option<std::net::IpAddr> {
     let mut found = None;
     for value in headers.values(&X_FORWARDED_FOR).rev() {
@@ -161,7 +164,7 @@ pub(crate) fn forwarded_client<H: HeaderView + ?Sized>(
             };
             let ip = ip.to_canonical();
             found = Some(ip);
-            if !crate::net::is_trusted(trusted, ip) {
+            if !is_trusted(trusted, ip) {
                 return found;
             }
         }
@@ -305,11 +308,7 @@ pub(crate) fn new_traceparent() -> HeaderValue {
 /// [`new_traceparent`] as bytes, without allocating.
 pub(crate) fn new_traceparent_bytes() -> [u8; 55] {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let words = [
-        crate::routing::random_u64() | 1,
-        crate::routing::random_u64(),
-        crate::routing::random_u64() | 1,
-    ];
+    let words = [random_u64() | 1, random_u64(), random_u64() | 1];
     let mut hex = |range: std::ops::Range<usize>, mut n: u64| {
         for byte in buf[range].iter_mut().rev() {
             *byte = HEX[(n & 0xf) as usize];
@@ -457,7 +456,7 @@ mod unit {
 
     #[test]
     fn client_from_trusted_forwarded_for() {
-        let trusted: Vec<crate::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_client(&h, &trusted), None);
         h.append(

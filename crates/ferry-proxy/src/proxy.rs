@@ -1,9 +1,13 @@
-//! The accept loop, client connections and request forwarding.
+//! hyper's path: a connection the fast path handed over (or every
+//! connection, with the fast path off) served by hyper's server, each
+//! request forwarded through hyper's client: pick and retries, the answers
+//! the proxy gives itself (400, 405, 408, 429, 502, 503, 504), streamed
+//! bodies both ways, and `Upgrade` (e.g. WebSocket) pass-through.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,303 +24,25 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::access_log::Entry;
-use crate::body::{Lease, PendingLog, ProxyBody, ReqBody, UploadState};
+use crate::admit::{RATE_LIMITED, bad_request, rate_limited};
+use crate::body::{Lease, ProxyBody};
+use crate::client::ConnCtx;
+use crate::failover::{is_replayable, pooled_or_connect, upstream_failed};
 use crate::headers::{
-    HeaderView, TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
-    forwarded_client, set_forwarding, strip_hop_by_hop, valid_host, wants_upgrade,
+    TRACEPARENT, X_FERRY_REVISION, X_REQUEST_ID, ensure_request_id, ensure_traceparent,
+    set_forwarding, strip_hop_by_hop, wants_upgrade,
 };
-use crate::net::{ClientIo, is_trusted, read_proxy_header};
-use crate::rate_limit::{RateLimitKey, hash_key};
+use crate::net::ClientIo;
+use crate::pending_log::PendingLog;
+use crate::upload::{ReqBody, UploadState};
 use crate::upstream::{InFlight, Upstream};
-use crate::{Config, Shared};
-
-/// The body of worker thread `worker`: a single-threaded runtime that opens
-/// the worker's listening socket, reports on `ready`, accepts and serves
-/// connections until shutdown, then waits for the connections it serves
-/// (upgraded ones included) to end.
-pub(crate) fn run_worker(
-    shared: Arc<Shared>,
-    worker: usize,
-    mut handoff: HandoffRx,
-    ready: tokio::sync::oneshot::Sender<io::Result<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            let _ = ready.send(Err(err));
-            return;
-        }
-    };
-    crate::upstream::enter_worker();
-    runtime.block_on(async move {
-        if let Err(err) = shared.listen(worker) {
-            let _ = ready.send(Err(err));
-            return;
-        }
-        let _ = ready.send(Ok(()));
-        let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
-        accept_loop(&shared, worker, &mut handoff, &alive).await;
-        drop(handoff);
-        drop(alive);
-        // Every connection holds a clone of `alive`.
-        let _ = all_done.recv().await;
-    });
-    // Dropping the runtime closes this worker's idle upstream connections.
-}
-
-/// A connection accepted by another worker, already counted in
-/// `Counters::connections`.
-pub(crate) type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
-type HandoffRx = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
-
-/// Accept connections until the listener is closed by `shutdown()`.
-async fn accept_loop(shared: &Arc<Shared>, worker: usize, handoff: &mut HandoffRx, alive: &Alive) {
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            Some(handed) = handoff.recv() => Err(handed),
-            res = poll_fn(|cx| shared.poll_accept(worker, cx)) => Ok(res),
-        };
-        let accepted = match accepted {
-            Ok(res) => res,
-            Err((stream, peer)) => {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => serve_here(shared, worker, stream, peer, &shutdown, alive),
-                    Err(err) => {
-                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, error = %err, "cannot take over a connection");
-                    }
-                }
-                continue;
-            }
-        };
-        match accepted {
-            Ok(Some((stream, peer))) => accept(shared, worker, stream, peer, &shutdown, alive),
-            Ok(None) => break,
-            Err(err) => {
-                tracing::warn!(service = %shared.service, error = %err, "accept failed");
-                if !matches!(
-                    err.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) {
-                    // E.g. out of file descriptors: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    tracing::debug!(service = %shared.service, worker, "proxy listener closed");
-}
-
-/// Held by every connection of a worker, so that it can wait for them all.
-type Alive = tokio::sync::mpsc::Sender<()>;
-
-/// One open client connection, counted against `max_connections` (and in
-/// its worker's load) until dropped (after the connection and any tunnel it
-/// became have ended).
-struct ConnSlot {
-    shared: Arc<Shared>,
-    worker: usize,
-    _alive: Alive,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.shared
-            .counters
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
-        self.shared.worker_conns[self.worker].fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn accept(
-    shared: &Arc<Shared>,
-    worker: usize,
-    stream: TcpStream,
-    peer: SocketAddr,
-    shutdown: &watch::Receiver<bool>,
-    alive: &Alive,
-) {
-    let max = shared.config.load().options.max_connections;
-    let open = shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-    if open >= max {
-        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-        shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(service = %shared.service, %peer, "max_connections reached; answering 503");
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            reject(stream).await;
-            drop(alive);
-        });
-        return;
-    }
-    // The kernel spreads connections over the workers' sockets by a hash,
-    // which can leave one worker with many more long-lived connections than
-    // another: hand this one to the least loaded worker if this one has more
-    // than twice its connections (and 16 more). Only a gross imbalance is
-    // worth it: a hand-off costs two epoll_ctl calls and a cross-thread
-    // wake-up, and with short-lived connections the counts swing by a few
-    // all the time (a `+1` threshold moved ~70 % of them and cost ~4 % of
-    // throughput with a new connection per request).
-    let load = |w: usize| shared.worker_conns[w].load(Ordering::Relaxed);
-    let least = (0..shared.worker_conns.len())
-        .min_by_key(|&w| load(w))
-        .unwrap_or(worker);
-    if least != worker && load(worker) > 2 * load(least) + 16 {
-        match stream.into_std() {
-            Ok(std) => match shared.handoff[least].send((std, peer)) {
-                Ok(()) => return,
-                Err(returned) => {
-                    let (std, _) = returned.0;
-                    match TcpStream::from_std(std) {
-                        Ok(stream) => serve_here(shared, worker, stream, peer, shutdown, alive),
-                        Err(_) => {
-                            shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                    return;
-                }
-            },
-            Err(_) => {
-                shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    }
-    serve_here(shared, worker, stream, peer, shutdown, alive);
-}
-
-/// Serve an accepted connection (already counted in `connections`) on this
-/// worker.
-fn serve_here(
-    shared: &Arc<Shared>,
-    worker: usize,
-    stream: TcpStream,
-    peer: SocketAddr,
-    shutdown: &watch::Receiver<bool>,
-    alive: &Alive,
-) {
-    shared.worker_conns[worker].fetch_add(1, Ordering::Relaxed);
-    let slot = ConnSlot {
-        shared: Arc::clone(shared),
-        worker,
-        _alive: alive.clone(),
-    };
-    let config = shared.config.load_full();
-    tokio::spawn(serve(slot, config, stream, peer, shutdown.clone()));
-}
-
-/// Answer a connection over `max_connections` with a 503 and close it.
-async fn reject(mut stream: TcpStream) {
-    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-        content-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
-        connection: close\r\ncontent-length: 45\r\n\r\n\
-        too many connections: the proxy is at its cap\n";
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        // Read (part of) the request first, so that closing does not reset
-        // the connection before the client has read the answer.
-        let mut buf = [0u8; 2048];
-        let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
-        stream.write_all(RESPONSE).await?;
-        stream.shutdown().await?;
-        let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
-        io::Result::Ok(())
-    })
-    .await;
-}
-
-/// Per client connection state shared by its requests.
-pub(crate) struct ConnCtx {
-    slot: ConnSlot,
-    pub(crate) config: Arc<Config>,
-    /// The client's address: the peer's, or the one its PROXY header gave.
-    client: IpAddr,
-    /// `client` formatted once per connection for `X-Forwarded-For`.
-    pub(crate) client_ip: HeaderValue,
-    /// `client` is a trusted proxy: its `X-Forwarded-For` is believed.
-    pub(crate) trusted: bool,
-}
-
-impl ConnCtx {
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.slot.shared
-    }
-
-    /// The end client's address (from a trusted `X-Forwarded-For` if any).
-    pub(crate) fn client_addr<H: HeaderView + ?Sized>(&self, headers: &H) -> IpAddr {
-        if self.trusted {
-            forwarded_client(headers, &self.config.options.trusted_proxies).unwrap_or(self.client)
-        } else {
-            self.client
-        }
-    }
-}
-
-async fn serve(
-    slot: ConnSlot,
-    config: Arc<Config>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // TCP_NODELAY is inherited from the listening socket (see `listen`).
-    let options = &config.options;
-    let trusted_net = |ip: IpAddr| {
-        !options.trusted_proxies.is_empty() && is_trusted(&options.trusted_proxies, ip)
-    };
-    let mut client = peer.ip().to_canonical();
-    if options.proxy_protocol && trusted_net(client) {
-        match tokio::time::timeout(options.idle_timeout, read_proxy_header(&mut stream)).await {
-            Ok(Ok(Some(addr))) => client = addr.ip().to_canonical(),
-            Ok(Ok(None)) => {}
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "bad PROXY protocol header; closing");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no PROXY protocol header in time; closing");
-                return;
-            }
-        }
-    }
-    let client_ip = HeaderValue::from_maybe_shared(Bytes::from(client.to_string()))
-        .expect("an IP address is a valid header value");
-    let ctx = Arc::new(ConnCtx {
-        slot,
-        config: Arc::clone(&config),
-        client,
-        client_ip,
-        trusted: trusted_net(client),
-    });
-    // Plain requests are served by the fast path; the first one it does not
-    // handle moves the connection, and what was read of it, to hyper.
-    let fast = ctx.shared().fast_path.load(Ordering::Relaxed);
-    let (stream, read) = if fast {
-        match crate::fast::serve(&ctx, stream, &mut shutdown).await {
-            crate::fast::Served::Closed => return,
-            crate::fast::Served::Fallback(stream, read) => (stream, read),
-        }
-    } else {
-        (stream, Vec::new())
-    };
-    // Boxed: hyper's connection state is large and rarely needed, and every
-    // open connection's task would otherwise reserve room for it.
-    Box::pin(serve_with_hyper(ctx, stream, read, peer, shutdown)).await;
-}
 
 /// Serve the rest of a connection with hyper; `read`: bytes already read.
-async fn serve_with_hyper(
+pub(crate) async fn serve_with_hyper(
     ctx: Arc<ConnCtx>,
     stream: TcpStream,
     read: Vec<u8>,
@@ -452,114 +178,6 @@ async fn proxy(
         log,
     };
     Ok(exchange.run(in_flight, req).await)
-}
-
-/// The body of a `429`.
-pub(crate) const RATE_LIMITED: &[u8] = b"too many requests: slow down and retry later\n";
-
-/// Bodies of the `400`s the proxy answers itself (RFC 9112 3.2, 3.2.2).
-const NO_HOST: &[u8] = b"bad request: an HTTP/1.1 request needs a Host header\n";
-const MANY_HOSTS: &[u8] = b"bad request: more than one Host header\n";
-const BAD_HOST: &[u8] = b"bad request: the Host header is not a valid host[:port]\n";
-const BAD_TARGET: &[u8] = b"bad request: the request target is not valid for its method\n";
-
-/// RFC 9112 3.2: a request without `Host` (HTTP/1.1 only; HTTP/1.0 may omit
-/// it), with more than one `Host` line, or with an invalid one is answered
-/// `400` and never forwarded. `hosts`: how many `Host` lines the request
-/// has, `first`: the first one's value. `Some(body)`: answer `400` with it.
-pub(crate) fn host_rejected(http11: bool, hosts: usize, first: &[u8]) -> Option<&'static [u8]> {
-    match hosts {
-        0 if http11 => Some(NO_HOST),
-        0 => None,
-        1 if valid_host(first) => None,
-        1 => Some(BAD_HOST),
-        _ => Some(MANY_HOSTS),
-    }
-}
-
-/// Why hyper's path answers a request `400` itself: its `Host` (see
-/// [`host_rejected`]), or a request target in none of the forms RFC 9112 3.2
-/// allows for its method: origin-form (`/path`), absolute-form
-/// (`http://host/path`, no userinfo), `*` for `OPTIONS` only, and
-/// authority-form for `CONNECT` only (which is answered `405`). hyper reads
-/// `GET a` as an authority-form `a`: forwarded, it would become `GET /`.
-fn bad_request(parts: &http::request::Parts) -> Option<&'static [u8]> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    let count = first.map_or(0, |_| 1 + hosts.count());
-    let first = first.map_or(&b""[..], HeaderValue::as_bytes);
-    if let Some(body) = host_rejected(parts.version == Version::HTTP_11, count, first) {
-        return Some(body);
-    }
-    let uri = &parts.uri;
-    let valid = match (uri.scheme(), uri.authority()) {
-        (None, None) => {
-            uri.path().starts_with('/') || (uri.path() == "*" && parts.method == Method::OPTIONS)
-        }
-        (Some(scheme), Some(authority)) => {
-            (*scheme == http::uri::Scheme::HTTP || *scheme == http::uri::Scheme::HTTPS)
-                && !authority.host().is_empty()
-                && valid_host(authority.as_str().as_bytes())
-        }
-        (None, Some(_)) => parts.method == Method::CONNECT,
-        (Some(_), None) => false,
-    };
-    (!valid).then_some(BAD_TARGET)
-}
-
-/// Count a request against the service's rate limit (if any), keyed by the
-/// configured header or else the client's address (`client` if already
-/// known). `Some(seconds)`: over the limit, retry after that long (≥ 1).
-pub(crate) fn rate_limited<H: HeaderView + ?Sized>(
-    ctx: &ConnCtx,
-    headers: &H,
-    client: Option<IpAddr>,
-    now: Instant,
-) -> Option<u64> {
-    let limiter = ctx.config.limiter.as_ref()?;
-    let key = match &limiter.options.key {
-        RateLimitKey::Header(name) => headers
-            .value_of(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| hash_key(1, v)),
-        RateLimitKey::ClientIp => None,
-    };
-    let key = key.unwrap_or_else(|| hash_ip(client.unwrap_or_else(|| ctx.client_addr(headers))));
-    let wait = limiter.check(key, now).err()?;
-    ctx.shared()
-        .counters
-        .rate_limited
-        .fetch_add(1, Ordering::Relaxed);
-    Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
-}
-
-/// Count a request no upstream could serve (502/504) against `in_flight`'s
-/// revision, note the instance in the access log, stop counting the request
-/// in flight, and return the body to answer with.
-pub(crate) fn upstream_failed(
-    in_flight: InFlight,
-    status: StatusCode,
-    elapsed: Duration,
-    log: &mut Option<PendingLog>,
-) -> &'static [u8] {
-    let upstream = in_flight.upstream();
-    upstream.stats().record_upstream_error(status, elapsed);
-    if let Some(log) = log.as_mut() {
-        log.served_by(upstream);
-    }
-    drop(in_flight);
-    if status == StatusCode::GATEWAY_TIMEOUT {
-        b"gateway timeout: the upstream did not answer in time\n"
-    } else {
-        b"bad gateway: no upstream could serve the request\n"
-    }
-}
-
-fn hash_ip(ip: IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(v4) => hash_key(4, &v4.octets()),
-        IpAddr::V6(v6) => hash_key(6, &v6.octets()),
-    }
 }
 
 /// One request's trip through the upstreams.
@@ -796,48 +414,6 @@ impl Exchange<'_> {
     }
 }
 
-/// A connection to `in_flight`'s upstream, for either path's kind of
-/// connection: a pooled one (`checkout`, unless `fresh_only`) or a new one
-/// (`connect`). When connecting fails, `next` moves the request to the next
-/// untried upstream (a refused connect is never the request's fault).
-/// `Ok((in_flight, connection, reused))`, or `Err(last upstream)` when none
-/// could be connected to.
-pub(crate) async fn pooled_or_connect<C, Fut>(
-    service: &str,
-    mut in_flight: InFlight,
-    fresh_only: bool,
-    checkout: impl Fn(&Upstream) -> Option<C>,
-    connect: impl Fn(Arc<Upstream>) -> Fut,
-    mut next: impl FnMut(InFlight) -> Result<InFlight, InFlight>,
-) -> Result<(InFlight, C, bool), InFlight>
-where
-    Fut: Future<Output = io::Result<C>>,
-{
-    if !fresh_only && let Some(pooled) = checkout(in_flight.upstream()) {
-        return Ok((in_flight, pooled, true));
-    }
-    loop {
-        let upstream = in_flight.upstream();
-        match connect(Arc::clone(upstream)).await {
-            Ok(new) => return Ok((in_flight, new, false)),
-            Err(err) => {
-                tracing::warn!(
-                    service,
-                    instance = upstream.instance_id(),
-                    addr = %upstream.addr(),
-                    error = %err,
-                    "cannot connect to upstream"
-                );
-                in_flight = next(in_flight)?;
-                // A different upstream: its pool may have a connection.
-                if let Some(pooled) = checkout(in_flight.upstream()) {
-                    return Ok((in_flight, pooled, true));
-                }
-            }
-        }
-    }
-}
-
 /// Copy bytes both ways between an upgraded client connection and its
 /// upstream until either side closes or the upstream is closed by
 /// `Upstream::close_all`. The request stays counted in `in_flight` (and the
@@ -936,14 +512,6 @@ fn is_stale_connection(err: &hyper::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// Whether a body-less request is safe to send twice: a safe method, or
-/// one the client marked with `Idempotency-Key`.
-pub(crate) fn is_replayable<H: HeaderView + ?Sized>(method: &str, headers: &H) -> bool {
-    const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
-        || headers.value_of(&IDEMPOTENCY_KEY).is_some()
 }
 
 fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {

@@ -1,22 +1,30 @@
 //! Weighted routing between revisions (canary splits) and the compiled form
 //! of a routing table the hot path reads.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderName};
 
-use crate::Upstream;
 use crate::headers::{HeaderView, X_FERRY_REVISION};
+use crate::random::{mix, random_u64};
+use crate::upstream::Upstream;
 
 /// Basis points in a whole (100 %).
 pub const WHOLE: u32 = 10_000;
 
+/// The set of upstreams that take traffic, and how traffic splits between
+/// their revisions.
+#[derive(Clone, Default, Debug)]
+pub struct RoutingTable {
+    /// Upstreams taking traffic.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// `None`: plain round-robin over all upstreams.
+    pub split: Option<Split>,
+}
+
 /// How traffic splits between revisions. `None` in
-/// [`RoutingTable::split`](crate::RoutingTable::split) means plain
-/// round-robin over all upstreams.
+/// [`RoutingTable::split`] means plain round-robin over all upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
     /// Share of traffic per revision, in basis points (0..=10 000), summing to
@@ -56,7 +64,7 @@ struct Group {
 /// The routing table plus what the hot path needs precomputed.
 #[derive(Debug)]
 pub(crate) struct Routes {
-    pub(crate) table: Arc<crate::RoutingTable>,
+    pub(crate) table: Arc<RoutingTable>,
     groups: Vec<Group>,
     /// `(end bucket exclusive, group index or NONE)`, ascending; empty
     /// when there is no split.
@@ -69,7 +77,7 @@ pub(crate) struct Routes {
 const NO_GROUP: usize = usize::MAX;
 
 impl Routes {
-    pub(crate) fn new(table: Arc<crate::RoutingTable>) -> Routes {
+    pub(crate) fn new(table: Arc<RoutingTable>) -> Routes {
         let mut groups: Vec<Group> = Vec::new();
         for (i, u) in table.upstreams.iter().enumerate() {
             match groups.iter_mut().find(|g| g.revision == u.revision()) {
@@ -241,31 +249,6 @@ pub fn bucket_of(key: &[u8]) -> u32 {
     (mix(h) % u64::from(WHOLE)) as u32
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-thread_local! {
-    static RNG: Cell<u64> = const { Cell::new(0) };
-}
-
-/// A fast per-thread pseudo-random number (SplitMix64), no locks.
-pub(crate) fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let mut s = state.get();
-        if s == 0 {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(&h as *const _ as usize);
-            s = h.finish() | 1;
-        }
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(s);
-        mix(s)
-    })
-}
-
 fn random_bucket() -> u32 {
     // Multiply-shift instead of modulo: unbiased enough and cheaper.
     (((random_u64() >> 32) * u64::from(WHOLE)) >> 32) as u32
@@ -274,7 +257,7 @@ fn random_bucket() -> u32 {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::{RevisionStats, RoutingTable};
+    use crate::stats::RevisionStats;
     use http::HeaderMap;
     use http::HeaderValue;
 

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::RevisionStats;
-use crate::body::ReqBody;
+use crate::stats::RevisionStats;
+use crate::upload::ReqBody;
 
 /// One upstream instance. The daemon creates it once per instance and keeps
 /// the same `Arc` across routing-table swaps, so its keep-alive connection
@@ -32,7 +32,7 @@ pub struct Upstream {
     /// it, so only that worker reuses it. Each keeps at most
     /// `max_idle_per_upstream`, as nginx's `keepalive` does per worker.
     idle: Box<[Mutex<Vec<SendRequest<ReqBody>>>]>,
-    /// Idle keep-alive connections of the fast path (`fast.rs`), which owns
+    /// Idle keep-alive connections of the fast path (`fast/`), which owns
     /// its upstream sockets directly; same sharding and limit.
     raw_idle: Box<[Mutex<Vec<RawConn>>]>,
     /// Bumped by `close_all`: upgraded connections to this upstream close.

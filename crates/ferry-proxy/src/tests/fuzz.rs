@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Seen, spawn_recording_upstream, table, upstream};
-use crate::fast::{Head, MAX_BODY, MAX_HEADERS, parse_head};
+use crate::fast::parse_head::{Head, MAX_BODY, MAX_HEADERS, parse_head};
 use crate::headers::valid_traceparent;
 use crate::{ProxyHandle, ProxyOptions, RevisionStats};
 

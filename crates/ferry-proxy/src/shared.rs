@@ -1,0 +1,234 @@
+//! A listener's shared state: the options and routing table in force
+//! (each swapped atomically), the workers' listening sockets and hand-off
+//! channels, and the counters. Picking an upstream for a request
+//! ([`Shared::acquire`]) lives here, next to the table swap it must stay in
+//! step with.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::{Config, ProxyOptions};
+use crate::headers::HeaderView;
+use crate::routing::{Routes, RoutingTable};
+use crate::upstream::{InFlight, Upstream};
+
+/// A connection accepted by another worker, already counted in
+/// `Counters::connections`.
+pub(crate) type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+/// A worker's end of its [`Handoff`] channel.
+pub(crate) type HandoffRx = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+
+/// Counters of a proxy listener (not per revision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyCounters {
+    /// Client connections open now (upgraded ones included).
+    pub connections_open: u64,
+    /// Connections answered 503 because `max_connections` were open.
+    pub connections_rejected: u64,
+    /// Requests answered 429 by the rate limit.
+    pub rate_limited: u64,
+    /// Upgraded connections (e.g. WebSocket) open now.
+    pub upgraded_open: u64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
+}
+
+/// The listener's counters, as the workers update them.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) upgraded: AtomicU64,
+    pub(crate) access_log_dropped: Arc<AtomicU64>,
+}
+
+/// A listener's state, shared by its handles and its worker threads.
+pub(crate) struct Shared {
+    pub(crate) service: String,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) config: ArcSwap<Config>,
+    routes: ArcSwap<Routes>,
+    pub(crate) no_instance_body: Bytes,
+    /// One listening socket per worker thread (`SO_REUSEPORT`), each
+    /// registered with its worker's runtime; `None` once closed.
+    listeners: Box<[Mutex<Option<TcpListener>>]>,
+    /// Client connections each worker serves (for balancing).
+    pub(crate) worker_conns: Box<[AtomicUsize]>,
+    /// Hands an accepted connection to another worker (see `accept::accept`).
+    pub(crate) handoff: Box<[Handoff]>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) counters: Counters,
+    /// Serve plain requests on the fast path (tests turn it off to run the
+    /// same checks on hyper's path).
+    pub(crate) fast_path: AtomicBool,
+}
+
+impl Counters {
+    /// The counters as the public API reports them.
+    pub(crate) fn snapshot(&self) -> ProxyCounters {
+        ProxyCounters {
+            connections_open: self.connections.load(Ordering::Relaxed) as u64,
+            connections_rejected: self.rejected.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            upgraded_open: self.upgraded.load(Ordering::Relaxed),
+            access_log_dropped: self.access_log_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Shared {
+    /// The state of a listener on `local_addr` served by `workers` worker
+    /// threads, and the receiving ends of the workers' hand-off channels.
+    pub(crate) fn new(
+        service: String,
+        local_addr: SocketAddr,
+        config: Config,
+        counters: Counters,
+        workers: usize,
+    ) -> (Shared, Vec<HandoffRx>) {
+        let no_instance_body = Bytes::from(format!("no ready instance for service {service}\n"));
+        let (handoff, handoff_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let shared = Shared {
+            service,
+            local_addr,
+            config: ArcSwap::from_pointee(config),
+            routes: ArcSwap::from_pointee(Routes::new(Arc::new(RoutingTable::default()))),
+            no_instance_body,
+            listeners: (0..workers).map(|_| Mutex::new(None)).collect(),
+            worker_conns: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            handoff: handoff.into(),
+            shutdown: watch::Sender::new(false),
+            counters,
+            fast_path: AtomicBool::new(true),
+        };
+        (shared, handoff_rx)
+    }
+
+    /// Replace the routing table in one atomic swap (see
+    /// [`ProxyHandle::set_routes`](crate::ProxyHandle::set_routes)).
+    pub(crate) fn set_routes(&self, table: RoutingTable) {
+        self.routes.store(Arc::new(Routes::new(Arc::new(table))));
+        // Pairs with the fence in `acquire` (see there).
+        fence(Ordering::SeqCst);
+    }
+
+    /// The current routing table.
+    pub(crate) fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.routes.load().table)
+    }
+
+    /// Apply new options to the connections accepted from now on; an error
+    /// (the access log cannot be opened) leaves the old ones in force.
+    pub(crate) fn set_options(&self, options: ProxyOptions) -> io::Result<()> {
+        if self.config.load().options == options {
+            return Ok(());
+        }
+        let config = Config::new(&self.service, options, &self.counters.access_log_dropped)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    fn lock_listener(&self, worker: usize) -> MutexGuard<'_, Option<TcpListener>> {
+        self.listeners[worker]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Close every listening socket (when this returns) and tell the workers
+    /// to stop.
+    pub(crate) fn stop(&self) {
+        for worker in 0..self.listeners.len() {
+            let listener = self.lock_listener(worker).take();
+            drop(listener);
+        }
+        self.shutdown.send_replace(true);
+    }
+
+    /// Open worker `worker`'s listening socket (inside its runtime).
+    pub(crate) fn listen(&self, worker: usize) -> io::Result<()> {
+        let socket = match self.local_addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (Linux), so
+        // a connection costs no setsockopt of its own.
+        socket.set_nodelay(true)?;
+        socket.bind(self.local_addr)?;
+        let listener = socket.listen(1024)?;
+        let mut slot = self.lock_listener(worker);
+        if !*self.shutdown.borrow() {
+            *slot = Some(listener);
+        }
+        Ok(())
+    }
+
+    /// Accept one connection on `worker`'s socket; `Ok(None)` once the
+    /// listener has been closed.
+    pub(crate) fn poll_accept(
+        &self,
+        worker: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<(TcpStream, SocketAddr)>>> {
+        match self.lock_listener(worker).as_ref() {
+            None => Poll::Ready(Ok(None)),
+            Some(listener) => listener.poll_accept(cx).map(|res| res.map(Some)),
+        }
+    }
+
+    /// Pick an upstream for a request with `headers` (weighted split, forced
+    /// revision, stickiness, round-robin), skipping `tried`, and count the
+    /// request in its `in_flight`. `None` if no candidate is left.
+    ///
+    /// Drain soundness: the count is incremented *before* re-reading the
+    /// table. If the re-read still shows a table containing the upstream, the
+    /// swap that removes it comes later in the SeqCst order, so the daemon's
+    /// subsequent `in_flight()` read sees our increment. Otherwise we undo it
+    /// and pick again from the newer table.
+    pub(crate) fn acquire<H: HeaderView + ?Sized>(
+        &self,
+        headers: &H,
+        tried: &[Arc<Upstream>],
+    ) -> Option<InFlight> {
+        loop {
+            let routes = self.routes.load();
+            let chosen = routes.pick(headers, tried)?;
+            let in_flight = InFlight::begin(chosen);
+            fence(Ordering::SeqCst);
+            let now = self.routes.load();
+            if Arc::ptr_eq(&*now, &*routes)
+                || now.upstreams().iter().any(|u| Arc::ptr_eq(u, chosen))
+            {
+                return Some(in_flight);
+            }
+            drop(in_flight);
+        }
+    }
+
+    /// Give up on `current`'s upstream (added to `tried`) and acquire the
+    /// next untried one; `Err` hands `current` back when none is left.
+    pub(crate) fn next_upstream<H: HeaderView + ?Sized>(
+        &self,
+        current: InFlight,
+        tried: &mut Vec<Arc<Upstream>>,
+        headers: &H,
+    ) -> Result<InFlight, InFlight> {
+        tried.push(Arc::clone(current.upstream()));
+        match self.acquire(headers, tried) {
+            Some(next) => Ok(next),
+            None => Err(current),
+        }
+    }
+}
