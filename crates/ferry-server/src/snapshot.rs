@@ -15,6 +15,10 @@ pub struct Snapshot {
     /// When it was taken.
     pub at: Millis,
     pub services: BTreeMap<String, ServiceStatus>,
+    /// The same as JSON, serialized once per publish rather than once per
+    /// read: one service each, and the whole list.
+    pub services_json: BTreeMap<String, bytes::Bytes>,
+    pub list_json: bytes::Bytes,
     /// Which service each active rollout belongs to.
     pub active: BTreeMap<u64, String>,
     /// `/health`'s checks (`store`, `service:<name>`): healthy, degraded or
@@ -65,9 +69,17 @@ impl Snapshot {
             }
             services.insert(state.name.clone(), status);
         }
+        let services_json = services
+            .iter()
+            .map(|(name, status)| (name.clone(), json(status)))
+            .collect();
+        let list: Vec<&ServiceStatus> = services.values().collect();
+        let list_json = json(&list);
         Snapshot {
             at: now,
             services,
+            services_json,
+            list_json,
             active,
             checks,
             problems,
@@ -144,4 +156,10 @@ fn rollout_view(core: &mut Core, r: Rollout, active: bool, now: Millis) -> Rollo
         active,
         rollout: r,
     }
+}
+
+/// `value` as JSON. Serializing a status cannot fail (plain data, string
+/// keys).
+fn json<T: serde::Serialize>(value: &T) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(value).expect("a status serializes"))
 }

@@ -9,6 +9,7 @@ use crate::ops;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use ferry_api::{
     DeployRequest, ErrorBody, HistoryEntry, PromoteRequest, RollbackRequest, RolloutAccepted,
     ServiceStatus,
@@ -30,8 +31,8 @@ type Mutation = ApiResult<(StatusCode, Json<RolloutAccepted>)>;
         TokenErrors,
     )
 )]
-pub async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
-    Json(ops::read::services(&d))
+pub async fn list(State(d): State<Arc<Daemon>>) -> Response {
+    json(ops::read::services_json(&d))
 }
 
 #[utoipa::path(
@@ -48,11 +49,17 @@ pub async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<ServiceStatus>> {
         TokenErrors,
     )
 )]
-pub async fn get(
-    State(d): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ServiceStatus>> {
-    Ok(Json(ops::read::service(&d, &name)?))
+pub async fn get(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(json(ops::read::service_json(&d, &name)?))
+}
+
+/// JSON already serialized.
+fn json(body: bytes::Bytes) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 #[utoipa::path(

@@ -6,7 +6,7 @@
 use super::{OpError, OpResult};
 use crate::daemon::Daemon;
 use ferry_api::{
-    AUDIT_LIMIT_MAX, AuditEntry, Health, HistoryEntry, RolloutView, ServiceStatus, StoredEvent,
+    AUDIT_LIMIT_MAX, AuditEntry, Health, HistoryEntry, RolloutView, StoredEvent,
     StoredMeasurement, rfc3339,
 };
 use ferry_core::redact;
@@ -14,13 +14,15 @@ use ferry_core::revision::Revision;
 use ferry_core::rollout::RolloutKind;
 use std::collections::BTreeMap;
 
-pub fn services(d: &Daemon) -> Vec<ServiceStatus> {
-    d.snapshot().services.values().cloned().collect()
+/// Every service's status, as JSON (serialized when it was published).
+pub fn services_json(d: &Daemon) -> bytes::Bytes {
+    d.snapshot().list_json.clone()
 }
 
-pub fn service(d: &Daemon, name: &str) -> OpResult<ServiceStatus> {
+/// One service's status, as JSON (serialized when it was published).
+pub fn service_json(d: &Daemon, name: &str) -> OpResult<bytes::Bytes> {
     d.snapshot()
-        .services
+        .services_json
         .get(name)
         .cloned()
         .ok_or_else(|| OpError::NotFound(format!("no service `{name}` has been deployed")))
