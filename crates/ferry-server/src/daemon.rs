@@ -12,7 +12,8 @@ use crate::snapshot::Snapshot;
 use crate::supervisor::Supervisor;
 use ferry_core::Millis;
 use ferry_core::rollout::{
-    self, BlastRadius, Event, EventKind, HookResult, Observed, Phase, Rollout, ServiceState,
+    self, BlastRadius, Event, EventKind, HookResult, Judging, Observed, Phase, Rollout,
+    ServiceState,
 };
 use ferry_core::spec::Strategy;
 use ferry_proxy::{ProxyHandle, ProxyOptions, RoutingTable};
@@ -29,7 +30,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 const BASIS_POINTS: u32 = 10_000;
 
 pub struct Daemon {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub token: String,
     pub daemon_id: String,
@@ -70,6 +71,23 @@ pub struct Core {
 }
 
 impl Core {
+    /// Keep what the last store write did: a failure shows as `degraded`
+    /// in `/health` until a write succeeds again.
+    pub fn note_store<T>(&mut self, result: &Result<T, ferry_store::StoreError>) {
+        self.store_problem = result
+            .as_ref()
+            .err()
+            .map(|e| format!("the last write failed ({e}); the reconcile loop retries it"));
+    }
+
+    /// Why the store is not healthy, if it is not: the loop's or the
+    /// supervisor's last write failed.
+    pub fn store_health(&self) -> Option<&str> {
+        self.store_problem
+            .as_deref()
+            .or(self.supervisor.store_problem.as_deref())
+    }
+
     /// Why a service that should be served has no listening proxy, if so:
     /// the bind error, or that it is not bound yet.
     pub fn proxy_problem(&self, name: &str) -> Option<String> {
@@ -98,7 +116,7 @@ impl Core {
 
 impl Daemon {
     pub async fn open(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         token: String,
         daemon_id: String,
@@ -221,11 +239,17 @@ impl Daemon {
         core.supervisor.stop_all().await;
     }
 
-    /// One reconcile pass.
+    /// One reconcile pass, then a snapshot for API reads (also when the
+    /// pass stopped on a store error, so `/health` says so).
     pub async fn tick(self: &Arc<Self>) -> DaemonResult<()> {
         let now = self.clock.now();
         let mut core = self.core.lock().await;
-        let core = &mut *core;
+        let result = self.reconcile(&mut core, now).await;
+        self.publish(&mut core, now);
+        result
+    }
+
+    async fn reconcile(self: &Arc<Self>, core: &mut Core, now: Millis) -> DaemonResult<()> {
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
             let state = core.states[&name].clone();
@@ -280,7 +304,7 @@ impl Daemon {
                             ),
                         });
                     }
-                    self.store.commit(&Change {
+                    let written = self.store.commit(&Change {
                         rollout: Some(&step.rollout),
                         state: Some(&step.state),
                         events: step
@@ -291,7 +315,17 @@ impl Daemon {
                         measurements: observed.measurements.iter().map(|m| (r.id, m)).collect(),
                         now,
                         ..Default::default()
-                    })?;
+                    });
+                    core.note_store(&written);
+                    if let Err(e) = written {
+                        // Nothing changed; the measurements wait for the
+                        // next tick, which decides again.
+                        self.pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(observed.measurements.into_iter().map(|m| (r.id, m)));
+                        return Err(e.into());
+                    }
                     for e in &step.events {
                         tracing::info!(service = %name, rollout = step.rollout.id, "{}", e.message);
                     }
@@ -330,12 +364,14 @@ impl Daemon {
                 None => {
                     let (next, events) = rollout::settle(&state, now);
                     if next != state {
-                        self.store.commit(&Change {
+                        let written = self.store.commit(&Change {
                             state: Some(&next),
                             events: events.iter().map(|e| (None, e)).collect(),
                             now,
                             ..Default::default()
-                        })?;
+                        });
+                        core.note_store(&written);
+                        written?;
                         for e in &events {
                             tracing::info!(service = %name, "{}", e.message);
                         }
@@ -360,7 +396,6 @@ impl Daemon {
             tracing::info!("{note}");
         }
         self.route(core, now).await;
-        self.publish(core, now);
         Ok(())
     }
 
@@ -391,21 +426,10 @@ impl Daemon {
         let Some(spec) = rev.spec.analysis.clone() else {
             return done;
         };
-        // A paused rollout keeps being measured (quietly) as what it is
-        // underneath.
-        let phase = r.effective_phase();
-        let rolling_out =
-            matches!(phase, Phase::Progressing | Phase::AwaitingApproval) && r.from.is_some();
-        // Which checks judge this rollout now, if any.
-        let checks = match (r.strategy, phase) {
-            (_, Phase::Monitoring) => spec.checks(),
-            (Strategy::Canary, _) if rolling_out => spec.checks(),
-            (Strategy::BlueGreen, _)
-                if rolling_out && r.kind == ferry_core::rollout::RolloutKind::Deploy =>
-            {
-                spec.pre_promotion_checks()
-            }
-            _ => Vec::new(),
+        let checks = match r.judging() {
+            Judging::Checks => spec.checks(),
+            Judging::PrePromotion => spec.pre_promotion_checks(),
+            Judging::Not => Vec::new(),
         };
         if checks.is_empty() {
             return done;

@@ -11,12 +11,14 @@ pub mod ops;
 pub mod probe;
 pub mod proxy_config;
 pub mod snapshot;
+#[cfg(test)]
+mod store_faults;
 pub mod supervisor;
 pub mod webhooks;
 
 use clock::{Clock, SystemClock};
 use daemon::Daemon;
-use ferry_store::{SecretKey, Store};
+use ferry_store::{SecretKey, SqliteStore, Store};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,7 +196,7 @@ fn load_key(data_dir: &Path) -> Result<(SecretKey, KeySource), ServeError> {
             .map(|k| (k, KeySource::File))
             .map_err(|e| ServeError::Key(format!("{} is not a key: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if Store::has_key(&data_dir.join("ferry.db"))? {
+            if SqliteStore::has_key(&data_dir.join("ferry.db"))? {
                 return Err(ServeError::Key(format!(
                     "{} is missing, and the store's secrets were sealed with it; restore it from your backup (or start with {KEY_ENV} set to the key)",
                     path.display()
@@ -211,7 +213,7 @@ fn load_key(data_dir: &Path) -> Result<(SecretKey, KeySource), ServeError> {
 /// Open the store with its key. A `ferry rotate-key` that was interrupted
 /// left the next key beside the current one: whichever opens the store is
 /// the key, and the rotation is finished or undone accordingly.
-fn open_store(data_dir: &Path) -> Result<Store, ServeError> {
+fn open_store(data_dir: &Path) -> Result<SqliteStore, ServeError> {
     let db = data_dir.join("ferry.db");
     let (key, source) = load_key(data_dir)?;
     create_private(&db)?;
@@ -222,7 +224,7 @@ fn open_store(data_dir: &Path) -> Result<Store, ServeError> {
             .and_then(|t| SecretKey::from_hex(&t).ok()),
         KeySource::Env => None,
     };
-    match Store::open(&db, key) {
+    match SqliteStore::open(&db, key) {
         Ok(store) => {
             if next_key.is_some() {
                 tracing::warn!(
@@ -233,7 +235,7 @@ fn open_store(data_dir: &Path) -> Result<Store, ServeError> {
             Ok(store)
         }
         Err(ferry_store::StoreError::WrongKey) if next_key.is_some() => {
-            let store = Store::open(&db, next_key.expect("checked"))?;
+            let store = SqliteStore::open(&db, next_key.expect("checked"))?;
             std::fs::rename(&next, data_dir.join(KEY_FILE)).map_err(io_err(&next))?;
             tracing::warn!("finished an interrupted key rotation: {KEY_FILE} is the new key");
             Ok(store)
@@ -340,9 +342,9 @@ pub async fn serve(
     let data_dir = data_dir.canonicalize().map_err(io_err(data_dir))?;
     let _lock = lock_data_dir(&data_dir)?;
     let token = ensure_token(&data_dir)?;
-    let store = Arc::new(open_store(&data_dir)?);
+    let store: Arc<dyn Store> = Arc::new(open_store(&data_dir)?);
     let fresh_id = supervisor::new_id().map_err(io_err(Path::new("/dev/urandom")))?;
-    let daemon_id = store.meta_or_init("daemon_id", || fresh_id)?;
+    let daemon_id = store.meta_or_init("daemon_id", &mut || fresh_id.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

@@ -35,13 +35,13 @@ impl Snapshot {
         let mut active = BTreeMap::new();
         let mut checks = BTreeMap::new();
         let mut problems = BTreeMap::new();
-        match &core.store_problem {
+        match core.store_health() {
             None => {
                 checks.insert("store".to_string(), "healthy".to_string());
             }
             Some(why) => {
                 checks.insert("store".to_string(), "degraded".to_string());
-                problems.insert("store".to_string(), why.clone());
+                problems.insert("store".to_string(), why.to_string());
             }
         }
         for state in &states {

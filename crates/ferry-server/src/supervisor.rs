@@ -58,6 +58,8 @@ pub struct Instance {
     /// When its process last started (the deploy timeout counts from here,
     /// so one restart is not judged by the instance's first start).
     started_at: Millis,
+    /// Its record changed (pid, restarts) but could not be written yet.
+    dirty: bool,
 }
 
 impl Instance {
@@ -86,7 +88,12 @@ impl Instance {
 }
 
 pub struct Supervisor {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
+    /// Why the last instance-record write failed, until one succeeds.
+    pub store_problem: Option<String>,
+    /// Records whose process is gone but whose deletion failed; retried
+    /// every tick.
+    undeleted: BTreeSet<String>,
     clock: Arc<dyn Clock>,
     daemon_id: String,
     data_dir: PathBuf,
@@ -128,7 +135,7 @@ fn backoff(crashes: u32) -> u64 {
 
 impl Supervisor {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         daemon_id: String,
         data_dir: PathBuf,
@@ -136,6 +143,8 @@ impl Supervisor {
         let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
         Supervisor {
             store,
+            store_problem: None,
+            undeleted: BTreeSet::new(),
             clock,
             daemon_id,
             data_dir,
@@ -145,6 +154,45 @@ impl Supervisor {
             stopped_tx,
             stopped_rx,
             last_rotation: 0,
+        }
+    }
+
+    /// Note how a record write went: a failure is logged and shown in
+    /// `/health` until a write succeeds again. Returns whether it did.
+    fn wrote(&mut self, what: &str, result: ferry_store::Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.store_problem = None;
+                true
+            }
+            Err(e) => {
+                let text = format!("cannot {what}: {e}");
+                if self.store_problem.as_deref() != Some(text.as_str()) {
+                    tracing::error!("{text}; retrying");
+                }
+                self.store_problem = Some(text);
+                false
+            }
+        }
+    }
+
+    /// Delete a record whose process is gone, or remember to retry.
+    fn forget(&mut self, id: &str) {
+        let result = self.store.delete_instance(id);
+        if !self.wrote(&format!("delete the record of instance {id}"), result) {
+            self.undeleted.insert(id.to_string());
+        }
+    }
+
+    /// Write an instance's record, or mark it to be written again.
+    fn save(&mut self, id: &str) {
+        let Some(rec) = self.instances.get(id).map(|i| i.rec.clone()) else {
+            return;
+        };
+        let result = self.store.put_instance(&rec);
+        let ok = self.wrote(&format!("write the record of instance {id}"), result);
+        if let Some(inst) = self.instances.get_mut(id) {
+            inst.dirty = !ok;
         }
     }
 
@@ -210,7 +258,7 @@ impl Supervisor {
         for rec in records {
             let pid = leaders.get(&self.marker(&rec.id)).copied();
             let Some(rev) = self.revision(&rec.service, rec.revision) else {
-                let _ = self.store.delete_instance(&rec.id);
+                self.forget(&rec.id);
                 continue;
             };
             let stats = self.stats(&rec.service, rec.revision);
@@ -230,6 +278,7 @@ impl Supervisor {
                 last_exit: None,
                 stopping: rec.state == InstanceState::Stopping,
                 started_at: rec.created_at,
+                dirty: false,
             };
             match pid {
                 Some(pid) => {
@@ -238,14 +287,15 @@ impl Supervisor {
                     inst.adopted = true;
                     notes.push(format!("adopted instance {} (pid {pid})", rec.id));
                     if inst.stopping {
+                        // Already marked stopping in the store.
                         self.instances.insert(rec.id.clone(), inst);
-                        self.begin_stop(&rec.id, &rev);
+                        self.drain_and_stop(&rec.id, &rev);
                         continue;
                     }
                     start_probes(&mut inst, &rev, self.clock.clone());
                 }
                 None if inst.stopping => {
-                    let _ = self.store.delete_instance(&rec.id);
+                    self.forget(&rec.id);
                     continue;
                 }
                 None => notes.push(format!(
@@ -265,8 +315,20 @@ impl Supervisor {
         let mut notes = Vec::new();
         while let Ok(id) = self.stopped_rx.try_recv() {
             self.instances.remove(&id);
-            let _ = self.store.delete_instance(&id);
+            self.forget(&id);
             notes.push(format!("instance {id} stopped"));
+        }
+        for id in std::mem::take(&mut self.undeleted) {
+            self.forget(&id);
+        }
+        let dirty: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.dirty)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dirty {
+            self.save(&id);
         }
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
@@ -351,7 +413,7 @@ impl Supervisor {
                     "instance {id} {detail}; restarting in {}ms",
                     backoff(inst.consecutive_crashes)
                 ));
-                let _ = self.store.put_instance(&inst.rec);
+                inst.dirty = true;
             } else if let Some(why) = liveness {
                 notes.push(format!(
                     "instance {id} failed its liveness probe ({why}); restarting it"
@@ -373,7 +435,10 @@ impl Supervisor {
             }
         } else if now >= inst.next_start_at {
             let marker = format!("{}/{id}", self.daemon_id);
-            spawn_process(inst, &rev, marker, &self.store, self.clock.clone(), notes);
+            spawn_process(inst, &rev, marker, self.clock.clone(), notes);
+        }
+        if self.instances.get(id).is_some_and(|i| i.dirty) {
+            self.save(id);
         }
     }
 
@@ -416,8 +481,9 @@ impl Supervisor {
                     )
                 });
                 for id in have.iter().take(have.len() - want) {
-                    notes.push(format!("draining instance {id}"));
-                    self.begin_stop(id, &rev);
+                    if self.begin_stop(id, &rev) {
+                        notes.push(format!("draining instance {id}"));
+                    }
                 }
             }
             for _ in have.len()..want {
@@ -453,8 +519,14 @@ impl Supervisor {
             restarts: 0,
             log_path: log_path.display().to_string(),
         };
-        // Durable before the process exists.
-        self.store.put_instance(&rec).map_err(|e| e.to_string())?;
+        // Durable before the process exists: no record, no process.
+        let written = self.store.put_instance(&rec);
+        if !self.wrote(&format!("write the record of new instance {id}"), written) {
+            return Err(self
+                .store_problem
+                .clone()
+                .unwrap_or_else(|| "the state store failed".to_string()));
+        }
         let stats = self.stats(&rev.service, rev.number);
         let upstream = Upstream::new(
             id.clone(),
@@ -476,28 +548,48 @@ impl Supervisor {
             last_exit: None,
             stopping: false,
             started_at: now,
+            dirty: false,
         };
         let mut notes = Vec::new();
         spawn_process(
             &mut inst,
             rev,
             self.marker(&id),
-            &self.store,
             self.clock.clone(),
             &mut notes,
         );
         self.instances.insert(id.clone(), inst);
+        self.save(&id);
         Ok(id)
     }
 
-    /// Mark stopping (durably), then drain and stop in the background.
-    fn begin_stop(&mut self, id: &str, rev: &Revision) {
+    /// Mark stopping, durably, then drain and stop in the background. When
+    /// the mark cannot be written the instance keeps serving and stays
+    /// unmarked (the next tick tries again): it is never drained unmarked.
+    fn begin_stop(&mut self, id: &str, rev: &Revision) -> bool {
+        let Some(inst) = self.instances.get(id) else {
+            return false;
+        };
+        let mut rec = inst.rec.clone();
+        rec.state = InstanceState::Stopping;
+        let written = self.store.put_instance(&rec);
+        if !self.wrote(&format!("mark instance {id} stopping"), written) {
+            return false;
+        }
+        if let Some(inst) = self.instances.get_mut(id) {
+            inst.rec = rec;
+            inst.dirty = false;
+        }
+        self.drain_and_stop(id, rev);
+        true
+    }
+
+    /// Drain an instance marked stopping and stop its process group.
+    fn drain_and_stop(&mut self, id: &str, rev: &Revision) {
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
         inst.stopping = true;
-        inst.rec.state = InstanceState::Stopping;
-        let _ = self.store.put_instance(&inst.rec);
         stop_probes(inst);
         let pid = inst.running.then_some(inst.rec.pid).flatten();
         let child = inst.child.take();
@@ -533,16 +625,18 @@ impl Supervisor {
             }) else {
                 continue;
             };
-            if !self.instances[id].stopping {
-                self.begin_stop(id, &rev);
+            if !self.instances[id].stopping && !self.begin_stop(id, &rev) {
+                // Not marked, so not stopped: the next daemon adopts it.
+                tracing::warn!("instance {id} keeps running: it could not be marked stopping");
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !self.instances.is_empty() && tokio::time::Instant::now() < deadline {
+        while self.instances.values().any(|i| i.stopping) && tokio::time::Instant::now() < deadline
+        {
             match tokio::time::timeout(Duration::from_millis(200), self.stopped_rx.recv()).await {
                 Ok(Some(id)) => {
                     self.instances.remove(&id);
-                    let _ = self.store.delete_instance(&id);
+                    self.forget(&id);
                 }
                 Ok(None) => break,
                 Err(_) => {}
@@ -655,11 +749,12 @@ fn stop_probes(inst: &mut Instance) {
     *inst.health() = Health::default();
 }
 
+/// Start an instance's process; its record (now with a pid) is marked to
+/// be written.
 fn spawn_process(
     inst: &mut Instance,
     rev: &Revision,
     marker: String,
-    store: &Store,
     clock: Arc<dyn Clock>,
     notes: &mut Vec<String>,
 ) {
@@ -678,7 +773,7 @@ fn spawn_process(
             inst.running = true;
             inst.started_at = now;
             inst.adopted = false;
-            let _ = store.put_instance(&inst.rec);
+            inst.dirty = true;
             start_probes(inst, rev, clock);
         }
         Err(e) => {

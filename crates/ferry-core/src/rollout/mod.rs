@@ -369,6 +369,31 @@ impl Rollout {
         self.phase == Phase::Done
     }
 
+    /// Which of the service's analysis checks judge the rollout now. A
+    /// canary is judged once it takes traffic (a measurement of a canary
+    /// that serves nothing is noise, and three in a row would pause it); a
+    /// blue-green set by its `pre_promotion` checks once it is ready and
+    /// waits for them; every strategy by its `checks` in its monitoring
+    /// window. A paused rollout is judged (quietly) as what it is
+    /// underneath.
+    pub fn judging(&self) -> Judging {
+        let phase = self.effective_phase();
+        let rolling_out =
+            matches!(phase, Phase::Progressing | Phase::AwaitingApproval) && self.from.is_some();
+        match (self.strategy, phase) {
+            (_, Phase::Monitoring) => Judging::Checks,
+            (Strategy::Canary, _) if rolling_out && self.canary.weight > 0 => Judging::Checks,
+            (Strategy::BlueGreen, _)
+                if rolling_out
+                    && self.kind == RolloutKind::Deploy
+                    && self.analysis.pre_promotion_started =>
+            {
+                Judging::PrePromotion
+            }
+            _ => Judging::Not,
+        }
+    }
+
     /// The phase that says what the rollout is doing, paused or not: a
     /// paused rollout is still rolling out (or monitoring) underneath.
     pub fn effective_phase(&self) -> Phase {
@@ -378,6 +403,16 @@ impl Rollout {
             (p, _) => p,
         }
     }
+}
+
+/// Which analysis checks judge a rollout now (`Rollout::judging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judging {
+    Not,
+    /// The `checks`.
+    Checks,
+    /// The `pre_promotion` checks.
+    PrePromotion,
 }
 
 /// What the shell saw of one live (not stopping) instance.

@@ -1012,3 +1012,32 @@ fn rollouts_stored_before_pauses_were_a_phase_still_hold_and_stop() {
     assert!(step.rollout.rolled_back);
     assert_eq!(step.state.traffic, vec![1]);
 }
+
+#[test]
+fn analysis_judges_a_canary_once_it_takes_traffic_and_a_blue_green_set_once_it_is_ready() {
+    let mut r = canary(vec![w(25), pause(Pause::For(Dur::secs(10)))]);
+    assert_eq!(
+        r.judging(),
+        Judging::Not,
+        "no traffic yet: nothing to judge"
+    );
+    r.canary.weight = 25;
+    assert_eq!(r.judging(), Judging::Checks);
+    r.phase = Phase::Paused;
+    r.paused_in = Some(Phase::Progressing);
+    assert_eq!(r.judging(), Judging::Checks, "paused, still measured");
+    let mut bg = deploy(1, Some(1), 2, Strategy::BlueGreen, params(3, 1, 0));
+    assert_eq!(bg.judging(), Judging::Not);
+    bg.analysis.pre_promotion_started = true;
+    assert_eq!(bg.judging(), Judging::PrePromotion);
+    let mut rolling = deploy(1, Some(1), 2, Strategy::Rolling, params(3, 1, 0));
+    assert_eq!(rolling.judging(), Judging::Not);
+    rolling.phase = Phase::Monitoring;
+    assert_eq!(rolling.judging(), Judging::Checks);
+    let first = deploy(1, None, 1, Strategy::Canary, params(3, 1, 0));
+    assert_eq!(
+        first.judging(),
+        Judging::Not,
+        "a first deploy has nothing to compare"
+    );
+}

@@ -17,7 +17,7 @@ use crate::daemon::Daemon;
 use crate::http::server::ApiLimits;
 use axum::body::Body;
 use ferry_api::{ErrorBody, RolloutAccepted};
-use ferry_store::{SecretKey, Store};
+use ferry_store::{SecretKey, SqliteStore, Store};
 use proptest::prelude::*;
 use proptest::sample::select;
 use std::sync::Arc;
@@ -234,8 +234,8 @@ fn fixture() -> Fixture {
         .enable_all()
         .build()
         .unwrap();
-    let store = Arc::new(
-        Store::open(&dir.path().join("ferry.db"), SecretKey::generate().unwrap()).unwrap(),
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&dir.path().join("ferry.db"), SecretKey::generate().unwrap()).unwrap(),
     );
     let daemon = runtime
         .block_on(Daemon::open(

@@ -55,11 +55,7 @@ pub async fn get(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiR
 
 /// JSON already serialized.
 fn json(body: bytes::Bytes) -> Response {
-    (
-        [(http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[utoipa::path(

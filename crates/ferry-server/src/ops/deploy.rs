@@ -1,13 +1,14 @@
 //! Deploy: a new revision of a service, and the rollout that releases it
 //! (or, with `dry_run`, the plan of that rollout).
 
-use super::{Accepted, Actor, Audit, NewRollout, OpError, OpResult};
+use super::{Accepted, Actor, Audit, OpError, OpResult};
 use crate::daemon::Daemon;
 use ferry_api::{DeployRequest, RolloutAccepted};
 use ferry_core::event::{Event, EventKind};
 use ferry_core::revision::{Revision, check_version};
 use ferry_core::rollout::{self, Params, Phase, Rollout, RolloutKind, ServiceState};
 use ferry_core::spec::{Problem, Strategy, valid_env_name, valid_service_name};
+use ferry_store::{NewIds, NewRollout};
 use std::sync::Arc;
 
 /// What the audit log keeps of a deploy request (secrets redacted later).
@@ -207,43 +208,34 @@ pub async fn deploy(
     if let Err(e) = check_listen(d, &mut core, name, &req, &state) {
         return audit.reject(e);
     }
-    let number = d.store.next_revision_number(name)?;
-    let id = d.store.next_rollout_id()?;
-    let revision = Revision {
-        service: name.to_string(),
-        number,
-        version: req.version.clone(),
-        spec: req.spec.clone(),
-        overrides: req.overrides.clone(),
-        base_dir: req.base_dir.clone(),
-        config_file: req.config_file.clone(),
-        message: req.message.clone(),
-        author: actor.name.clone(),
-        created_at: now,
-    };
     let strategy = req.strategy.unwrap_or(req.spec.deploy.strategy);
     let from_instances = state
         .stable
         .and_then(|n| state.scale.get(&n).copied())
         .unwrap_or(0);
-    let mut r = Rollout::begin(
-        id,
-        name,
-        RolloutKind::Deploy,
-        state.stable,
-        from_instances,
-        number,
-        strategy,
-        Params::from_spec(&req.spec),
-        req.auto_approve,
-        now,
-    );
-    r.started_by = Some(actor.name.clone());
-    if let Some(m) = req.monitor {
-        r.params.monitor_ms = m.as_millis();
-    }
+    // The rollout as it would begin with the ids it is given.
+    let begin = |id: u64, number: u64| {
+        let mut r = Rollout::begin(
+            id,
+            name,
+            RolloutKind::Deploy,
+            state.stable,
+            from_instances,
+            number,
+            strategy,
+            Params::from_spec(&req.spec),
+            req.auto_approve,
+            now,
+        );
+        r.started_by = Some(actor.name.clone());
+        if let Some(m) = req.monitor {
+            r.params.monitor_ms = m.as_millis();
+        }
+        r
+    };
     if req.dry_run {
-        let plan = dry_run_plan(&state, &r, &req, strategy);
+        let number = d.store.revisions(name)?.last().map_or(1, |r| r.number + 1);
+        let plan = dry_run_plan(&state, &begin(0, number), &req, strategy);
         audit.record("ok: nothing changed");
         return Ok(Accepted::Planned(RolloutAccepted {
             rollout: None,
@@ -256,34 +248,55 @@ pub async fn deploy(
             plan,
         }));
     }
-    let mut next = state.clone();
-    next.active_rollout = Some(id);
-    next.retiring.remove(&number);
-    let started = Event::new(
-        EventKind::Started,
-        format!(
-            "rollout {id}: {} revision {number} ({}) of `{name}`{}",
-            strategy.as_str(),
-            req.version,
-            state
-                .stable
-                .map(|s| format!(", replacing revision {s}"))
-                .unwrap_or_default()
-        ),
-    );
-    let entry = audit.entry(
-        "accepted",
-        Some(serde_json::json!({"request": audit_detail(&req), "revision": number, "rollout": id})),
-    );
-    let accepted = NewRollout {
-        revision: Some(&revision),
-        rollout: r,
-        state: next,
-        started,
-        audit: entry,
-        concluded,
-    }
-    .commit(d, &mut core, &req.spec.webhooks, &req.version, now)?;
+    let accepted = super::start_rollout(
+        d,
+        &mut core,
+        name,
+        true,
+        &req.spec.webhooks,
+        &req.version,
+        now,
+        &mut |ids: NewIds| {
+            let number = ids.revision.expect("a deploy allocates a revision");
+            let id = ids.rollout;
+            let mut next = state.clone();
+            next.active_rollout = Some(id);
+            next.retiring.remove(&number);
+            NewRollout {
+                revision: Some(Revision {
+                    service: name.to_string(),
+                    number,
+                    version: req.version.clone(),
+                    spec: req.spec.clone(),
+                    overrides: req.overrides.clone(),
+                    base_dir: req.base_dir.clone(),
+                    config_file: req.config_file.clone(),
+                    message: req.message.clone(),
+                    author: actor.name.clone(),
+                    created_at: now,
+                }),
+                rollout: begin(id, number),
+                ended: concluded.clone(),
+                state: next,
+                started: Event::new(
+                    EventKind::Started,
+                    format!(
+                        "rollout {id}: {} revision {number} ({}) of `{name}`{}",
+                        strategy.as_str(),
+                        req.version,
+                        state
+                            .stable
+                            .map(|s| format!(", replacing revision {s}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                audit: audit.entry(
+                    "accepted",
+                    Some(serde_json::json!({"request": audit_detail(&req), "revision": number, "rollout": id})),
+                ),
+            }
+        },
+    )?;
     drop(core);
     d.notify.notify_one();
     Ok(Accepted::Started(accepted))

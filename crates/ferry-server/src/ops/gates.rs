@@ -58,12 +58,17 @@ pub(super) fn request_in(
         _ => "accepted".to_string(),
     };
     let entry = audit.entry(&outcome, Some(serde_json::json!({"rollout": r.id})));
-    d.store.commit(&Change {
+    let written = d.store.commit(&Change {
         rollout: Some(&r),
         audit: Some(&entry),
         now,
         ..Default::default()
-    })?;
+    });
+    core.note_store(&written);
+    if written.is_err() {
+        d.publish(core, now);
+    }
+    written?;
     let (id, to) = (r.id, r.to);
     // Stopping a rollout goes back to where it started.
     let revision = match gate {

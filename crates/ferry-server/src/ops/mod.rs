@@ -17,10 +17,8 @@ pub mod rollback;
 use crate::daemon::{Core, Daemon};
 use ferry_api::{AuditEntry, RolloutAccepted};
 use ferry_core::redact;
-use ferry_core::revision::Revision;
-use ferry_core::rollout::{Event, Rollout, ServiceState};
 use ferry_core::spec::Problem;
-use ferry_store::{Change, StoreError};
+use ferry_store::{NewIds, NewRollout, StoreError};
 
 /// Who asks: the credential and what the client says of itself.
 #[derive(Debug, Clone)]
@@ -159,65 +157,45 @@ impl<'a> Audit<'a> {
     }
 }
 
-/// A rollout about to start, with everything its first commit writes.
-pub(crate) struct NewRollout<'a> {
-    /// The new revision, for a deploy (a rollback reuses a stored one).
-    pub revision: Option<&'a Revision>,
-    pub rollout: Rollout,
-    pub state: ServiceState,
-    pub started: Event,
-    pub audit: AuditEntry,
-    /// A rollout this one ends (a monitoring window a deploy supersedes),
-    /// with its closing events.
-    pub concluded: Option<(Rollout, Vec<Event>)>,
-}
-
-impl NewRollout<'_> {
-    /// Commit it in one transaction, then announce it, take it into memory
-    /// and publish it, so that a client reading right after sees it.
-    pub fn commit(
-        self,
-        d: &Daemon,
-        core: &mut Core,
-        webhooks: &[ferry_core::webhook::WebhookSpec],
-        version: &str,
-        now: u64,
-    ) -> OpResult<RolloutAccepted> {
-        let id = self.rollout.id;
-        let mut events: Vec<(Option<u64>, &Event)> = Vec::new();
-        if let Some((done, closing)) = &self.concluded {
-            events.extend(closing.iter().map(|e| (Some(done.id), e)));
-        }
-        events.push((Some(id), &self.started));
-        d.store.commit(&Change {
-            revision: self.revision,
-            rollout: Some(&self.rollout),
-            ended: self.concluded.as_ref().map(|(r, _)| r),
-            state: Some(&self.state),
-            events,
-            audit: Some(&self.audit),
-            now,
-            ..Default::default()
-        })?;
-        if let Some((done, _)) = &self.concluded {
-            core.rollouts.remove(&done.id);
-        }
-        d.webhooks.announce(
-            webhooks,
-            &self.rollout,
-            version,
-            std::slice::from_ref(&self.started),
-            now,
-        );
-        let accepted = RolloutAccepted {
-            rollout: Some(id),
-            revision: self.rollout.to,
-            message: self.started.message,
-            plan: vec![],
-        };
-        core.states.insert(self.state.name.clone(), self.state);
-        core.rollouts.insert(id, self.rollout);
+/// Start a rollout: the store allocates its id (and, with
+/// `new_revision`, the service's next revision number) and writes what
+/// `build` makes with them in one transaction; then it is announced, taken
+/// into memory and published, so that a client reading right after sees it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_rollout(
+    d: &Daemon,
+    core: &mut Core,
+    service: &str,
+    new_revision: bool,
+    webhooks: &[ferry_core::webhook::WebhookSpec],
+    version: &str,
+    now: u64,
+    build: &mut dyn FnMut(NewIds) -> NewRollout,
+) -> OpResult<RolloutAccepted> {
+    let written = d.store.start_rollout(service, new_revision, now, build);
+    core.note_store(&written);
+    if written.is_err() {
         d.publish(core, now);
-        Ok(accepted)
     }
+    let new = written?;
+    if let Some((ended, _)) = &new.ended {
+        core.rollouts.remove(&ended.id);
+    }
+    d.webhooks.announce(
+        webhooks,
+        &new.rollout,
+        version,
+        std::slice::from_ref(&new.started),
+        now,
+    );
+    let accepted = RolloutAccepted {
+        rollout: Some(new.rollout.id),
+        revision: new.rollout.to,
+        message: new.started.message,
+        plan: vec![],
+    };
+    core.states.insert(new.state.name.clone(), new.state);
+    core.rollouts.insert(new.rollout.id, new.rollout);
+    d.publish(core, now);
+    Ok(accepted)
 }

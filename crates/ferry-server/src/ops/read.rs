@@ -6,8 +6,8 @@
 use super::{OpError, OpResult};
 use crate::daemon::Daemon;
 use ferry_api::{
-    AUDIT_LIMIT_MAX, AuditEntry, Health, HistoryEntry, RolloutView, StoredEvent,
-    StoredMeasurement, rfc3339,
+    AUDIT_LIMIT_MAX, AuditEntry, Health, HistoryEntry, RolloutView, StoredEvent, StoredMeasurement,
+    rfc3339,
 };
 use ferry_core::redact;
 use ferry_core::revision::Revision;

@@ -2,11 +2,12 @@
 //! through the same zero-downtime path as a deploy; during a rollout, back
 //! to where that rollout started.
 
-use super::{Accepted, Actor, Audit, NewRollout, OpError, OpResult};
+use super::{Accepted, Actor, Audit, OpError, OpResult};
 use crate::daemon::Daemon;
 use ferry_api::RollbackRequest;
 use ferry_core::event::{Event, EventKind};
 use ferry_core::rollout::{Gate, Outcome, Params, Rollout, RolloutKind};
+use ferry_store::{NewIds, NewRollout};
 use std::sync::Arc;
 
 pub async fn rollback(
@@ -77,44 +78,52 @@ pub async fn rollback(
             "service `{name}` has no revision {target}; see `ferry history {name}`"
         )));
     };
-    let id = d.store.next_rollout_id()?;
     let from_instances = state.scale.get(&current).copied().unwrap_or(0);
-    let mut r = Rollout::begin(
-        id,
+    let accepted = super::start_rollout(
+        d,
+        &mut core,
         name,
-        RolloutKind::Rollback,
-        Some(current),
-        from_instances,
-        target,
-        rev.spec.deploy.strategy,
-        Params::from_spec(&rev.spec),
-        true,
+        false,
+        &rev.spec.webhooks,
+        &rev.version,
         now,
-    );
-    r.started_by = Some(actor.name.clone());
-    let mut next = state.clone();
-    next.active_rollout = Some(id);
-    next.retiring.remove(&target);
-    let started = Event::new(
-        EventKind::Started,
-        format!(
-            "rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})",
-            rev.version
-        ),
-    );
-    let entry = audit.entry(
-        "accepted",
-        Some(serde_json::json!({"to_revision": target, "from_revision": current, "rollout": id})),
-    );
-    let accepted = NewRollout {
-        revision: None,
-        rollout: r,
-        state: next,
-        started,
-        audit: entry,
-        concluded: None,
-    }
-    .commit(d, &mut core, &rev.spec.webhooks, &rev.version, now)?;
+        &mut |ids: NewIds| {
+            let id = ids.rollout;
+            let mut r = Rollout::begin(
+                id,
+                name,
+                RolloutKind::Rollback,
+                Some(current),
+                from_instances,
+                target,
+                rev.spec.deploy.strategy,
+                Params::from_spec(&rev.spec),
+                true,
+                now,
+            );
+            r.started_by = Some(actor.name.clone());
+            let mut next = state.clone();
+            next.active_rollout = Some(id);
+            next.retiring.remove(&target);
+            NewRollout {
+                revision: None,
+                rollout: r,
+                ended: None,
+                state: next,
+                started: Event::new(
+                    EventKind::Started,
+                    format!(
+                        "rollout {id}: rolling `{name}` back from revision {current} to revision {target} ({})",
+                        rev.version
+                    ),
+                ),
+                audit: audit.entry(
+                    "accepted",
+                    Some(serde_json::json!({"to_revision": target, "from_revision": current, "rollout": id})),
+                ),
+            }
+        },
+    )?;
     drop(core);
     d.notify.notify_one();
     Ok(Accepted::Started(accepted))
