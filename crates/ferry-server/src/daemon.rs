@@ -2,15 +2,17 @@
 //!
 //! Each tick: for every service, feed stored state plus observations to the
 //! pure rollout machine; persist what it decides (one transaction); then make
-//! the world match: the supervisor starts/stops processes to the stored scale
+//! the world match: the instance driver starts/stops instances to the stored scale
 //! and the proxies get a fresh routing table. Level-triggered: after a crash
 //! the same loop simply runs again from the stored state.
 
 use crate::analysis::{self as runner, Pending, Round, Sampler};
 use crate::clock::Clock;
+use crate::driver::{InstanceDriver, Job};
+use crate::registry::{Revisions, Stats, Upstreams};
 use crate::snapshot::Snapshot;
-use crate::supervisor::Supervisor;
 use ferry_core::Millis;
+use ferry_core::revision::Revision;
 use ferry_core::rollout::{
     self, BlastRadius, Event, EventKind, HookResult, Judging, Observed, Phase, Rollout,
     ServiceState,
@@ -55,7 +57,16 @@ pub struct Core {
     pub states: BTreeMap<String, ServiceState>,
     /// Active rollouts by id.
     pub rollouts: BTreeMap<u64, Rollout>,
-    pub supervisor: Supervisor,
+    /// Where instances run (local processes).
+    pub driver: Box<dyn InstanceDriver>,
+    pub revisions: Revisions,
+    /// Each revision's request counters.
+    pub stats: Stats,
+    /// The proxy upstream of each instance.
+    pub upstreams: Arc<Upstreams>,
+    /// Hook results whose commit failed, committed by a later tick (the
+    /// hook is never run twice).
+    hook_results: BTreeMap<u64, HookResult>,
     pub proxies: BTreeMap<String, ProxyHandle>,
     hooks_running: BTreeSet<u64>,
     /// What each proxy was last given: instance ids, weights, traffic.
@@ -81,11 +92,52 @@ impl Core {
     }
 
     /// Why the store is not healthy, if it is not: the loop's or the
-    /// supervisor's last write failed.
+    /// driver's last write failed.
     pub fn store_health(&self) -> Option<&str> {
         self.store_problem
             .as_deref()
-            .or(self.supervisor.store_problem.as_deref())
+            .or(self.driver.store_problem())
+    }
+
+    /// Every available instance of the service, in traffic or not, as
+    /// proxy upstreams: the proxy may reach the others only by
+    /// `X-Ferry-Revision` (testers on a blue-green set before the switch).
+    pub fn reachable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<ferry_proxy::Upstream>> {
+        self.driver
+            .endpoints(&state.name)
+            .into_iter()
+            .filter(|ep| {
+                let min_ready = self
+                    .revisions
+                    .get(&state.name, ep.revision)
+                    .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
+                rollout::is_available(ep.ready_since, min_ready, now)
+            })
+            .map(|ep| {
+                self.upstreams
+                    .of(&ep, || self.stats.of(&state.name, ep.revision))
+            })
+            .collect()
+    }
+
+    /// Upstreams that should receive traffic for `state` now.
+    pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<ferry_proxy::Upstream>> {
+        self.reachable(state, now)
+            .into_iter()
+            .filter(|u| state.traffic.contains(&u.revision()))
+            .collect()
+    }
+
+    /// Instances each revision should run, from the stored scale.
+    fn wanted(&self) -> Vec<(Arc<Revision>, u32)> {
+        self.states
+            .values()
+            .flat_map(|s| {
+                s.scale
+                    .iter()
+                    .filter_map(|(rev, n)| Some((self.revisions.get(&s.name, *rev)?, *n)))
+            })
+            .collect()
     }
 
     /// Why a service that should be served has no listening proxy, if so:
@@ -110,7 +162,7 @@ impl Core {
         let number = state
             .stable
             .or_else(|| state.scale.keys().next_back().copied())?;
-        self.supervisor.revision(name, number)?.spec.listen_addr()
+        self.revisions.get(name, number)?.spec.listen_addr()
     }
 }
 
@@ -135,13 +187,18 @@ impl Daemon {
                 rollouts.insert(id, r);
             }
         }
-        let mut supervisor = Supervisor::new(
-            store.clone(),
-            clock.clone(),
-            daemon_id.clone(),
-            data_dir.clone(),
-        );
-        for note in supervisor.restore().await {
+        let upstreams = Arc::new(Upstreams::default());
+        let revisions = Revisions::new(store.clone());
+        let mut driver: Box<dyn InstanceDriver> =
+            Box::new(crate::driver::local::LocalProcesses::new(
+                store.clone(),
+                clock.clone(),
+                daemon_id.clone(),
+                data_dir.clone(),
+                upstreams.clone(),
+            ));
+        let lookup = |service: &str, number: u64| revisions.get(service, number);
+        for note in driver.restore(&lookup).await {
             tracing::info!("{note}");
         }
         let now = clock.now();
@@ -155,7 +212,11 @@ impl Daemon {
             core: Mutex::new(Core {
                 states,
                 rollouts,
-                supervisor,
+                driver,
+                revisions,
+                stats: Stats::default(),
+                upstreams,
+                hook_results: BTreeMap::new(),
                 proxies: BTreeMap::new(),
                 hooks_running: BTreeSet::new(),
                 routed: BTreeMap::new(),
@@ -236,7 +297,7 @@ impl Daemon {
         for p in core.proxies.values() {
             p.shutdown();
         }
-        core.supervisor.stop_all().await;
+        core.driver.stop_all().await;
     }
 
     /// One reconcile pass, then a snapshot for API reads (also when the
@@ -250,6 +311,9 @@ impl Daemon {
     }
 
     async fn reconcile(self: &Arc<Self>, core: &mut Core, now: Millis) -> DaemonResult<()> {
+        if !core.hook_results.is_empty() {
+            self.record_hooks(core, now)?;
+        }
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
             let state = core.states[&name].clone();
@@ -267,7 +331,7 @@ impl Daemon {
                     }
                     let measurements = self.analyse(core, &r, now);
                     let observed = Observed {
-                        instances: core.supervisor.observe(&name),
+                        instances: core.driver.observe(&name),
                         measurements,
                     };
                     let mut step = rollout::advance(&state, &r, &observed, now);
@@ -276,7 +340,7 @@ impl Daemon {
                         continue;
                     }
                     if step.rollout.is_done() && !r.is_done() {
-                        self.add_evidence(&mut step.rollout, &core.supervisor);
+                        add_evidence(&mut step.rollout, core.driver.as_ref());
                     }
                     let pulled = step
                         .rollout
@@ -288,7 +352,7 @@ impl Daemon {
                         && step.rollout.from.is_some()
                         && (pulled || promoting)
                     {
-                        let snap = core.supervisor.stats(&name, step.rollout.to).snapshot();
+                        let snap = core.stats.of(&name, step.rollout.to).snapshot();
                         let blast = BlastRadius {
                             requests: snap.total,
                             failed: snap.by_class[4],
@@ -329,7 +393,7 @@ impl Daemon {
                     for e in &step.events {
                         tracing::info!(service = %name, rollout = step.rollout.id, "{}", e.message);
                     }
-                    if let Some(rev) = core.supervisor.revision(&name, step.rollout.to) {
+                    if let Some(rev) = core.revisions.get(&name, step.rollout.to) {
                         self.webhooks.announce(
                             &rev.spec.webhooks,
                             &step.rollout,
@@ -341,20 +405,10 @@ impl Daemon {
                     if step.rollout.is_done() {
                         core.rollouts.remove(&r.id);
                         core.last_round.remove(&r.id);
+                        core.hook_results.remove(&r.id);
                         if core.hooks_running.contains(&r.id) {
                             // Aborted while its hook runs: stop the hook too.
-                            let marker = format!("{}/hook-{}", self.daemon_id, r.id);
-                            tokio::spawn(async move {
-                                let groups: BTreeSet<i32> = ferry_runtime::find_marked(&marker)
-                                    .into_iter()
-                                    .filter(|m| m.marker == marker)
-                                    .map(|m| m.pgid)
-                                    .collect();
-                                for pgid in groups {
-                                    ferry_runtime::stop_group(pgid, None, Duration::from_secs(5))
-                                        .await;
-                                }
-                            });
+                            tokio::spawn(core.driver.stop_job(&format!("hook-{}", r.id)));
                         }
                     } else {
                         core.rollouts.insert(r.id, step.rollout);
@@ -392,7 +446,8 @@ impl Daemon {
             })
             .collect();
         core.sampler.retain(|k| compared.contains(k));
-        for note in core.supervisor.tick(&core.states) {
+        let wanted = core.wanted();
+        for note in core.driver.scale(&wanted) {
             tracing::info!("{note}");
         }
         self.route(core, now).await;
@@ -420,7 +475,7 @@ impl Daemon {
                 }
             });
         }
-        let Some(rev) = core.supervisor.revision(&r.service, r.to) else {
+        let Some(rev) = core.revisions.get(&r.service, r.to) else {
             return done;
         };
         let Some(spec) = rev.spec.analysis.clone() else {
@@ -436,7 +491,7 @@ impl Daemon {
         }
         let window = spec.window.as_millis();
         for revision in [Some(r.to), r.from].into_iter().flatten() {
-            let stats = core.supervisor.stats(&r.service, revision);
+            let stats = core.stats.of(&r.service, revision);
             core.sampler
                 .sample(&r.service, revision, &stats, now, window);
         }
@@ -476,19 +531,6 @@ impl Daemon {
         done
     }
 
-    /// A failed rollout's record keeps what the failing instance printed.
-    fn add_evidence(&self, r: &mut Rollout, sup: &Supervisor) {
-        if let Some(id) = &r.failed_instance
-            && let Some(path) = sup.log_path(id)
-        {
-            let tail = ferry_runtime::log_tail(&path, 10);
-            if !tail.trim().is_empty() {
-                let reason = r.reason.take().unwrap_or_default();
-                r.reason = Some(format!("{reason}\nlast lines of {id}'s log:\n{tail}"));
-            }
-        }
-    }
-
     /// Give each proxy the available instances of its traffic revisions;
     /// one atomic swap per change. A service's proxy listens where the
     /// revision that defines it says, and only while the service has
@@ -525,7 +567,7 @@ impl Daemon {
                 continue;
             };
             let state = &core.states[&name];
-            let ups = core.supervisor.reachable(state, now);
+            let ups = core.reachable(state, now);
             let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
             let key = (ids, state.weights.clone(), state.traffic.clone());
             if core.routed.get(&name) == Some(&key) && core.proxies.contains_key(&name) {
@@ -635,7 +677,7 @@ impl Daemon {
         // The canary's bucket range comes first (sticky users never flip back).
         weights.sort_by_key(|(rev, _)| Some(*rev) != canary);
         let stickiness = canary
-            .and_then(|c| core.supervisor.revision(name, c))
+            .and_then(|c| core.revisions.get(name, c))
             .and_then(|rev| rev.spec.deploy.stickiness.clone())
             .and_then(|s| ferry_core::canary::Stickiness::parse(&s).ok())
             .map_or(ferry_proxy::Stickiness::None, |s| match s {
@@ -672,65 +714,85 @@ impl Daemon {
         let number = state
             .stable
             .or_else(|| state.scale.keys().next_back().copied())?;
-        let rev = core.supervisor.revision(name, number)?;
+        let rev = core.revisions.get(name, number)?;
         let options = crate::proxy_config::options_in(&rev.spec.proxy, Some(&self.data_dir));
         Some((number, rev.spec.listen_addr()?, options))
     }
 
     fn spawn_hook(self: Arc<Self>, r: Rollout) {
         tokio::spawn(async move {
-            let rev = {
-                let mut core = self.core.lock().await;
-                core.supervisor.revision(&r.service, r.to)
-            };
-            let Some(rev) = rev else { return };
-            let Some(hook) = rev.spec.pre_deploy.clone() else {
-                return;
-            };
-            let spec = ferry_runtime::SpawnSpec {
-                argv: hook.argv(|a| ferry_core::spec::fill_placeholders(a, 0, &rev.version)),
-                env: rev.env(0),
-                workdir: rev.workdir(),
-                log_path: self
-                    .data_dir
-                    .join("logs")
-                    .join(format!("{}-hook-{}.log", r.service, r.id)),
-                marker: format!("{}/hook-{}", self.daemon_id, r.id),
+            let run = {
+                let core = self.core.lock().await;
+                let Some(rev) = core.revisions.get(&r.service, r.to) else {
+                    return;
+                };
+                let timeout = rev.spec.pre_deploy_timeout.0;
+                core.driver.run_job(Job {
+                    name: format!("hook-{}", r.id),
+                    revision: rev,
+                    timeout,
+                })
             };
             tracing::info!(service = %r.service, rollout = r.id, "running the pre_deploy hook");
-            let run = ferry_runtime::run_to_completion(&spec, rev.spec.pre_deploy_timeout.0).await;
+            let run = run.await;
             let mut core = self.core.lock().await;
-            core.hooks_running.remove(&r.id);
-            let Some(current) = core.rollouts.get(&r.id).cloned() else {
-                return;
-            };
-            let mut next = current;
-            next.hook = Some(HookResult {
-                ok: run.ok,
-                summary: run.summary,
-                output: run.output,
-            });
+            core.hook_results.insert(
+                r.id,
+                HookResult {
+                    ok: run.ok,
+                    summary: run.summary,
+                    output: run.output,
+                },
+            );
             let now = self.clock.now();
+            if let Err(e) = self.record_hooks(&mut core, now) {
+                tracing::error!("cannot record the hook's result yet: {e}; retrying");
+            }
+            drop(core);
+            self.notify.notify_one();
+        });
+    }
+
+    /// Commit the results of hooks that ended; a result whose commit fails
+    /// stays and is committed by a later tick (the hook counts as running
+    /// meanwhile, so it is never run twice).
+    fn record_hooks(&self, core: &mut Core, now: Millis) -> DaemonResult<()> {
+        for (id, result) in std::mem::take(&mut core.hook_results) {
+            let Some(mut next) = core.rollouts.get(&id).cloned() else {
+                core.hooks_running.remove(&id);
+                continue;
+            };
             let event = Event {
                 kind: EventKind::Hook,
-                message: format!(
-                    "pre_deploy hook finished: {}",
-                    next.hook.as_ref().map_or("", |h| h.summary.as_str())
-                ),
+                message: format!("pre_deploy hook finished: {}", result.summary),
             };
-            if let Err(e) = self.store.commit(&Change {
+            next.hook = Some(result.clone());
+            let written = self.store.commit(&Change {
                 rollout: Some(&next),
                 events: vec![(Some(next.id), &event)],
                 now,
                 ..Default::default()
-            }) {
-                tracing::error!("cannot record hook result: {e}");
-                return;
+            });
+            core.note_store(&written);
+            if let Err(e) = written {
+                core.hook_results.insert(id, result);
+                return Err(e.into());
             }
+            core.hooks_running.remove(&id);
             core.rollouts.insert(next.id, next);
-            drop(core);
-            self.notify.notify_one();
-        });
+        }
+        Ok(())
+    }
+}
+
+/// A failed rollout's record keeps what the failing instance printed.
+fn add_evidence(r: &mut Rollout, driver: &dyn InstanceDriver) {
+    if let Some(id) = &r.failed_instance
+        && let Some(tail) = driver.log_tail(id, 10)
+        && !tail.trim().is_empty()
+    {
+        let reason = r.reason.take().unwrap_or_default();
+        r.reason = Some(format!("{reason}\nlast lines of {id}'s log:\n{tail}"));
     }
 }
 

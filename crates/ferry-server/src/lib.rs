@@ -5,15 +5,15 @@
 pub mod analysis;
 pub mod clock;
 pub mod daemon;
+pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod ops;
-pub mod probe;
 pub mod proxy_config;
+pub mod registry;
 pub mod snapshot;
 #[cfg(test)]
 mod store_faults;
-pub mod supervisor;
 pub mod webhooks;
 
 use clock::{Clock, SystemClock};
@@ -80,7 +80,7 @@ pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         _ => {}
     }
-    let token = supervisor::new_token().map_err(io_err(Path::new("/dev/urandom")))?;
+    let token = new_token().map_err(io_err(Path::new("/dev/urandom")))?;
     write_private(&path, &token)?;
     Ok(token)
 }
@@ -297,6 +297,25 @@ pub fn rotate_key(data_dir: &Path) -> Result<String, ServeError> {
     }
 }
 
+/// Hex of `bytes` random bytes from the kernel. An unreadable
+/// `/dev/urandom` is an error, never a predictable value.
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A new admin token: 192 random bits.
+pub fn new_token() -> std::io::Result<String> {
+    random_hex(24)
+}
+
+/// A new daemon id, the prefix of its processes' markers.
+pub fn new_id() -> std::io::Result<String> {
+    random_hex(8)
+}
+
 /// Take an exclusive lock on the data dir: one daemon per data dir.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
     let path = data_dir.join("daemon.lock");
@@ -343,7 +362,7 @@ pub async fn serve(
     let _lock = lock_data_dir(&data_dir)?;
     let token = ensure_token(&data_dir)?;
     let store: Arc<dyn Store> = Arc::new(open_store(&data_dir)?);
-    let fresh_id = supervisor::new_id().map_err(io_err(Path::new("/dev/urandom")))?;
+    let fresh_id = new_id().map_err(io_err(Path::new("/dev/urandom")))?;
     let daemon_id = store.meta_or_init("daemon_id", &mut || fresh_id.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let listener = tokio::net::TcpListener::bind(config.api_addr)

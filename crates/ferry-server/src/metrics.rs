@@ -87,19 +87,20 @@ pub struct MetricsView {
 impl MetricsView {
     pub fn of(core: &Core, now: Millis) -> MetricsView {
         let stats = core
-            .supervisor
-            .all_stats()
+            .stats
+            .all()
+            .into_iter()
             .map(|((service, revision), stats)| {
                 (
                     format!("service=\"{service}\",revision=\"{revision}\""),
-                    stats.clone(),
+                    stats,
                 )
             })
             .collect();
         let mut instances = BTreeMap::new();
         let mut gauges = Vec::new();
         for (name, state) in &core.states {
-            for v in core.supervisor.views(name, &state.traffic) {
+            for v in core.driver.views(name, &state.traffic) {
                 *instances
                     .entry((name.clone(), v.revision, v.state.as_str()))
                     .or_default() += 1;
@@ -112,7 +113,7 @@ impl MetricsView {
             gauges.push((
                 name.clone(),
                 [
-                    Some(core.supervisor.routable(state, now).len() as u64),
+                    Some(core.routable(state, now).len() as u64),
                     state.stable,
                     Some(u64::from(state.active_rollout.is_some())),
                     canary,

@@ -51,7 +51,7 @@ impl Snapshot {
             }
             if state.stable.is_some() {
                 let check = format!("service:{}", state.name);
-                let serving = core.supervisor.routable(state, now).len();
+                let serving = core.routable(state, now).len();
                 let why = match &status.proxy_error {
                     Some(e) => Some(e.clone()),
                     None if serving == 0 => Some("no instance takes traffic".to_string()),
@@ -113,7 +113,7 @@ impl Snapshot {
 }
 
 fn version_of(core: &mut Core, service: &str, rev: Option<u64>) -> Option<String> {
-    rev.and_then(|n| core.supervisor.revision(service, n))
+    rev.and_then(|n| core.revisions.get(service, n))
         .map(|r| r.version.clone())
 }
 
@@ -125,7 +125,7 @@ fn status_of(core: &mut Core, state: &ServiceState, now: Millis) -> ServiceStatu
     let listen = state
         .stable
         .or_else(|| state.scale.keys().next_back().copied())
-        .and_then(|n| core.supervisor.revision(&state.name, n))
+        .and_then(|n| core.revisions.get(&state.name, n))
         .map(|r| r.spec.listen.clone());
     ServiceStatus {
         name: state.name.clone(),
@@ -134,7 +134,7 @@ fn status_of(core: &mut Core, state: &ServiceState, now: Millis) -> ServiceStatu
         version: version_of(core, &state.name, state.stable),
         traffic: state.traffic.clone(),
         scale: state.scale.clone(),
-        instances: core.supervisor.views(&state.name, &state.traffic),
+        instances: core.driver.views(&state.name, &state.traffic),
         rollout,
         proxy_error: core.proxy_problem(&state.name),
     }
@@ -142,7 +142,7 @@ fn status_of(core: &mut Core, state: &ServiceState, now: Millis) -> ServiceStatu
 
 fn rollout_view(core: &mut Core, r: Rollout, active: bool, now: Millis) -> RolloutView {
     let available = core
-        .supervisor
+        .driver
         .observe(&r.service)
         .iter()
         .filter(|i| {

@@ -206,7 +206,7 @@ async fn a_failing_store_stops_nothing_loses_nothing_and_is_reported_until_it_he
 
     // Stopping while writes fail: nothing is drained unmarked.
     store.failing.store(true, Ordering::SeqCst);
-    d.core.lock().await.supervisor.stop_all().await;
+    d.core.lock().await.driver.stop_all().await;
     assert_eq!(marked(&daemon_id), 2, "unmarked instances keep running");
     assert!(
         store
@@ -217,7 +217,7 @@ async fn a_failing_store_stops_nothing_loses_nothing_and_is_reported_until_it_he
             .all(|r| r.state == ferry_store::InstanceState::Running)
     );
     store.failing.store(false, Ordering::SeqCst);
-    d.core.lock().await.supervisor.stop_all().await;
+    d.core.lock().await.driver.stop_all().await;
     assert_eq!(marked(&daemon_id), 0);
     assert!(
         store.inner.instances().unwrap().is_empty(),

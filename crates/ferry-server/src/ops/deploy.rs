@@ -110,7 +110,7 @@ fn check_listen(
     let listen = req.spec.listen_addr().expect("validated");
     let current = state
         .stable
-        .and_then(|n| core.supervisor.revision(name, n))
+        .and_then(|n| core.revisions.get(name, n))
         .map(|r| r.spec.listen.clone());
     if let Some(cur) = &current
         && cur.parse::<std::net::SocketAddr>().ok() != Some(listen)

@@ -73,7 +73,7 @@ pub async fn rollback(
             "revision {target} of `{name}` is already serving"
         )));
     }
-    let Some(rev) = core.supervisor.revision(name, target) else {
+    let Some(rev) = core.revisions.get(name, target) else {
         return audit.reject(OpError::NotFound(format!(
             "service `{name}` has no revision {target}; see `ferry history {name}`"
         )));

@@ -1,18 +1,18 @@
-//! The supervisor: makes the running processes match the desired scale of
-//! each revision, probes them, restarts crashed ones with backoff, drains and
-//! stops surplus ones, and adopts the processes of a previous daemon.
+//! The local process driver: makes the running processes match the wanted
+//! scale of each revision, probes them, restarts crashed ones with backoff,
+//! drains and stops surplus ones, adopts the processes of a previous
+//! daemon, and runs hooks, all through `ferry-runtime`.
 //!
 //! Architecture invariant: an instance's record is written to the store
 //! before its process starts, and marked `stopping` before it is drained, so
 //! a daemon killed at any point finds every process it started (by the marker
 //! in its environment) and knows what to do with it.
 
+use super::{BoxFuture, Endpoint, InstanceDriver, Job, JobRun, RevisionLookup, Traffic, probe};
 use crate::clock::Clock;
-use crate::probe;
 use ferry_core::Millis;
 use ferry_core::revision::Revision;
-use ferry_core::rollout::{InstanceObs, ServiceState, is_available};
-use ferry_proxy::{RevisionStats, Upstream};
+use ferry_core::rollout::{InstanceObs, is_available};
 use ferry_runtime as runtime;
 use ferry_store::{InstanceRecord, InstanceState, Store};
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,7 +49,9 @@ pub struct Instance {
     adopted: bool,
     health: Arc<Mutex<Health>>,
     probes: Vec<JoinHandle<()>>,
-    upstream: Arc<Upstream>,
+    /// The revision it runs.
+    rev: Arc<Revision>,
+    addr: SocketAddr,
     next_start_at: Millis,
     consecutive_crashes: u32,
     pub crash_loop: Option<String>,
@@ -82,12 +84,10 @@ impl Instance {
     pub fn is_running(&self) -> bool {
         self.running
     }
-    pub fn in_flight(&self) -> usize {
-        self.upstream.in_flight()
-    }
 }
 
-pub struct Supervisor {
+/// Instances as local processes, in their own process groups.
+pub struct LocalProcesses {
     store: Arc<dyn Store>,
     /// Why the last instance-record write failed, until one succeeds.
     pub store_problem: Option<String>,
@@ -98,28 +98,11 @@ pub struct Supervisor {
     daemon_id: String,
     data_dir: PathBuf,
     pub instances: BTreeMap<String, Instance>,
-    revisions: BTreeMap<(String, u64), Arc<Revision>>,
-    stats: BTreeMap<(String, u64), Arc<RevisionStats>>,
+    /// Asked how many requests are in flight to an instance being drained.
+    traffic: Arc<dyn Traffic>,
     stopped_tx: mpsc::UnboundedSender<String>,
     stopped_rx: mpsc::UnboundedReceiver<String>,
     last_rotation: Millis,
-}
-
-/// Hex of `bytes` random bytes from the kernel. An unreadable
-/// `/dev/urandom` is an error, never a predictable token.
-fn random_hex(bytes: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-pub fn new_token() -> std::io::Result<String> {
-    random_hex(24)
-}
-
-pub fn new_id() -> std::io::Result<String> {
-    random_hex(8)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -133,24 +116,24 @@ fn backoff(crashes: u32) -> u64 {
     (BACKOFF_START_MS << shift).min(BACKOFF_MAX_MS)
 }
 
-impl Supervisor {
+impl LocalProcesses {
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         daemon_id: String,
         data_dir: PathBuf,
-    ) -> Supervisor {
+        traffic: Arc<dyn Traffic>,
+    ) -> LocalProcesses {
         let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
-        Supervisor {
+        LocalProcesses {
             store,
+            traffic,
             store_problem: None,
             undeleted: BTreeSet::new(),
             clock,
             daemon_id,
             data_dir,
             instances: BTreeMap::new(),
-            revisions: BTreeMap::new(),
-            stats: BTreeMap::new(),
             stopped_tx,
             stopped_rx,
             last_rotation: 0,
@@ -204,32 +187,10 @@ impl Supervisor {
         format!("{}/", self.daemon_id)
     }
 
-    /// The revision, from cache or store.
-    pub fn revision(&mut self, service: &str, number: u64) -> Option<Arc<Revision>> {
-        let key = (service.to_string(), number);
-        if let Some(r) = self.revisions.get(&key) {
-            return Some(r.clone());
-        }
-        let rev = Arc::new(self.store.revision(service, number).ok()??);
-        self.revisions.insert(key, rev.clone());
-        Some(rev)
-    }
-
-    pub fn stats(&mut self, service: &str, revision: u64) -> Arc<RevisionStats> {
-        self.stats
-            .entry((service.to_string(), revision))
-            .or_default()
-            .clone()
-    }
-
-    pub fn all_stats(&self) -> impl Iterator<Item = (&(String, u64), &Arc<RevisionStats>)> {
-        self.stats.iter()
-    }
-
     /// After a restart: adopt the processes of recorded instances, forget
     /// records whose process is gone (they restart), and stop every marked
     /// process the store does not know (orphans, hooks of a dead daemon).
-    pub async fn restore(&mut self) -> Vec<String> {
+    async fn restore_now(&mut self, revisions: RevisionLookup<'_>) -> Vec<String> {
         let mut notes = Vec::new();
         // Per marker: the process Ferry spawned (the group leader), if it
         // lives, and every group its processes are in. A `sh -c` command's
@@ -257,13 +218,11 @@ impl Supervisor {
         let now = self.clock.now();
         for rec in records {
             let pid = leaders.get(&self.marker(&rec.id)).copied();
-            let Some(rev) = self.revision(&rec.service, rec.revision) else {
+            let Some(rev) = revisions(&rec.service, rec.revision) else {
                 self.forget(&rec.id);
                 continue;
             };
-            let stats = self.stats(&rec.service, rec.revision);
             let addr = SocketAddr::from(([127, 0, 0, 1], rec.port));
-            let upstream = Upstream::new(rec.id.clone(), rec.revision, addr, stats);
             let mut inst = Instance {
                 rec: rec.clone(),
                 child: None,
@@ -271,7 +230,8 @@ impl Supervisor {
                 adopted: false,
                 health: Arc::default(),
                 probes: Vec::new(),
-                upstream,
+                rev: rev.clone(),
+                addr,
                 next_start_at: now,
                 consecutive_crashes: 0,
                 crash_loop: None,
@@ -308,9 +268,9 @@ impl Supervisor {
         notes
     }
 
-    /// One supervision pass: reap exits, restart, scale to `states`.
+    /// One supervision pass: reap exits, restart, scale to `wanted`.
     /// Returns human-readable notes for the log.
-    pub fn tick(&mut self, states: &BTreeMap<String, ServiceState>) -> Vec<String> {
+    fn tick(&mut self, wanted: &[(Arc<Revision>, u32)]) -> Vec<String> {
         let now = self.clock.now();
         let mut notes = Vec::new();
         while let Ok(id) = self.stopped_rx.try_recv() {
@@ -334,14 +294,11 @@ impl Supervisor {
         for id in &ids {
             self.check_process(id, now, &mut notes);
         }
-        self.scale(states, now, &mut notes);
+        self.scale_to(wanted, now, &mut notes);
         if now.saturating_sub(self.last_rotation) >= 1000 {
             self.last_rotation = now;
             for inst in self.instances.values() {
-                let max = self
-                    .revisions
-                    .get(&(inst.rec.service.clone(), inst.rec.revision))
-                    .map_or(10 << 20, |r| r.spec.log_max_bytes);
+                let max = inst.rev.spec.log_max_bytes;
                 let _ = runtime::rotate_if_needed(std::path::Path::new(&inst.rec.log_path), max);
             }
         }
@@ -349,13 +306,7 @@ impl Supervisor {
     }
 
     fn check_process(&mut self, id: &str, now: Millis, notes: &mut Vec<String>) {
-        let Some(rev) = self.instances.get(id).and_then(|i| {
-            self.revisions
-                .get(&(i.rec.service.clone(), i.rec.revision))
-                .cloned()
-        }) else {
-            return;
-        };
+        let traffic = self.traffic.clone();
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
@@ -389,7 +340,7 @@ impl Supervisor {
                 }
                 inst.running = false;
                 inst.child = None;
-                inst.upstream.close_all();
+                traffic.close(id);
                 inst.consecutive_crashes = if was_healthy {
                     1
                 } else {
@@ -435,6 +386,7 @@ impl Supervisor {
             }
         } else if now >= inst.next_start_at {
             let marker = format!("{}/{id}", self.daemon_id);
+            let rev = inst.rev.clone();
             spawn_process(inst, &rev, marker, self.clock.clone(), notes);
         }
         if self.instances.get(id).is_some_and(|i| i.dirty) {
@@ -442,34 +394,27 @@ impl Supervisor {
         }
     }
 
-    fn scale(
-        &mut self,
-        states: &BTreeMap<String, ServiceState>,
-        now: Millis,
-        notes: &mut Vec<String>,
-    ) {
+    fn scale_to(&mut self, wanted: &[(Arc<Revision>, u32)], now: Millis, notes: &mut Vec<String>) {
         // Surplus first: instances of revisions no longer wanted.
-        let mut live: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
+        let mut live: BTreeMap<(String, u64), (Arc<Revision>, Vec<String>)> = BTreeMap::new();
         for (id, inst) in &self.instances {
             if !inst.stopping {
                 live.entry((inst.rec.service.clone(), inst.rec.revision))
-                    .or_default()
+                    .or_insert_with(|| (inst.rev.clone(), Vec::new()))
+                    .1
                     .push(id.clone());
             }
         }
-        let mut wanted: BTreeMap<(String, u64), u32> = BTreeMap::new();
-        for s in states.values() {
-            for (rev, n) in &s.scale {
-                wanted.insert((s.name.clone(), *rev), *n);
-            }
+        let mut plan: BTreeMap<(String, u64), (Arc<Revision>, u32)> = BTreeMap::new();
+        for (rev, n) in wanted {
+            plan.insert((rev.service.clone(), rev.number), (rev.clone(), *n));
         }
-        let keys: BTreeSet<(String, u64)> = live.keys().chain(wanted.keys()).cloned().collect();
-        for key in keys {
-            let want = wanted.get(&key).copied().unwrap_or(0) as usize;
-            let mut have = live.remove(&key).unwrap_or_default();
-            let Some(rev) = self.revision(&key.0, key.1) else {
-                continue;
-            };
+        for (key, (rev, _)) in &live {
+            plan.entry(key.clone()).or_insert_with(|| (rev.clone(), 0));
+        }
+        for (key, (rev, want)) in plan {
+            let want = want as usize;
+            let mut have = live.remove(&key).map(|(_, ids)| ids).unwrap_or_default();
             if have.len() > want {
                 // Stop the ones not serving first, then the newest.
                 let min_ready = rev.spec.deploy.min_ready.as_millis();
@@ -504,7 +449,7 @@ impl Supervisor {
     }
 
     fn start_new(&mut self, rev: &Arc<Revision>, now: Millis) -> Result<String, String> {
-        let suffix = random_hex(3).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        let suffix = crate::random_hex(3).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
         let id = format!("{}-{}-{suffix}", rev.service, rev.number);
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let log_path = self.data_dir.join("logs").join(format!("{id}.log"));
@@ -527,13 +472,6 @@ impl Supervisor {
                 .clone()
                 .unwrap_or_else(|| "the state store failed".to_string()));
         }
-        let stats = self.stats(&rev.service, rev.number);
-        let upstream = Upstream::new(
-            id.clone(),
-            rev.number,
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            stats,
-        );
         let mut inst = Instance {
             rec,
             child: None,
@@ -541,7 +479,8 @@ impl Supervisor {
             adopted: false,
             health: Arc::default(),
             probes: Vec::new(),
-            upstream,
+            rev: rev.clone(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             next_start_at: now,
             consecutive_crashes: 0,
             crash_loop: None,
@@ -593,7 +532,7 @@ impl Supervisor {
         stop_probes(inst);
         let pid = inst.running.then_some(inst.rec.pid).flatten();
         let child = inst.child.take();
-        let upstream = inst.upstream.clone();
+        let traffic = self.traffic.clone();
         let drain = rev.spec.deploy.drain_timeout.0;
         let grace = rev.spec.deploy.stop_timeout.0;
         let done = self.stopped_tx.clone();
@@ -602,10 +541,10 @@ impl Supervisor {
             // Let the routing swap that removed it land, then drain.
             tokio::time::sleep(Duration::from_millis(30)).await;
             let deadline = tokio::time::Instant::now() + drain;
-            while upstream.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            while traffic.in_flight(&id) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            upstream.close_all();
+            traffic.close(&id);
             if let Some(pid) = pid {
                 let mut child = child;
                 runtime::stop_group(pid, child.as_mut(), grace).await;
@@ -615,16 +554,10 @@ impl Supervisor {
     }
 
     /// Stop everything (daemon shutdown): drain and stop all instances.
-    pub async fn stop_all(&mut self) {
+    async fn stop_all_now(&mut self) {
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
-            let Some(rev) = self.instances.get(id).and_then(|i| {
-                self.revisions
-                    .get(&(i.rec.service.clone(), i.rec.revision))
-                    .cloned()
-            }) else {
-                continue;
-            };
+            let rev = self.instances[id].rev.clone();
             if !self.instances[id].stopping && !self.begin_stop(id, &rev) {
                 // Not marked, so not stopped: the next daemon adopts it.
                 tracing::warn!("instance {id} keeps running: it could not be marked stopping");
@@ -644,8 +577,22 @@ impl Supervisor {
         }
     }
 
-    /// What the rollout machine sees of a service.
-    pub fn observe(&self, service: &str) -> Vec<InstanceObs> {
+    /// The marker of a job's processes.
+    fn job_marker(&self, name: &str) -> String {
+        format!("{}/{name}", self.daemon_id)
+    }
+}
+
+impl InstanceDriver for LocalProcesses {
+    fn restore<'a>(&'a mut self, revisions: RevisionLookup<'a>) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.restore_now(revisions))
+    }
+
+    fn scale(&mut self, wanted: &[(Arc<Revision>, u32)]) -> Vec<String> {
+        self.tick(wanted)
+    }
+
+    fn observe(&self, service: &str) -> Vec<InstanceObs> {
         self.instances
             .values()
             .filter(|i| i.rec.service == service && !i.stopping)
@@ -664,44 +611,27 @@ impl Supervisor {
             .collect()
     }
 
-    /// Upstreams that should receive traffic for `state` now.
-    pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
-        self.reachable(state, now)
-            .into_iter()
-            .filter(|u| state.traffic.contains(&u.revision()))
-            .collect()
-    }
-
-    /// Every available instance of the service, in traffic or not: the
-    /// proxy may reach the others only by `X-Ferry-Revision` (testers on a
-    /// blue-green set before the switch).
-    pub fn reachable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<Upstream>> {
+    fn endpoints(&self, service: &str) -> Vec<Endpoint> {
         self.instances
             .values()
-            .filter(|i| i.rec.service == state.name && !i.stopping && i.running)
-            .filter(|i| {
-                let min_ready = self
-                    .revisions
-                    .get(&(i.rec.service.clone(), i.rec.revision))
-                    .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
-                is_available(i.ready_since(), min_ready, now)
+            .filter(|i| i.rec.service == service && !i.stopping && i.running)
+            .map(|i| Endpoint {
+                instance: i.rec.id.clone(),
+                revision: i.rec.revision,
+                addr: i.addr,
+                ready_since: i.ready_since(),
             })
-            .map(|i| i.upstream.clone())
             .collect()
     }
 
-    /// Instances of `service`; `traffic` tells serving from standby ones.
-    pub fn views(&self, service: &str, traffic: &[u64]) -> Vec<ferry_api::InstanceView> {
+    fn views(&self, service: &str, traffic: &[u64]) -> Vec<ferry_api::InstanceView> {
         use ferry_api::InstanceState;
         let now = self.clock.now();
         self.instances
             .values()
             .filter(|i| i.rec.service == service)
             .map(|i| {
-                let min_ready = self
-                    .revisions
-                    .get(&(i.rec.service.clone(), i.rec.revision))
-                    .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
+                let min_ready = i.rev.spec.deploy.min_ready.as_millis();
                 let ready = i.ready_since();
                 let state = if i.stopping {
                     InstanceState::Stopping
@@ -721,7 +651,7 @@ impl Supervisor {
                 ferry_api::InstanceView {
                     id: i.rec.id.clone(),
                     revision: i.rec.revision,
-                    address: i.upstream.addr().to_string(),
+                    address: i.addr.to_string(),
                     port: i.rec.port,
                     pid: i.rec.pid,
                     state,
@@ -735,10 +665,60 @@ impl Supervisor {
             .collect()
     }
 
-    pub fn log_path(&self, id: &str) -> Option<PathBuf> {
-        self.instances
-            .get(id)
-            .map(|i| PathBuf::from(&i.rec.log_path))
+    fn log_tail(&self, instance: &str, lines: usize) -> Option<String> {
+        let path = self
+            .instances
+            .get(instance)
+            .map(|i| PathBuf::from(&i.rec.log_path))?;
+        Some(runtime::log_tail(&path, lines))
+    }
+
+    fn run_job(&self, job: Job) -> BoxFuture<'static, JobRun> {
+        let rev = job.revision;
+        let hook = rev.spec.pre_deploy.clone();
+        let spec = runtime::SpawnSpec {
+            argv: hook
+                .map(|h| h.argv(|a| ferry_core::spec::fill_placeholders(a, 0, &rev.version)))
+                .unwrap_or_default(),
+            env: rev.env(0),
+            workdir: rev.workdir(),
+            log_path: self
+                .data_dir
+                .join("logs")
+                .join(format!("{}-{}.log", rev.service, job.name)),
+            marker: self.job_marker(&job.name),
+        };
+        let timeout = job.timeout;
+        Box::pin(async move {
+            let run = runtime::run_to_completion(&spec, timeout).await;
+            JobRun {
+                ok: run.ok,
+                summary: run.summary,
+                output: run.output,
+            }
+        })
+    }
+
+    fn stop_job(&self, name: &str) -> BoxFuture<'static, ()> {
+        let marker = self.job_marker(name);
+        Box::pin(async move {
+            let groups: BTreeSet<i32> = runtime::find_marked(&marker)
+                .into_iter()
+                .filter(|m| m.marker == marker)
+                .map(|m| m.pgid)
+                .collect();
+            for pgid in groups {
+                runtime::stop_group(pgid, None, Duration::from_secs(5)).await;
+            }
+        })
+    }
+
+    fn stop_all(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_all_now())
+    }
+
+    fn store_problem(&self) -> Option<&str> {
+        self.store_problem.as_deref()
     }
 }
 
