@@ -2,7 +2,7 @@
 //! keys used by `strategy = "canary"`).
 
 use crate::duration::{self, Dur};
-use crate::spec::Problem;
+use crate::problem::Problem;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A step: set the canary's weight, pause, or both (weight first).

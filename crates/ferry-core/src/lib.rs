@@ -11,6 +11,7 @@ pub mod config;
 mod config_fuzz;
 pub mod duration;
 pub mod event;
+pub mod problem;
 pub mod proxy_spec;
 pub mod records;
 pub mod redact;

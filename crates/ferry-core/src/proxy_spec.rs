@@ -1,7 +1,7 @@
 //! Per-service settings of Ferry's proxy (`[services.NAME.proxy]`).
 
 use crate::duration::Dur;
-use crate::spec::Problem;
+use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the proxy in front of one service. Every key is optional.

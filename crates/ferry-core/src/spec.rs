@@ -2,6 +2,7 @@
 //! checks that reject impossible values before anything runs.
 
 use crate::duration::Dur;
+pub use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -263,27 +264,6 @@ pub mod defaults {
     }
     pub fn log_max_bytes() -> u64 {
         10 * 1024 * 1024
-    }
-}
-
-/// One thing wrong with a spec: where (a key path under the service), what,
-/// and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Problem {
-    /// Key path from the top of the file, e.g. `["services","web","instances"]`.
-    pub path: Vec<String>,
-    pub message: String,
-}
-
-impl Problem {
-    fn new(path: &[String], message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.to_vec(),
-            message: message.into(),
-        }
-    }
-    pub fn key(&self) -> String {
-        self.path.join(".")
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::duration::Dur;
 use crate::event::EventKind;
-use crate::spec::Problem;
+use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod clock;
 pub mod daemon;
+pub mod denials;
 pub mod driver;
 pub mod http;
 pub mod metrics;

@@ -1,17 +1,16 @@
 //! `/metrics` in Prometheus text format: the proxy's per-revision counters
 //! and histograms, plus instance, rollout and proxy gauges. Rendered from a
-//! [`MetricsView`] taken with the daemon's snapshot, so a scrape never waits
-//! for the reconcile loop; the request counters are the live atomics.
+//! [`MetricsView`] taken with the daemon's snapshot (`daemon/publish.rs`),
+//! so a scrape never waits for the reconcile loop; the request counters are
+//! the live atomics.
 
-use crate::daemon::Core;
-use ferry_core::Millis;
 use ferry_proxy::{ProxyCounters, RevisionStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
 /// The per-service gauges, in the order of [`GAUGES`].
-type Gauges = [Option<u64>; 4];
+pub type Gauges = [Option<u64>; 4];
 
 const GAUGES: [(&str, &str); 4] = [
     (
@@ -85,46 +84,12 @@ pub struct MetricsView {
 }
 
 impl MetricsView {
-    pub fn of(core: &Core, now: Millis) -> MetricsView {
-        let stats = core
-            .stats
-            .all()
-            .into_iter()
-            .map(|((service, revision), stats)| {
-                (
-                    format!("service=\"{service}\",revision=\"{revision}\""),
-                    stats,
-                )
-            })
-            .collect();
-        let mut instances = BTreeMap::new();
-        let mut gauges = Vec::new();
-        for (name, state) in &core.states {
-            for v in core.driver.views(name, &state.traffic) {
-                *instances
-                    .entry((name.clone(), v.revision, v.state.as_str()))
-                    .or_default() += 1;
-            }
-            let canary = state
-                .active_rollout
-                .and_then(|id| core.rollouts.get(&id))
-                .and_then(|r| state.weights.get(&r.to))
-                .map(|w| u64::from(*w));
-            gauges.push((
-                name.clone(),
-                [
-                    Some(core.routable(state, now).len() as u64),
-                    state.stable,
-                    Some(u64::from(state.active_rollout.is_some())),
-                    canary,
-                ],
-            ));
-        }
-        let proxies = core
-            .proxies
-            .iter()
-            .map(|(n, p)| (n.clone(), p.counters()))
-            .collect();
+    pub fn new(
+        stats: Vec<(String, Arc<RevisionStats>)>,
+        instances: BTreeMap<(String, u64, &'static str), u64>,
+        gauges: Vec<(String, Gauges)>,
+        proxies: Vec<(String, ProxyCounters)>,
+    ) -> MetricsView {
         MetricsView {
             stats,
             instances,

@@ -4,7 +4,7 @@
 
 use super::check::{Builtin, Check, JudgeMetric};
 use crate::duration::Dur;
-use crate::spec::Problem;
+use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 
 /// `[services.NAME.analysis]`.

@@ -6,10 +6,9 @@
 //! `/livez` and `/readyz` needs `Authorization: Bearer <token>`.
 //!
 //! Modules: `error` ← `services`, `rollouts`, `system` ← `openapi`; `server`
-//! (the accept loop and its limits) and `denials` (throttling requests
-//! without a token) stand alone.
+//! (the accept loop and its limits) stands alone. Requests without a token
+//! are throttled by `crate::denials`.
 
-pub mod denials;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -168,7 +167,7 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     let now = d.clock.now();
     match d.denials.deny(client, now) {
-        denials::Verdict::Throttle { retry_after_s } => {
+        crate::denials::Verdict::Throttle { retry_after_s } => {
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
@@ -181,7 +180,7 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
             );
             return resp;
         }
-        denials::Verdict::Audit { unrecorded } if req.method() != http::Method::GET => {
+        crate::denials::Verdict::Audit { unrecorded } if req.method() != http::Method::GET => {
             let path = req.uri().path();
             let mut outcome = "denied: missing or wrong token".to_string();
             if unrecorded > 0 {
@@ -202,7 +201,7 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
                 tracing::error!("cannot write audit entry: {e}");
             }
         }
-        denials::Verdict::Audit { .. } => {}
+        crate::denials::Verdict::Audit { .. } => {}
     }
     let mut resp = ApiError::new(
         StatusCode::UNAUTHORIZED,

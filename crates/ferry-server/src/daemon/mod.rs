@@ -6,19 +6,18 @@
 //! and the proxies get a fresh routing table. Level-triggered: after a crash
 //! the same loop simply runs again from the stored state.
 
-use crate::analysis::{self as runner, Pending, Round, Sampler};
+use crate::analysis::{Pending, Sampler};
 use crate::clock::Clock;
-use crate::driver::{InstanceDriver, Job};
+use crate::driver::InstanceDriver;
 use crate::registry::{Revisions, Stats, Upstreams};
 use crate::snapshot::Snapshot;
 use ferry_core::Millis;
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{
-    self, BlastRadius, Event, EventKind, HookResult, Judging, Observed, Phase, Rollout,
-    ServiceState,
+    self, BlastRadius, Event, EventKind, HookResult, Observed, Phase, Rollout, ServiceState,
 };
 use ferry_core::spec::Strategy;
-use ferry_proxy::{ProxyHandle, ProxyOptions, RoutingTable};
+use ferry_proxy::ProxyHandle;
 use ferry_store::{Change, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -30,6 +29,11 @@ use tokio::sync::{Mutex, Notify};
 pub const TICK: Duration = Duration::from_millis(100);
 /// A whole (100 %) in the proxy's split weights.
 const BASIS_POINTS: u32 = 10_000;
+
+mod analyse;
+mod hooks;
+mod publish;
+mod route;
 
 pub struct Daemon {
     pub store: Arc<dyn Store>,
@@ -45,7 +49,7 @@ pub struct Daemon {
     http: reqwest::Client,
     pub webhooks: crate::webhooks::Notifier,
     /// Requests turned away for a missing or wrong token, per client.
-    pub denials: crate::http::denials::Denials,
+    pub denials: crate::denials::Denials,
     /// What API reads see; replaced after every tick and mutation.
     snapshot: arc_swap::ArcSwap<Snapshot>,
 }
@@ -230,7 +234,7 @@ impl Daemon {
             pending: Pending::default(),
             http: reqwest::Client::new(),
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
-            denials: crate::http::denials::Denials::default(),
+            denials: crate::denials::Denials::default(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
         });
         {
@@ -243,7 +247,7 @@ impl Daemon {
 
     /// Publish what API reads see, from `core` as it is now.
     pub fn publish(&self, core: &mut Core, now: Millis) {
-        self.snapshot.store(Arc::new(Snapshot::take(core, now)));
+        self.snapshot.store(Arc::new(publish::snapshot(core, now)));
     }
 
     /// The last published snapshot.
@@ -340,7 +344,7 @@ impl Daemon {
                         continue;
                     }
                     if step.rollout.is_done() && !r.is_done() {
-                        add_evidence(&mut step.rollout, core.driver.as_ref());
+                        hooks::add_evidence(&mut step.rollout, core.driver.as_ref());
                     }
                     let pulled = step
                         .rollout
@@ -452,347 +456,6 @@ impl Daemon {
         }
         self.route(core, now).await;
         Ok(())
-    }
-
-    /// Sample the revisions a canary compares, start a measurement round
-    /// when one is due, and take the measurements finished since the last
-    /// tick.
-    fn analyse(
-        self: &Arc<Self>,
-        core: &mut Core,
-        r: &Rollout,
-        now: Millis,
-    ) -> Vec<ferry_core::analysis::Measurement> {
-        let mut done: Vec<ferry_core::analysis::Measurement> = Vec::new();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.retain(|(id, m)| {
-                if *id == r.id {
-                    done.push(m.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        let Some(rev) = core.revisions.get(&r.service, r.to) else {
-            return done;
-        };
-        let Some(spec) = rev.spec.analysis.clone() else {
-            return done;
-        };
-        let checks = match r.judging() {
-            Judging::Checks => spec.checks(),
-            Judging::PrePromotion => spec.pre_promotion_checks(),
-            Judging::Not => Vec::new(),
-        };
-        if checks.is_empty() {
-            return done;
-        }
-        let window = spec.window.as_millis();
-        for revision in [Some(r.to), r.from].into_iter().flatten() {
-            let stats = core.stats.of(&r.service, revision);
-            core.sampler
-                .sample(&r.service, revision, &stats, now, window);
-        }
-        // The first round waits one interval, so the window holds data.
-        let Some(last) = core.last_round.get(&r.id).copied() else {
-            core.last_round.insert(r.id, now);
-            return done;
-        };
-        if now.saturating_sub(last) < spec.interval.as_millis() {
-            return done;
-        }
-        core.last_round.insert(r.id, now);
-        let Some(canary) = core.sampler.window(&r.service, r.to, window, now) else {
-            return done;
-        };
-        let baseline = r
-            .from
-            .and_then(|f| core.sampler.window(&r.service, f, window, now));
-        let round = Round {
-            rollout: r.id,
-            checks,
-            spec,
-            canary,
-            baseline,
-            revision: rev,
-        };
-        let this = self.clone();
-        tokio::spawn(async move {
-            let id = round.rollout;
-            let ms = runner::measure(round, &this.http).await;
-            this.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(ms.into_iter().map(|m| (id, m)));
-            this.notify.notify_one();
-        });
-        done
-    }
-
-    /// Give each proxy the available instances of its traffic revisions;
-    /// one atomic swap per change. A service's proxy listens where the
-    /// revision that defines it says, and only while the service has
-    /// something to serve; a failed bind is retried every tick.
-    async fn route(&self, core: &mut Core, now: Millis) {
-        let names: Vec<String> = core.states.keys().cloned().collect();
-        for name in names {
-            let wanted = if core.states[&name].has_work() {
-                self.listen_of(core, &name)
-            } else {
-                None
-            };
-            let bound = core.proxies.get(&name).map(|p| p.local_addr());
-            if bound.is_some() && bound != wanted.as_ref().map(|(l, _)| *l) {
-                let p = core.proxies.remove(&name).expect("bound");
-                p.shutdown();
-                core.routed.remove(&name);
-                core.proxy_options_of.remove(&name);
-                match &wanted {
-                    Some((listen, _)) => tracing::info!(
-                        service = %name,
-                        "proxy moves from {} to {listen}",
-                        p.local_addr()
-                    ),
-                    None => tracing::info!(
-                        service = %name,
-                        "proxy on {} closed: the service has no revision to serve",
-                        p.local_addr()
-                    ),
-                }
-            }
-            let Some((listen, options)) = wanted else {
-                core.bind_errors.remove(&name);
-                continue;
-            };
-            let state = &core.states[&name];
-            let ups = core.reachable(state, now);
-            let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
-            let key = (ids, state.weights.clone(), state.traffic.clone());
-            if core.routed.get(&name) == Some(&key) && core.proxies.contains_key(&name) {
-                continue;
-            }
-            let split = self.split_of(core, &name, &ups);
-            if !core.proxies.contains_key(&name) {
-                match ProxyHandle::bind(name.clone(), listen, options).await {
-                    Ok(p) => {
-                        tracing::info!(service = %name, "proxy listening on {listen}");
-                        core.bind_errors.remove(&name);
-                        core.proxies.insert(name.clone(), p);
-                    }
-                    Err(e) => {
-                        // Say it once per distinct error, not every tick.
-                        let text = format!("cannot listen on {listen}: {e}");
-                        if core.bind_errors.get(&name) != Some(&text) {
-                            tracing::error!(service = %name, "{text}; retrying every tick");
-                            core.bind_errors.insert(name.clone(), text);
-                        }
-                        continue;
-                    }
-                }
-            }
-            // A new stable revision brings its own proxy settings.
-            let defined_by = core.states.get(&name).and_then(|s| s.stable);
-            if defined_by.is_some()
-                && core.proxy_options_of.get(&name) != defined_by.as_ref()
-                && let Some((number, _, options)) = self.proxy_settings(core, &name)
-                && let Some(p) = core.proxies.get(&name)
-            {
-                if let Err(e) = p.set_options(options) {
-                    tracing::error!(service = %name, "cannot apply the proxy settings of revision {number}: {e}");
-                }
-                core.proxy_options_of.insert(name.clone(), number);
-            }
-            if let Some(p) = core.proxies.get(&name) {
-                p.set_routes(RoutingTable {
-                    upstreams: ups,
-                    split,
-                });
-                tracing::debug!(service = %name, "routing to {:?} (weights {:?})", key.0, key.1);
-                core.routed.insert(name, key);
-            }
-        }
-    }
-
-    /// How the proxy splits traffic between revisions: a canary's weights;
-    /// or, when instances outside `traffic` are up (a blue-green set before
-    /// its switch), shares by instance count with 0 for those, so only
-    /// `X-Ferry-Revision` reaches them; or none (plain round-robin).
-    fn split_of(
-        &self,
-        core: &mut Core,
-        name: &str,
-        ups: &[Arc<ferry_proxy::Upstream>],
-    ) -> Option<ferry_proxy::Split> {
-        let state = core.states.get(name)?;
-        let canary = state
-            .active_rollout
-            .and_then(|id| core.rollouts.get(&id))
-            .map(|r| r.to);
-        let outside = ups.iter().any(|u| !state.traffic.contains(&u.revision()));
-        if state.weights.is_empty() {
-            if !outside {
-                return None;
-            }
-            let serving: Vec<u64> = ups
-                .iter()
-                .map(|u| u.revision())
-                .filter(|r| state.traffic.contains(r))
-                .collect();
-            let mut weights: Vec<(u64, u32)> = Vec::new();
-            let mut revisions: Vec<u64> = ups.iter().map(|u| u.revision()).collect();
-            revisions.sort_unstable();
-            revisions.dedup();
-            let total = serving.len().max(1) as u32;
-            let mut given = 0;
-            for rev in &revisions {
-                let n = serving.iter().filter(|r| *r == rev).count() as u32;
-                let w = n * BASIS_POINTS / total;
-                given += w;
-                weights.push((*rev, w));
-            }
-            // Rounding leftovers go to the first serving revision.
-            if let Some(first) = weights.iter_mut().find(|(_, w)| *w > 0) {
-                first.1 += BASIS_POINTS.saturating_sub(given);
-            } else {
-                return None;
-            }
-            return Some(ferry_proxy::Split {
-                weights,
-                stickiness: ferry_proxy::Stickiness::None,
-                canary,
-            });
-        }
-        let mut weights: Vec<(u64, u32)> = state
-            .weights
-            .iter()
-            .map(|(rev, w)| (*rev, w * 100))
-            .collect();
-        for u in ups {
-            if !weights.iter().any(|(r, _)| *r == u.revision()) {
-                weights.push((u.revision(), 0));
-            }
-        }
-        // The canary's bucket range comes first (sticky users never flip back).
-        weights.sort_by_key(|(rev, _)| Some(*rev) != canary);
-        let stickiness = canary
-            .and_then(|c| core.revisions.get(name, c))
-            .and_then(|rev| rev.spec.deploy.stickiness.clone())
-            .and_then(|s| ferry_core::canary::Stickiness::parse(&s).ok())
-            .map_or(ferry_proxy::Stickiness::None, |s| match s {
-                ferry_core::canary::Stickiness::Header(h) => {
-                    http::HeaderName::from_bytes(h.as_bytes()).map_or(
-                        ferry_proxy::Stickiness::None,
-                        ferry_proxy::Stickiness::Header,
-                    )
-                }
-                ferry_core::canary::Stickiness::Cookie(c) => ferry_proxy::Stickiness::Cookie(c),
-            });
-        Some(ferry_proxy::Split {
-            weights,
-            stickiness,
-            canary,
-        })
-    }
-
-    /// The listen address and proxy options of the revision that defines
-    /// the service now.
-    fn listen_of(&self, core: &mut Core, name: &str) -> Option<(SocketAddr, ProxyOptions)> {
-        let (_, listen, options) = self.proxy_settings(core, name)?;
-        Some((listen, options))
-    }
-
-    /// The revision that defines a service's proxy now (the stable one, else
-    /// the newest), its listen address and its proxy options.
-    fn proxy_settings(
-        &self,
-        core: &mut Core,
-        name: &str,
-    ) -> Option<(u64, SocketAddr, ProxyOptions)> {
-        let state = core.states.get(name)?;
-        let number = state
-            .stable
-            .or_else(|| state.scale.keys().next_back().copied())?;
-        let rev = core.revisions.get(name, number)?;
-        let options = crate::proxy_config::options_in(&rev.spec.proxy, Some(&self.data_dir));
-        Some((number, rev.spec.listen_addr()?, options))
-    }
-
-    fn spawn_hook(self: Arc<Self>, r: Rollout) {
-        tokio::spawn(async move {
-            let run = {
-                let core = self.core.lock().await;
-                let Some(rev) = core.revisions.get(&r.service, r.to) else {
-                    return;
-                };
-                let timeout = rev.spec.pre_deploy_timeout.0;
-                core.driver.run_job(Job {
-                    name: format!("hook-{}", r.id),
-                    revision: rev,
-                    timeout,
-                })
-            };
-            tracing::info!(service = %r.service, rollout = r.id, "running the pre_deploy hook");
-            let run = run.await;
-            let mut core = self.core.lock().await;
-            core.hook_results.insert(
-                r.id,
-                HookResult {
-                    ok: run.ok,
-                    summary: run.summary,
-                    output: run.output,
-                },
-            );
-            let now = self.clock.now();
-            if let Err(e) = self.record_hooks(&mut core, now) {
-                tracing::error!("cannot record the hook's result yet: {e}; retrying");
-            }
-            drop(core);
-            self.notify.notify_one();
-        });
-    }
-
-    /// Commit the results of hooks that ended; a result whose commit fails
-    /// stays and is committed by a later tick (the hook counts as running
-    /// meanwhile, so it is never run twice).
-    fn record_hooks(&self, core: &mut Core, now: Millis) -> DaemonResult<()> {
-        for (id, result) in std::mem::take(&mut core.hook_results) {
-            let Some(mut next) = core.rollouts.get(&id).cloned() else {
-                core.hooks_running.remove(&id);
-                continue;
-            };
-            let event = Event {
-                kind: EventKind::Hook,
-                message: format!("pre_deploy hook finished: {}", result.summary),
-            };
-            next.hook = Some(result.clone());
-            let written = self.store.commit(&Change {
-                rollout: Some(&next),
-                events: vec![(Some(next.id), &event)],
-                now,
-                ..Default::default()
-            });
-            core.note_store(&written);
-            if let Err(e) = written {
-                core.hook_results.insert(id, result);
-                return Err(e.into());
-            }
-            core.hooks_running.remove(&id);
-            core.rollouts.insert(next.id, next);
-        }
-        Ok(())
-    }
-}
-
-/// A failed rollout's record keeps what the failing instance printed.
-fn add_evidence(r: &mut Rollout, driver: &dyn InstanceDriver) {
-    if let Some(id) = &r.failed_instance
-        && let Some(tail) = driver.log_tail(id, 10)
-        && !tail.trim().is_empty()
-    {
-        let reason = r.reason.take().unwrap_or_default();
-        r.reason = Some(format!("{reason}\nlast lines of {id}'s log:\n{tail}"));
     }
 }
 
