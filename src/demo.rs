@@ -1,8 +1,10 @@
 //! `ferry demo`: the main job on embedded defaults. Starts a daemon on a
 //! temporary data dir, runs the bundled demo service (this binary in its
 //! hidden `demo-app` mode), sends steady traffic through the proxy, and
-//! narrates four releases: first deploy, rolling, blue-green, and a bad
-//! release rolled back by itself, all with 0 failed requests.
+//! narrates five releases: first deploy, rolling, blue-green, a release
+//! that never becomes ready and is rolled back by itself, and a canary that
+//! goes bad at 10 % and is pulled by analysis in about a second; no request
+//! fails except the canary's own in that second.
 
 use crate::client::{CliError, CliResult, Client};
 use crate::commands::{self, DeployArgs, Output};
@@ -51,6 +53,15 @@ drain_timeout = "5s"
 deploy_timeout = "6s"
 stop_timeout = "5s"
 scale_down_delay = "2s"
+# Used by `--strategy canary`: 10 %, then hold while analysis judges.
+steps = [{{ weight = 10 }}, {{ pause = "30s" }}]
+
+[services.web.analysis]
+interval = "1s"
+window = "2s"
+failure_limit = 0
+min_requests = 10
+checks = [{{ metric = "error_rate", max = 0.05 }}]
 "#
     )
 }
@@ -108,7 +119,9 @@ pub async fn run() -> CliResult<()> {
     let _ = daemon.await;
     drop(dir);
     match &result {
-        Ok(()) => println!("\ndemo finished: every release behaved, and no request failed."),
+        Ok(()) => println!(
+            "\ndemo finished: every release behaved; no request failed but the bad canary's own, in the second before analysis pulled it."
+        ),
         Err(e) => println!("\ndemo failed: {}", e.message),
     }
     result
@@ -147,7 +160,7 @@ fn tally(load: &LoadGen) -> String {
 
 async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
     say(
-        "1/4 first deploy: web v1, 3 instances behind the proxy on 127.0.0.1:{port}"
+        "1/5 first deploy: web v1, 3 instances behind the proxy on 127.0.0.1:{port}"
             .replace("{port}", &port.to_string())
             .as_str(),
     );
@@ -170,7 +183,7 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
         versions(&load)
     ));
 
-    say("2/4 rolling deploy of v2 under traffic (max_surge 1, max_unavailable 0)");
+    say("2/5 rolling deploy of v2 under traffic (max_surge 1, max_unavailable 0)");
     commands::deploy(
         client,
         &deploy_args(config, "v2", "rolling", &[]),
@@ -182,7 +195,7 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
     tokio::time::sleep(Duration::from_millis(700)).await;
     println!("    answering now: {}  ({})", versions(&load), tally(&load));
 
-    say("3/4 blue-green deploy of v3: the whole new set starts, then traffic switches at once");
+    say("3/5 blue-green deploy of v3: the whole new set starts, then traffic switches at once");
     commands::deploy(
         client,
         &deploy_args(config, "v3", "blue-green", &[]),
@@ -194,7 +207,7 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
     tokio::time::sleep(Duration::from_millis(700)).await;
     println!("    answering now: {}  ({})", versions(&load), tally(&load));
 
-    say("4/4 a bad release: v4 never becomes ready (its /health answers 503)");
+    say("4/5 a bad release: v4 never becomes ready (its /health answers 503)");
     let bad = commands::deploy(
         client,
         &deploy_args(config, "v4", "rolling", &["DEMO_NEVER_READY=1"]),
@@ -216,11 +229,46 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
     tokio::time::sleep(Duration::from_millis(700)).await;
     println!("    answering now: {}  ({})", versions(&load), tally(&load));
 
+    say(
+        "5/5 a canary that goes bad: v5 takes 10 % of traffic, then answers 30 % of its requests with 500",
+    );
+    let canary = commands::deploy(
+        client,
+        &deploy_args(
+            config,
+            "v5",
+            "canary",
+            &["DEMO_FAILURE_RATE=0.3", "DEMO_FAILURE_AFTER_MS=2500"],
+        ),
+        Output::Text,
+    )
+    .await;
+    match canary {
+        Err(e) if e.code == crate::client::EXIT_FAILED => {
+            println!(
+                "    analysis pulled the canary by itself:\n      {}",
+                e.message.replace('\n', "\n      ")
+            )
+        }
+        Err(e) => return Err(e),
+        Ok(()) => return Err(CliError::failed("the failing canary v5 was not pulled")),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = load.take_window();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    println!("    answering now: {}  ({})", versions(&load), tally(&load));
+
     let report = load.stop().await;
     say("traffic summary");
+    let canary_failed = report.failed_by_version.get("v5").copied().unwrap_or(0);
+    let canary_served = report.by_version.get("v5").copied().unwrap_or(0) + canary_failed;
+    let elsewhere = report.failed - canary_failed;
     println!(
         "    requests sent: {}, succeeded: {}, failed: {}",
         report.sent, report.ok, report.failed
+    );
+    println!(
+        "    the canary v5 answered {canary_served} of them and failed {canary_failed} before it was pulled; failed elsewhere: {elsewhere}"
     );
     let by_version: Vec<String> = report
         .by_version
@@ -228,10 +276,10 @@ async fn story(client: &Client, config: &Path, port: u16) -> CliResult<()> {
         .map(|(v, n)| format!("{v}: {n}"))
         .collect();
     println!("    answered by version: {}", by_version.join(", "));
-    if report.failed > 0 {
+    if elsewhere > 0 {
         return Err(CliError::failed(format!(
-            "{} requests failed during the demo: {:?}",
-            report.failed, report.errors
+            "{elsewhere} requests failed outside the canary's share: {:?}",
+            report.errors
         )));
     }
     if report.by_version.contains_key("v4") {

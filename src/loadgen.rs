@@ -99,6 +99,9 @@ pub struct LoadReport {
     pub by_version: BTreeMap<String, u64>,
     /// Every answer (2xx or not) by status code.
     pub by_status: BTreeMap<u16, u64>,
+    /// Non-2xx answers by their `X-Version` header; transport errors and
+    /// answers without the header (e.g. the proxy's own 502) are not here.
+    pub failed_by_version: BTreeMap<String, u64>,
     /// The first 20 failure descriptions.
     pub errors: Vec<String>,
     /// Version of the most recent 2xx answer.
@@ -220,10 +223,17 @@ impl Shared {
                 *window.entry(version.clone()).or_insert(0) += 1;
                 report.last_version = Some(version);
             }
-            Outcome::Failed { status, error } => {
+            Outcome::Failed {
+                status,
+                version,
+                error,
+            } => {
                 report.failed += 1;
                 if let Some(status) = status {
                     *report.by_status.entry(status).or_insert(0) += 1;
+                }
+                if let Some(version) = version {
+                    *report.failed_by_version.entry(version).or_insert(0) += 1;
                 }
                 if report.errors.len() < MAX_ERRORS {
                     report.errors.push(error);
@@ -241,6 +251,8 @@ enum Outcome {
     Failed {
         /// `None` when no response arrived.
         status: Option<u16>,
+        /// The answering version, when the answer said.
+        version: Option<String>,
         error: String,
     },
 }
@@ -248,6 +260,7 @@ enum Outcome {
 impl Outcome {
     fn failed(error: String) -> Self {
         Outcome::Failed {
+            version: None,
             status: None,
             error,
         }
@@ -392,24 +405,28 @@ impl Worker {
                 .headers()
                 .get("x-version")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string();
+                .map(str::to_string);
             let body = match response.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(err) => {
                     self.conn = None;
                     return Outcome::Failed {
                         status: Some(status),
+                        version,
                         error: format!("status {status}: body: {}", error_chain(&err)),
                     };
                 }
             };
             return if (200..300).contains(&status) {
-                Outcome::Ok { status, version }
+                Outcome::Ok {
+                    status,
+                    version: version.unwrap_or_else(|| "?".to_string()),
+                }
             } else {
                 let shown = &body[..body.len().min(ERROR_BODY_BYTES)];
                 Outcome::Failed {
                     status: Some(status),
+                    version,
                     error: format!(
                         "status {status}: {}",
                         String::from_utf8_lossy(shown).trim_end()
@@ -619,6 +636,11 @@ mod tests {
         assert!(report.by_version.is_empty(), "2xx only");
         assert_eq!(report.by_status.get(&500), Some(&report.failed));
         assert_eq!(report.errors[0], "status 500: error from broken");
+        assert_eq!(
+            report.failed_by_version.get("broken"),
+            Some(&report.failed),
+            "each failure is counted against the version that answered it"
+        );
     }
 
     #[tokio::test]

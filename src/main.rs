@@ -19,8 +19,10 @@ use std::path::PathBuf;
     version,
     about = "Zero-downtime releases of web services: deploy, watch, roll back",
     long_about = "Ferry runs your services as local processes behind its own proxy and releases new versions \
-                  with rolling or blue-green deploys, without dropping a request. A release that does not come \
-                  up healthy is rolled back by itself.\n\nStart here: `ferry demo`.",
+                  with rolling, blue-green or canary deploys, without dropping a request. A canary is judged \
+                  while it runs (error rate, latency, Prometheus queries, a statistical test against the stable \
+                  revision) and a bad one is pulled in about a second; a release that does not come up healthy \
+                  is rolled back by itself.\n\nStart here: `ferry demo`.",
     after_help = "Exit codes: 0 ok, 1 the operation failed (e.g. a deploy rolled back), 2 usage or config error, \
                   130 stopped watching with Ctrl-C (the rollout goes on in the daemon)."
 )]
@@ -102,7 +104,7 @@ enum Command {
         /// Print the plan (hooks, batches, gates, timeouts); change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Skip the blue-green approval gate.
+        /// Skip the blue-green approval gate and the canary's manual pauses.
         #[arg(long)]
         auto_approve: bool,
         /// Return at once instead of following the rollout.

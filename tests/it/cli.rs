@@ -57,3 +57,33 @@ fn json_output_is_one_object_per_line() {
     assert_eq!(last["outcome"], "succeeded");
     assert_eq!(last["version"], "v1");
 }
+
+/// README's first command: `ferry demo` runs the whole story on embedded
+/// defaults and exits 0, the bad canary pulled with its blast radius and no
+/// request failed outside its share.
+#[test]
+fn the_demo_tells_its_story_and_exits_0() {
+    let out = std::process::Command::new(FERRY)
+        .arg("demo")
+        .env_remove("FERRY_DATA_DIR")
+        .env_remove("FERRY_API")
+        .env_remove("FERRY_TOKEN")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for expect in [
+        "rollout 2 succeeded",
+        "all traffic switched to revision 3",
+        "ferry rolled it back by itself",
+        "analysis pulled the canary by itself",
+        "blast radius: the canary served",
+        "failed elsewhere: 0",
+    ] {
+        assert!(text.contains(expect), "no `{expect}` in:\n{text}");
+    }
+}

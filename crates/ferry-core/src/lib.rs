@@ -1,5 +1,6 @@
-//! Ferry's pure domain: service specs and their validation, revisions, and the
-//! rollout state machine. Nothing here does I/O, reads a clock or spawns a
+//! Ferry's pure domain: service specs and their validation, revisions, the
+//! rollout state machine (rolling, blue-green and canary), analysis
+//! judgement and events. Nothing here does I/O, reads a clock or spawns a
 //! task: every decision is a function of stored state, observations and a
 //! timestamp passed in, so it can be tested exhaustively without processes.
 #![forbid(unsafe_code)]

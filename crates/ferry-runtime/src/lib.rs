@@ -1,10 +1,8 @@
-//! Ferry's instance driver for local processes: spawn in an own process
-//! group with output appended to a capped log file, signal the group, find
-//! processes Ferry started (after a daemon crash) by a marker in their
-//! environment, and run hooks to completion.
-//!
-//! A Kubernetes driver would sit beside this one; the daemon only needs
-//! "start this revision's instance", "is it alive", "stop it".
+//! Local processes for Ferry's local instance driver
+//! (`ferry_server::driver::local`): spawn in an own process group with
+//! output appended to a capped log file, signal the group, find processes
+//! Ferry started (after a daemon crash) by a marker in their environment,
+//! and run hooks to completion.
 #![forbid(unsafe_code)]
 
 pub use nix::sys::signal::Signal;

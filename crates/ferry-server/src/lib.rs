@@ -1,4 +1,5 @@
-//! Ferry's daemon: the reconcile loop, the supervisor and probes, the proxies
+//! Ferry's daemon: the reconcile loop that drives rolling, blue-green and
+//! canary rollouts, the instance driver and probes, analysis, the proxies
 //! and the HTTP API, started by `ferry serve` (and by `ferry demo`).
 #![forbid(unsafe_code)]
 

@@ -362,7 +362,13 @@ impl Daemon {
                             failed: snap.by_class[4],
                         };
                         step.rollout.blast_radius = Some(blast);
-                        step.events.push(Event {
+                        // Before the rollout's closing event, if it has one.
+                        let at = step
+                            .events
+                            .iter()
+                            .position(|e| e.kind == EventKind::Done)
+                            .unwrap_or(step.events.len());
+                        step.events.insert(at, Event {
                             kind: EventKind::BlastRadius,
                             message: format!(
                                 "blast radius: the canary served {} requests, {} of them failed, before it was {}",
