@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Ferry's proxy against nginx and HAProxy on this machine (see BENCHMARKS.md).
+# Two Ferry contenders: `ferry` is the proxy alone (the bench-proxy example),
+# `daemon` is what users run: `ferry serve` with its shipped defaults, a
+# service deployed through it (its instance is the same static nginx
+# upstream), and for the split a canary held at 10 % with analysis on.
 #
 #   benches/proxy-bench.sh              # 5 rounds of 10 s runs (about 10 minutes)
 #   ROUNDS=7 DURATION=15s benches/proxy-bench.sh
@@ -22,6 +26,7 @@ OUT=${OUT:-$WORK/results.csv}
 # Ports (127.0.0.1): upstreams, then each contender's plain and split listener.
 UP1=18081 UP2=18082
 FERRY=18101 FERRY_SPLIT=18102
+DAEMON=18111 DAEMON_SPLIT=18112
 NGINX=18201 NGINX_SPLIT=18202
 HAPROXY=18301 HAPROXY_SPLIT=18302
 
@@ -35,9 +40,10 @@ fi
 NGINX_BIN=$(command -v nginx)
 HAPROXY_BIN=$(command -v haproxy)
 
-echo "==> building Ferry's proxy (release)"
-(cd "$ROOT" && cargo build --release -p ferry-proxy --example bench-proxy)
+echo "==> building Ferry's proxy and ferry (release)"
+(cd "$ROOT" && cargo build --release -p ferry-proxy --example bench-proxy && cargo build --release --bin ferry)
 FERRY_BIN=$ROOT/target/release/examples/bench-proxy
+FERRY_CLI=$ROOT/target/release/ferry
 
 # Stop what a previous (interrupted) run may have left, then start afresh.
 for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
@@ -129,7 +135,55 @@ setsid "$FERRY_BIN" "127.0.0.1:$FERRY" "127.0.0.1:$FERRY_SPLIT" "127.0.0.1:$UP1"
 PIDS+=($!)
 echo $! >"$WORK/ferry.pid"
 
-for port in $UP1 $UP2 $FERRY $FERRY_SPLIT $NGINX $NGINX_SPLIT $HAPROXY $HAPROXY_SPLIT; do
+# ------------------------------------------------------- Ferry's daemon
+# `ferry serve` (shipped defaults) in its own session, like the others. Its
+# services' instances are nginx serving the same static answer as the
+# upstream above, started by Ferry on the port it assigns.
+cat >"$WORK/instance.tmpl" <<EOF
+worker_processes $WORKERS;
+error_log $WORK/instance-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    server { listen 127.0.0.1:@PORT@; location / { return 200 "hello from revision @VERSION@\n"; } }
+}
+EOF
+cat >"$WORK/instance.sh" <<EOF
+#!/bin/sh
+# One instance: nginx on the port Ferry assigned (\$PORT), in the foreground.
+sed -e "s/@PORT@/\$PORT/" -e "s/@VERSION@/\$1/" "$WORK/instance.tmpl" >"$WORK/instance-\$PORT.conf"
+exec "$NGINX_BIN" -c "$WORK/instance-\$PORT.conf" -g "pid $WORK/instance-\$PORT.pid; daemon off;"
+EOF
+chmod +x "$WORK/instance.sh"
+cat >"$WORK/ferry.toml" <<EOF
+[services.plain]
+command = ["$WORK/instance.sh", "{version}"]
+listen = "127.0.0.1:$DAEMON"
+
+[services.split]
+command = ["$WORK/instance.sh", "{version}"]
+listen = "127.0.0.1:$DAEMON_SPLIT"
+[services.split.deploy]
+strategy = "canary"
+steps = [{ weight = 10 }, { pause = "manual" }]
+[services.split.analysis]
+checks = [{ metric = "error_rate", max = 0.05 }]
+EOF
+export FERRY_DATA_DIR=$WORK/daemon-data
+setsid "$FERRY_CLI" serve --api-addr 127.0.0.1:0 >"$WORK/daemon.log" 2>&1 </dev/null &
+PIDS+=($!)
+echo $! >"$WORK/daemon.pid"
+for _ in $(seq 100); do [ -s "$FERRY_DATA_DIR/api.json" ] && break; sleep 0.1; done
+(cd "$WORK" && "$FERRY_CLI" deploy plain --version 1 >/dev/null && "$FERRY_CLI" deploy split --version 1 >/dev/null \
+    && "$FERRY_CLI" deploy split --version 2 --detach >/dev/null)
+for _ in $(seq 200); do
+    "$FERRY_CLI" status split -o json | grep -q '"phase":"awaiting-approval"' && break
+    sleep 0.1
+done
+
+for port in $UP1 $UP2 $FERRY $FERRY_SPLIT $DAEMON $DAEMON_SPLIT $NGINX $NGINX_SPLIT $HAPROXY $HAPROXY_SPLIT; do
     for _ in $(seq 50); do
         curl -fsS -o /dev/null "http://127.0.0.1:$port/" && break
         sleep 0.1
@@ -137,7 +191,7 @@ for port in $UP1 $UP2 $FERRY $FERRY_SPLIT $NGINX $NGINX_SPLIT $HAPROXY $HAPROXY_
     curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "port $port does not answer"; exit 1; }
 done
 # The split really splits (about 10 % from revision 2).
-for port in $FERRY_SPLIT $NGINX_SPLIT $HAPROXY_SPLIT; do
+for port in $FERRY_SPLIT $DAEMON_SPLIT $NGINX_SPLIT $HAPROXY_SPLIT; do
     n=$(for _ in $(seq 200); do curl -s "http://127.0.0.1:$port/"; done | grep -c "revision 2" || true)
     echo "split check on :$port: $n/200 answers from revision 2"
 done
@@ -146,6 +200,7 @@ done
 pids_of() {
     case $1 in
         ferry) cat "$WORK/ferry.pid" ;;
+        daemon) cat "$WORK/daemon.pid" ;;
         nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m"; pgrep -P "$m" ;;
         haproxy) cat "$WORK/haproxy.pid"; pgrep -P "$(cat "$WORK/haproxy.pid")" || true ;;
     esac
@@ -160,16 +215,16 @@ status_kb() {
     done
     echo "$total"
 }
-CONTENDERS=(direct ferry nginx haproxy)
-port_of() { case $1 in direct) echo $UP1 ;; ferry) echo $FERRY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac; }
-split_port_of() { case $1 in ferry) echo $FERRY_SPLIT ;; nginx) echo $NGINX_SPLIT ;; haproxy) echo $HAPROXY_SPLIT ;; esac; }
+CONTENDERS=(direct ferry daemon nginx haproxy)
+port_of() { case $1 in direct) echo $UP1 ;; ferry) echo $FERRY ;; daemon) echo $DAEMON ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;; esac; }
+split_port_of() { case $1 in ferry) echo $FERRY_SPLIT ;; daemon) echo $DAEMON_SPLIT ;; nginx) echo $NGINX_SPLIT ;; haproxy) echo $HAPROXY_SPLIT ;; esac; }
 
 # Memory per idle client connection, measured first, on fresh processes
 # (allocators keep what they grew to, so later deltas would read ~0): RSS of
 # all the proxy's processes before and while IDLE keep-alive connections,
 # each after one request, sit open.
 IDLE_REPORT=()
-for c in ferry nginx haproxy; do
+for c in ferry daemon nginx haproxy; do
     before=$(status_kb VmRSS "$c")
     python3 "$ROOT/benches/idle-conns.py" "$(port_of "$c")" "$IDLE" 3 >"$WORK/idle-$c.txt" &
     holder=$!
@@ -212,7 +267,8 @@ for c in "${CONTENDERS[@]}"; do wrk -t1 -c10 -d2s "http://127.0.0.1:$(port_of "$
 for round in $(seq "$ROUNDS"); do
     echo "==> round $round/$ROUNDS"
     # Rotate the order each round so no contender always runs first.
-    order=("${CONTENDERS[@]:$(( (round - 1) % 4 ))}" "${CONTENDERS[@]:0:$(( (round - 1) % 4 ))}")
+    n=${#CONTENDERS[@]}
+    order=("${CONTENDERS[@]:$(( (round - 1) % n ))}" "${CONTENDERS[@]:0:$(( (round - 1) % n ))}")
     for c in "${order[@]}"; do run keepalive "$c" "$(port_of "$c")"; done
     for c in "${order[@]}"; do run close "$c" "$(port_of "$c")" -H "Connection: close"; done
     for c in "${order[@]}"; do [ "$c" = direct ] || run split "$c" "$(split_port_of "$c")"; done
@@ -238,6 +294,6 @@ for s in keepalive close split; do
 done
 echo
 echo "peak RSS (VmHWM, all processes of the proxy, after all runs):"
-for c in ferry nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(status_kb VmHWM "$c")"; done
+for c in ferry daemon nginx haproxy; do printf '  %-8s %8s kB\n' "$c" "$(status_kb VmHWM "$c")"; done
 printf '%s\n' "memory per idle keep-alive connection (measured before the runs):" "${IDLE_REPORT[@]}"
 echo "raw results: $OUT"

@@ -3,7 +3,10 @@
 //! output appended to a capped log file, signal the group, find processes
 //! Ferry started (after a daemon crash) by a marker in their environment,
 //! and run hooks to completion.
-#![forbid(unsafe_code)]
+// One `unsafe` block, in `new_session`: starting a process in a session of
+// its own needs setsid(2) between fork and exec, which std and tokio offer
+// only through the unsafe `pre_exec`. Nothing else may use unsafe.
+#![deny(unsafe_code)]
 
 pub use nix::sys::signal::Signal;
 use nix::sys::signal::{kill, killpg};
@@ -51,8 +54,9 @@ pub struct SpawnSpec {
     pub marker: String,
 }
 
-/// Start a process in its own process group (pgid = pid), stdout and stderr
-/// appended to the log file (so it keeps logging if the daemon dies).
+/// Start a process in a session and process group of its own (pgid = pid),
+/// stdout and stderr appended to the log file (so it keeps logging if the
+/// daemon dies).
 pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
     let program = spec.argv.first().ok_or(RuntimeError::Empty)?;
     let log = open_log(&spec.log_path)?;
@@ -67,8 +71,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
-        .process_group(0)
         .kill_on_drop(false);
+    new_session(&mut cmd);
     for name in INHERITED {
         if let Ok(v) = std::env::var(name) {
             cmd.env(name, v);
@@ -85,6 +89,24 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
 
 /// Logs hold whatever programs print (tokens included, at times): created
 /// 0600 in a 0700 directory, whatever the umask.
+/// Start the child in a session of its own, as a daemon's service is: it
+/// leads a new process group (pgid = sid = pid), has no controlling
+/// terminal (a closed terminal sends it no SIGHUP), and the scheduler gives
+/// it its own share of CPU instead of the daemon's (autogroups).
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed. It makes one, setsid(2), and
+    // allocates nothing (the error converts from a raw errno).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+}
+
 fn open_log(path: &Path) -> Result<File, RuntimeError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
@@ -389,6 +411,18 @@ mod tests {
                 .any(|m| !m.is_leader() && m.pgid == pid && m.marker == marker),
             "the shell's child is found in the shell's group: {found:?}"
         );
+        // Its own session, like a daemon's service: session id = pid.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let sid: i32 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(sid, pid, "the instance leads a session of its own");
         assert!(log_tail(&s.log_path, 5).contains("started hi"));
         stop_group(pid, Some(&mut child), Duration::from_secs(5)).await;
         assert!(!group_alive(pid), "no member of the group survives");
