@@ -37,6 +37,30 @@ impl CliError {
 
 pub type CliResult<T> = Result<T, CliError>;
 
+/// Who is acting, as `user@host`, for the audit log and the records of
+/// rollouts: `$USER` (or `$LOGNAME`, or the name of the process's uid in
+/// the user database, as under cron or in a container where neither is
+/// set), at the kernel's hostname.
+fn actor() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.trim().is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::current())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid{}", nix::unistd::Uid::current()));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
+
 pub struct Client {
     pub base: String,
     token: String,
@@ -86,10 +110,6 @@ impl Client {
     }
 
     pub fn new(base: String, token: String) -> Client {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
         Client {
             base,
             token,
@@ -97,7 +117,7 @@ impl Client {
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .expect("a plain HTTP client builds"),
-            actor: format!("{user}@{host}"),
+            actor: actor(),
         }
     }
 

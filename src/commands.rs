@@ -200,6 +200,21 @@ fn missing_programs(
     problems
 }
 
+/// `-m` is `--message`. Operations scripts write `-m 600` for "monitor 600
+/// s" (seed 001); a message that is only a number or a duration is refused
+/// rather than taken as a message while nothing is monitored.
+fn check_message(m: &str) -> CliResult<()> {
+    let t = m.trim();
+    let numeric = !t.is_empty() && t.parse::<f64>().is_ok();
+    if numeric || ferry_core::duration::parse(t).is_ok() {
+        let d = if numeric { format!("{t}s") } else { t.to_string() };
+        return Err(CliError::usage(format!(
+            "-m/--message \"{t}\" is only a number or a duration; -m is the release message, not the monitoring window. To watch the release after it reaches 100 %, use --monitor {d}; for a message, write words (e.g. -m \"release {t}\")"
+        )));
+    }
+    Ok(())
+}
+
 pub struct DeployArgs {
     pub service: String,
     pub version: String,
@@ -230,6 +245,9 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         )));
     };
     check_version(&args.version).map_err(CliError::usage)?;
+    if let Some(m) = &args.message {
+        check_message(m)?;
+    }
     let strategy = match &args.strategy {
         None => None,
         Some(s) => Some(Strategy::parse(s).ok_or_else(|| {

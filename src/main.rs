@@ -98,7 +98,9 @@ enum Command {
         /// Set an environment variable for the new revision (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Why: kept in the revision and shown by `ferry history`.
+        /// Why: kept in the revision and shown by `ferry history`. Not the
+        /// monitoring window: a message that is only a number or a duration
+        /// (`-m 600`) is refused; use --monitor for that.
         #[arg(long, short)]
         message: Option<String>,
         /// Print the plan (hooks, batches, gates, timeouts); change nothing.
