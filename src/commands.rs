@@ -207,7 +207,11 @@ fn check_message(m: &str) -> CliResult<()> {
     let t = m.trim();
     let numeric = !t.is_empty() && t.parse::<f64>().is_ok();
     if numeric || ferry_core::duration::parse(t).is_ok() {
-        let d = if numeric { format!("{t}s") } else { t.to_string() };
+        let d = if numeric {
+            format!("{t}s")
+        } else {
+            t.to_string()
+        };
         return Err(CliError::usage(format!(
             "-m/--message \"{t}\" is only a number or a duration; -m is the release message, not the monitoring window. To watch the release after it reaches 100 %, use --monitor {d}; for a message, write words (e.g. -m \"release {t}\")"
         )));
@@ -224,6 +228,9 @@ pub struct DeployArgs {
     pub dry_run: bool,
     pub auto_approve: bool,
     pub detach: bool,
+    /// Return once the release serves all traffic, before its monitoring
+    /// window ends.
+    pub until_serving: bool,
     pub monitor: Option<String>,
     pub config: PathBuf,
 }
@@ -336,7 +343,7 @@ pub async fn deploy(client: &Client, args: &DeployArgs, output: Output) -> CliRe
         }
         return Ok(());
     }
-    watch(client, id, output, sigint).await
+    watch(client, id, output, sigint, args.until_serving).await
 }
 
 fn report_start(accepted: &RolloutAccepted, output: Output) {
@@ -349,13 +356,17 @@ fn report_start(accepted: &RolloutAccepted, output: Output) {
     }
 }
 
-/// Follow a rollout until it ends. Ctrl-C stops watching, not the rollout.
+/// Follow a rollout until it ends, its monitoring window included (or,
+/// with `until_serving`, until it serves all traffic). Ctrl-C stops
+/// watching, not the rollout.
 pub async fn watch(
     client: &Client,
     id: u64,
     output: Output,
     mut sigint: tokio::signal::unix::Signal,
+    until_serving: bool,
 ) -> CliResult<()> {
+    let mut announced_monitoring = false;
     let tty = output == Output::Text && std::io::stdout().is_terminal();
     let bar = tty.then(|| {
         let pb = indicatif::ProgressBar::new(1);
@@ -402,27 +413,42 @@ pub async fn watch(
             pb.set_position(view.available as u64);
             pb.set_message(format!("{:?}", view.rollout.phase).to_lowercase());
         }
-        if view.rollout.phase == ferry_core::rollout::Phase::Monitoring && events.is_empty() {
-            if let Some(pb) = &bar {
-                pb.finish_and_clear();
-            }
+        if view.rollout.phase == ferry_core::rollout::Phase::Monitoring
+            && events.is_empty()
+            && !announced_monitoring
+        {
+            announced_monitoring = true;
             let r = &view.rollout;
-            match output {
-                Output::Json => say!(
-                    "{}",
-                    serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": "monitoring", "reason": format!("serving all traffic; watched for {}", ferry_core::duration::Dur::millis(r.params.monitor_ms))})
-                ),
-                Output::Text => say!(
-                    "rollout {}: revision {} ({}) of {} serves all traffic; watched for {} (a failure rolls back by itself; `ferry status {}`)",
-                    r.id,
-                    r.to,
-                    view.to_version,
-                    r.service,
-                    ferry_core::duration::Dur::millis(r.params.monitor_ms),
-                    r.service
-                ),
+            let window = ferry_core::duration::Dur::millis(r.params.monitor_ms);
+            if until_serving {
+                if let Some(pb) = &bar {
+                    pb.finish_and_clear();
+                }
+                match output {
+                    Output::Json => say!(
+                        "{}",
+                        serde_json::json!({"type": "result", "rollout": r.id, "revision": r.to, "version": view.to_version, "outcome": "monitoring", "reason": format!("serving all traffic; watched for {window}")})
+                    ),
+                    Output::Text => say!(
+                        "rollout {}: revision {} ({}) of {} serves all traffic; watched for {window} (a failure rolls back by itself; `ferry status {}`)",
+                        r.id,
+                        r.to,
+                        view.to_version,
+                        r.service,
+                        r.service
+                    ),
+                }
+                return Ok(());
             }
-            return Ok(());
+            if output == Output::Text {
+                let line = format!(
+                    "  serving all traffic; watching it for {window} before it counts as done (Ctrl-C stops watching; the window goes on)"
+                );
+                match &bar {
+                    Some(pb) => pb.println(crate::term::printable(&line)),
+                    None => say!("{line}"),
+                }
+            }
         }
         if view.rollout.is_done() && events.is_empty() {
             if let Some(pb) = &bar {
@@ -512,7 +538,7 @@ pub async fn rollback(
         .await?;
     report_start(&accepted, output);
     match accepted.rollout {
-        Some(id) if !detach => watch(client, id, output, sigint).await,
+        Some(id) if !detach => watch(client, id, output, sigint, false).await,
         _ => Ok(()),
     }
 }
@@ -646,7 +672,7 @@ pub async fn history(client: &Client, service: &str, output: Output) -> CliResul
         "KIND",
         "REV",
         "VERSION",
-        "STRATEGY",
+        "RAN AS",
         "OUTCOME",
         "STARTED"
     );
@@ -664,7 +690,11 @@ pub async fn history(client: &Client, service: &str, output: Output) -> CliResul
             format!("{:?}", e.kind).to_lowercase(),
             e.revision,
             e.version,
-            e.strategy.as_str(),
+            if e.ran_as.is_empty() {
+                e.strategy.as_str()
+            } else {
+                &e.ran_as
+            },
             outcome,
             e.started_at.get(..19).unwrap_or(&e.started_at),
         );

@@ -137,6 +137,7 @@ fn deploy_args(config: &Path, version: &str, strategy: &str, set: &[&str]) -> De
         dry_run: false,
         auto_approve: true,
         detach: false,
+        until_serving: false,
         monitor: None,
         config: config.to_path_buf(),
     }

@@ -114,8 +114,13 @@ enum Command {
         detach: bool,
         /// Watch the release this long after it reaches 100 % (e.g. 10m); a
         /// failure in that window rolls back by itself. Overrides the spec.
+        /// The command follows the window too, and exits 1 if it rolls back.
         #[arg(long, value_name = "DURATION")]
         monitor: Option<String>,
+        /// With a monitoring window: return (exit 0) once the release serves
+        /// all traffic, instead of following the window to its end.
+        #[arg(long, conflicts_with = "detach")]
+        until_serving: bool,
         /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
@@ -280,9 +285,11 @@ async fn run(cli: Cli) -> CliResult<()> {
             auto_approve,
             detach,
             monitor,
+            until_serving,
             config,
         } => {
             let args = DeployArgs {
+                until_serving: *until_serving,
                 monitor: monitor.clone(),
                 service: service.clone(),
                 version: version.clone(),

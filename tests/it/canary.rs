@@ -458,6 +458,7 @@ async fn a_release_that_goes_bad_in_its_monitoring_window_is_rolled_back_by_itse
             "v2",
             "--monitor",
             "60s",
+            "--until-serving",
             "--set",
             "DEMO_FAILURE_RATE=0.5",
             "--set",

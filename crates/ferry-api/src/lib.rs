@@ -169,6 +169,9 @@ pub struct HistoryEntry {
     pub version: String,
     pub from: Option<u64>,
     pub strategy: Strategy,
+    /// What actually ran, e.g. `rolling (first deploy of a canary service)`.
+    #[serde(default)]
+    pub ran_as: String,
     pub phase: Phase,
     pub outcome: Option<String>,
     pub reason: Option<String>,

@@ -10,8 +10,8 @@ use ferry_api::DeployRequest;
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{Rollout, ServiceState};
 use ferry_store::{
-    AuditEntry, Change, InstanceRecord, NewIds, NewRollout, Result, SecretKey, SqliteStore, Store,
-    StoreError, StoredEvent, StoredMeasurement,
+    AuditEntry, Change, Committed, InstanceRecord, NewIds, NewRollout, Result, SecretKey,
+    SqliteStore, Store, StoreError, StoredEvent, StoredMeasurement,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +39,7 @@ impl Store for Faulty {
     fn meta_or_init(&self, key: &str, init: &mut dyn FnMut() -> String) -> Result<String> {
         self.inner.meta_or_init(key, init)
     }
-    fn commit(&self, change: &Change<'_>) -> Result<()> {
+    fn commit(&self, change: &Change<'_>) -> Result<Committed> {
         self.check()?;
         self.inner.commit(change)
     }
@@ -49,7 +49,7 @@ impl Store for Faulty {
         new_revision: bool,
         now: u64,
         build: &mut dyn FnMut(NewIds) -> NewRollout,
-    ) -> Result<NewRollout> {
+    ) -> Result<(NewRollout, Committed)> {
         self.check()?;
         self.inner.start_rollout(service, new_revision, now, build)
     }

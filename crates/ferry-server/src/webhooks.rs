@@ -1,18 +1,24 @@
 //! Rollout events to webhooks: JSON POSTs with a timeout and retries, sent
-//! from a bounded queue by background tasks. A dead or slow webhook never
-//! blocks a rollout: when the queue is full, events are dropped and counted.
+//! in the order they happened. Each webhook URL has a lane, a task that
+//! delivers its events one after the other (retries included), so a
+//! receiver never sees `done` before `failed`; lanes run side by side, so a
+//! slow webhook delays only its own events. A dead or slow webhook never
+//! blocks a rollout: when a lane's queue is full, events are dropped and
+//! counted. Every payload carries the event's `sequence` (its `seq` in the
+//! event log) so a receiver can order and deduplicate.
 
 use crate::clock::rfc3339;
 use ferry_core::Millis;
 use ferry_core::rollout::{Event, Rollout};
 use ferry_core::webhook::WebhookSpec;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
-const QUEUE: usize = 1024;
-const CONCURRENT: usize = 16;
+/// Events one webhook may have waiting.
+const LANE_QUEUE: usize = 1024;
 
 struct Delivery {
     hook: WebhookSpec,
@@ -20,55 +26,64 @@ struct Delivery {
 }
 
 pub struct Notifier {
-    tx: mpsc::Sender<Delivery>,
+    http: reqwest::Client,
+    /// One ordered lane per webhook URL.
+    lanes: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
     pub delivered: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
     pub dropped: AtomicU64,
 }
 
 impl Notifier {
-    /// Start the dispatcher on the current runtime.
+    /// A notifier whose lanes run on the current runtime.
     pub fn start(http: reqwest::Client) -> Notifier {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(QUEUE);
-        let delivered = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (ok, bad) = (delivered.clone(), failed.clone());
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(CONCURRENT));
-            while let Some(d) = rx.recv().await {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let (http, ok, bad) = (http.clone(), ok.clone(), bad.clone());
-                tokio::spawn(async move {
-                    let counter = if deliver(&http, &d).await { ok } else { bad };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    drop(permit);
-                });
-            }
-        });
         Notifier {
-            tx,
-            delivered,
-            failed,
+            http,
+            lanes: Mutex::default(),
+            delivered: Arc::default(),
+            failed: Arc::default(),
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// Queue `events` of `rollout` for every hook that wants them. Never waits.
+    /// The lane of `url`, started on first use.
+    fn lane(&self, url: &str) -> mpsc::Sender<Delivery> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = lanes.get(url).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_QUEUE);
+        let (http, ok, bad) = (
+            self.http.clone(),
+            self.delivered.clone(),
+            self.failed.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                let counter = if deliver(&http, &d).await { &ok } else { &bad };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        lanes.insert(url.to_string(), tx.clone());
+        tx
+    }
+
+    /// Queue `events` of `rollout` (with their sequence numbers, in order)
+    /// for every hook that wants them. Never waits.
     pub fn announce(
         &self,
         hooks: &[WebhookSpec],
         rollout: &Rollout,
         version: &str,
         events: &[Event],
+        sequence: &[u64],
         now: Millis,
     ) {
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
             for hook in hooks.iter().filter(|h| h.wants(e.kind)) {
-                let body = payload(rollout, version, e, now);
+                let body = payload(rollout, version, e, sequence.get(i).copied(), now);
                 if self
-                    .tx
+                    .lane(&hook.url)
                     .try_send(Delivery {
                         hook: hook.clone(),
                         body,
@@ -87,11 +102,19 @@ impl Notifier {
     }
 }
 
-/// The JSON body of one event.
-pub fn payload(r: &Rollout, version: &str, e: &Event, now: Millis) -> serde_json::Value {
+/// The JSON body of one event. The rollout's fields are as they are after
+/// the event (e.g. `canary_weight` is 0 in a pulled canary's `failed`).
+pub fn payload(
+    r: &Rollout,
+    version: &str,
+    e: &Event,
+    sequence: Option<u64>,
+    now: Millis,
+) -> serde_json::Value {
     serde_json::json!({
         "type": "ferry.rollout",
         "event": e.kind,
+        "sequence": sequence,
         "message": e.message,
         "service": r.service,
         "rollout": r.id,

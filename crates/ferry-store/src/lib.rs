@@ -93,6 +93,13 @@ pub struct Change<'a> {
     pub now: Millis,
 }
 
+/// What a commit wrote that the caller needs: the sequence numbers of its
+/// events, in order (the `seq` of `GET /v1/rollouts/{id}/events`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub events: Vec<u64>,
+}
+
 /// The ids a new rollout gets, allocated in the transaction that writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewIds {
@@ -122,7 +129,7 @@ pub trait Store: Send + Sync {
     /// A value in the meta table, created with `init` the first time.
     fn meta_or_init(&self, key: &str, init: &mut dyn FnMut() -> String) -> Result<String>;
     /// Write one decision atomically.
-    fn commit(&self, change: &Change<'_>) -> Result<()>;
+    fn commit(&self, change: &Change<'_>) -> Result<Committed>;
     /// Start a rollout of `service`: allocate its id (and, with
     /// `new_revision`, the service's next revision number), and write what
     /// `build` makes with them, all in one transaction. Returns it.
@@ -132,7 +139,7 @@ pub trait Store: Send + Sync {
         new_revision: bool,
         now: Millis,
         build: &mut dyn FnMut(NewIds) -> NewRollout,
-    ) -> Result<NewRollout>;
+    ) -> Result<(NewRollout, Committed)>;
     fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     /// The newest `limit` audit entries, oldest first.
     fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>>;

@@ -211,7 +211,7 @@ impl SqliteStore {
     }
 
     /// Write a change inside `tx`.
-    fn write(&self, tx: &rusqlite::Transaction<'_>, change: &Change<'_>) -> Result<()> {
+    fn write(&self, tx: &rusqlite::Transaction<'_>, change: &Change<'_>) -> Result<Committed> {
         if let Some(rev) = change.revision {
             let sealed = seal::seal_revision(&self.key, rev)?;
             tx.execute(
@@ -238,11 +238,13 @@ impl SqliteStore {
             .or(change.state.map(|s| s.name.as_str()))
             .or(change.rollout.map(|r| r.service.as_str()))
             .unwrap_or("");
+        let mut events = Vec::with_capacity(change.events.len());
         for (rollout, e) in &change.events {
             tx.execute(
                 "INSERT INTO events (at, service, rollout, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![change.now as i64, service, rollout.map(|r| r as i64), e.kind.as_str(), e.message],
             )?;
+            events.push(tx.last_insert_rowid() as u64);
         }
         if let Some(a) = change.audit {
             insert_audit(tx, a)?;
@@ -253,7 +255,7 @@ impl SqliteStore {
                 params![*rollout as i64, change.now as i64, to_json(m)],
             )?;
         }
-        Ok(())
+        Ok(Committed { events })
     }
 
     fn events(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<StoredEvent>> {
@@ -315,12 +317,12 @@ impl Store for SqliteStore {
         Ok(v)
     }
 
-    fn commit(&self, change: &Change<'_>) -> Result<()> {
+    fn commit(&self, change: &Change<'_>) -> Result<Committed> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        self.write(&tx, change)?;
+        let committed = self.write(&tx, change)?;
         tx.commit()?;
-        Ok(())
+        Ok(committed)
     }
 
     fn start_rollout(
@@ -329,7 +331,7 @@ impl Store for SqliteStore {
         new_revision: bool,
         now: Millis,
         build: &mut dyn FnMut(NewIds) -> NewRollout,
-    ) -> Result<NewRollout> {
+    ) -> Result<(NewRollout, Committed)> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let rollout: Option<i64> =
@@ -353,7 +355,7 @@ impl Store for SqliteStore {
             events.extend(closing.iter().map(|e| (Some(ended.id), e)));
         }
         events.push((Some(new.rollout.id), &new.started));
-        self.write(
+        let committed = self.write(
             &tx,
             &Change {
                 revision: new.revision.as_ref(),
@@ -367,7 +369,7 @@ impl Store for SqliteStore {
             },
         )?;
         tx.commit()?;
-        Ok(new)
+        Ok((new, committed))
     }
 
     fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -781,12 +783,17 @@ mod tests {
                 rollout,
             }
         };
-        let first = store
+        let (first, _) = store
             .start_rollout("web", true, 1, &mut |ids| build(ids))
             .unwrap();
-        let second = store
+        let (second, committed) = store
             .start_rollout("web", true, 2, &mut |ids| build(ids))
             .unwrap();
+        assert_eq!(
+            committed.events,
+            vec![2],
+            "the started event's sequence number"
+        );
         assert_eq!((first.rollout.id, first.rollout.to), (1, 1));
         assert_eq!((second.rollout.id, second.rollout.to), (2, 2));
         assert_eq!(store.revisions("web").unwrap().len(), 2);

@@ -369,6 +369,15 @@ impl Rollout {
         self.phase == Phase::Done
     }
 
+    /// The strategy as it runs: a canary's first deploy has no stable
+    /// revision to split traffic with, and rolls out like a rolling deploy.
+    pub fn ran_as(&self) -> String {
+        match (self.strategy, self.from) {
+            (Strategy::Canary, None) => "rolling (first deploy of a canary service)".into(),
+            (s, _) => s.as_str().into(),
+        }
+    }
+
     /// Which of the service's analysis checks judge the rollout now. A
     /// canary is judged once it takes traffic (a measurement of a canary
     /// that serves nothing is noise, and three in a row would pause it); a

@@ -391,15 +391,18 @@ impl Daemon {
                         ..Default::default()
                     });
                     core.note_store(&written);
-                    if let Err(e) = written {
-                        // Nothing changed; the measurements wait for the
-                        // next tick, which decides again.
-                        self.pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(observed.measurements.into_iter().map(|m| (r.id, m)));
-                        return Err(e.into());
-                    }
+                    let committed = match written {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Nothing changed; the measurements wait for the
+                            // next tick, which decides again.
+                            self.pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend(observed.measurements.into_iter().map(|m| (r.id, m)));
+                            return Err(e.into());
+                        }
+                    };
                     for e in &step.events {
                         tracing::info!(service = %name, rollout = step.rollout.id, "{}", e.message);
                     }
@@ -409,6 +412,7 @@ impl Daemon {
                             &step.rollout,
                             &rev.version,
                             &step.events,
+                            &committed.events,
                             now,
                         );
                     }

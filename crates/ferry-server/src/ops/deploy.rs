@@ -259,6 +259,8 @@ pub async fn deploy(
         &mut |ids: NewIds| {
             let number = ids.revision.expect("a deploy allocates a revision");
             let id = ids.rollout;
+            let rollout = begin(id, number);
+            let ran_as = rollout.ran_as();
             let mut next = state.clone();
             next.active_rollout = Some(id);
             next.retiring.remove(&number);
@@ -275,14 +277,14 @@ pub async fn deploy(
                     author: actor.name.clone(),
                     created_at: now,
                 }),
-                rollout: begin(id, number),
+                rollout,
                 ended: concluded.clone(),
                 state: next,
                 started: Event::new(
                     EventKind::Started,
                     format!(
                         "rollout {id}: {} revision {number} ({}) of `{name}`{}",
-                        strategy.as_str(),
+                        ran_as,
                         req.version,
                         state
                             .stable

@@ -177,7 +177,7 @@ pub(crate) fn start_rollout(
     if written.is_err() {
         d.publish(core, now);
     }
-    let new = written?;
+    let (new, committed) = written?;
     if let Some((ended, _)) = &new.ended {
         core.rollouts.remove(&ended.id);
     }
@@ -186,6 +186,10 @@ pub(crate) fn start_rollout(
         &new.rollout,
         version,
         std::slice::from_ref(&new.started),
+        committed
+            .events
+            .last()
+            .map_or(&[][..], std::slice::from_ref),
         now,
     );
     let accepted = RolloutAccepted {

@@ -78,6 +78,7 @@ pub fn history(d: &Daemon, name: &str) -> OpResult<Vec<HistoryEntry>> {
                 version: rev.map(|v| v.version.clone()).unwrap_or_default(),
                 from: r.from,
                 strategy: r.strategy,
+                ran_as: r.ran_as(),
                 phase: r.phase,
                 outcome: r.outcome.map(|o| o.as_str().to_string()),
                 reason: r.reason.clone(),
