@@ -103,7 +103,9 @@ enum Command {
         /// (`-m 600`) is refused; use --monitor for that.
         #[arg(long, short)]
         message: Option<String>,
-        /// Print the plan (hooks, batches, gates, timeouts); change nothing.
+        /// Print the plan, made by the rollout machine itself: hook, batches or
+        /// steps, holds, gates, skipped pauses, monitoring window, checks with
+        /// their limits, timeouts, shortest duration. Change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Skip the blue-green approval gate and the canary's manual pauses.

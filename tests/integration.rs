@@ -15,4 +15,5 @@ mod it {
     mod instances;
     mod prometheus;
     mod proxy;
+    mod release_ux;
 }

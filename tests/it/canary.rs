@@ -492,39 +492,6 @@ async fn a_release_that_goes_bad_in_its_monitoring_window_is_rolled_back_by_itse
     );
 }
 
-/// A tiny webhook receiver: records each POSTed JSON body.
-fn receiver() -> (u16, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten().take(200) {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice(&body)
-            {
-                sink.lock().unwrap().push(v);
-            }
-            let mut s = stream;
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
-
 #[test]
 fn rollout_events_reach_webhooks_and_a_dead_webhook_blocks_nothing() {
     let (port, got) = receiver();

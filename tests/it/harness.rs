@@ -188,8 +188,14 @@ scale_down_delay = "{scale_down_delay}"
     }
 
     pub fn ferry(&self, args: &[&str]) -> Output {
+        self.ferry_env(args, &[])
+    }
+
+    /// Run the CLI with more environment variables.
+    pub fn ferry_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(FERRY)
             .args(args)
+            .envs(envs.iter().copied())
             .env("FERRY_DATA_DIR", self.data_dir())
             .env_remove("FERRY_API")
             .env_remove("FERRY_TOKEN")
@@ -336,4 +342,40 @@ pub async fn versions_now(load: &ferry::loadgen::LoadGen, window: Duration) -> V
 /// Run a blocking CLI call off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// A tiny webhook receiver: records each POSTed JSON body.
+pub fn receiver() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(200) {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                sink.lock().unwrap().push(v);
+            }
+            let mut s = stream;
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
 }

@@ -47,6 +47,7 @@ fn main() {
         plain.set_routes(RoutingTable {
             upstreams: vec![Arc::clone(&rev1)],
             split: None,
+            stable: Some(1),
         });
         let split = ProxyHandle::bind_with_workers(
             "bench-split".into(),
@@ -63,6 +64,7 @@ fn main() {
                 stickiness: Stickiness::None,
                 canary: Some(2),
             }),
+            stable: Some(1),
         });
         println!(
             "bench-proxy ready on {} and {}",

@@ -157,13 +157,17 @@ async fn proxy(
         parts.headers.insert(header::UPGRADE, protocol);
     }
 
-    let Some(in_flight) = shared.acquire(&parts.headers, &[]) else {
-        return Ok(local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            shared.no_instance_body.clone(),
-            request_id,
-            log,
-        ));
+    let in_flight = match shared.acquire(&parts.headers, &[]) {
+        Ok(in_flight) => in_flight,
+        Err(no_route) => {
+            let (status, body) = no_route.pin_refusal().unwrap_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    shared.no_instance_body.clone(),
+                )
+            });
+            return Ok(local_response(status, body, request_id, log));
+        }
     };
     let (body, upload) = ReqBody::new(incoming, config.options.client_body_timeout);
     let replayable = body.is_empty() && is_replayable(parts.method.as_str(), &parts.headers);

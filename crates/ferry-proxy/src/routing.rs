@@ -21,6 +21,59 @@ pub struct RoutingTable {
     pub upstreams: Vec<Arc<Upstream>>,
     /// `None`: plain round-robin over all upstreams.
     pub split: Option<Split>,
+    /// The revision `X-Ferry-Revision: stable` selects.
+    pub stable: Option<u64>,
+}
+
+/// Why no upstream was chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoRoute {
+    /// Nothing (left untried) to send it to.
+    Exhausted,
+    /// `X-Ferry-Revision` is not a revision number, `stable` or `canary`.
+    BadPin,
+    /// `X-Ferry-Revision` names a revision with no upstream taking
+    /// requests here.
+    Unavailable(Pin),
+}
+
+/// What a request's `X-Ferry-Revision` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pin {
+    Revision(u64),
+    Canary,
+    Stable,
+}
+
+impl NoRoute {
+    /// The answer to a request pinned to a revision it cannot have (`None`
+    /// for `Exhausted`, which the caller answers its own way).
+    pub(crate) fn pin_refusal(self) -> Option<(http::StatusCode, bytes::Bytes)> {
+        let text = match self {
+            NoRoute::Exhausted => return None,
+            NoRoute::BadPin => {
+                return Some((
+                    http::StatusCode::BAD_REQUEST,
+                    bytes::Bytes::from_static(
+                        b"X-Ferry-Revision must be a revision number, `stable` or `canary`\n",
+                    ),
+                ));
+            }
+            NoRoute::Unavailable(Pin::Revision(n)) => format!(
+                "X-Ferry-Revision: revision {n} has no instance taking requests here (no such revision, stopped, or not ready yet); `ferry status` lists what runs\n"
+            ),
+            NoRoute::Unavailable(Pin::Canary) => {
+                "X-Ferry-Revision: no canary takes requests here (no rollout is under way, or its instances are not ready yet)\n".to_string()
+            }
+            NoRoute::Unavailable(Pin::Stable) => {
+                "X-Ferry-Revision: the stable revision has no instance taking requests here\n".to_string()
+            }
+        };
+        Some((
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            bytes::Bytes::from(text),
+        ))
+    }
 }
 
 /// How traffic splits between revisions. `None` in
@@ -71,6 +124,7 @@ pub(crate) struct Routes {
     layout: Vec<(u32, usize)>,
     stickiness: Stickiness,
     canary_group: Option<usize>,
+    stable_group: Option<usize>,
     next: AtomicUsize,
 }
 
@@ -125,12 +179,14 @@ impl Routes {
                 }
             }
         }
+        let stable_group = table.stable.and_then(group_of);
         Routes {
             table,
             groups,
             layout,
             stickiness,
             canary_group,
+            stable_group,
             next: AtomicUsize::new(0),
         }
     }
@@ -140,19 +196,24 @@ impl Routes {
     }
 
     /// Choose an upstream for a request with `headers`, skipping `tried`.
+    /// A request pinned by `X-Ferry-Revision` goes to that revision or
+    /// nowhere: it never falls back to another one.
     pub(crate) fn pick<H: HeaderView + ?Sized>(
         &self,
         headers: &H,
         tried: &[Arc<Upstream>],
-    ) -> Option<&Arc<Upstream>> {
+    ) -> Result<&Arc<Upstream>, NoRoute> {
         let upstreams = &self.table.upstreams;
+        if let Some(pin) = self.pinned(headers)? {
+            return self.pick_in(pin, tried).ok_or(NoRoute::Exhausted);
+        }
         if upstreams.is_empty() {
-            return None;
+            return Err(NoRoute::Exhausted);
         }
         if let Some(group) = self.choose_group(headers)
             && let Some(u) = self.pick_in(group, tried)
         {
-            return Some(u);
+            return Ok(u);
         }
         // Plain round-robin over everything (also the fallback).
         let len = upstreams.len();
@@ -160,6 +221,7 @@ impl Routes {
         (0..len)
             .map(|i| &upstreams[start.wrapping_add(i) % len])
             .find(|u| !was_tried(tried, u))
+            .ok_or(NoRoute::Exhausted)
     }
 
     fn pick_in(&self, group: usize, tried: &[Arc<Upstream>]) -> Option<&Arc<Upstream>> {
@@ -171,18 +233,32 @@ impl Routes {
             .find(|u| !was_tried(tried, u))
     }
 
-    /// The group (revision) a request should go to; `None` = any.
-    fn choose_group<H: HeaderView + ?Sized>(&self, headers: &H) -> Option<usize> {
-        if let Some(value) = headers.value_of(&X_FERRY_REVISION) {
-            let group = if value.eq_ignore_ascii_case(b"canary") {
-                self.canary_group
-            } else {
-                parse_u64(value).and_then(|rev| self.groups.iter().position(|g| g.revision == rev))
-            };
-            if group.is_some() {
-                return group;
-            }
+    /// The group `X-Ferry-Revision` pins the request to, if it carries one
+    /// (an empty value counts as none).
+    fn pinned<H: HeaderView + ?Sized>(&self, headers: &H) -> Result<Option<usize>, NoRoute> {
+        let name = X_FERRY_REVISION;
+        let Some(value) = headers.value_of(&name).map(<[u8]>::trim_ascii) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
         }
+        let (pin, group) = if value.eq_ignore_ascii_case(b"canary") {
+            (Pin::Canary, self.canary_group)
+        } else if value.eq_ignore_ascii_case(b"stable") {
+            (Pin::Stable, self.stable_group)
+        } else {
+            let rev = parse_u64(value).ok_or(NoRoute::BadPin)?;
+            (
+                Pin::Revision(rev),
+                self.groups.iter().position(|g| g.revision == rev),
+            )
+        };
+        group.map(Some).ok_or(NoRoute::Unavailable(pin))
+    }
+
+    /// The group (revision) an unpinned request should go to; `None` = any.
+    fn choose_group<H: HeaderView + ?Sized>(&self, headers: &H) -> Option<usize> {
         if self.layout.is_empty() {
             return None;
         }
@@ -282,6 +358,7 @@ mod unit {
         Routes::new(Arc::new(RoutingTable {
             upstreams: upstreams.to_vec(),
             split,
+            stable: Some(1),
         }))
     }
 
@@ -306,7 +383,10 @@ mod unit {
             .map(|_| r.pick(&h, &[]).unwrap().instance_id().to_string())
             .collect();
         assert_eq!(picked, ["r1-0", "r1-1", "r2-0", "r1-0", "r1-1", "r2-0"]);
-        assert!(routes(&[], None).pick(&h, &[]).is_none());
+        assert_eq!(
+            routes(&[], None).pick(&h, &[]).err(),
+            Some(NoRoute::Exhausted)
+        );
     }
 
     #[test]
@@ -436,13 +516,48 @@ mod unit {
         let plain = routes(&u, None);
         h.insert(X_FERRY_REVISION, HeaderValue::from_static("2"));
         assert!((0..50).all(|_| revision_of(&plain, &h) == 2));
-        // A revision without upstreams: the normal rule.
-        h.insert(X_FERRY_REVISION, HeaderValue::from_static("7"));
-        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
-        h.insert(X_FERRY_REVISION, HeaderValue::from_static("garbage"));
-        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("stable"));
+        assert!((0..50).all(|_| revision_of(&plain, &h) == 1));
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static(" Canary "));
+        assert!((0..50).all(|_| revision_of(&r, &h) == 2));
+        // An empty value is no pin.
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static(""));
+        assert!(r.pick(&h, &[]).is_ok());
+        // A revision without upstreams, or no revision at all: refused,
+        // never served by another revision.
+        let refused = |r: &Routes, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(X_FERRY_REVISION, HeaderValue::from_static(value));
+            r.pick(&h, &[]).err()
+        };
+        assert_eq!(
+            refused(&r, "7"),
+            Some(NoRoute::Unavailable(Pin::Revision(7)))
+        );
+        assert_eq!(refused(&r, "garbage"), Some(NoRoute::BadPin));
+        assert_eq!(refused(&r, "-1"), Some(NoRoute::BadPin));
+        assert_eq!(refused(&r, "99999999999999999999"), Some(NoRoute::BadPin));
+        assert_eq!(
+            refused(&plain, "canary"),
+            Some(NoRoute::Unavailable(Pin::Canary))
+        );
+        let (status, body) = NoRoute::Unavailable(Pin::Revision(7))
+            .pin_refusal()
+            .unwrap();
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .contains("revision 7 has no instance")
+        );
+        assert_eq!(
+            NoRoute::BadPin.pin_refusal().unwrap().0,
+            http::StatusCode::BAD_REQUEST
+        );
+        assert_eq!(NoRoute::Exhausted.pin_refusal(), None);
 
-        // The chosen revision has no upstream: any other revision serves.
+        // The split's chosen revision has no upstream: any other serves; a
+        // request pinned to it is refused.
         let only_stable = ups(&[(1, 2)]);
         let r = routes(
             &only_stable,
@@ -450,14 +565,27 @@ mod unit {
         );
         let none = HeaderMap::new();
         assert!((0..50).all(|_| revision_of(&r, &none) == 1));
-        h.insert(X_FERRY_REVISION, HeaderValue::from_static("canary"));
-        assert!((0..50).all(|_| revision_of(&r, &h) == 1));
+        assert_eq!(
+            refused(&r, "canary"),
+            Some(NoRoute::Unavailable(Pin::Canary))
+        );
+        assert_eq!(
+            refused(&r, "2"),
+            Some(NoRoute::Unavailable(Pin::Revision(2)))
+        );
+
+        // A pinned retry stays inside its revision.
+        let pinned = routes(&u, None);
+        let mut h = HeaderMap::new();
+        h.insert(X_FERRY_REVISION, HeaderValue::from_static("2"));
+        let tried = vec![Arc::clone(&u[2])];
+        assert_eq!(pinned.pick(&h, &tried).err(), Some(NoRoute::Exhausted));
 
         // Retries skip what was tried, inside the revision first, then anywhere.
         let r = routes(&u, Some(s));
         let tried = vec![Arc::clone(&u[0]), Arc::clone(&u[1])];
         assert_eq!(r.pick(&none, &tried).unwrap().revision(), 2);
         let all = u.clone();
-        assert!(r.pick(&none, &all).is_none());
+        assert_eq!(r.pick(&none, &all).err(), Some(NoRoute::Exhausted));
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ProxyOptions};
 use crate::headers::HeaderView;
-use crate::routing::{Routes, RoutingTable};
+use crate::routing::{NoRoute, Routes, RoutingTable};
 use crate::upstream::{InFlight, Upstream};
 
 /// A connection accepted by another worker, already counted in
@@ -190,7 +190,8 @@ impl Shared {
 
     /// Pick an upstream for a request with `headers` (weighted split, forced
     /// revision, stickiness, round-robin), skipping `tried`, and count the
-    /// request in its `in_flight`. `None` if no candidate is left.
+    /// request in its `in_flight`. `Err` if no candidate is left, or the
+    /// request is pinned to a revision it cannot have.
     ///
     /// Drain soundness: the count is incremented *before* re-reading the
     /// table. If the re-read still shows a table containing the upstream, the
@@ -201,7 +202,7 @@ impl Shared {
         &self,
         headers: &H,
         tried: &[Arc<Upstream>],
-    ) -> Option<InFlight> {
+    ) -> Result<InFlight, NoRoute> {
         loop {
             let routes = self.routes.load();
             let chosen = routes.pick(headers, tried)?;
@@ -211,7 +212,7 @@ impl Shared {
             if Arc::ptr_eq(&*now, &*routes)
                 || now.upstreams().iter().any(|u| Arc::ptr_eq(u, chosen))
             {
-                return Some(in_flight);
+                return Ok(in_flight);
             }
             drop(in_flight);
         }
@@ -227,8 +228,8 @@ impl Shared {
     ) -> Result<InFlight, InFlight> {
         tried.push(Arc::clone(current.upstream()));
         match self.acquire(headers, tried) {
-            Some(next) => Ok(next),
-            None => Err(current),
+            Ok(next) => Ok(next),
+            Err(_) => Err(current),
         }
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::analysis::{Measurement, Verdict};
 use crate::canary::{CanaryStep, OnFailure, Pause};
 use crate::duration::Dur;
+use crate::spec::ServiceSpec;
 
 fn seen(instances: &[InstanceObs]) -> Observed {
     Observed {
@@ -336,25 +337,6 @@ fn advance_is_idempotent_once_done() {
     assert!(step.events.is_empty());
 }
 
-#[test]
-fn plan_lists_batches_and_gates() {
-    let (s, _) = steady(3);
-    let mut p = params(3, 1, 0);
-    p.has_pre_deploy = true;
-    let lines = plan(&s, &deploy(1, Some(1), 2, Strategy::Rolling, p.clone()));
-    assert!(lines[0].contains("pre_deploy"));
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("batch")).count(),
-        6,
-        "{lines:#?}"
-    );
-    let lines = plan(&s, &deploy(1, Some(1), 2, Strategy::BlueGreen, p));
-    assert!(
-        lines.iter().any(|l| l.contains("ferry approve web")),
-        "{lines:#?}"
-    );
-}
-
 fn canary_params(steps: Vec<CanaryStep>) -> Params {
     let mut p = params(4, 1, 0);
     p.steps = steps;
@@ -656,25 +638,6 @@ fn pause_resume_and_full_promotion_by_hand() {
             "{kind}: {events:#?}"
         );
     }
-}
-
-#[test]
-fn canary_plan_lists_steps_and_gates() {
-    let (s, _) = steady(4);
-    let steps = vec![
-        w(5),
-        pause(Pause::For(Dur::secs(30))),
-        w(25),
-        pause(Pause::Manual),
-    ];
-    let lines = plan(&s, &canary(steps));
-    let text = lines.join("\n");
-    assert!(
-        text.contains("5 % of traffic") && text.contains("25 % of traffic"),
-        "{text}"
-    );
-    assert!(text.contains("ferry promote web"), "{text}");
-    assert!(text.contains("promoting revision 2 to 100 %"), "{text}");
 }
 
 #[test]
@@ -1040,4 +1003,237 @@ fn analysis_judges_a_canary_once_it_takes_traffic_and_a_blue_green_set_once_it_i
         Judging::Not,
         "a first deploy has nothing to compare"
     );
+}
+
+/// A service spec from JSON (the keys of `ferry.toml`).
+fn spec(extra: serde_json::Value) -> ServiceSpec {
+    let mut v = serde_json::json!({"command": ["app"], "listen": "127.0.0.1:9000", "instances": 3});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// The dry-run plan of a deploy of revision 2 over revision 1 (3 instances).
+fn plan_of(strategy: Strategy, spec: &ServiceSpec, auto_approve: bool, monitor_ms: u64) -> String {
+    let (s, _) = steady(3);
+    let mut p = Params::from_spec(spec);
+    p.monitor_ms = monitor_ms;
+    let r = Rollout::begin(
+        0,
+        "web",
+        RolloutKind::Deploy,
+        Some(1),
+        3,
+        2,
+        strategy,
+        p,
+        auto_approve,
+        5_000,
+    );
+    plan(&s, &r, spec).join("\n")
+}
+
+fn with_checks() -> serde_json::Value {
+    serde_json::json!({
+        "interval": "2s", "window": "30s", "failure_limit": 1, "inconclusive_limit": 4,
+        "checks": [
+            {"metric": "error_rate", "max": 0.01},
+            {"metric": "latency_p99", "max": "500ms", "name": "fast enough"},
+        ],
+    })
+}
+
+#[test]
+fn plan_lists_hook_batches_gates_and_timeouts() {
+    let sp = spec(serde_json::json!({
+        "pre_deploy": ["migrate"], "pre_deploy_timeout": "2m",
+        "deploy": {"max_surge": 1, "min_ready": "1s", "deploy_timeout": "90s",
+                   "drain_timeout": "7s", "stop_timeout": "4s"},
+    }));
+    let text = plan_of(Strategy::Rolling, &sp, false, 0);
+    assert!(text.starts_with("pre_deploy hook: runs once"), "{text}");
+    assert!(text.contains("pre_deploy_timeout 2m"), "{text}");
+    assert_eq!(text.matches("\nbatch ").count(), 6, "{text}");
+    assert!(text.contains("deploy_timeout 1m 30s"), "{text}");
+    assert!(
+        text.contains("drain_timeout 7s") && text.contains("stop_timeout 4s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("succeeded: revision 2 serves all traffic"),
+        "{text}"
+    );
+    // Three batches wait out min_ready (1s) for their new instance.
+    assert!(text.contains("takes at least 3s"), "{text}");
+
+    let text = plan_of(Strategy::BlueGreen, &sp, false, 0);
+    assert!(
+        text.contains("\nstarting the new set: revision 2 → 3 instances"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gate: the new set (revision 2) is ready; traffic stays on revision 1 until `ferry approve web`"),
+        "{text}"
+    );
+    assert!(text.contains("plus the wait at 1 gate"), "{text}");
+    let text = plan_of(Strategy::BlueGreen, &sp, true, 0);
+    assert!(
+        !text.contains("gate:"),
+        "--auto-approve passes the gate: {text}"
+    );
+}
+
+#[test]
+fn plan_of_a_watched_release_shows_the_window_and_the_checks_with_their_limits() {
+    let sp = spec(serde_json::json!({"analysis": with_checks()}));
+    for strategy in [Strategy::Rolling, Strategy::BlueGreen, Strategy::Canary] {
+        let text = plan_of(strategy, &sp, true, 600_000);
+        assert!(!text.contains("canary rollouts only"), "{text}");
+        assert!(
+            text.contains(
+                "serves all traffic; watching it for 10m (a failure rolls back to revision 1)"
+            ),
+            "{strategy:?}: {text}"
+        );
+        assert!(
+            text.contains("analysis watches the release every 2s over the last 30s"),
+            "{strategy:?}: {text}"
+        );
+        assert!(
+            text.contains("more than 1 failed measurements → it rolls back"),
+            "{text}"
+        );
+        assert!(text.contains("  check: error_rate ≤ 0.01"), "{text}");
+        assert!(
+            text.contains("  check: fast enough: latency_p99 ≤ 0.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "succeeded: revision 2 served all traffic through its 10m monitoring window"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("takes at least 10m"), "{text}");
+    }
+    // Without a window, a rolling deploy is not judged, and the plan says so.
+    let text = plan_of(Strategy::Rolling, &sp, true, 0);
+    assert!(
+        text.contains("analysis: the checks do not judge this rollout")
+            && text.contains("--monitor"),
+        "{text}"
+    );
+    assert!(!text.contains("check: error_rate"), "{text}");
+}
+
+#[test]
+fn canary_plan_lists_every_step_hold_gate_and_skipped_pause() {
+    let mut sp = spec(serde_json::json!({"analysis": with_checks()}));
+    sp.deploy.steps = vec![
+        w(10),
+        pause(Pause::For(Dur::secs(30))),
+        w(25),
+        pause(Pause::Manual),
+        w(60),
+    ];
+    let text = plan_of(Strategy::Canary, &sp, false, 0);
+    for want in [
+        "step 1/5: canary (revision 2) takes 10 % of traffic on 1 instance, held 2s (one analysis interval)",
+        "analysis judges the canary every 2s over the last 30s",
+        "more than 1 failed measurements → the canary's weight goes to 0 at once, traffic stays on revision 1",
+        "more than 4 inconclusive in a row → the rollout pauses",
+        "  check: error_rate ≤ 0.01",
+        "step 2/5: holding 30s at 10 % while analysis judges",
+        "step 3/5: canary (revision 2) takes 25 % of traffic on 1 instance",
+        "gate: step 4/5: paused at 25 %; `ferry promote web` goes on (or deploy with --auto-approve)",
+        "step 5/5: canary (revision 2) takes 60 % of traffic on 2 instances, held 2s",
+        "all steps passed: promoting revision 2 to 100 %",
+        "succeeded: revision 2 serves all traffic",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("takes at least 36s"),
+        "2s + 30s + 2s + 2s holds: {text}"
+    );
+    let text = plan_of(Strategy::Canary, &sp, true, 0);
+    assert!(
+        text.contains("step 4/5: manual pause at 25 % skipped (--auto-approve)")
+            && !text.contains("gate:"),
+        "{text}"
+    );
+    // The first deploy of a canary service runs rolling, unjudged.
+    let (empty, _) = (
+        ServiceState {
+            name: "web".into(),
+            ..Default::default()
+        },
+        (),
+    );
+    let r = Rollout::begin(
+        0,
+        "web",
+        RolloutKind::Deploy,
+        None,
+        0,
+        1,
+        Strategy::Canary,
+        Params::from_spec(&sp),
+        false,
+        0,
+    );
+    let text = plan(&empty, &r, &sp).join("\n");
+    assert!(
+        text.contains("batch 1: revision 1 → 3/3 instances"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a first deploy has no previous revision"),
+        "{text}"
+    );
+    assert!(!text.contains("step 1/5"), "{text}");
+}
+
+/// The plan is the run: every step, hold and promotion line of a canary's
+/// plan is an event of the same rollout driven tick by tick.
+#[test]
+fn canary_plan_lines_are_the_events_of_the_run() {
+    let mut sp = spec(serde_json::json!({"instances": 4, "analysis": with_checks()}));
+    sp.deploy.steps = vec![
+        w(10),
+        pause(Pause::For(Dur::secs(3))),
+        w(50),
+        pause(Pause::Manual),
+    ];
+    let mut p = Params::from_spec(&sp);
+    p.min_ready_ms = 1000;
+    let mut r = canary(vec![]);
+    r.params = p;
+    r.auto_approve = true;
+    let planned = plan(&steady(4).0, &r, &sp);
+    let (_, end, _, events) = drive(
+        r,
+        120_000,
+        |now| {
+            if now % 2000 == 0 {
+                vec![measurement(Verdict::Pass)]
+            } else {
+                vec![]
+            }
+        },
+        |_, _| {},
+    );
+    assert_eq!(end.outcome, Some(Outcome::Succeeded));
+    let ran: Vec<&str> = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Step | EventKind::Promoting))
+        .map(|e| e.message.as_str())
+        .collect();
+    let from_plan: Vec<&str> = planned
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("step ") || l.starts_with("all steps passed"))
+        .collect();
+    assert_eq!(from_plan, ran);
 }

@@ -230,13 +230,17 @@ impl Conn<'_> {
                 log,
             );
         }
-        let Some(in_flight) = shared.acquire(&view, &[]) else {
-            return local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                shared.no_instance_body.clone(),
-                None,
-                log,
-            );
+        let in_flight = match shared.acquire(&view, &[]) {
+            Ok(in_flight) => in_flight,
+            Err(no_route) => {
+                let (status, body) = no_route.pin_refusal().unwrap_or_else(|| {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        shared.no_instance_body.clone(),
+                    )
+                });
+                return local(status, body, None, log);
+            }
         };
         let replayable = body_len == 0 && is_replayable(method, headers);
         Prepared::Ready(Request {

@@ -287,6 +287,7 @@ fn table(upstreams: &[&Arc<Upstream>]) -> RoutingTable {
     RoutingTable {
         upstreams: upstreams.iter().map(|u| Arc::clone(u)).collect(),
         split: None,
+        stable: None,
     }
 }
 

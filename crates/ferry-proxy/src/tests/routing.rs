@@ -341,6 +341,7 @@ async fn weighted_split_over_sockets_counts_by_serving_revision() {
             stickiness: crate::Stickiness::Header(http::HeaderName::from_static("x-user")),
             canary: Some(2),
         }),
+        stable: Some(1),
     });
     let mut client = Client::connect(proxy.local_addr()).await;
     let mut canary = 0;
@@ -400,6 +401,7 @@ async fn stickiness_reads_rewritten_forwarding_headers() {
             stickiness: crate::Stickiness::Header(http::HeaderName::from_static("x-forwarded-for")),
             canary: None,
         }),
+        stable: Some(1),
     });
     let mut client = Client::connect(proxy.local_addr()).await;
     let mut seen = HashSet::new();

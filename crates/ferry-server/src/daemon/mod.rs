@@ -55,7 +55,16 @@ pub struct Daemon {
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
-type RouteKey = (Vec<String>, BTreeMap<u64, u32>, Vec<u64>);
+/// What a proxy's routing table was made from: instances, weights,
+/// traffic, the stable revision and the rollout (whose target is the
+/// canary). A change to any of them re-routes.
+type RouteKey = (
+    Vec<String>,
+    BTreeMap<u64, u32>,
+    Vec<u64>,
+    Option<u64>,
+    Option<u64>,
+);
 
 pub struct Core {
     pub states: BTreeMap<String, ServiceState>,

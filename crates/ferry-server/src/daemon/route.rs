@@ -47,7 +47,14 @@ impl Daemon {
             let state = &core.states[&name];
             let ups = core.reachable(state, now);
             let ids: Vec<String> = ups.iter().map(|u| u.instance_id().to_string()).collect();
-            let key = (ids, state.weights.clone(), state.traffic.clone());
+            let key = (
+                ids,
+                state.weights.clone(),
+                state.traffic.clone(),
+                state.stable,
+                state.active_rollout,
+            );
+            let stable = state.stable;
             if core.routed.get(&name) == Some(&key) && core.proxies.contains_key(&name) {
                 continue;
             }
@@ -86,6 +93,7 @@ impl Daemon {
                 p.set_routes(RoutingTable {
                     upstreams: ups,
                     split,
+                    stable,
                 });
                 tracing::debug!(service = %name, "routing to {:?} (weights {:?})", key.0, key.1);
                 core.routed.insert(name, key);

@@ -7,7 +7,7 @@ use ferry_api::{DeployRequest, RolloutAccepted};
 use ferry_core::event::{Event, EventKind};
 use ferry_core::revision::{Revision, check_version};
 use ferry_core::rollout::{self, Params, Phase, Rollout, RolloutKind, ServiceState};
-use ferry_core::spec::{Problem, Strategy, valid_env_name, valid_service_name};
+use ferry_core::spec::{Problem, valid_env_name, valid_service_name};
 use ferry_store::{NewIds, NewRollout};
 use std::sync::Arc;
 
@@ -194,7 +194,6 @@ pub async fn deploy(
     if let Some(id) = state.active_rollout
         && let Some(r) = core.rollouts.get(&id)
         && r.phase == Phase::Monitoring
-        && !req.dry_run
     {
         let step = rollout::conclude_monitoring(&state, r, "a new deploy started", now);
         state = step.state.clone();
@@ -235,15 +234,23 @@ pub async fn deploy(
     };
     if req.dry_run {
         let number = d.store.revisions(name)?.last().map_or(1, |r| r.number + 1);
-        let plan = dry_run_plan(&state, &begin(0, number), &req, strategy);
+        let mut plan = Vec::new();
+        if let Some((ended, _)) = &concluded {
+            plan.push(format!(
+                "rollout {}'s monitoring window ends now: revision {} stands",
+                ended.id, ended.to
+            ));
+        }
+        let planned = begin(0, number);
+        plan.extend(rollout::plan(&state, &planned, &req.spec));
         audit.record("ok: nothing changed");
         return Ok(Accepted::Planned(RolloutAccepted {
             rollout: None,
             revision: number,
             message: format!(
-                "dry run: would create revision {number} of `{name}` ({}) and roll it out {}",
+                "dry run: would create revision {number} of `{name}` ({}) and roll it out: {}",
                 req.version,
-                strategy.as_str()
+                planned.ran_as()
             ),
             plan,
         }));
@@ -302,31 +309,4 @@ pub async fn deploy(
     drop(core);
     d.notify.notify_one();
     Ok(Accepted::Started(accepted))
-}
-
-/// The `--dry-run` plan of a rollout that would start now.
-fn dry_run_plan(
-    state: &ServiceState,
-    r: &Rollout,
-    req: &DeployRequest,
-    strategy: Strategy,
-) -> Vec<String> {
-    let mut plan = rollout::plan(state, r);
-    if let Some(a) = req.spec.analysis.as_ref().filter(|a| !a.checks.is_empty()) {
-        if strategy == Strategy::Canary {
-            plan.push(format!(
-                "analysis every {} over a {} window (fewer than {} requests = inconclusive):",
-                a.interval, a.window, a.min_requests
-            ));
-            for (label, _) in a.checks() {
-                plan.push(format!("  check: {label}"));
-            }
-        } else {
-            plan.push(format!(
-                "analysis checks are declared but judge canary rollouts only; this {} rollout is not judged by them",
-                strategy.as_str()
-            ));
-        }
-    }
-    plan
 }
