@@ -5,15 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const ANALYSIS: &str = r#"
-[services.web.analysis]
-interval = "500ms"
-window = "3s"
-failure_limit = 0
-min_requests = 5
-checks = [ { metric = "error_rate", max = 0.05 } ]
-"#;
-
 fn canary_spec(steps: &str, deploy_extra: &str, analysis: &str) -> Spec {
     Spec {
         instances: 2,
@@ -23,10 +14,6 @@ fn canary_spec(steps: &str, deploy_extra: &str, analysis: &str) -> Spec {
         deploy_timeout: "20s",
         ..Spec::default()
     }
-}
-
-fn status(env: &Env) -> serde_json::Value {
-    env.json(&["status", "web"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

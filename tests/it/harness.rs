@@ -52,6 +52,22 @@ impl Default for Spec {
     }
 }
 
+/// Analysis that judges quickly on little traffic: every 500 ms over 3 s,
+/// no failure allowed, at least 5 requests.
+pub const ANALYSIS: &str = r#"
+[services.web.analysis]
+interval = "500ms"
+window = "3s"
+failure_limit = 0
+min_requests = 5
+checks = [ { metric = "error_rate", max = 0.05 } ]
+"#;
+
+/// `ferry status web`, as JSON.
+pub fn status(env: &Env) -> serde_json::Value {
+    env.json(&["status", "web"])
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub port: u16,

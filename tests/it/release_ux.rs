@@ -7,19 +7,6 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-const ANALYSIS: &str = r#"
-[services.web.analysis]
-interval = "500ms"
-window = "3s"
-failure_limit = 0
-min_requests = 5
-checks = [ { metric = "error_rate", max = 0.05 } ]
-"#;
-
-fn status(env: &Env) -> serde_json::Value {
-    env.json(&["status", "web"])
-}
-
 /// Steady background traffic through the proxy, bounded in count.
 fn trickle(env: &Env, requests: usize) -> std::thread::JoinHandle<()> {
     let proxy = env.proxy();

@@ -162,93 +162,58 @@ async fn gate(d: Arc<Daemon>, name: String, headers: HeaderMap, gate: Gate) -> M
     accepted(ops::gates::request(&d, &name, gate, &actor, serde_json::Value::Null).await)
 }
 
-#[utoipa::path(
-    post,
-    path = "/v1/services/{name}/approve",
-    tag = "ferry",
-    summary = "Let a blue-green rollout switch traffic",
-    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
-        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
-        (status = 400, description = "The name is invalid", body = ErrorBody),
-        TokenErrors,
-    )
-)]
-pub async fn approve(
-    State(d): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Mutation {
-    gate(d, name, headers, Gate::Approve).await
+/// The endpoints that only queue a gate request on the rollout in progress:
+/// the same parameters and answers, one line each below.
+macro_rules! gate_endpoint {
+    ($name:ident, $path:tt, $summary:tt, $gate:expr) => {
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "ferry",
+            summary = $summary,
+            params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
+            security(("token" = [])),
+            responses(
+                (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
+                (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
+                (status = 400, description = "The name is invalid", body = ErrorBody),
+                TokenErrors,
+            )
+        )]
+        pub async fn $name(
+            State(d): State<Arc<Daemon>>,
+            Path(name): Path<String>,
+            headers: HeaderMap,
+        ) -> Mutation {
+            gate(d, name, headers, $gate).await
+        }
+    };
 }
 
-#[utoipa::path(
-    post,
-    path = "/v1/services/{name}/abort",
-    tag = "ferry",
-    summary = "Stop the rollout in progress",
-    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
-        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
-        (status = 400, description = "The name is invalid", body = ErrorBody),
-        TokenErrors,
-    )
-)]
-pub async fn abort(
-    State(d): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Mutation {
-    gate(d, name, headers, Gate::Abort).await
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/services/{name}/pause",
-    tag = "ferry",
-    summary = "Hold the rollout in progress",
-    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
-        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
-        (status = 400, description = "The name is invalid", body = ErrorBody),
-        TokenErrors,
-    )
-)]
-pub async fn pause(
-    State(d): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Mutation {
-    gate(d, name, headers, Gate::Pause).await
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/services/{name}/resume",
-    tag = "ferry",
-    summary = "Continue a paused rollout",
-    params(("name" = String, Path, description = "The service", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")),
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "The request is stored on the rollout", body = RolloutAccepted),
-        (status = 409, description = "No rollout in progress, or the request does not apply to it now", body = ErrorBody),
-        (status = 400, description = "The name is invalid", body = ErrorBody),
-        TokenErrors,
-    )
-)]
-pub async fn resume(
-    State(d): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Mutation {
-    gate(d, name, headers, Gate::Resume).await
-}
+gate_endpoint!(
+    approve,
+    "/v1/services/{name}/approve",
+    "Let a blue-green rollout switch traffic",
+    Gate::Approve
+);
+gate_endpoint!(
+    abort,
+    "/v1/services/{name}/abort",
+    "Stop the rollout in progress",
+    Gate::Abort
+);
+gate_endpoint!(
+    pause,
+    "/v1/services/{name}/pause",
+    "Hold the rollout in progress",
+    Gate::Pause
+);
+gate_endpoint!(
+    resume,
+    "/v1/services/{name}/resume",
+    "Continue a paused rollout",
+    Gate::Resume
+);
 
 #[utoipa::path(
     post,
