@@ -25,20 +25,22 @@ use crate::proxy::serve_with_hyper;
 use crate::shared::{HandoffRx, Shared};
 use crate::upstream::enter_worker;
 
-/// Start one worker thread per hand-off receiver (worker `i` gets
-/// `handoffs[i]`) and wait until each has opened its listening socket. On
-/// failure the workers already started are stopped.
+/// Start one worker thread per listening socket (worker `i` accepts from
+/// `listeners[i]` and gets `handoffs[i]`) and wait until each has
+/// registered its socket. On failure the workers already started are
+/// stopped.
 pub(crate) async fn start_workers(
     shared: &Arc<Shared>,
     handoffs: Vec<HandoffRx>,
+    listeners: Vec<std::net::TcpListener>,
 ) -> io::Result<()> {
     let mut started = Vec::with_capacity(handoffs.len());
-    for (index, handoff_rx) in handoffs.into_iter().enumerate() {
+    for (index, (handoff_rx, listener)) in handoffs.into_iter().zip(listeners).enumerate() {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let worker_shared = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name(format!("ferry-proxy-{index}"))
-            .spawn(move || run_worker(worker_shared, index, handoff_rx, ready_tx));
+            .spawn(move || run_worker(worker_shared, index, listener, handoff_rx, ready_tx));
         match spawned {
             Ok(_) => started.push(ready_rx),
             Err(err) => {
@@ -59,13 +61,15 @@ pub(crate) async fn start_workers(
     Ok(())
 }
 
-/// The body of worker thread `worker`: a single-threaded runtime that opens
-/// the worker's listening socket, reports on `ready`, accepts and serves
-/// connections until shutdown, then waits for the connections it serves
-/// (upgraded ones included) to end.
+/// The body of worker thread `worker`: a single-threaded runtime that
+/// registers the worker's listening socket, reports on `ready`, accepts and
+/// serves connections until shutdown or retirement, then waits for the
+/// connections it serves (upgraded ones included) to end, stopping the
+/// listener when a retirement's deadline passes first.
 fn run_worker(
     shared: Arc<Shared>,
     worker: usize,
+    listener: std::net::TcpListener,
     mut handoff: HandoffRx,
     ready: tokio::sync::oneshot::Sender<io::Result<()>>,
 ) {
@@ -81,41 +85,75 @@ fn run_worker(
     };
     enter_worker();
     runtime.block_on(async move {
-        if let Err(err) = shared.listen(worker) {
+        if let Err(err) = shared.listen(worker, listener) {
             let _ = ready.send(Err(err));
             return;
         }
         let _ = ready.send(Ok(()));
         let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+        let shutdown = shared.shutdown.subscribe();
         accept_loop(&shared, worker, &mut handoff, &alive).await;
-        drop(handoff);
+        // Connections other workers handed over before this one stopped
+        // taking them are served (and counted down) like the rest; later
+        // hand-offs fail and their sender serves them.
+        handoff.close();
+        while let Ok((stream, peer)) = handoff.try_recv() {
+            take_over(&shared, worker, stream, peer, &shutdown, &alive);
+        }
         drop(alive);
         // Every connection holds a clone of `alive`.
-        let _ = all_done.recv().await;
+        wait_for_connections(&shared, &mut all_done).await;
     });
     // Dropping the runtime closes this worker's idle upstream connections.
 }
 
-/// Accept connections until the listener is closed by `shutdown()`.
+/// Wait until every connection of this worker has ended; if the listener
+/// retires, stop it (as `shutdown` does) when its deadline passes.
+async fn wait_for_connections(shared: &Shared, all_done: &mut tokio::sync::mpsc::Receiver<()>) {
+    let mut retire = shared.retire_deadline.subscribe();
+    let mut done = std::pin::pin!(all_done.recv());
+    loop {
+        let deadline = *retire.borrow_and_update();
+        let passed = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = done.as_mut() => return,
+            _ = passed => {
+                shared.stop();
+                let _ = done.await;
+                return;
+            }
+            changed = retire.changed() => {
+                if changed.is_err() {
+                    let _ = done.await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Accept connections until the listener is closed by `shutdown()` or
+/// `retire()`.
 async fn accept_loop(shared: &Arc<Shared>, worker: usize, handoff: &mut HandoffRx, alive: &Alive) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut retire = shared.retire_deadline.subscribe();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = retire.wait_for(Option::is_some) => break,
             Some(handed) = handoff.recv() => Err(handed),
             res = poll_fn(|cx| shared.poll_accept(worker, cx)) => Ok(res),
         };
         let accepted = match accepted {
             Ok(res) => res,
             Err((stream, peer)) => {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => serve_here(shared, worker, stream, peer, &shutdown, alive),
-                    Err(err) => {
-                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, error = %err, "cannot take over a connection");
-                    }
-                }
+                take_over(shared, worker, stream, peer, &shutdown, alive);
                 continue;
             }
         };
@@ -192,6 +230,25 @@ fn accept(
         }
     }
     serve_here(shared, worker, stream, peer, shutdown, alive);
+}
+
+/// Serve a connection another worker accepted (already counted in
+/// `connections`) on this one.
+fn take_over(
+    shared: &Arc<Shared>,
+    worker: usize,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+    alive: &Alive,
+) {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve_here(shared, worker, stream, peer, shutdown, alive),
+        Err(err) => {
+            shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %err, "cannot take over a connection");
+        }
+    }
 }
 
 /// Serve an accepted connection (already counted in `connections`) on this

@@ -1,7 +1,9 @@
 //! How both paths reach an upstream and give up on one: a pooled or new
 //! connection with a move to the next untried upstream when connecting
-//! fails, which requests may be replayed on a new connection, and the
-//! accounting of a request no upstream could serve.
+//! fails (which marks the upstream down for a cooldown), which requests may
+//! be replayed (on a new connection, or once on another upstream when an
+//! instance closed the connection without answering), and the accounting
+//! of a request no upstream could serve.
 
 use std::future::Future;
 use std::io;
@@ -46,6 +48,9 @@ where
                     error = %err,
                     "cannot connect to upstream"
                 );
+                // Passive health: down for a cooldown, so that routing
+                // prefers the others meanwhile.
+                upstream.connect_failed();
                 in_flight = next(in_flight)?;
                 // A different upstream: its pool may have a connection.
                 if let Some(pooled) = checkout(in_flight.upstream()) {
@@ -57,7 +62,10 @@ where
 }
 
 /// Whether a body-less request is safe to send twice: a safe method, or
-/// one the client marked with `Idempotency-Key`.
+/// one the client marked with `Idempotency-Key`. Such a request is resent
+/// on a new connection when a reused one turns out closed, and once on
+/// another untried upstream when an instance closes or resets a connection
+/// after the request was written and before any response byte.
 pub(crate) fn is_replayable<H: HeaderView + ?Sized>(method: &str, headers: &H) -> bool {
     const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")

@@ -51,7 +51,23 @@ pub(crate) async fn serve_with_hyper(
 ) {
     let config = Arc::clone(&ctx.config);
     let io = TokioIo::new(ClientIo::new(stream, read, config.options.send_timeout));
-    let service = service_fn(move |req| proxy(Arc::clone(&ctx), req));
+    let service = service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            let mut resp = proxy(Arc::clone(&ctx), req).await;
+            // Retiring (or stopping): tell the client to close after this
+            // response, and hyper closes the connection once it is sent
+            // (a 101 keeps its `Connection: upgrade`).
+            if let Ok(resp) = resp.as_mut()
+                && ctx.shared().closing()
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    });
     let conn = config.builder.serve_connection(io, service).with_upgrades();
     let mut conn = pin!(conn);
     let finished = tokio::select! {
@@ -191,7 +207,9 @@ struct Exchange<'a> {
     request_id: HeaderValue,
     upload: Option<Arc<UploadState>>,
     /// Body-less and safe to send twice: may be replayed once if a reused
-    /// pooled connection turns out to have been closed by the upstream.
+    /// pooled connection turns out to have been closed by the upstream, and
+    /// once on another upstream if an instance closes a new connection
+    /// without answering.
     replayable: bool,
     /// The client asked for a protocol upgrade (e.g. WebSocket).
     on_upgrade: Option<OnUpgrade>,
@@ -212,6 +230,9 @@ impl Exchange<'_> {
         let options = &self.ctx.config.options;
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let mut fresh_only = false;
+        // Already moved once to another upstream after an instance closed
+        // the connection without answering.
+        let mut moved = false;
         loop {
             let found = pooled_or_connect(
                 &self.ctx.shared().service,
@@ -227,7 +248,7 @@ impl Exchange<'_> {
                 Ok(found) => found,
                 Err(last) => return self.upstream_error(last, StatusCode::BAD_GATEWAY),
             };
-            let replay = (reused && self.replayable).then(|| clone_head(&req));
+            let replay = (self.replayable && (reused || !moved)).then(|| clone_head(&req));
             let sent = send(
                 &mut sender,
                 req,
@@ -236,7 +257,10 @@ impl Exchange<'_> {
             )
             .await;
             match sent {
-                Ok(resp) => return self.upstream_response(resp, in_flight, sender),
+                Ok(resp) => {
+                    in_flight.upstream().exchange_succeeded();
+                    return self.upstream_response(resp, in_flight, sender);
+                }
                 Err(SendFailure::NotSent(back)) => {
                     req = *back;
                     drop(sender);
@@ -263,10 +287,32 @@ impl Exchange<'_> {
                     if let Some(again) = replay
                         && is_stale_connection(&err)
                     {
-                        tracing::debug!(error = %err, "pooled connection was stale; replaying");
                         req = again;
-                        fresh_only = true;
-                        continue;
+                        if reused {
+                            tracing::debug!(error = %err, "pooled connection was stale; replaying");
+                            fresh_only = true;
+                            continue;
+                        }
+                        // The instance closed (or reset) a new connection
+                        // after the request was written, before answering:
+                        // it may be dying. Once, on another untried upstream.
+                        tracing::warn!(
+                            service = %self.ctx.shared().service,
+                            instance = in_flight.upstream().instance_id(),
+                            error = %err,
+                            "upstream closed the connection without answering; retrying on another"
+                        );
+                        match self.next_upstream(in_flight, &mut tried, req.headers()) {
+                            Ok(next) => {
+                                in_flight = next;
+                                fresh_only = false;
+                                moved = true;
+                                continue;
+                            }
+                            Err(last) => {
+                                return self.upstream_error(last, StatusCode::BAD_GATEWAY);
+                            }
+                        }
                     }
                     if err.is_user() {
                         // Reading the client's request body failed.

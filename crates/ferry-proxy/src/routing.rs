@@ -198,6 +198,12 @@ impl Routes {
     /// Choose an upstream for a request with `headers`, skipping `tried`.
     /// A request pinned by `X-Ferry-Revision` goes to that revision or
     /// nowhere: it never falls back to another one.
+    ///
+    /// Passive health: among the candidates (the pinned revision's, the
+    /// revision the split chose, or all), one that is down is taken only if
+    /// none is up; a split's revision with no candidate up gives way to any
+    /// other revision's that is up. A service whose instances are all down
+    /// is still tried (the split's choice first), not refused.
     pub(crate) fn pick<H: HeaderView + ?Sized>(
         &self,
         headers: &H,
@@ -205,32 +211,44 @@ impl Routes {
     ) -> Result<&Arc<Upstream>, NoRoute> {
         let upstreams = &self.table.upstreams;
         if let Some(pin) = self.pinned(headers)? {
-            return self.pick_in(pin, tried).ok_or(NoRoute::Exhausted);
+            return self
+                .pick_in(pin, tried)
+                .or_else(|down| down.ok_or(NoRoute::Exhausted));
         }
         if upstreams.is_empty() {
             return Err(NoRoute::Exhausted);
         }
-        if let Some(group) = self.choose_group(headers)
-            && let Some(u) = self.pick_in(group, tried)
-        {
-            return Ok(u);
+        let mut chosen_down = None;
+        if let Some(group) = self.choose_group(headers) {
+            match self.pick_in(group, tried) {
+                Ok(u) => return Ok(u),
+                Err(down) => chosen_down = down,
+            }
         }
-        // Plain round-robin over everything (also the fallback).
+        // Plain round-robin over everything (also the fallback); when
+        // everything left is down, the split's choice still comes first.
         let len = upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..len)
-            .map(|i| &upstreams[start.wrapping_add(i) % len])
-            .find(|u| !was_tried(tried, u))
-            .ok_or(NoRoute::Exhausted)
+        first_up(
+            (0..len).map(|i| &upstreams[start.wrapping_add(i) % len]),
+            tried,
+        )
+        .or_else(|down| chosen_down.or(down).ok_or(NoRoute::Exhausted))
     }
 
-    fn pick_in(&self, group: usize, tried: &[Arc<Upstream>]) -> Option<&Arc<Upstream>> {
+    /// Round-robin inside `group`: see [`first_up`].
+    fn pick_in(
+        &self,
+        group: usize,
+        tried: &[Arc<Upstream>],
+    ) -> Result<&Arc<Upstream>, Option<&Arc<Upstream>>> {
         let group = &self.groups[group];
         let len = group.members.len();
         let start = group.next.fetch_add(1, Ordering::Relaxed);
-        (0..len)
-            .map(|i| &self.table.upstreams[group.members[start.wrapping_add(i) % len]])
-            .find(|u| !was_tried(tried, u))
+        first_up(
+            (0..len).map(|i| &self.table.upstreams[group.members[start.wrapping_add(i) % len]]),
+            tried,
+        )
     }
 
     /// The group `X-Ferry-Revision` pins the request to, if it carries one
@@ -281,6 +299,26 @@ impl Routes {
 
 fn was_tried(tried: &[Arc<Upstream>], u: &Arc<Upstream>) -> bool {
     tried.iter().any(|t| Arc::ptr_eq(t, u))
+}
+
+/// The first of `candidates` not in `tried` that is up (`Ok`), else the
+/// first not tried, which is down (`Err(Some)`), else `Err(None)`. One
+/// relaxed load per candidate looked at (`Upstream::is_down`).
+fn first_up<'a>(
+    candidates: impl Iterator<Item = &'a Arc<Upstream>>,
+    tried: &[Arc<Upstream>],
+) -> Result<&'a Arc<Upstream>, Option<&'a Arc<Upstream>>> {
+    let mut down = None;
+    for u in candidates {
+        if was_tried(tried, u) {
+            continue;
+        }
+        if !u.is_down() {
+            return Ok(u);
+        }
+        down = down.or(Some(u));
+    }
+    Err(down)
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
@@ -587,5 +625,70 @@ mod unit {
         assert_eq!(r.pick(&none, &tried).unwrap().revision(), 2);
         let all = u.clone();
         assert_eq!(r.pick(&none, &all).err(), Some(NoRoute::Exhausted));
+    }
+
+    #[test]
+    fn down_upstreams_are_skipped_while_another_candidate_is_up() {
+        let u = ups(&[(1, 3), (2, 2)]);
+        let none = HeaderMap::new();
+        let ids = |r: &Routes, h: &HeaderMap, n: usize| -> Vec<String> {
+            (0..n)
+                .map(|_| r.pick(h, &[]).unwrap().instance_id().to_string())
+                .collect()
+        };
+        let plain = routes(&u, None);
+        u[0].connect_failed();
+        u[3].connect_failed();
+        assert!(u[0].is_down() && u[3].is_down());
+        let picked = ids(&plain, &none, 30);
+        assert!(
+            picked.iter().all(|id| id != "r1-0" && id != "r2-0"),
+            "{picked:?}"
+        );
+        for id in ["r1-1", "r1-2", "r2-1"] {
+            assert!(
+                picked.iter().any(|p| p == id),
+                "{id} never picked: {picked:?}"
+            );
+        }
+
+        // Pinned: the revision's instances that are up; if none is, its
+        // down ones all the same (never another revision's).
+        let mut pinned = HeaderMap::new();
+        pinned.insert(X_FERRY_REVISION, HeaderValue::from_static("2"));
+        assert!(ids(&plain, &pinned, 10).iter().all(|id| id == "r2-1"));
+        u[4].connect_failed();
+        let picked = ids(&plain, &pinned, 10);
+        assert!(picked.iter().all(|id| id.starts_with("r2-")), "{picked:?}");
+        assert!(picked.iter().any(|id| id == "r2-0") && picked.iter().any(|id| id == "r2-1"));
+        // Its retry moves to the other down instance, then gives up.
+        let tried = vec![Arc::clone(&u[3])];
+        assert_eq!(plain.pick(&pinned, &tried).unwrap().instance_id(), "r2-1");
+        let tried = vec![Arc::clone(&u[3]), Arc::clone(&u[4])];
+        assert_eq!(plain.pick(&pinned, &tried).err(), Some(NoRoute::Exhausted));
+
+        // A split whose chosen revision is all down: another revision's
+        // instance that is up serves.
+        let canary_only = routes(
+            &u,
+            Some(split(&[(2, 10_000), (1, 0)], Stickiness::None, Some(2))),
+        );
+        assert!(
+            ids(&canary_only, &none, 20)
+                .iter()
+                .all(|id| id.starts_with("r1-"))
+        );
+
+        // Everything down: still tried, in turn, rather than refused.
+        for up in &u {
+            up.connect_failed();
+        }
+        let picked = ids(&plain, &none, 10);
+        let distinct: std::collections::HashSet<_> = picked.iter().collect();
+        assert_eq!(distinct.len(), 5, "{picked:?}");
+        assert_eq!(canary_only.pick(&none, &[]).unwrap().revision(), 2);
+        // A successful exchange brings one back.
+        u[2].exchange_succeeded();
+        assert!(ids(&plain, &none, 10).iter().all(|id| id == "r1-2"));
     }
 }

@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, ProxyOptions};
@@ -27,7 +29,7 @@ pub(crate) type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStrea
 pub(crate) type HandoffRx = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
 
 /// Counters of a proxy listener (not per revision).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyCounters {
     /// Client connections open now (upgraded ones included).
     pub connections_open: u64,
@@ -39,6 +41,25 @@ pub struct ProxyCounters {
     pub upgraded_open: u64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: u64,
+}
+
+impl ProxyCounters {
+    /// Field-wise sum, saturating: the counters of two data-plane processes
+    /// serving the same sockets side by side (during an upgrade), or of one
+    /// carried over the restart of another.
+    pub fn saturating_add(&self, other: &ProxyCounters) -> ProxyCounters {
+        ProxyCounters {
+            connections_open: self.connections_open.saturating_add(other.connections_open),
+            connections_rejected: self
+                .connections_rejected
+                .saturating_add(other.connections_rejected),
+            rate_limited: self.rate_limited.saturating_add(other.rate_limited),
+            upgraded_open: self.upgraded_open.saturating_add(other.upgraded_open),
+            access_log_dropped: self
+                .access_log_dropped
+                .saturating_add(other.access_log_dropped),
+        }
+    }
 }
 
 /// The listener's counters, as the workers update them.
@@ -59,8 +80,16 @@ pub(crate) struct Shared {
     routes: ArcSwap<Routes>,
     pub(crate) no_instance_body: Bytes,
     /// One listening socket per worker thread (`SO_REUSEPORT`), each
-    /// registered with its worker's runtime; `None` once closed.
+    /// registered with its worker's runtime; `None` once closed. Only this
+    /// process's descriptors: copies held elsewhere stay open.
     listeners: Box<[Mutex<Option<TcpListener>>]>,
+    /// Set by `retire` and `stop`: no listener is (re)opened, and every
+    /// response from now on says `Connection: close`.
+    closing: AtomicBool,
+    /// When a retiring listener stops like `stop` (`None`: not retiring).
+    /// The workers stop accepting once it is set, and each calls `stop`
+    /// when it passes.
+    pub(crate) retire_deadline: watch::Sender<Option<Instant>>,
     /// Client connections each worker serves (for balancing).
     pub(crate) worker_conns: Box<[AtomicUsize]>,
     /// Hands an accepted connection to another worker (see `accept::accept`).
@@ -106,6 +135,8 @@ impl Shared {
             routes: ArcSwap::from_pointee(Routes::new(Arc::new(RoutingTable::default()))),
             no_instance_body,
             listeners: (0..workers).map(|_| Mutex::new(None)).collect(),
+            closing: AtomicBool::new(false),
+            retire_deadline: watch::Sender::new(None),
             worker_conns: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
             handoff: handoff.into(),
             shutdown: watch::Sender::new(false),
@@ -145,31 +176,57 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Close every listening socket (when this returns) and tell the workers
-    /// to stop.
-    pub(crate) fn stop(&self) {
+    /// Close this process's descriptors of every listening socket (when
+    /// this returns; copies held by other processes stay open) and mark the
+    /// listener closing.
+    fn close_listeners(&self) {
+        // Set before taking the sockets: `listen` checks it under the same
+        // locks, so no socket is stored after this returns.
+        self.closing.store(true, Ordering::SeqCst);
         for worker in 0..self.listeners.len() {
             let listener = self.lock_listener(worker).take();
             drop(listener);
         }
+    }
+
+    /// Close every listening socket (when this returns) and tell the workers
+    /// to stop: idle connections close, in-flight requests finish.
+    pub(crate) fn stop(&self) {
+        self.close_listeners();
         self.shutdown.send_replace(true);
     }
 
-    /// Open worker `worker`'s listening socket (inside its runtime).
-    pub(crate) fn listen(&self, worker: usize) -> io::Result<()> {
-        let socket = match self.local_addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        // Accepted sockets inherit TCP_NODELAY from the listener (Linux), so
-        // a connection costs no setsockopt of its own.
-        socket.set_nodelay(true)?;
-        socket.bind(self.local_addr)?;
-        let listener = socket.listen(1024)?;
+    /// Stop accepting now (see `close_listeners`) and let open connections
+    /// finish with `Connection: close`; at `grace` from now (or an earlier
+    /// deadline set before), the workers call `stop`.
+    pub(crate) fn retire(&self, grace: Duration) {
+        self.close_listeners();
+        let deadline = Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        self.retire_deadline
+            .send_if_modified(|current| match current {
+                Some(earlier) if *earlier <= deadline => false,
+                _ => {
+                    *current = Some(deadline);
+                    true
+                }
+            });
+    }
+
+    /// Retiring or stopped: responses say `Connection: close` and their
+    /// connection closes after them. One relaxed load, read per response.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Register `listener` as worker `worker`'s socket (inside its
+    /// runtime); it is dropped at once if the listener is already closing.
+    pub(crate) fn listen(&self, worker: usize, listener: std::net::TcpListener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let mut slot = self.lock_listener(worker);
-        if !*self.shutdown.borrow() {
+        if !self.closing.load(Ordering::SeqCst) {
             *slot = Some(listener);
         }
         Ok(())

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 13] = [
@@ -71,8 +72,11 @@ pub struct RevisionStats {
     sum_nanos: AtomicU64,
 }
 
-/// A point-in-time copy of [`RevisionStats`].
-#[derive(Debug, Clone, PartialEq)]
+/// A point-in-time copy of [`RevisionStats`]. Serializable (e.g. to JSON,
+/// the `+Inf` bucket's bound as the string `"+Inf"`), and
+/// [`saturating_add`](StatsSnapshot::saturating_add) sums two, so that
+/// counts survive the restart of the process that kept them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Responses by status class: index 0 = 1xx .. 4 = 5xx.
     pub by_class: [u64; 5],
@@ -83,6 +87,7 @@ pub struct StatsSnapshot {
     pub total: u64,
     /// Cumulative histogram: `(upper bound in seconds, observations <= bound)`,
     /// ending with `(f64::INFINITY, count)`.
+    #[serde(with = "bucket_bounds")]
     pub latency_buckets: Vec<(f64, u64)>,
     /// Sum of all observed latencies, in seconds.
     pub latency_sum_seconds: f64,
@@ -151,6 +156,63 @@ impl RevisionStats {
 }
 
 impl StatsSnapshot {
+    /// The sum of two snapshots (e.g. counts carried over from a previous
+    /// process plus the current one's), each count saturating at
+    /// `u64::MAX`. Histograms with the same bounds (always, between
+    /// snapshots of this crate) add bucket by bucket; otherwise the result
+    /// has every bound of either, each counting what both counted up to it.
+    pub fn saturating_add(&self, other: &StatsSnapshot) -> StatsSnapshot {
+        let by_class = std::array::from_fn(|i| self.by_class[i].saturating_add(other.by_class[i]));
+        let same_bounds = self.latency_buckets.len() == other.latency_buckets.len()
+            && self
+                .latency_buckets
+                .iter()
+                .zip(&other.latency_buckets)
+                .all(|(a, b)| a.0 == b.0);
+        let latency_buckets = if same_bounds {
+            self.latency_buckets
+                .iter()
+                .zip(&other.latency_buckets)
+                .map(|(&(bound, a), &(_, b))| (bound, a.saturating_add(b)))
+                .collect()
+        } else {
+            // Cumulative counts: what a histogram counted up to `bound` is
+            // the count of its largest bound not above it.
+            let up_to = |buckets: &[(f64, u64)], bound: f64| {
+                buckets
+                    .iter()
+                    .take_while(|(b, _)| *b <= bound)
+                    .last()
+                    .map_or(0, |&(_, count)| count)
+            };
+            let mut bounds: Vec<f64> = self
+                .latency_buckets
+                .iter()
+                .chain(&other.latency_buckets)
+                .map(|&(bound, _)| bound)
+                .collect();
+            bounds.sort_by(f64::total_cmp);
+            bounds.dedup();
+            bounds
+                .into_iter()
+                .map(|bound| {
+                    let a = up_to(&self.latency_buckets, bound);
+                    (
+                        bound,
+                        a.saturating_add(up_to(&other.latency_buckets, bound)),
+                    )
+                })
+                .collect()
+        };
+        StatsSnapshot {
+            by_class,
+            upstream_errors: self.upstream_errors.saturating_add(other.upstream_errors),
+            total: self.total.saturating_add(other.total),
+            latency_buckets,
+            latency_sum_seconds: self.latency_sum_seconds + other.latency_sum_seconds,
+        }
+    }
+
     fn render_requests(&self, labels: &str, out: &mut String) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (class, count) in CLASS_LABELS.iter().zip(self.by_class) {
@@ -201,6 +263,75 @@ impl StatsSnapshot {
     }
 }
 
+/// Serde for the histogram's `(bound, count)` pairs: a bound that is not
+/// finite (the last, `+Inf`) is written as a string, which JSON can carry.
+mod bucket_bounds {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct Bound(f64);
+
+    impl Serialize for Bound {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                b if b.is_finite() => s.serialize_f64(b),
+                b if b.is_nan() => s.serialize_str("NaN"),
+                b if b > 0.0 => s.serialize_str("+Inf"),
+                _ => s.serialize_str("-Inf"),
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bound {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bound, D::Error> {
+            struct BoundVisitor;
+            impl Visitor<'_> for BoundVisitor {
+                type Value = Bound;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a number, \"+Inf\", \"-Inf\" or \"NaN\"")
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Bound, E> {
+                    Ok(Bound(v))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bound, E> {
+                    Ok(Bound(v as f64))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Bound, E> {
+                    Ok(Bound(v as f64))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Bound, E> {
+                    match v {
+                        "+Inf" | "Inf" | "inf" | "+inf" => Ok(Bound(f64::INFINITY)),
+                        "-Inf" | "-inf" => Ok(Bound(f64::NEG_INFINITY)),
+                        "NaN" => Ok(Bound(f64::NAN)),
+                        _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                    }
+                }
+            }
+            d.deserialize_any(BoundVisitor)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        buckets: &[(f64, u64)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(buckets.iter().map(|&(bound, count)| (Bound(bound), count)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(f64, u64)>, D::Error> {
+        let pairs = Vec::<(Bound, u64)>::deserialize(d)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(bound, count)| (bound.0, count))
+            .collect())
+    }
+}
+
 /// Render a complete exposition (HELP/TYPE lines included) for several
 /// revisions, each given as `(labels, stats)`, with every metric family kept
 /// in a single group as the Prometheus text format requires.
@@ -209,16 +340,23 @@ pub fn render_prometheus_all(revisions: &[(&str, &RevisionStats)], out: &mut Str
         .iter()
         .map(|(labels, stats)| (*labels, stats.snapshot()))
         .collect();
+    let refs: Vec<(&str, &StatsSnapshot)> = snaps.iter().map(|(l, s)| (*l, s)).collect();
+    render_prometheus_snapshots(&refs, out);
+}
+
+/// [`render_prometheus_all`] from snapshots (e.g. received from a data-plane
+/// process, or summed with [`StatsSnapshot::saturating_add`]).
+pub fn render_prometheus_snapshots(revisions: &[(&str, &StatsSnapshot)], out: &mut String) {
     out.push_str(HELP_REQUESTS);
-    for (labels, snap) in &snaps {
+    for (labels, snap) in revisions {
         snap.render_requests(labels, out);
     }
     out.push_str(HELP_ERRORS);
-    for (labels, snap) in &snaps {
+    for (labels, snap) in revisions {
         snap.render_errors(labels, out);
     }
     out.push_str(HELP_DURATION);
-    for (labels, snap) in &snaps {
+    for (labels, snap) in revisions {
         snap.render_duration(labels, out);
     }
 }
@@ -270,6 +408,58 @@ mod unit {
     }
 
     #[test]
+    fn snapshots_round_trip_through_json_and_add_up() {
+        let stats = RevisionStats::new();
+        stats.record(StatusCode::OK, Duration::from_millis(3));
+        stats.record_upstream_error(StatusCode::BAD_GATEWAY, Duration::from_secs(20));
+        let snap = stats.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        assert!(json.contains(r#"["+Inf",2]"#), "{json}");
+        let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snap);
+
+        // Carried over a restart: the old process's counts plus the new one's.
+        let later = RevisionStats::new();
+        later.record(StatusCode::NOT_FOUND, Duration::from_millis(30));
+        let sum = back.saturating_add(&later.snapshot());
+        assert_eq!(sum.by_class, [0, 1, 0, 1, 1]);
+        assert_eq!((sum.total, sum.upstream_errors), (3, 1));
+        assert_eq!(sum.latency_buckets.len(), 14);
+        assert_eq!(sum.latency_buckets[2], (0.005, 1));
+        assert_eq!(sum.latency_buckets[5], (0.05, 2));
+        assert_eq!(sum.latency_buckets[13], (f64::INFINITY, 3));
+        assert!((sum.latency_sum_seconds - 20.033).abs() < 1e-9);
+        // The same as one process counting all three.
+        let all = RevisionStats::new();
+        all.record(StatusCode::OK, Duration::from_millis(3));
+        all.record_upstream_error(StatusCode::BAD_GATEWAY, Duration::from_secs(20));
+        all.record(StatusCode::NOT_FOUND, Duration::from_millis(30));
+        let mut expected = all.snapshot();
+        expected.latency_sum_seconds = sum.latency_sum_seconds;
+        assert_eq!(sum, expected);
+
+        // Saturating, and histograms with other bounds merge by bound.
+        let mut big = snap.clone();
+        big.total = u64::MAX;
+        assert_eq!(big.saturating_add(&snap).total, u64::MAX);
+        let mut odd = snap.clone();
+        odd.latency_buckets = vec![(0.004, 1), (f64::INFINITY, 2)];
+        let merged = snap.saturating_add(&odd);
+        assert_eq!(merged.latency_buckets.len(), 15);
+        assert_eq!(merged.latency_buckets[2], (0.004, 1));
+        assert_eq!(merged.latency_buckets[3], (0.005, 2));
+        assert_eq!(merged.latency_buckets[14], (f64::INFINITY, 4));
+        let empty = StatsSnapshot {
+            latency_buckets: Vec::new(),
+            ..snap.clone()
+        };
+        assert_eq!(
+            empty.saturating_add(&snap).latency_buckets,
+            snap.latency_buckets
+        );
+    }
+
+    #[test]
     fn render_all_groups_families() {
         let a = RevisionStats::new();
         let b = RevisionStats::new();
@@ -283,5 +473,13 @@ mod unit {
         assert!(last_request < first_error);
         let help: String = [HELP_REQUESTS, HELP_ERRORS, HELP_DURATION].concat();
         assert_eq!(help, PROMETHEUS_HELP);
+        // The same from snapshots.
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        let mut from_snapshots = String::new();
+        render_prometheus_snapshots(
+            &[("revision=\"1\"", &sa), ("revision=\"2\"", &sb)],
+            &mut from_snapshots,
+        );
+        assert_eq!(from_snapshots, out);
     }
 }

@@ -1,11 +1,12 @@
-//! Upstream instances, their keep-alive connection pools and in-flight counts.
+//! Upstream instances, their keep-alive connection pools, in-flight counts
+//! and passive health (down for a cooldown after a failed connect).
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use hyper::client::conn::http1::{Builder, SendRequest};
@@ -37,6 +38,34 @@ pub struct Upstream {
     raw_idle: Box<[Mutex<Vec<RawConn>>]>,
     /// Bumped by `close_all`: upgraded connections to this upstream close.
     close: watch::Sender<u64>,
+    /// Passive health: until when (`health_clock` nanoseconds) the upstream
+    /// is down after a failed connect; 0 when no failure is on record.
+    down_until: AtomicU64,
+    /// Connect failures since the last successful exchange, one per
+    /// cooldown (they set its length).
+    failures: AtomicU32,
+}
+
+/// Cooldown after the first connect failure; it doubles with each further
+/// one, up to [`MAX_COOLDOWN`].
+const FIRST_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest cooldown.
+const MAX_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// The cooldown after the `failures`-th consecutive failure (from 1).
+fn cooldown(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_COOLDOWN * (1u32 << doublings)).min(MAX_COOLDOWN)
+}
+
+/// Nanoseconds on a monotonic clock shared by every upstream (from the
+/// first call), always above 0.
+fn health_clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 impl Upstream {
@@ -58,6 +87,8 @@ impl Upstream {
             idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             raw_idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             close: watch::Sender::new(0),
+            down_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
         })
     }
 
@@ -91,6 +122,53 @@ impl Upstream {
     /// sound drain.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Passive health: whether the proxy considers the instance down. A
+    /// failed connect (refused, reset, timed out) marks it down for a
+    /// cooldown of 1 s, doubling with each further failure up to 30 s; any
+    /// successful exchange clears it. While down, routing prefers the other
+    /// candidates; a request with no other candidate still tries it.
+    #[inline]
+    pub fn is_down(&self) -> bool {
+        // One relaxed load; the clock is read only for an upstream that
+        // failed since its last success.
+        let until = self.down_until.load(Ordering::Relaxed);
+        until != 0 && health_clock() < until
+    }
+
+    /// Note a failed connect: down for the next cooldown, unless already
+    /// down (requests that tried it anyway do not lengthen the cooldown).
+    pub(crate) fn connect_failed(&self) {
+        self.connect_failed_at(health_clock());
+    }
+
+    fn connect_failed_at(&self, now: u64) {
+        let until = self.down_until.load(Ordering::Relaxed);
+        if until != 0 && now < until {
+            return;
+        }
+        let failures = self.failures.load(Ordering::Relaxed).saturating_add(1);
+        let cooldown = u64::try_from(cooldown(failures).as_nanos()).unwrap_or(u64::MAX);
+        let down = now.saturating_add(cooldown);
+        // One failure per cooldown, however many requests saw it at once.
+        if self
+            .down_until
+            .compare_exchange(until, down, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.failures.store(failures, Ordering::Relaxed);
+        }
+    }
+
+    /// Note a successful exchange (a response head arrived): clears any
+    /// failure on record. One relaxed load when there is none.
+    #[inline]
+    pub(crate) fn exchange_succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.down_until.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Number of idle pooled connections (open or not yet noticed closed).
@@ -258,6 +336,7 @@ impl fmt::Debug for Upstream {
             .field("revision", &self.revision)
             .field("addr", &self.addr)
             .field("in_flight", &self.in_flight())
+            .field("down", &self.is_down())
             .finish_non_exhaustive()
     }
 }
@@ -335,5 +414,59 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn up() -> Arc<Upstream> {
+        Upstream::new(
+            "u".into(),
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            crate::stats::RevisionStats::new(),
+        )
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn cooldowns_double_up_to_thirty_seconds() {
+        let lengths: Vec<u64> = (1..=8).map(|n| cooldown(n).as_secs()).collect();
+        assert_eq!(lengths, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(cooldown(u32::MAX), MAX_COOLDOWN);
+    }
+
+    #[test]
+    fn connect_failures_mark_down_and_an_exchange_clears_it() {
+        let u = up();
+        let down_until = |u: &Upstream| u.down_until.load(Ordering::Relaxed);
+        assert!(!u.is_down());
+        let t = 100 * SECOND;
+        u.connect_failed_at(t);
+        assert_eq!(down_until(&u), t + SECOND);
+        // Failures seen while down (requests that tried it anyway, or were
+        // already connecting) do not lengthen the cooldown.
+        u.connect_failed_at(t + SECOND / 2);
+        assert_eq!(down_until(&u), t + SECOND);
+        // Each failure after a cooldown doubles the next one.
+        u.connect_failed_at(t + SECOND);
+        assert_eq!(down_until(&u), t + 3 * SECOND);
+        u.connect_failed_at(t + 3 * SECOND);
+        assert_eq!(down_until(&u), t + 7 * SECOND);
+        assert_eq!(u.failures.load(Ordering::Relaxed), 3);
+        u.exchange_succeeded();
+        assert_eq!((down_until(&u), u.failures.load(Ordering::Relaxed)), (0, 0));
+        // Back to the first cooldown.
+        u.connect_failed_at(t + 10 * SECOND);
+        assert_eq!(down_until(&u), t + 11 * SECOND);
+        // Against the real clock.
+        let u = up();
+        u.connect_failed();
+        assert!(u.is_down());
+        u.exchange_succeeded();
+        assert!(!u.is_down());
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::failover::{pooled_or_connect, upstream_failed};
@@ -42,14 +41,9 @@ impl Conn<'_> {
     /// Forward the request in `out` and relay the response, or answer
     /// 502/504 if no upstream could. Returns whether the client connection
     /// stays open.
-    pub(super) async fn forward(
-        &mut self,
-        forward: Forward,
-        client_close: bool,
-        shutdown: &watch::Receiver<bool>,
-    ) -> bool {
+    pub(super) async fn forward(&mut self, forward: Forward, client_close: bool) -> bool {
         let start = forward.start;
-        let keep_open = match self.exchange(forward, client_close, shutdown).await {
+        let keep_open = match self.exchange(forward, client_close).await {
             Ok(keep_open) => keep_open,
             Err(Failed {
                 in_flight,
@@ -57,7 +51,7 @@ impl Conn<'_> {
                 mut log,
             }) => {
                 let body = upstream_failed(in_flight, status, start.elapsed(), &mut log);
-                let close = client_close || *shutdown.borrow();
+                let close = client_close || self.ctx.shared().closing();
                 self.local_logged(status, body, None, close, log)
                     .await
                     .is_ok()
@@ -70,12 +64,7 @@ impl Conn<'_> {
 
     /// Send the request upstream (retrying as `proxy.rs` does) and relay the
     /// response; `Err` when no upstream answered usefully.
-    async fn exchange(
-        &mut self,
-        forward: Forward,
-        client_close: bool,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<bool, Failed> {
+    async fn exchange(&mut self, forward: Forward, client_close: bool) -> Result<bool, Failed> {
         let Forward {
             mut in_flight,
             start,
@@ -86,6 +75,9 @@ impl Conn<'_> {
         let options = &self.ctx.config.options;
         let mut tried = Vec::new();
         let mut fresh_only = false;
+        // Already moved once to another upstream after an instance closed
+        // the connection without answering.
+        let mut moved = false;
         let upstream_conn = loop {
             let found = pooled_or_connect(
                 &self.ctx.shared().service,
@@ -125,6 +117,31 @@ impl Conn<'_> {
                     tracing::debug!("pooled connection was stale; replaying");
                     fresh_only = true;
                 }
+                HeadFailure::Closed { any: false } if replayable && !moved => {
+                    // The instance closed (or reset) a new connection after
+                    // the request was written, before any response byte: it
+                    // may be dying. Once, on another untried upstream.
+                    tracing::warn!(
+                        service = %self.ctx.shared().service,
+                        instance = upstream.instance_id(),
+                        "upstream closed the connection without answering; retrying on another"
+                    );
+                    drop(stream);
+                    match self.next_upstream(in_flight, &mut tried) {
+                        Ok(next) => {
+                            in_flight = next;
+                            fresh_only = false;
+                            moved = true;
+                        }
+                        Err(last) => {
+                            return Err(Failed {
+                                in_flight: last,
+                                status: StatusCode::BAD_GATEWAY,
+                                log,
+                            });
+                        }
+                    }
+                }
                 HeadFailure::Closed { .. } | HeadFailure::Invalid(_) => {
                     let why = match &failure {
                         HeadFailure::Invalid(why) => why,
@@ -158,10 +175,12 @@ impl Conn<'_> {
         };
         let (stream, head_len) = upstream_conn;
         let upstream = in_flight.upstream();
+        upstream.exchange_succeeded();
 
         // The response head for the client (parsed in a plain function, so
-        // that its header array is not kept in this future's state).
-        let shutting_down = *shutdown.borrow();
+        // that its header array is not kept in this future's state). A
+        // retiring or stopping listener closes the connection after it.
+        let shutting_down = self.ctx.shared().closing();
         let Some(RespHead {
             status,
             framing,

@@ -113,7 +113,7 @@ pub(crate) async fn serve(
                 retry_after,
                 log,
             } => {
-                let close = request.close || *shutdown.borrow();
+                let close = request.close || ctx.shared().closing();
                 Box::pin(conn.local_logged(status, &body, retry_after, close, log))
                     .await
                     .is_ok()
@@ -123,7 +123,7 @@ pub(crate) async fn serve(
                 let close = request.close;
                 // Boxed: the exchange's state is only needed while a request
                 // is in progress, not by every idle connection's task.
-                Box::pin(conn.forward(forward, close, shutdown)).await
+                Box::pin(conn.forward(forward, close)).await
             }
         };
         conn.out.release();

@@ -37,8 +37,13 @@ async fn start_proxy(options: ProxyOptions) -> ProxyHandle {
     let proxy = ProxyHandle::bind("web".into(), "127.0.0.1:0".parse().unwrap(), options)
         .await
         .unwrap();
-    proxy.set_fast_path(FAST_PATH.try_with(|fast| *fast).unwrap_or(true));
+    on_this_path(&proxy);
     proxy
+}
+
+/// Serve with the fast path or not, as the test running asks.
+fn on_this_path(proxy: &ProxyHandle) {
+    proxy.set_fast_path(FAST_PATH.try_with(|fast| *fast).unwrap_or(true));
 }
 
 /// Run test `$name` twice: plain requests on the fast path, then everything
@@ -65,9 +70,11 @@ mod forwarding;
 mod framing;
 mod fuzz;
 mod handoff;
+mod health;
 mod host;
 mod limits;
 mod metrics;
+mod retire;
 mod routing;
 mod timeouts;
 
@@ -273,6 +280,38 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = within("raw response", stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Read one whole response (framed by `Content-Length`) from a raw
+/// stream: its head (lower-cased) and body; `None` if the connection closed
+/// first.
+async fn read_response(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = buf.split_off(head_end);
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((head, body))
 }
 
 /// Read a response head from a raw stream.
