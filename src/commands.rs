@@ -71,6 +71,52 @@ pub fn init(path: &Path, force: bool) -> CliResult<()> {
     Ok(())
 }
 
+/// `ferry install-service`: write the systemd unit for this binary, data
+/// dir and config.
+#[allow(clippy::too_many_arguments)]
+pub fn install_service(
+    data_dir: &Path,
+    config: &Path,
+    user: Option<String>,
+    unit_file: &Path,
+    force: bool,
+    api_addr: Option<std::net::SocketAddr>,
+    env_file: Option<&Path>,
+) -> CliResult<()> {
+    use ferry::systemd::{InstallError, UnitOptions};
+    let config = std::fs::canonicalize(config).map_err(|e| {
+        CliError::usage(format!(
+            "{}: {e}; the unit runs `ferry serve` where ferry.toml is: run this there, pass --config PATH, or write one with `ferry init`",
+            config.display()
+        ))
+    })?;
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+    };
+    let options = UnitOptions {
+        binary: std::env::current_exe()
+            .map_err(|e| CliError::failed(format!("cannot find this program's path: {e}")))?,
+        data_dir: absolute(data_dir)?,
+        config_dir: config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/")),
+        user,
+        api_addr: api_addr.map(|a| a.to_string()),
+        environment_file: env_file.map(absolute).transpose()?,
+    };
+    let message = ferry::systemd::install(&options, unit_file, force).map_err(|e| match e {
+        InstallError::BadOption { .. }
+        | InstallError::Exists { .. }
+        | InstallError::NotAServiceName { .. } => CliError::usage(e.to_string()),
+        _ => CliError::failed(e.to_string()),
+    })?;
+    say!("{message}");
+    Ok(())
+}
+
 /// `ferry check`: the file parses, validates, and each `listen` is free (or
 /// already served by this daemon for the same service).
 pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliResult<()> {
@@ -564,10 +610,28 @@ pub async fn gate_with(
     Ok(())
 }
 
-pub async fn status(client: &Client, service: Option<&str>, output: Output) -> CliResult<()> {
+pub async fn status(
+    client: CliResult<Client>,
+    data_dir: &Path,
+    service: Option<&str>,
+    output: Output,
+) -> CliResult<()> {
+    let away = |e: CliError| match dataplane_alone(data_dir) {
+        Some(text) => CliError {
+            code: e.code,
+            message: format!("{}\n{text}", e.message),
+        },
+        None => e,
+    };
+    let client = client.map_err(away)?;
     let list: Vec<ServiceStatus> = match service {
-        Some(s) => vec![client.get(&format!("/v1/services/{s}")).await?],
-        None => client.get("/v1/services").await?,
+        Some(s) => vec![
+            client
+                .get(&format!("/v1/services/{s}"))
+                .await
+                .map_err(away)?,
+        ],
+        None => client.get("/v1/services").await.map_err(away)?,
     };
     if output == Output::Json {
         let v = if service.is_some() {
@@ -577,6 +641,9 @@ pub async fn status(client: &Client, service: Option<&str>, output: Output) -> C
         };
         say!("{}", v.unwrap_or_default());
         return Ok(());
+    }
+    if let Ok(h) = client.get::<ferry_api::Health>("/health").await {
+        say!("{}", daemon_line(&h));
     }
     if list.is_empty() {
         say!("no services deployed yet; try `ferry deploy web --version v1`");
@@ -794,4 +861,156 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
         }
     }
     Ok(())
+}
+
+/// `ferry upgrade`: hand the data plane over to the new binary, then wait
+/// for the control plane to come back from re-executing it.
+pub async fn upgrade(
+    client: &dyn Fn() -> CliResult<Client>,
+    binary: Option<&Path>,
+    timeout: Duration,
+    output: Output,
+) -> CliResult<()> {
+    let before: ferry_api::Health = client()?.get("/health").await?;
+    let binary = match binary {
+        Some(b) => Some(
+            std::path::absolute(b)
+                .map_err(|e| CliError::usage(format!("--binary {}: {e}", b.display())))?,
+        ),
+        None => None,
+    };
+    let body = ferry_api::UpgradeRequest {
+        binary: binary.map(|b| b.display().to_string()),
+    };
+    let accepted: ferry_api::LifecycleAccepted =
+        client()?.post("/v1/system/upgrade", &body).await?;
+    if output == Output::Text {
+        say!("{}", accepted.message);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(c) = client()
+            && let Ok(h) = c.get::<ferry_api::Health>("/health").await
+            && h.control_plane.started_at != before.control_plane.started_at
+        {
+            match output {
+                Output::Json => say!("{}", serde_json::to_string(&h).unwrap_or_default()),
+                Output::Text => say!(
+                    "upgraded: control plane pid {} runs {} (was {}); data plane pid {} runs {}",
+                    h.control_plane.pid,
+                    h.control_plane.version,
+                    before.control_plane.version,
+                    h.data_plane
+                        .pid
+                        .map_or_else(|| "?".to_string(), |p| p.to_string()),
+                    h.data_plane.version.as_deref().unwrap_or("?")
+                ),
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CliError::failed(format!(
+                "the data plane was handed over, but the control plane did not come back within {}; the data plane keeps serving. See the daemon's log, and start `ferry serve` again if it is not running",
+                humantime::format_duration(timeout)
+            )));
+        }
+    }
+}
+
+/// `ferry shutdown`: stop everything and wait for the daemon to exit.
+pub async fn shutdown(
+    client: &Client,
+    data_dir: &Path,
+    timeout: Duration,
+    output: Output,
+) -> CliResult<()> {
+    let health: ferry_api::Health = client.get("/health").await?;
+    let pid = health.control_plane.pid;
+    let accepted: ferry_api::LifecycleAccepted = client
+        .post("/v1/system/shutdown", &serde_json::json!(null))
+        .await?;
+    if output == Output::Text {
+        say!("{}", accepted.message);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !is_zombie(pid)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        return Err(CliError::failed(format!(
+            "the daemon (pid {pid}) has not exited within {}; see its log",
+            humantime::format_duration(timeout)
+        )));
+    }
+    let _ = data_dir;
+    if output == Output::Text {
+        say!("stopped: the daemon, its data plane and its instances");
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// One line on the daemon's two processes.
+fn daemon_line(h: &ferry_api::Health) -> String {
+    let dp = &h.data_plane;
+    let data_plane = match (dp.mode.as_str(), dp.pid) {
+        ("inline", _) => "proxies inline (they stop with the daemon)".to_string(),
+        (_, Some(pid)) => format!(
+            "data plane pid {pid} ({}, up {}){}",
+            dp.version.as_deref().unwrap_or("?"),
+            humantime::format_duration(Duration::from_secs(dp.uptime_seconds.unwrap_or(0))),
+            if dp.attached {
+                String::new()
+            } else {
+                "  NOT ATTACHED".to_string()
+            }
+        ),
+        (_, None) => format!(
+            "data plane NOT RUNNING: {}",
+            dp.problem.as_deref().unwrap_or("starting")
+        ),
+    };
+    let mut line = format!(
+        "daemon: control plane pid {} ({}, up {}); {data_plane}",
+        h.control_plane.pid,
+        h.control_plane.version,
+        humantime::format_duration(Duration::from_secs(h.uptime_seconds)),
+    );
+    if dp.restarts > 0 {
+        line.push_str(&format!("; {} data-plane restarts", dp.restarts));
+    }
+    if let Some(p) = dp.problem.as_deref().filter(|_| dp.pid.is_some()) {
+        line.push_str(&format!(" (last problem: {p})"));
+    }
+    line
+}
+
+/// When no control plane answers: is the data plane still serving?
+fn dataplane_alone(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join("dataplane.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = v["pid"].as_u64()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let alive = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'));
+    alive.then(|| {
+        format!(
+            "the data plane (pid {pid}, {}) is still serving, with the routes it was last given (they go stale until a control plane is back); start `ferry serve` to re-attach",
+            v["version"].as_str().unwrap_or("?")
+        )
+    })
 }

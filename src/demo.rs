@@ -93,11 +93,15 @@ pub async fn run() -> CliResult<()> {
         data_dir: data_dir.clone(),
         api_addr: "127.0.0.1:0".parse().expect("literal address"),
         api_limits: Default::default(),
+        data_plane: ferry_server::DataPlaneMode::Process {
+            binary: exe.clone(),
+        },
     };
     let daemon = tokio::spawn(ferry_server::serve(
         serve_config,
         async {
             let _ = stop_rx.await;
+            ferry_server::Exit::Shutdown
         },
         Some(ready_tx),
     ));

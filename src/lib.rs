@@ -4,3 +4,4 @@
 
 pub mod demo_app;
 pub mod loadgen;
+pub mod systemd;

@@ -57,6 +57,9 @@ pub struct LoadConfig {
     pub request_timeout: Duration,
     /// Keep one [`Sample`] per request (for benchmarks that need timings).
     pub record_samples: bool,
+    /// Open a new connection for every request (`Connection: close`)
+    /// instead of keeping one alive: load made of new connections.
+    pub close_each: bool,
 }
 
 /// One request as the client saw it.
@@ -82,6 +85,7 @@ impl LoadConfig {
             max_duration: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
             record_samples: false,
+            close_each: false,
         }
     }
 }
@@ -377,10 +381,11 @@ impl Worker {
                 continue;
             }
             let user = self.shared.user_seq.fetch_add(1, Ordering::Relaxed) % 100;
-            let request = match build_request(&uri, self.config.target, user) {
-                Ok(request) => request,
-                Err(err) => return Outcome::failed(err),
-            };
+            let request =
+                match build_request(&uri, self.config.target, user, self.config.close_each) {
+                    Ok(request) => request,
+                    Err(err) => return Outcome::failed(err),
+                };
             let response = match sender.try_send_request(request).await {
                 Ok(response) => response,
                 Err(mut err) => {
@@ -406,6 +411,9 @@ impl Worker {
                 .get("x-version")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            if self.config.close_each {
+                self.conn = None;
+            }
             let body = match response.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(err) => {
@@ -461,10 +469,14 @@ fn build_request(
     uri: &Uri,
     target: SocketAddr,
     user: u64,
+    close: bool,
 ) -> Result<Request<Empty<Bytes>>, String> {
     Request::get(uri.clone())
         .header(HOST, target.to_string())
-        .header(CONNECTION, HeaderValue::from_static("keep-alive"))
+        .header(
+            CONNECTION,
+            HeaderValue::from_static(if close { "close" } else { "keep-alive" }),
+        )
         .header("x-user-id", format!("user-{user}"))
         .body(Empty::new())
         .map_err(|e| format!("invalid request: {e}"))

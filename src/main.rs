@@ -47,6 +47,12 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DataPlaneArg {
+    Process,
+    Inline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -70,6 +76,14 @@ enum Command {
         config: PathBuf,
     },
     /// Run the daemon: API, proxies, supervisor, probes.
+    ///
+    /// The proxies run in a process of their own (the data plane), which
+    /// keeps serving while the daemon (the control plane) restarts,
+    /// crashes or upgrades. SIGTERM stops the control plane only: the data
+    /// plane and the instances keep serving, and the next `ferry serve`
+    /// re-attaches to them. Ctrl-C (SIGINT) and `ferry shutdown` stop
+    /// everything. SIGHUP and `ferry upgrade` replace both with the binary
+    /// now on disk, without dropping a request.
     Serve {
         /// Address of the HTTP API (port 0 picks a free one; the data dir records it).
         #[arg(long, env = "FERRY_API_ADDR", default_value = "127.0.0.1:7070")]
@@ -84,6 +98,72 @@ enum Command {
         /// How long one API request (body and answer) may take before 408.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
         api_request_timeout: std::time::Duration,
+        /// Where the proxies run: `process` (their own process, which
+        /// outlives control-plane restarts and upgrades) or `inline`
+        /// (inside the daemon; traffic stops while it is down).
+        #[arg(long, value_enum, default_value_t = DataPlaneArg::Process)]
+        data_plane: DataPlaneArg,
+    },
+    /// Replace the running daemon (data plane, then control plane) with the
+    /// binary now on disk, without dropping a request.
+    ///
+    /// The new binary must run (`--version`); its data plane starts, takes
+    /// over the listening sockets and serves before the old one stops
+    /// accepting and finishes its open connections. Then the control plane
+    /// re-executes itself (same pid). If anything fails before the
+    /// hand-over, the old processes keep serving and this exits 1.
+    Upgrade {
+        /// The binary to run (default: the one `ferry serve` was started
+        /// from, as it is on disk now).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// How long to wait for the control plane to come back.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+        timeout: std::time::Duration,
+    },
+    /// Stop everything: the proxies stop accepting, requests in flight
+    /// finish, instances drain and stop, then the daemon exits.
+    Shutdown {
+        /// How long to wait for the daemon to exit.
+        #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration_arg)]
+        timeout: std::time::Duration,
+    },
+    /// Write a systemd unit that runs `ferry serve` (Type=notify, reload =
+    /// upgrade, restart on failure).
+    ///
+    /// The unit runs this binary with the given data dir, in the directory
+    /// of ferry.toml. Stopping or restarting the unit stops the control
+    /// plane only (KillMode=process): the data plane and the instances keep
+    /// serving, and the next start re-attaches to them. `systemctl reload`
+    /// runs `ferry upgrade`. Run `ferry shutdown` to stop everything.
+    /// Then: `systemctl daemon-reload && systemctl enable --now ferry`.
+    InstallService {
+        /// Run the daemon as this user (default: root).
+        #[arg(long)]
+        user: Option<String>,
+        /// Where to write the unit.
+        #[arg(long, value_name = "PATH", default_value = ferry::systemd::DEFAULT_UNIT_PATH)]
+        unit_file: PathBuf,
+        /// Replace a unit file that differs from the one Ferry would write.
+        #[arg(long)]
+        force: bool,
+        /// `--api-addr` for `ferry serve` (default: its own, 127.0.0.1:7070).
+        #[arg(long)]
+        api_addr: Option<SocketAddr>,
+        /// An environment file for the daemon (e.g. FERRY_SECRET_KEY=...);
+        /// ignored while it does not exist.
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+        /// The config file; the unit runs in its directory.
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+    },
+    /// The data-plane process (started by `ferry serve`).
+    #[command(hide = true)]
+    Dataplane {
+        /// The Unix socket the control plane connects to.
+        #[arg(long)]
+        socket: PathBuf,
     },
     /// Release a new version of a service.
     Deploy {
@@ -213,7 +293,21 @@ fn init_logging(format: LogFormat, default: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
+        // Under systemd the journal stamps the time; each line carries its
+        // priority instead.
+        LogFormat::Text if ferry::systemd::under_journal() => builder
+            .with_ansi(false)
+            .event_format(ferry::systemd::JournalFormat)
+            .init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Tell systemd (when it runs `ferry serve` with `Type=notify`); a failure
+/// to do so is logged, never fatal.
+fn tell_systemd(what: &str, sent: std::io::Result<bool>) {
+    if let Err(e) = sent {
+        tracing::warn!("could not tell systemd {what}: {e}");
     }
 }
 
@@ -250,8 +344,17 @@ async fn run(cli: Cli) -> CliResult<()> {
             api_max_connections,
             api_header_timeout,
             api_request_timeout,
+            data_plane,
         } => {
             init_logging(cli.log_format, "info");
+            let data_plane = match data_plane {
+                DataPlaneArg::Inline => ferry_server::DataPlaneMode::Inline,
+                DataPlaneArg::Process => ferry_server::DataPlaneMode::Process {
+                    binary: std::env::current_exe().map_err(|e| {
+                        CliError::failed(format!("cannot find this program's path: {e}"))
+                    })?,
+                },
+            };
             let config = ferry_server::ServeConfig {
                 data_dir: cli.data_dir.clone(),
                 api_addr: *api_addr,
@@ -261,8 +364,16 @@ async fn run(cli: Cli) -> CliResult<()> {
                     request_timeout: *api_request_timeout,
                     ..Default::default()
                 },
+                data_plane,
             };
-            ferry_server::serve(config, shutdown_signal(), None)
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Ok(addr) = ready_rx.await {
+                    let status = format!("serving; API on http://{addr}");
+                    tell_systemd("READY=1", ferry::systemd::notify_ready(&status));
+                }
+            });
+            let exit = ferry_server::serve(config, shutdown_signal(), Some(ready_tx))
                 .await
                 .map_err(|e| {
                     let code = match e {
@@ -275,7 +386,45 @@ async fn run(cli: Cli) -> CliResult<()> {
                         code,
                         message: e.to_string(),
                     }
-                })
+                })?;
+            match exit {
+                ferry_server::Exit::Upgrade(binary) => {
+                    tell_systemd("RELOADING=1", ferry::systemd::notify_reloading());
+                    reexec(&binary)
+                }
+                ferry_server::Exit::Detached | ferry_server::Exit::Shutdown => {
+                    tell_systemd("STOPPING=1", ferry::systemd::notify_stopping());
+                    Ok(())
+                }
+            }
+        }
+        Command::Upgrade { binary, timeout } => {
+            commands::upgrade(&client, binary.as_deref(), *timeout, cli.output).await
+        }
+        Command::Shutdown { timeout } => {
+            commands::shutdown(&client()?, &cli.data_dir, *timeout, cli.output).await
+        }
+        Command::InstallService {
+            user,
+            unit_file,
+            force,
+            api_addr,
+            env_file,
+            config,
+        } => commands::install_service(
+            &cli.data_dir,
+            config,
+            user.clone(),
+            unit_file,
+            *force,
+            *api_addr,
+            env_file.as_deref(),
+        ),
+        Command::Dataplane { socket } => {
+            init_logging(cli.log_format, "info");
+            ferry_server::dataplane::process::run(cli.data_dir.clone(), socket.clone())
+                .await
+                .map_err(|e| CliError::failed(format!("data plane: {e}")))
         }
         Command::Deploy {
             service,
@@ -308,7 +457,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             commands::deploy(&client()?, &args, cli.output).await
         }
         Command::Status { service } => {
-            commands::status(&client()?, service.as_deref(), cli.output).await
+            commands::status(client(), &cli.data_dir, service.as_deref(), cli.output).await
         }
         Command::History { service } => commands::history(&client()?, service, cli.output).await,
         Command::Rollback {
@@ -368,12 +517,31 @@ fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     Ok(d.0)
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT (Ctrl-C: stop everything) or SIGTERM (stop the control plane;
+/// the data plane and the instances keep serving).
+async fn shutdown_signal() -> ferry_server::Exit {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => ferry_server::Exit::Shutdown,
+        _ = term.recv() => ferry_server::Exit::Detached,
     }
+}
+
+/// `ferry upgrade`: become `binary`, with the same arguments (and pid).
+fn reexec(binary: &std::path::Path) -> CliResult<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let to_c = |s: &std::ffi::OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| CliError::failed("an argument holds a NUL byte"))
+    };
+    let path = to_c(binary.as_os_str())?;
+    let args = std::env::args_os()
+        .map(|a| to_c(&a))
+        .collect::<CliResult<Vec<CString>>>()?;
+    let err = nix::unistd::execv(&path, &args).unwrap_err();
+    Err(CliError::failed(format!(
+        "cannot re-execute {}: {err}; the data plane keeps serving, start `ferry serve` again",
+        binary.display()
+    )))
 }

@@ -7,6 +7,7 @@ mod it {
     mod canary;
     mod cli;
     mod crash;
+    mod dataplane;
     mod deploys;
     mod example;
     mod failures;
@@ -16,4 +17,5 @@ mod it {
     mod prometheus;
     mod proxy;
     mod release_ux;
+    mod systemd;
 }

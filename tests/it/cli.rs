@@ -21,10 +21,7 @@ fn ctrl_c_on_the_client_leaves_the_rollout_running() {
     wait_for(Duration::from_secs(10), "the rollout to start", || {
         !env.json(&["status", "web"])["rollout"].is_null()
     });
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(child.id() as i32, Signal::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&out.stderr).contains("goes on in the daemon"));

@@ -160,12 +160,13 @@ fn f4_shell_commands_are_adopted_by_their_group_and_stopped_whole() {
         );
     }
     assert_eq!(get_proxy(env.port, "/").unwrap().0, 200);
-    env.stop();
+    env.shutdown();
     assert_eq!(
         env.marked_processes(),
         vec![],
-        "a graceful stop leaves nothing running"
+        "a shutdown leaves nothing running"
     );
+    assert_eq!(env.dataplane_pid(), None, "nor the data plane");
 }
 
 /// F4: a `sh -c` hook interrupted by kill -9 was "stopped" but finished
@@ -238,7 +239,7 @@ fn f6_health_and_status_say_when_a_proxy_cannot_listen_and_it_recovers() {
         ..Spec::default()
     });
     env.ferry_ok(&["deploy", "web", "--version", "v1"]);
-    env.stop();
+    env.shutdown();
     let holder = std::net::TcpListener::bind(env.proxy()).unwrap();
     env.start_daemon();
     let health = || {

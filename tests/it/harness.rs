@@ -181,22 +181,50 @@ scale_down_delay = "{scale_down_delay}"
         }
     }
 
-    /// SIGTERM the daemon and wait: it drains and stops its instances.
+    /// SIGTERM the daemon and wait: the control plane stops; the data
+    /// plane and the instances keep serving for the next `ferry serve`.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if c.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.daemon.take() {
+            signal(c.id() as i32, Signal::SIGTERM);
+            Self::wait_exit(c);
         }
+    }
+
+    /// `ferry shutdown`, and wait: the proxies, the instances and the
+    /// daemon all stop.
+    pub fn shutdown(&mut self) {
+        if let Some(c) = self.daemon.take() {
+            let _ = self.ferry(&["shutdown", "--timeout", "60s"]);
+            Self::wait_exit(c);
+        }
+    }
+
+    fn wait_exit(mut c: Child) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if c.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// The data-plane process recorded in the data dir, if it is alive.
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("dataplane.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let pid = v["pid"].as_i64()? as i32;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let marked = environ
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"FERRY_DATAPLANE_OF="));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_none_or(|(_, r)| r.trim_start().starts_with('Z'));
+        (marked && !zombie).then_some(pid)
     }
 
     pub fn daemon_log(&self) -> String {
@@ -316,16 +344,35 @@ scale_down_delay = "{scale_down_delay}"
 
 impl Drop for Env {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
         // Nothing Ferry started may outlive the test.
+        if let Some(pid) = self.dataplane_pid() {
+            signal(pid, Signal::SIGKILL);
+        }
         if self.data_dir().join("ferry.db").exists() {
             for (pid, _) in self.marked_processes() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
+                signal_group(pid, Signal::SIGKILL);
             }
         }
     }
+}
+
+pub use nix::sys::signal::Signal;
+
+/// Send `sig` to the process `pid`. Pids below 2 are refused: `kill(-1)`
+/// signals every process the caller may signal (the shell tool's `kill
+/// -KILL -<pgid>` turned into exactly that once), and 0 is the caller's
+/// own group.
+pub fn signal(pid: i32, sig: Signal) {
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Send `sig` to the process group led by `pgid` (an instance: Ferry
+/// starts each in a session of its own).
+pub fn signal_group(pgid: i32, sig: Signal) {
+    assert!(pgid > 1, "refusing to signal process group {pgid}");
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
 }
 
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {

@@ -50,10 +50,7 @@ fn a_crashed_instance_is_restarted_and_serves_again() {
     env.ferry_ok(&["deploy", "web", "--version", "v1"]);
     let victim = instances(&env)[0].clone();
     let pid = victim["pid"].as_i64().unwrap();
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(pid as i32, Signal::SIGKILL);
     wait_for(
         Duration::from_secs(15),
         "the instance to be restarted and serving",

@@ -80,6 +80,53 @@ pub struct RolloutAccepted {
     pub plan: Vec<String>,
 }
 
+/// `POST /v1/system/upgrade`: the binary to upgrade to (default: the one
+/// the daemon was started from, as it is on disk now).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    #[serde(default)]
+    pub binary: Option<String>,
+}
+
+/// What `POST /v1/system/upgrade` or `/v1/system/shutdown` set going.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LifecycleAccepted {
+    pub message: String,
+    /// The version being upgraded to (upgrade only).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// The control plane, in `/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ControlPlaneView {
+    pub pid: u32,
+    pub version: String,
+    /// RFC 3339: when this control plane (this process image) started.
+    pub started_at: String,
+}
+
+/// The data plane (the proxies), in `/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DataPlaneView {
+    /// `process` (its own process, which outlives the control plane) or
+    /// `inline` (inside the daemon).
+    pub mode: String,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    /// The control plane talks to it now (else its routes may be stale).
+    pub attached: bool,
+    /// Data-plane processes this control plane started after a crash, a
+    /// hang or an upgrade.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// A rollout with the versions it moves between.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutView {
@@ -199,6 +246,10 @@ pub struct Health {
     /// Why each check that is not healthy is not.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, String>,
+    #[serde(default)]
+    pub control_plane: ControlPlaneView,
+    #[serde(default)]
+    pub data_plane: DataPlaneView,
 }
 
 /// The API's error body: `{"error": {"code", "message", "problems"}}`.

@@ -87,6 +87,47 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child, RuntimeError> {
     })
 }
 
+/// Start a helper process of the daemon itself (the data plane) in a
+/// session of its own, so that it outlives the daemon and a terminal's
+/// signals: stdin closed, stdout and stderr shared with the daemon, the
+/// daemon's environment plus `env`.
+pub fn spawn_detached(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .envs(env.iter().copied())
+        .kill_on_drop(false);
+    new_session(&mut cmd);
+    cmd.spawn()
+}
+
+/// The value of the environment variable `name` of a live process.
+pub fn env_of(pid: i32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Collect the exit status of a child that is not a tokio `Child` (one a
+/// previous image of this process started, before it re-executed itself),
+/// so it does not stay a zombie. Does nothing for other processes.
+pub fn reap(pid: i32) {
+    if pid <= 1 {
+        return;
+    }
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
 /// Logs hold whatever programs print (tokens included, at times): created
 /// 0600 in a 0700 directory, whatever the umask.
 /// Start the child in a session of its own, as a daemon's service is: it
@@ -127,13 +168,19 @@ fn open_log(path: &Path) -> Result<File, RuntimeError> {
 }
 
 /// Send `signal` to the whole process group led by `pid`.
+///
+/// Pids of 1 and below are refused: `killpg(0)` would signal Ferry's own
+/// group, and a negative or zero pid never names a service.
 pub fn signal_group(pid: i32, signal: Signal) -> bool {
+    if pid <= 1 {
+        return false;
+    }
     killpg(Pid::from_raw(pid), signal).is_ok()
 }
 
 /// Is `pid` a live (not zombie) process?
 pub fn is_alive(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
+    if pid <= 1 || kill(Pid::from_raw(pid), None).is_err() {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -150,7 +197,7 @@ pub fn is_alive(pid: i32) -> bool {
 /// member? Zombies count as gone: after a daemon crash, instances are
 /// reparented to a PID 1 that may never reap them.
 pub fn group_alive(pgid: i32) -> bool {
-    if killpg(Pid::from_raw(pgid), None).is_err() {
+    if pgid <= 1 || killpg(Pid::from_raw(pgid), None).is_err() {
         return false;
     }
     if is_alive(pgid) {
@@ -183,12 +230,7 @@ pub fn group_alive(pgid: i32) -> bool {
 
 /// The marker of a live process, if it carries one.
 pub fn marker_of(pid: i32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{MARKER_VAR}=");
-    environ
-        .split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    env_of(pid, MARKER_VAR)
 }
 
 /// A live process that carries a marker, and the process group it is in.

@@ -8,7 +8,7 @@
 use ferry_core::Millis;
 use ferry_core::analysis::{AnalysisSpec, Check, Inputs, Measurement, WindowStats, judge};
 use ferry_core::revision::Revision;
-use ferry_proxy::{RevisionStats, StatsSnapshot};
+use ferry_proxy::StatsSnapshot;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ impl Sampler {
         &mut self,
         service: &str,
         revision: u64,
-        stats: &RevisionStats,
+        stats: StatsSnapshot,
         now: Millis,
         keep_ms: u64,
     ) {
@@ -35,7 +35,7 @@ impl Sampler {
             .history
             .entry((service.to_string(), revision))
             .or_default();
-        ring.push_back((now, stats.snapshot()));
+        ring.push_back((now, stats));
         let keep = keep_ms.min(MAX_HISTORY_MS) + 2_000;
         while ring
             .front()
@@ -195,10 +195,10 @@ mod tests {
 
     #[test]
     fn windows_are_deltas_of_the_counters() {
-        let stats = RevisionStats::new();
+        let stats = ferry_proxy::RevisionStats::new();
         let mut s = Sampler::default();
-        s.sample("web", 1, &stats, 1_000, 10_000);
-        s.sample("web", 1, &stats, 2_000, 10_000);
+        s.sample("web", 1, stats.snapshot(), 1_000, 10_000);
+        s.sample("web", 1, stats.snapshot(), 2_000, 10_000);
         let w = s.window("web", 1, 10_000, 2_000).unwrap();
         assert_eq!(w.requests, 0);
         assert!((w.seconds - 1.0).abs() < 1e-9);

@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod clock;
 pub mod daemon;
+pub mod dataplane;
 pub mod denials;
 pub mod driver;
 pub mod http;
@@ -40,6 +41,30 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
     pub api_limits: http::server::ApiLimits,
+    pub data_plane: DataPlaneMode,
+}
+
+/// Where the proxies run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataPlaneMode {
+    /// In a process of their own, started from `binary` (`ferry
+    /// dataplane`), which outlives control-plane restarts and upgrades.
+    Process { binary: PathBuf },
+    /// Inside the daemon: they stop while it does.
+    Inline,
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The control plane stopped; the data plane and the instances keep
+    /// serving for the next one (SIGTERM).
+    Detached,
+    /// Everything stopped (`ferry shutdown`, Ctrl-C).
+    Shutdown,
+    /// `ferry upgrade`: the data plane now runs `binary`; the caller
+    /// re-executes the control plane from it.
+    Upgrade(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,13 +371,14 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServeError> {
     }
 }
 
-/// Run the daemon until `shutdown` resolves. `ready` receives the API
-/// address once it is listening.
+/// Run the daemon until `shutdown` resolves (with how to end: `Detached`
+/// or `Shutdown`) or an API request ends it (`ferry shutdown`, `ferry
+/// upgrade`). `ready` receives the API address once it is listening.
 pub async fn serve(
     config: ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = Exit> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> Result<(), ServeError> {
+) -> Result<Exit, ServeError> {
     if let Some(n) = http::server::raise_fd_limit() {
         tracing::debug!("open file limit: {n}");
     }
@@ -374,7 +400,48 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr()?;
-    let d = Daemon::open(store, clock, token, daemon_id, data_dir.clone()).await?;
+    let (dataplane, binary): (Arc<dyn dataplane::DataPlane>, Option<PathBuf>) =
+        match &config.data_plane {
+            DataPlaneMode::Process { binary } => (
+                Arc::new(
+                    dataplane::remote::Remote::start(
+                        data_dir.clone(),
+                        daemon_id.clone(),
+                        binary.clone(),
+                    )
+                    .await,
+                ),
+                Some(binary.clone()),
+            ),
+            DataPlaneMode::Inline => (
+                Arc::new(dataplane::inline::Inline::new(
+                    data_dir.clone(),
+                    clock.now(),
+                )),
+                None,
+            ),
+        };
+    let d = Daemon::open(store, clock, token, daemon_id, data_dir.clone(), dataplane).await?;
+    let reloadable = binary.is_some();
+    d.set_binary(binary);
+    if reloadable {
+        // SIGHUP upgrades in place, as `ferry upgrade` does.
+        let d = d.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let actor = ops::Actor::admin("SIGHUP");
+                match ops::lifecycle::upgrade(&d, Default::default(), &actor).await {
+                    Ok(a) => tracing::info!("SIGHUP: {}", a.message),
+                    Err(e) => tracing::error!("SIGHUP: {e}"),
+                }
+            }
+        });
+    }
     let info = ApiInfo {
         url: format!("http://{addr}"),
         pid: std::process::id(),
@@ -399,15 +466,30 @@ pub async fn serve(
         config.api_limits,
         stop_rx.clone(),
     ));
-    let mut loop_stop = stop_rx;
-    let reconcile = tokio::spawn(d.clone().run(async move {
-        let _ = loop_stop.wait_for(|v| *v).await;
-    }));
-    shutdown.await;
+    let (how_tx, how_rx) = tokio::sync::oneshot::channel();
+    let reconcile = tokio::spawn(
+        d.clone()
+            .run(async move { how_rx.await.unwrap_or(dataplane::Stop::Detach) }),
+    );
+    let exit = tokio::select! {
+        exit = shutdown => exit,
+        exit = d.exit_requested() => exit,
+    };
+    let how = match exit {
+        Exit::Shutdown => dataplane::Stop::Shutdown,
+        Exit::Detached | Exit::Upgrade(_) => dataplane::Stop::Detach,
+    };
     let _ = stop_tx.send(true);
+    let _ = how_tx.send(how);
     let _ = reconcile.await;
     let _ = api.await;
     let _ = std::fs::remove_file(data_dir.join(API_FILE));
-    tracing::info!("ferry daemon stopped");
-    Ok(())
+    match &exit {
+        Exit::Shutdown => tracing::info!("ferry daemon stopped, with its data plane and instances"),
+        Exit::Detached => tracing::info!("ferry control plane stopped"),
+        Exit::Upgrade(binary) => {
+            tracing::info!("ferry control plane re-executing {}", binary.display())
+        }
+    }
+    Ok(exit)
 }

@@ -4,10 +4,10 @@
 //! so a scrape never waits for the reconcile loop; the request counters are
 //! the live atomics.
 
-use ferry_proxy::{ProxyCounters, RevisionStats};
+use crate::dataplane::Report;
+use ferry_proxy::{ProxyCounters, StatsSnapshot};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 
 /// The per-service gauges, in the order of [`GAUGES`].
 pub type Gauges = [Option<u64>; 4];
@@ -75,8 +75,8 @@ const PROXY_FAMILIES: [ProxyFamily; 5] = [
 /// What `/metrics` shows, taken under the daemon's lock at publish time.
 #[derive(Default)]
 pub struct MetricsView {
-    /// (label set, live counters) per revision.
-    stats: Vec<(String, Arc<RevisionStats>)>,
+    /// (label set, counters) per revision.
+    stats: Vec<(String, StatsSnapshot)>,
     /// Instances by (service, revision, state).
     instances: BTreeMap<(String, u64, &'static str), u64>,
     gauges: Vec<(String, Gauges)>,
@@ -85,24 +85,57 @@ pub struct MetricsView {
 
 impl MetricsView {
     pub fn new(
-        stats: Vec<(String, Arc<RevisionStats>)>,
+        report: &Report,
         instances: BTreeMap<(String, u64, &'static str), u64>,
         gauges: Vec<(String, Gauges)>,
-        proxies: Vec<(String, ProxyCounters)>,
     ) -> MetricsView {
-        MetricsView {
-            stats,
+        let mut view = MetricsView {
+            stats: Vec::new(),
             instances,
             gauges,
-            proxies,
-        }
+            proxies: Vec::new(),
+        };
+        view.set_proxies(report);
+        view
+    }
+
+    /// This view with the proxies' counters of `report` (a fresher one
+    /// than the view was published with).
+    pub fn with_proxies(&self, report: &Report) -> MetricsView {
+        let mut view = MetricsView {
+            stats: Vec::new(),
+            instances: self.instances.clone(),
+            gauges: self.gauges.clone(),
+            proxies: Vec::new(),
+        };
+        view.set_proxies(report);
+        view
+    }
+
+    fn set_proxies(&mut self, report: &Report) {
+        self.stats = report
+            .stats
+            .iter()
+            .map(|(service, revision, snap)| {
+                (
+                    format!("service=\"{service}\",revision=\"{revision}\""),
+                    snap.clone(),
+                )
+            })
+            .collect();
+        self.proxies = report
+            .proxies
+            .iter()
+            .filter(|(_, p)| p.addr.is_some())
+            .map(|(n, p)| (n.clone(), p.counters))
+            .collect();
     }
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let refs: Vec<(&str, &RevisionStats)> =
-            self.stats.iter().map(|(l, s)| (l.as_str(), &**s)).collect();
-        ferry_proxy::render_prometheus_all(&refs, &mut out);
+        let refs: Vec<(&str, &StatsSnapshot)> =
+            self.stats.iter().map(|(l, s)| (l.as_str(), s)).collect();
+        ferry_proxy::render_prometheus_snapshots(&refs, &mut out);
         out.push_str("# HELP ferry_instances Instances by service, revision and state.\n# TYPE ferry_instances gauge\n");
         for ((service, revision, state), n) in &self.instances {
             let _ = writeln!(

@@ -25,6 +25,7 @@ pub struct Snapshot {
     pub checks: BTreeMap<String, String>,
     pub problems: BTreeMap<String, String>,
     pub metrics: MetricsView,
+    pub data_plane: crate::dataplane::DataPlaneInfo,
 }
 
 impl Snapshot {

@@ -139,6 +139,10 @@ async fn a_failing_store_stops_nothing_loses_nothing_and_is_reported_until_it_he
         "token".into(),
         daemon_id.clone(),
         dir.path().to_path_buf(),
+        Arc::new(crate::dataplane::inline::Inline::new(
+            dir.path().to_path_buf(),
+            0,
+        )),
     )
     .await
     .unwrap();

@@ -46,10 +46,12 @@ impl Daemon {
             return done;
         }
         let window = spec.window.as_millis();
+        let report = core.dataplane.report();
         for revision in [Some(r.to), r.from].into_iter().flatten() {
-            let stats = core.stats.of(&r.service, revision);
-            core.sampler
-                .sample(&r.service, revision, &stats, now, window);
+            if let Some(stats) = report.stats_of(&r.service, revision) {
+                core.sampler
+                    .sample(&r.service, revision, stats.clone(), now, window);
+            }
         }
         // The first round waits one interval, so the window holds data.
         let Some(last) = core.last_round.get(&r.id).copied() else {

@@ -8,8 +8,9 @@
 
 use crate::analysis::{Pending, Sampler};
 use crate::clock::Clock;
+use crate::dataplane::{DataPlane, Stop, UpstreamPlan};
 use crate::driver::InstanceDriver;
-use crate::registry::{Revisions, Stats, Upstreams};
+use crate::registry::Revisions;
 use crate::snapshot::Snapshot;
 use ferry_core::Millis;
 use ferry_core::revision::Revision;
@@ -17,7 +18,6 @@ use ferry_core::rollout::{
     self, BlastRadius, Event, EventKind, HookResult, Observed, Phase, Rollout, ServiceState,
 };
 use ferry_core::spec::Strategy;
-use ferry_proxy::ProxyHandle;
 use ferry_store::{Change, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -52,20 +52,13 @@ pub struct Daemon {
     pub denials: crate::denials::Denials,
     /// What API reads see; replaced after every tick and mutation.
     snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// The binary data planes (and an upgraded control plane) start from.
+    binary: std::sync::Mutex<Option<PathBuf>>,
+    /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
+    exit: tokio::sync::watch::Sender<Option<crate::Exit>>,
 }
 
 /// Everything the loop and the API share, behind one lock held briefly.
-/// What a proxy's routing table was made from: instances, weights,
-/// traffic, the stable revision and the rollout (whose target is the
-/// canary). A change to any of them re-routes.
-type RouteKey = (
-    Vec<String>,
-    BTreeMap<u64, u32>,
-    Vec<u64>,
-    Option<u64>,
-    Option<u64>,
-);
-
 pub struct Core {
     pub states: BTreeMap<String, ServiceState>,
     /// Active rollouts by id.
@@ -73,21 +66,13 @@ pub struct Core {
     /// Where instances run (local processes).
     pub driver: Box<dyn InstanceDriver>,
     pub revisions: Revisions,
-    /// Each revision's request counters.
-    pub stats: Stats,
-    /// The proxy upstream of each instance.
-    pub upstreams: Arc<Upstreams>,
+    /// The proxies: a data-plane process, or inside the daemon.
+    pub dataplane: Arc<dyn DataPlane>,
     /// Hook results whose commit failed, committed by a later tick (the
     /// hook is never run twice).
     hook_results: BTreeMap<u64, HookResult>,
-    pub proxies: BTreeMap<String, ProxyHandle>,
     hooks_running: BTreeSet<u64>,
-    /// What each proxy was last given: instance ids, weights, traffic.
-    routed: BTreeMap<String, RouteKey>,
     sampler: Sampler,
-    bind_errors: BTreeMap<String, String>,
-    /// The revision whose proxy settings each proxy runs with.
-    proxy_options_of: BTreeMap<String, u64>,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
     /// Why the last store write failed, until one succeeds again.
@@ -115,7 +100,7 @@ impl Core {
     /// Every available instance of the service, in traffic or not, as
     /// proxy upstreams: the proxy may reach the others only by
     /// `X-Ferry-Revision` (testers on a blue-green set before the switch).
-    pub fn reachable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<ferry_proxy::Upstream>> {
+    pub fn reachable(&self, state: &ServiceState, now: Millis) -> Vec<UpstreamPlan> {
         self.driver
             .endpoints(&state.name)
             .into_iter()
@@ -126,18 +111,19 @@ impl Core {
                     .map_or(0, |r| r.spec.deploy.min_ready.as_millis());
                 rollout::is_available(ep.ready_since, min_ready, now)
             })
-            .map(|ep| {
-                self.upstreams
-                    .of(&ep, || self.stats.of(&state.name, ep.revision))
+            .map(|ep| UpstreamPlan {
+                instance: ep.instance,
+                revision: ep.revision,
+                addr: ep.addr,
             })
             .collect()
     }
 
     /// Upstreams that should receive traffic for `state` now.
-    pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<Arc<ferry_proxy::Upstream>> {
+    pub fn routable(&self, state: &ServiceState, now: Millis) -> Vec<UpstreamPlan> {
         self.reachable(state, now)
             .into_iter()
-            .filter(|u| state.traffic.contains(&u.revision()))
+            .filter(|u| state.traffic.contains(&u.revision))
             .collect()
     }
 
@@ -157,15 +143,24 @@ impl Core {
     /// the bind error, or that it is not bound yet.
     pub fn proxy_problem(&self, name: &str) -> Option<String> {
         let state = self.states.get(name)?;
-        if !state.has_work() || self.proxies.contains_key(name) {
+        if !state.has_work() {
             return None;
         }
-        Some(
-            self.bind_errors
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| "the proxy is not listening yet".to_string()),
-        )
+        let report = self.dataplane.report();
+        match report.proxies.get(name) {
+            Some(p) if p.addr.is_some() => None,
+            Some(p) => Some(
+                p.error
+                    .clone()
+                    .unwrap_or_else(|| "the proxy is not listening yet".to_string()),
+            ),
+            None => Some("the proxy is not listening yet".to_string()),
+        }
+    }
+
+    /// Rollouts whose `pre_deploy` hook is running now.
+    pub fn hooks_running(&self) -> impl Iterator<Item = u64> + '_ {
+        self.hooks_running.iter().copied()
     }
 
     /// Where a service's proxy listens (or is to listen): the address of
@@ -186,6 +181,7 @@ impl Daemon {
         token: String,
         daemon_id: String,
         data_dir: PathBuf,
+        dataplane: Arc<dyn DataPlane>,
     ) -> DaemonResult<Arc<Daemon>> {
         let states: BTreeMap<String, ServiceState> = store
             .services()?
@@ -200,7 +196,6 @@ impl Daemon {
                 rollouts.insert(id, r);
             }
         }
-        let upstreams = Arc::new(Upstreams::default());
         let revisions = Revisions::new(store.clone());
         let mut driver: Box<dyn InstanceDriver> =
             Box::new(crate::driver::local::LocalProcesses::new(
@@ -208,10 +203,11 @@ impl Daemon {
                 clock.clone(),
                 daemon_id.clone(),
                 data_dir.clone(),
-                upstreams.clone(),
+                dataplane.clone(),
             ));
         let lookup = |service: &str, number: u64| revisions.get(service, number);
-        for note in driver.restore(&lookup).await {
+        let serving = dataplane.serving();
+        for note in driver.restore(&lookup, &serving).await {
             tracing::info!("{note}");
         }
         let now = clock.now();
@@ -227,15 +223,10 @@ impl Daemon {
                 rollouts,
                 driver,
                 revisions,
-                stats: Stats::default(),
-                upstreams,
+                dataplane,
                 hook_results: BTreeMap::new(),
-                proxies: BTreeMap::new(),
                 hooks_running: BTreeSet::new(),
-                routed: BTreeMap::new(),
                 sampler: Sampler::default(),
-                bind_errors: BTreeMap::new(),
-                proxy_options_of: BTreeMap::new(),
                 last_round: BTreeMap::new(),
                 store_problem: None,
             }),
@@ -245,6 +236,8 @@ impl Daemon {
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
             denials: crate::denials::Denials::default(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
+            binary: std::sync::Mutex::new(None),
+            exit: tokio::sync::watch::Sender::new(None),
         });
         {
             let mut core = daemon.core.lock().await;
@@ -252,6 +245,42 @@ impl Daemon {
         }
         daemon.fail_interrupted_hooks().await?;
         Ok(daemon)
+    }
+
+    /// The binary data-plane processes start from (`None`: inline).
+    pub fn set_binary(&self, binary: Option<PathBuf>) {
+        *self.binary.lock().unwrap_or_else(|p| p.into_inner()) = binary;
+    }
+
+    pub fn binary(&self) -> Option<PathBuf> {
+        self.binary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// End `serve` this way (the first request wins).
+    pub fn request_exit(&self, exit: crate::Exit) {
+        self.exit.send_if_modified(|e| {
+            if e.is_some() {
+                return false;
+            }
+            *e = Some(exit);
+            true
+        });
+    }
+
+    /// Resolves when an API request asked `serve` to end.
+    pub async fn exit_requested(&self) -> crate::Exit {
+        let mut rx = self.exit.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Publish what API reads see, from `core` as it is now.
@@ -291,26 +320,37 @@ impl Daemon {
         Ok(())
     }
 
-    /// Run the reconcile loop until `shutdown` resolves, then drain and stop
-    /// every instance.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+    /// Run the reconcile loop until `shutdown` resolves with how to end:
+    /// leave the data plane and the instances running for the next control
+    /// plane ([`Stop::Detach`]), or drain and stop everything
+    /// ([`Stop::Shutdown`]).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = Stop>) {
         tokio::pin!(shutdown);
-        loop {
+        let how = loop {
             if let Err(e) = self.tick().await {
                 tracing::error!("reconcile: {e}");
             }
             tokio::select! {
-                _ = &mut shutdown => break,
+                how = &mut shutdown => break how,
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.notify.notified() => {}
             }
-        }
-        tracing::info!("shutting down: draining and stopping instances");
+        };
         let mut core = self.core.lock().await;
-        for p in core.proxies.values() {
-            p.shutdown();
+        match how {
+            Stop::Detach => {
+                tracing::info!(
+                    "control plane stopping; the data plane and the instances keep serving (`ferry serve` re-attaches, `ferry shutdown` stops them)"
+                );
+                core.dataplane.stop(Stop::Detach).await;
+                core.driver.detach().await;
+            }
+            Stop::Shutdown => {
+                tracing::info!("shutting down: the proxies stop, instances drain and stop");
+                core.dataplane.stop(Stop::Shutdown).await;
+                core.driver.stop_all().await;
+            }
         }
-        core.driver.stop_all().await;
     }
 
     /// One reconcile pass, then a snapshot for API reads (also when the
@@ -365,10 +405,11 @@ impl Daemon {
                         && step.rollout.from.is_some()
                         && (pulled || promoting)
                     {
-                        let snap = core.stats.of(&name, step.rollout.to).snapshot();
+                        let report = core.dataplane.report();
+                        let snap = report.stats_of(&name, step.rollout.to);
                         let blast = BlastRadius {
-                            requests: snap.total,
-                            failed: snap.by_class[4],
+                            requests: snap.map_or(0, |s| s.total),
+                            failed: snap.map_or(0, |s| s.by_class[4]),
                         };
                         step.rollout.blast_radius = Some(blast);
                         // Before the rollout's closing event, if it has one.

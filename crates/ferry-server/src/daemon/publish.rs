@@ -26,6 +26,19 @@ pub(super) fn snapshot(core: &mut Core, now: Millis) -> Snapshot {
             problems.insert("store".to_string(), why.to_string());
         }
     }
+    let data_plane = core.dataplane.info();
+    if data_plane.attached {
+        checks.insert("data-plane".to_string(), "healthy".to_string());
+    } else {
+        checks.insert("data-plane".to_string(), "unhealthy".to_string());
+        problems.insert(
+            "data-plane".to_string(),
+            data_plane
+                .problem
+                .clone()
+                .unwrap_or_else(|| "the data plane is starting".to_string()),
+        );
+    }
     for state in &states {
         let status = status_of(core, state, now);
         if let Some(id) = state.active_rollout {
@@ -66,6 +79,7 @@ pub(super) fn snapshot(core: &mut Core, now: Millis) -> Snapshot {
         checks,
         problems,
         metrics: metrics_view(core, now),
+        data_plane,
     }
 }
 
@@ -117,17 +131,7 @@ fn rollout_view(core: &mut Core, r: Rollout, active: bool, now: Millis) -> Rollo
 
 /// What `/metrics` shows of `core` now.
 fn metrics_view(core: &Core, now: Millis) -> MetricsView {
-    let stats = core
-        .stats
-        .all()
-        .into_iter()
-        .map(|((service, revision), stats)| {
-            (
-                format!("service=\"{service}\",revision=\"{revision}\""),
-                stats,
-            )
-        })
-        .collect();
+    let report = core.dataplane.report();
     let mut instances = BTreeMap::new();
     let mut gauges = Vec::new();
     for (name, state) in &core.states {
@@ -151,10 +155,5 @@ fn metrics_view(core: &Core, now: Millis) -> MetricsView {
             ],
         ));
     }
-    let proxies = core
-        .proxies
-        .iter()
-        .map(|(n, p)| (n.clone(), p.counters()))
-        .collect();
-    MetricsView::new(stats, instances, gauges, proxies)
+    MetricsView::new(&report, instances, gauges)
 }

@@ -167,6 +167,19 @@ impl LocalProcesses {
         }
     }
 
+    /// Write again every record an earlier write failed to store.
+    fn save_dirty(&mut self) {
+        let dirty: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.dirty)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dirty {
+            self.save(&id);
+        }
+    }
+
     /// Write an instance's record, or mark it to be written again.
     fn save(&mut self, id: &str) {
         let Some(rec) = self.instances.get(id).map(|i| i.rec.clone()) else {
@@ -190,7 +203,11 @@ impl LocalProcesses {
     /// After a restart: adopt the processes of recorded instances, forget
     /// records whose process is gone (they restart), and stop every marked
     /// process the store does not know (orphans, hooks of a dead daemon).
-    async fn restore_now(&mut self, revisions: RevisionLookup<'_>) -> Vec<String> {
+    async fn restore_now(
+        &mut self,
+        revisions: RevisionLookup<'_>,
+        serving: &BTreeSet<String>,
+    ) -> Vec<String> {
         let mut notes = Vec::new();
         // Per marker: the process Ferry spawned (the group leader), if it
         // lives, and every group its processes are in. A `sh -c` command's
@@ -252,6 +269,16 @@ impl LocalProcesses {
                         self.drain_and_stop(&rec.id, &rev);
                         continue;
                     }
+                    // The data plane still sends it requests: it stays
+                    // available unless its probe fails `failure_threshold`
+                    // times, so a restarted control plane does not take it
+                    // out of routing while its first probe is under way.
+                    if serving.contains(&rec.id) {
+                        inst.health
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .ready_since = Some(0);
+                    }
                     start_probes(&mut inst, &rev, self.clock.clone());
                 }
                 None if inst.stopping => {
@@ -281,15 +308,7 @@ impl LocalProcesses {
         for id in std::mem::take(&mut self.undeleted) {
             self.forget(&id);
         }
-        let dirty: Vec<String> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.dirty)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in dirty {
-            self.save(&id);
-        }
+        self.save_dirty();
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
             self.check_process(id, now, &mut notes);
@@ -584,8 +603,12 @@ impl LocalProcesses {
 }
 
 impl InstanceDriver for LocalProcesses {
-    fn restore<'a>(&'a mut self, revisions: RevisionLookup<'a>) -> BoxFuture<'a, Vec<String>> {
-        Box::pin(self.restore_now(revisions))
+    fn restore<'a>(
+        &'a mut self,
+        revisions: RevisionLookup<'a>,
+        serving: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.restore_now(revisions, serving))
     }
 
     fn scale(&mut self, wanted: &[(Arc<Revision>, u32)]) -> Vec<String> {
@@ -715,6 +738,15 @@ impl InstanceDriver for LocalProcesses {
 
     fn stop_all(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.stop_all_now())
+    }
+
+    fn detach(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.save_dirty();
+            for inst in self.instances.values_mut() {
+                stop_probes(inst);
+            }
+        })
     }
 
     fn store_problem(&self) -> Option<&str> {

@@ -64,8 +64,14 @@ pub type RevisionLookup<'a> = &'a (dyn Fn(&str, u64) -> Option<Arc<Revision>> + 
 
 pub trait InstanceDriver: Send {
     /// After a restart: find the instances a previous daemon left (adopt
-    /// them, or stop what is not ours to keep). Returns notes for the log.
-    fn restore<'a>(&'a mut self, revisions: RevisionLookup<'a>) -> BoxFuture<'a, Vec<String>>;
+    /// them, or stop what is not ours to keep). Those in `serving` (the
+    /// data plane routes to them now) count as ready until their probe
+    /// says otherwise. Returns notes for the log.
+    fn restore<'a>(
+        &'a mut self,
+        revisions: RevisionLookup<'a>,
+        serving: &'a std::collections::BTreeSet<String>,
+    ) -> BoxFuture<'a, Vec<String>>;
 
     /// Make each revision run as many instances as `wanted` says (0 for
     /// revisions not listed that still run some): start missing ones,
@@ -97,6 +103,10 @@ pub trait InstanceDriver: Send {
 
     /// Drain and stop every instance (the daemon is shutting down).
     fn stop_all(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The control plane is stopping and leaves every instance running for
+    /// the next one to adopt: record what is not recorded yet.
+    fn detach(&mut self) -> BoxFuture<'_, ()>;
 
     /// Why the driver could not record something it did, until it can.
     fn store_problem(&self) -> Option<&str>;

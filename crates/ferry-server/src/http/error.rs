@@ -66,6 +66,7 @@ impl From<OpError> for ApiError {
             OpError::Conflict(m) => ApiError::conflict(m),
             OpError::Invalid { message, problems } => ApiError::invalid(message, problems),
             OpError::Store(e) => ApiError::internal(e),
+            OpError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", m),
         }
     }
 }

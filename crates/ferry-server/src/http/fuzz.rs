@@ -244,6 +244,10 @@ fn fixture() -> Fixture {
             TOKEN.into(),
             "fuzz".into(),
             dir.path().to_path_buf(),
+            Arc::new(crate::dataplane::inline::Inline::new(
+                dir.path().to_path_buf(),
+                0,
+            )),
         ))
         .unwrap();
     let router = crate::http::router(daemon, ApiLimits::default());

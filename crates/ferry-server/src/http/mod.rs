@@ -57,6 +57,8 @@ pub fn router(daemon: Arc<Daemon>, limits: server::ApiLimits) -> Router {
         .route("/v1/rollouts/{id}", get(rollouts::get))
         .route("/v1/rollouts/{id}/events", get(rollouts::events))
         .route("/v1/audit", get(system::audit))
+        .route("/v1/system/upgrade", post(system::upgrade))
+        .route("/v1/system/shutdown", post(system::shutdown))
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
             require_token,

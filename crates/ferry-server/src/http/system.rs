@@ -1,15 +1,15 @@
-//! The daemon's own routes: `/livez`, `/readyz`, `/health`, `/metrics` and
-//! the audit log.
+//! The daemon's own routes: `/livez`, `/readyz`, `/health`, `/metrics`,
+//! the audit log, upgrade and shutdown.
 
 use super::error::ApiResult;
-use super::openapi::TokenErrors;
+use super::openapi::{BodyErrors, TokenErrors};
 use crate::daemon::Daemon;
 use crate::ops;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry_api::{AuditEntry, ErrorBody, Health};
+use ferry_api::{AuditEntry, ErrorBody, Health, LifecycleAccepted, UpgradeRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -62,7 +62,11 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Response {
     )
 )]
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
-    let text = d.snapshot().metrics.render();
+    // The proxies' counters as of now, not as of the last publish: a
+    // scrape right after a request counts it.
+    let dataplane = d.core.lock().await.dataplane.clone();
+    let report = dataplane.fresh_report().await;
+    let text = d.snapshot().metrics.with_proxies(&report).render();
     (
         [(
             http::header::CONTENT_TYPE,
@@ -104,4 +108,50 @@ pub async fn audit(
     Query(q): Query<Limit>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     Ok(Json(ops::read::audit(&d, q.limit)?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/system/upgrade",
+    tag = "ferry",
+    summary = "Replace the data plane and the control plane with a new binary",
+    request_body(content = Option<UpgradeRequest>, description = "Optional: the binary (default: the one the daemon started from, as it is on disk now)"),
+    security(("token" = [])),
+    responses(
+        (status = 202, description = "The new data plane serves; the control plane re-executes", body = LifecycleAccepted),
+        (status = 409, description = "The proxies run inline, or a pre_deploy hook is running", body = ErrorBody),
+        (status = 500, description = "The binary does not run, or its data plane did not serve; the old processes still do", body = ErrorBody),
+        BodyErrors,
+        TokenErrors,
+    )
+)]
+pub async fn upgrade(
+    State(d): State<Arc<Daemon>>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<LifecycleAccepted>)> {
+    let actor = super::actor(&headers);
+    let req: UpgradeRequest = super::optional_body(&d, &actor, "upgrade", "daemon", &bytes)?;
+    let accepted = ops::lifecycle::upgrade(&d, req, &actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/system/shutdown",
+    tag = "ferry",
+    summary = "Stop the proxies, drain and stop every instance, exit",
+    security(("token" = [])),
+    responses(
+        (status = 202, description = "Shutting down", body = LifecycleAccepted),
+        TokenErrors,
+    )
+)]
+pub async fn shutdown(
+    State(d): State<Arc<Daemon>>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<(StatusCode, Json<LifecycleAccepted>)> {
+    let actor = super::actor(&headers);
+    let accepted = ops::lifecycle::shutdown(&d, &actor)?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

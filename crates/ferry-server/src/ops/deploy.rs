@@ -143,7 +143,12 @@ fn check_listen(
             });
         }
     }
-    let ours = core.proxies.get(name).map(|p| p.local_addr());
+    let ours = core
+        .dataplane
+        .report()
+        .proxies
+        .get(name)
+        .and_then(|p| p.addr);
     if ours != Some(listen)
         && let Err(err) = std::net::TcpListener::bind(listen)
     {

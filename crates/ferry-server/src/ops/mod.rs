@@ -6,11 +6,12 @@
 //! these, and map an [`OpError`] to a status.
 //!
 //! Modules: `deploy`, `rollback`, `gates` (approve, abort, promote, pause,
-//! resume), `read` (status, rollouts, history, revisions, events,
+//! resume), `lifecycle` (upgrade, shutdown), `read` (status, rollouts, history, revisions, events,
 //! measurements, audit, health). They depend on this module only.
 
 pub mod deploy;
 pub mod gates;
+pub mod lifecycle;
 pub mod read;
 pub mod rollback;
 
@@ -60,6 +61,9 @@ pub enum OpError {
     },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    /// Accepted, tried, and it did not work; nothing was changed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub type OpResult<T> = Result<T, OpError>;

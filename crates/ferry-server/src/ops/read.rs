@@ -163,5 +163,23 @@ pub fn health(d: &Daemon) -> Health {
         uptime_seconds: now.saturating_sub(d.started_at) / 1000,
         checks: snap.checks.clone(),
         problems: snap.problems.clone(),
+        control_plane: ferry_api::ControlPlaneView {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: rfc3339(d.started_at),
+        },
+        data_plane: {
+            let dp = &snap.data_plane;
+            ferry_api::DataPlaneView {
+                mode: dp.mode.clone(),
+                pid: dp.pid,
+                version: dp.version.clone(),
+                started_at: dp.started_at.map(rfc3339),
+                uptime_seconds: dp.started_at.map(|t| now.saturating_sub(t) / 1000),
+                attached: dp.attached,
+                restarts: dp.restarts,
+                problem: dp.problem.clone(),
+            }
+        },
     }
 }
