@@ -253,3 +253,51 @@ async fn an_upgrade_that_cannot_start_leaves_the_old_processes_serving() {
     let audit = env.ferry_ok(&["audit"]);
     assert!(audit.contains("upgrade"), "{audit}");
 }
+
+/// Programs such as nginx and PostgreSQL write their process title over
+/// their environment, Ferry's marker with it. Such an instance is still
+/// found after a restart (by pid and start time) and adopted, not started
+/// again beside itself: here a Perl wrapper that sets `$0` and runs the
+/// demo app as its child, as nginx's master runs its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_overwrite_their_environment_are_adopted_after_a_kill_9() {
+    let env = Arc::new(Env::start(Spec {
+        command: Some(format!(
+            r#"["perl", "-e", "$0 = 'web-instance ' . ('x' x 4000); exit(system(@ARGV) >> 8)", "{FERRY}", "demo-app"]"#
+        )),
+        ..spec()
+    }));
+    deployed(&env).await;
+    let pids = |env: &Env| -> Vec<i64> {
+        let mut p: Vec<i64> = status(env)["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["pid"].as_i64().unwrap())
+            .collect();
+        p.sort();
+        p
+    };
+    let before = pids(&env);
+    assert_eq!(before.len(), 3);
+    for pid in &before {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&environ).contains("FERRY_INSTANCE="),
+            "the leader's marker is overwritten, or this tests nothing"
+        );
+    }
+    let loads = Loads::start(&env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut env = Arc::try_unwrap(env).ok().expect("one owner");
+    env.kill9();
+    env.start_daemon();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pids(&env), before, "adopted, not started again");
+    let s = status(&env);
+    for i in s["instances"].as_array().unwrap() {
+        assert_eq!(i["restarts"], 0, "{s}");
+        assert_eq!(i["state"], "serving", "{s}");
+    }
+    assert_none_failed("kill -9 and restart", &loads.stop().await);
+}

@@ -262,6 +262,30 @@ fn pgid_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`,
+/// field 22). A pid and its start time name one process: a reused pid
+/// has a later start.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    if pid <= 1 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name; starttime is the 20th of them.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Is `pid` the live (not zombie) leader of its process group, started at
+/// `started` ([`start_ticks`])? How an instance whose program rewrote its
+/// environment, marker included, is recognised.
+pub fn is_same_process(pid: i32, started: u64) -> bool {
+    is_alive(pid) && pgid_of(pid) == Some(pid) && start_ticks(pid) == Some(started)
+}
+
 /// Every live process whose marker starts with `prefix`, with its group.
 /// Used after a restart to adopt instances (by their group leader) and to
 /// stop orphans (by group, so a shell's children go too).

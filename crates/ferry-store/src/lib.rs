@@ -61,6 +61,12 @@ pub struct InstanceRecord {
     pub port: u16,
     /// Set right after spawning; the process group id equals the pid.
     pub pid: Option<i32>,
+    /// When that process started (clock ticks since boot, from
+    /// `/proc/<pid>/stat`): with the pid, it names the process even when
+    /// the program rewrites its environment (nginx, PostgreSQL and others
+    /// overwrite it with their process title, marker included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_started: Option<u64>,
     pub state: InstanceState,
     pub created_at: Millis,
     pub restarts: u32,

@@ -221,6 +221,17 @@ impl LocalProcesses {
             groups.entry(m.marker).or_default().insert(m.pgid);
         }
         let records = self.store.instances().unwrap_or_default();
+        // A recorded process whose marker is gone from its environment
+        // (rewritten as a process title) is still found by pid and start.
+        for rec in &records {
+            let marker = self.marker(&rec.id);
+            if let (false, Some(pid), Some(started)) =
+                (leaders.contains_key(&marker), rec.pid, rec.pid_started)
+                && runtime::is_same_process(pid, started)
+            {
+                leaders.insert(marker, pid);
+            }
+        }
         let known: BTreeSet<String> = records.iter().map(|r| self.marker(&r.id)).collect();
         for (marker, pgids) in &groups {
             // Orphans (hooks of the dead daemon among them), and what is
@@ -341,8 +352,17 @@ impl LocalProcesses {
                 },
                 (None, Some(pid)) => {
                     let ours = runtime::marker_of(pid)
-                        .is_some_and(|m| m == format!("{}/{id}", self.daemon_id));
-                    (!ours || !runtime::is_alive(pid)).then(|| "exited".to_string())
+                        .is_some_and(|m| m == format!("{}/{id}", self.daemon_id))
+                        || inst
+                            .rec
+                            .pid_started
+                            .is_some_and(|t| runtime::is_same_process(pid, t));
+                    let gone = !ours || !runtime::is_alive(pid);
+                    if gone {
+                        // A child of this process from before a re-exec.
+                        runtime::reap(pid);
+                    }
+                    gone.then(|| "exited".to_string())
                 }
                 (None, None) => Some("no process".to_string()),
             };
@@ -478,6 +498,7 @@ impl LocalProcesses {
             revision: rev.number,
             port,
             pid: None,
+            pid_started: None,
             state: InstanceState::Running,
             created_at: now,
             restarts: 0,
@@ -781,6 +802,9 @@ fn spawn_process(
     match runtime::spawn(&spec) {
         Ok(child) => {
             inst.rec.pid = child.id().map(|p| p as i32);
+            // Read at once: the start time is the fork's, whatever the
+            // program does to its environment later.
+            inst.rec.pid_started = inst.rec.pid.and_then(runtime::start_ticks);
             inst.child = Some(child);
             inst.running = true;
             inst.started_at = now;
