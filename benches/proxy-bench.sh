@@ -200,7 +200,8 @@ done
 pids_of() {
     case $1 in
         ferry) cat "$WORK/ferry.pid" ;;
-        daemon) cat "$WORK/daemon.pid" ;;
+        # The control plane and the data plane (the proxies' process).
+        daemon) cat "$WORK/daemon.pid"; sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$FERRY_DATA_DIR/dataplane.json" | head -1 ;;
         nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m"; pgrep -P "$m" ;;
         haproxy) cat "$WORK/haproxy.pid"; pgrep -P "$(cat "$WORK/haproxy.pid")" || true ;;
     esac
