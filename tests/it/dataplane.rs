@@ -158,6 +158,51 @@ async fn an_upgrade_to_another_binary_drops_no_request() {
     assert_none_failed("ferry upgrade", &loads.stop().await);
 }
 
+/// SIGHUP (what a service manager's reload can send) is `ferry upgrade`
+/// to the binary `ferry serve` was started from, as it is on disk now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_in_place_and_drops_no_request() {
+    let env = Arc::new(Env::start(spec()));
+    deployed(&env).await;
+    let dp = env.dataplane_pid().unwrap();
+    let cp = env.daemon.as_ref().unwrap().id() as i32;
+    let before = blocking_health(&env).await;
+    let loads = Loads::start(&env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(cp, Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let e = env.clone();
+        let h = blocking(move || {
+            let api = e.api();
+            let token = e.token();
+            reqwest::blocking::Client::new()
+                .get(format!("{api}/health"))
+                .bearer_auth(token)
+                .send()
+                .ok()?
+                .json::<serde_json::Value>()
+                .ok()
+        })
+        .await;
+        if let Some(h) = h
+            && h["control_plane"]["started_at"] != before["control_plane"]["started_at"]
+        {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control plane did not re-execute:\n{}",
+            env.daemon_log()
+        );
+    };
+    assert_eq!(after["control_plane"]["pid"], cp, "same pid: {after}");
+    assert_ne!(env.dataplane_pid(), Some(dp), "a new data plane took over");
+    still_deploys(&env, &loads).await;
+    assert_none_failed("SIGHUP", &loads.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_killed_while_the_control_plane_is_away_loses_no_request() {
     let env = Arc::new(Env::start(spec()));
@@ -300,4 +345,27 @@ async fn instances_that_overwrite_their_environment_are_adopted_after_a_kill_9()
         assert_eq!(i["state"], "serving", "{s}");
     }
     assert_none_failed("kill -9 and restart", &loads.stop().await);
+}
+
+/// `ferry shutdown` stops the data plane first; with nothing left in
+/// flight, the instances' drains do not wait out `drain_timeout` (60 s
+/// here), and the command returns well within its own 20 s.
+#[test]
+fn shutdown_does_not_wait_out_the_drain_timeout() {
+    let mut env = Env::start(Spec {
+        drain_timeout: "60s",
+        ..spec()
+    });
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    let dp = env.dataplane_pid().unwrap();
+    let daemon = env.daemon.take().unwrap();
+    let out = env.ferry_ok(&["shutdown", "--timeout", "20s"]);
+    assert!(out.contains("stopped"), "{out}");
+    let mut daemon = daemon;
+    assert!(daemon.try_wait().unwrap().is_some() || daemon.wait().is_ok());
+    assert!(env.marked_processes().is_empty(), "instances stopped");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{dp}/stat")).map_or(true, |s| s.contains(") Z")),
+        "the data plane exited"
+    );
 }

@@ -27,6 +27,7 @@ pub struct Spec {
     pub min_ready: &'static str,
     pub deploy_timeout: &'static str,
     pub scale_down_delay: &'static str,
+    pub drain_timeout: &'static str,
     /// Lines for `[services.web]`.
     pub extra: String,
     /// Lines for `[services.web.deploy]`.
@@ -45,6 +46,7 @@ impl Default for Spec {
             min_ready: "300ms",
             deploy_timeout: "10s",
             scale_down_delay: "30s",
+            drain_timeout: "5s",
             extra: String::new(),
             deploy_extra: String::new(),
             tail: String::new(),
@@ -114,7 +116,7 @@ failure_threshold = 2
 [services.web.deploy]
 strategy = "{strategy}"
 min_ready = "{min_ready}"
-drain_timeout = "5s"
+drain_timeout = "{drain_timeout}"
 deploy_timeout = "{deploy_timeout}"
 stop_timeout = "5s"
 scale_down_delay = "{scale_down_delay}"
@@ -133,6 +135,7 @@ scale_down_delay = "{scale_down_delay}"
             min_ready = spec.min_ready,
             deploy_timeout = spec.deploy_timeout,
             scale_down_delay = spec.scale_down_delay,
+            drain_timeout = spec.drain_timeout,
             deploy_extra = spec.deploy_extra,
             tail = spec.tail,
         );

@@ -77,6 +77,9 @@ struct Shared {
     info: DataPlaneInfo,
     /// What the data plane found at start-up routed to.
     serving: std::collections::BTreeSet<String>,
+    /// `ferry shutdown` stopped the data plane: nothing is in flight any
+    /// more, so draining instances need not wait.
+    shut_down: bool,
 }
 
 impl Shared {
@@ -412,7 +415,10 @@ impl Inner {
                     _ = tokio::time::sleep(delay) => {}
                     cmd = cmd_rx.recv() => match cmd {
                         None => return,
-                        Some(Cmd::Stop(_, reply)) => {
+                        Some(Cmd::Stop(how, reply)) => {
+                            if how == Stop::Shutdown {
+                                self.shared().shut_down = true;
+                            }
                             let _ = reply.send(());
                             return;
                         }
@@ -551,6 +557,7 @@ impl Inner {
         let _ = std::fs::remove_file(self.data_dir.join(STATE_FILE));
         let mut sh = self.shared();
         sh.info.attached = false;
+        sh.shut_down = true;
     }
 
     /// Start a data plane from `binary`, give it the sockets and the plan,
@@ -798,6 +805,9 @@ impl Traffic for Remote {
     /// as far as a drain is concerned.
     fn in_flight(&self, instance: &str) -> usize {
         let sh = self.inner.shared();
+        if sh.shut_down {
+            return 0;
+        }
         let planned = sh
             .plan
             .proxies
