@@ -135,9 +135,40 @@ impl Client {
             .await
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> CliResult<T> {
-        let resp = req
-            .bearer_auth(&self.token)
+    /// A query of the Prometheus-compatible API (`/api/v1/...`), posted as
+    /// a form as Grafana does: its `data`, or its error (`bad_data` and
+    /// `execution` exit 2).
+    pub async fn promql(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> CliResult<serde_json::Value> {
+        let resp = self
+            .dispatch(self.http.post(format!("{}{path}", self.base)).form(params))
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| CliError::failed(format!("unexpected answer from the daemon ({e})")))?;
+        if body["status"] == "success" {
+            return Ok(body["data"].clone());
+        }
+        let message = body["error"]
+            .as_str()
+            .or_else(|| body["error"]["message"].as_str())
+            .unwrap_or("the query failed")
+            .to_string();
+        Err(CliError {
+            code: exit_code(status),
+            message,
+        })
+    }
+
+    /// Send with the token and the actor; a daemon that cannot be reached
+    /// is an error that says so.
+    async fn dispatch(&self, req: reqwest::RequestBuilder) -> CliResult<reqwest::Response> {
+        req.bearer_auth(&self.token)
             .header(ACTOR_HEADER, &self.actor)
             .send()
             .await
@@ -147,7 +178,11 @@ impl Client {
                     self.base,
                     error_chain(&e)
                 ))
-            })?;
+            })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> CliResult<T> {
+        let resp = self.dispatch(req).await?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -160,11 +195,18 @@ impl Client {
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-        let code = match status.as_u16() {
-            400 | 401 | 403 | 404 | 422 => EXIT_USAGE,
-            _ => EXIT_FAILED,
-        };
-        Err(CliError { code, message })
+        Err(CliError {
+            code: exit_code(status),
+            message,
+        })
+    }
+}
+
+/// What an API refusal means for the exit code.
+fn exit_code(status: reqwest::StatusCode) -> i32 {
+    match status.as_u16() {
+        400 | 401 | 403 | 404 | 422 => EXIT_USAGE,
+        _ => EXIT_FAILED,
     }
 }
 

@@ -1014,3 +1014,127 @@ fn dataplane_alone(data_dir: &Path) -> Option<String> {
         )
     })
 }
+
+/// `ferry query`: an instant query as a table, or a range query with a
+/// sparkline per series.
+pub async fn query(
+    client: &Client,
+    expr: &str,
+    time: Option<&str>,
+    range: Option<Duration>,
+    step: Option<Duration>,
+    output: Output,
+) -> CliResult<()> {
+    let end = match time {
+        Some(t) => t.to_string(),
+        None => format!(
+            "{:.3}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        ),
+    };
+    let data = match range {
+        None => {
+            client
+                .promql(
+                    "/api/v1/query",
+                    &[("query", expr.to_string()), ("time", end)],
+                )
+                .await?
+        }
+        Some(range) => {
+            let end_s: f64 = end.parse().map_err(|_| {
+                CliError::usage(format!("--time {end}: give Unix seconds with --range"))
+            })?;
+            let step = step.unwrap_or_else(|| (range / 60).max(Duration::from_secs(1)));
+            let params = [
+                ("query", expr.to_string()),
+                ("start", format!("{:.3}", end_s - range.as_secs_f64())),
+                ("end", end),
+                ("step", format!("{:.3}", step.as_secs_f64())),
+            ];
+            client.promql("/api/v1/query_range", &params).await?
+        }
+    };
+    if output == Output::Json {
+        say!("{data}");
+        return Ok(());
+    }
+    let series_name = |m: &serde_json::Value| {
+        let obj = m.as_object().cloned().unwrap_or_default();
+        let name = obj.get("__name__").and_then(|v| v.as_str()).unwrap_or("");
+        let rest: Vec<String> = obj
+            .iter()
+            .filter(|(k, _)| k.as_str() != "__name__")
+            .map(|(k, v)| format!("{k}={}", v))
+            .collect();
+        format!("{name}{{{}}}", rest.join(", "))
+    };
+    let result = &data["result"];
+    match data["resultType"].as_str() {
+        Some("scalar") | Some("string") => say!("{}", result[1].as_str().unwrap_or("")),
+        Some("vector") => {
+            let rows = result.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                say!("no data");
+            }
+            for r in rows {
+                say!(
+                    "{}  {}",
+                    series_name(&r["metric"]),
+                    r["value"][1].as_str().unwrap_or("")
+                );
+            }
+        }
+        Some("matrix") => {
+            let rows = result.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                say!("no data");
+            }
+            for r in rows {
+                let values: Vec<f64> = r["values"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p[1].as_str()?.parse::<f64>().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                say!("{}", series_name(&r["metric"]));
+                say!("  {}", sparkline(&values));
+                let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+                let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                say!(
+                    "  min {min}  max {max}  last {}  ({} points)",
+                    values.last().copied().unwrap_or(f64::NAN),
+                    values.len()
+                );
+            }
+        }
+        other => say!("unexpected result type {other:?}"),
+    }
+    Ok(())
+}
+
+/// Values as block characters, lowest to highest.
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    values
+        .iter()
+        .map(|v| {
+            if !v.is_finite() {
+                ' '
+            } else if max <= min {
+                BARS[3]
+            } else {
+                BARS[(((v - min) / (max - min)) * 7.0).round() as usize]
+            }
+        })
+        .collect()
+}

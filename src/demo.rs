@@ -96,6 +96,7 @@ pub async fn run() -> CliResult<()> {
         data_plane: ferry_server::DataPlaneMode::Process {
             binary: exe.clone(),
         },
+        scrape_interval: std::time::Duration::from_secs(10),
     };
     let daemon = tokio::spawn(ferry_server::serve(
         serve_config,

@@ -103,6 +103,10 @@ enum Command {
         /// (inside the daemon; traffic stops while it is down).
         #[arg(long, value_enum, default_value_t = DataPlaneArg::Process)]
         data_plane: DataPlaneArg,
+        /// How often the daemon records its own metrics for PromQL queries
+        /// (`ferry query`, `/api/v1/query`); kept in memory for 6 hours.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_arg)]
+        scrape_interval: std::time::Duration,
     },
     /// Replace the running daemon (data plane, then control plane) with the
     /// binary now on disk, without dropping a request.
@@ -267,6 +271,26 @@ enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
+    /// Query the daemon's own metrics with PromQL (the last 6 hours).
+    ///
+    /// Without --range: the value of each series now (or at --time), as a
+    /// table. With --range: a series per line over that long ending now,
+    /// with a sparkline, its minimum, maximum and last value. The series
+    /// are what `/metrics` shows (ferry_proxy_requests_total, ...),
+    /// recorded every --scrape-interval of `ferry serve`.
+    Query {
+        /// A PromQL expression, e.g. 'sum by (service) (rate(ferry_proxy_requests_total[1m]))'.
+        expr: String,
+        /// Evaluate at this Unix time (seconds) or RFC 3339 time instead of now.
+        #[arg(long)]
+        time: Option<String>,
+        /// Query a range ending now (or at --time): e.g. 30m.
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        range: Option<std::time::Duration>,
+        /// The step of a --range query (default: the range / 60, at least 1s).
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg, requires = "range")]
+        step: Option<std::time::Duration>,
+    },
     /// Seal every stored secret under a new key (stop the daemon first).
     ///
     /// Secret env values (names with SECRET, TOKEN, PASSWORD or KEY) are
@@ -345,6 +369,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             api_header_timeout,
             api_request_timeout,
             data_plane,
+            scrape_interval,
         } => {
             init_logging(cli.log_format, "info");
             let data_plane = match data_plane {
@@ -365,6 +390,7 @@ async fn run(cli: Cli) -> CliResult<()> {
                     ..Default::default()
                 },
                 data_plane,
+                scrape_interval: *scrape_interval,
             };
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
@@ -483,6 +509,12 @@ async fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Rollout { id } => commands::rollout(&client()?, *id, cli.output).await,
         Command::Audit { limit } => commands::audit(&client()?, *limit, cli.output).await,
+        Command::Query {
+            expr,
+            time,
+            range,
+            step,
+        } => commands::query(&client()?, expr, time.as_deref(), *range, *step, cli.output).await,
         Command::RotateKey => {
             let message = ferry_server::rotate_key(&cli.data_dir).map_err(|e| CliError {
                 code: match e {

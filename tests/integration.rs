@@ -14,6 +14,7 @@ mod it {
     mod hardening;
     mod input;
     mod instances;
+    mod metrics;
     mod prometheus;
     mod proxy;
     mod release_ux;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod eval;
+pub mod exposition;
 pub mod promqltest;
 pub mod storage;
 pub mod value;

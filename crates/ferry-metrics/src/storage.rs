@@ -75,6 +75,20 @@ impl Storage {
             })
     }
 
+    /// Forget samples older than `t` (ms), and series left with none.
+    pub fn drop_before(&mut self, t: i64) {
+        self.series.retain(|_, points| {
+            let keep_from = points.partition_point(|p| p.0 < t);
+            points.drain(..keep_from);
+            !points.is_empty()
+        });
+    }
+
+    /// Every series' labels.
+    pub fn labels(&self) -> impl Iterator<Item = &Labels> {
+        self.series.keys()
+    }
+
     pub fn series_count(&self) -> usize {
         self.series.len()
     }

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod snapshot;
 #[cfg(test)]
 mod store_faults;
+pub mod tsdb;
 pub mod webhooks;
 
 use clock::{Clock, SystemClock};
@@ -42,6 +43,9 @@ pub struct ServeConfig {
     pub api_addr: SocketAddr,
     pub api_limits: http::server::ApiLimits,
     pub data_plane: DataPlaneMode,
+    /// How often the daemon scrapes its own metrics into its time-series
+    /// store (`/api/v1/query`).
+    pub scrape_interval: std::time::Duration,
 }
 
 /// Where the proxies run.
@@ -466,6 +470,7 @@ pub async fn serve(
         config.api_limits,
         stop_rx.clone(),
     ));
+    let collector = tokio::spawn(collect(d.clone(), config.scrape_interval));
     let (how_tx, how_rx) = tokio::sync::oneshot::channel();
     let reconcile = tokio::spawn(
         d.clone()
@@ -482,6 +487,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = how_tx.send(how);
     let _ = reconcile.await;
+    collector.abort();
     let _ = api.await;
     let _ = std::fs::remove_file(data_dir.join(API_FILE));
     match &exit {
@@ -492,4 +498,20 @@ pub async fn serve(
         }
     }
     Ok(exit)
+}
+
+/// Scrape the daemon's own metrics into its time-series store, every
+/// `interval`, until aborted.
+async fn collect(d: Arc<Daemon>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let text = http::system::render_metrics(&d).await;
+        match ferry_metrics::exposition::parse(&text, ferry_metrics::exposition::Format::Prometheus)
+        {
+            Ok(scrape) => d.tsdb.ingest(&scrape, d.clock.now() as i64),
+            Err(e) => tracing::warn!("the daemon's own metrics do not parse: {e}"),
+        }
+    }
 }

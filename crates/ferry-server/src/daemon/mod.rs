@@ -52,6 +52,8 @@ pub struct Daemon {
     pub denials: crate::denials::Denials,
     /// What API reads see; replaced after every tick and mutation.
     snapshot: arc_swap::ArcSwap<Snapshot>,
+    /// The daemon's own metrics over time, for PromQL queries.
+    pub tsdb: crate::tsdb::MetricsDb,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
     /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
@@ -236,6 +238,7 @@ impl Daemon {
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
             denials: crate::denials::Denials::default(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
+            tsdb: crate::tsdb::MetricsDb::default(),
             binary: std::sync::Mutex::new(None),
             exit: tokio::sync::watch::Sender::new(None),
         });

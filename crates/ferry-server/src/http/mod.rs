@@ -13,10 +13,11 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 mod openapi;
+mod promql;
 mod rollouts;
 pub mod server;
 mod services;
-mod system;
+pub mod system;
 
 pub use error::{ApiError, ApiResult};
 pub use openapi::ApiDoc;
@@ -36,6 +37,14 @@ pub fn router(daemon: Arc<Daemon>, limits: server::ApiLimits) -> Router {
     let authed = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
+        .route(
+            "/api/v1/query",
+            get(promql::query_get).post(promql::query_post),
+        )
+        .route(
+            "/api/v1/query_range",
+            get(promql::range_get).post(promql::range_post),
+        )
         .route("/v1/services", get(services::list))
         .route("/v1/services/{name}", get(services::get))
         .route("/v1/services/{name}/history", get(services::history))

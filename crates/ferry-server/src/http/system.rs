@@ -62,11 +62,7 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Response {
     )
 )]
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
-    // The proxies' counters as of now, not as of the last publish: a
-    // scrape right after a request counts it.
-    let dataplane = d.core.lock().await.dataplane.clone();
-    let report = dataplane.fresh_report().await;
-    let text = d.snapshot().metrics.with_proxies(&report).render();
+    let text = render_metrics(&d).await;
     (
         [(
             http::header::CONTENT_TYPE,
@@ -154,4 +150,13 @@ pub async fn shutdown(
     let actor = super::actor(&headers);
     let accepted = ops::lifecycle::shutdown(&d, &actor)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// The daemon's metrics in the text format. The proxies' counters are as
+/// of now, not as of the last publish: a scrape right after a request
+/// counts it.
+pub async fn render_metrics(d: &Daemon) -> String {
+    let dataplane = d.core.lock().await.dataplane.clone();
+    let report = dataplane.fresh_report().await;
+    d.snapshot().metrics.with_proxies(&report).render()
 }

@@ -1,0 +1,212 @@
+//! Prometheus's query API over the daemon's time-series store, as
+//! Grafana's Prometheus data source calls it: `/api/v1/query` and
+//! `/api/v1/query_range`, by GET with a query string or POST with a form,
+//! answered in Prometheus's envelope (`{"status": "success", "data": ...}`
+//! or `{"status": "error", "errorType": ..., "error": ...}`).
+
+use crate::daemon::Daemon;
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_metrics::storage::Labels;
+use ferry_metrics::{EvalError, Value};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use std::sync::Arc;
+
+/// Most points a range query may return per series (Prometheus's limit).
+const MAX_POINTS: i64 = 11_000;
+
+#[derive(Debug, Deserialize)]
+pub struct InstantParams {
+    query: Option<String>,
+    time: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RangeParams {
+    query: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    step: Option<String>,
+}
+
+pub async fn query_get(State(d): State<Arc<Daemon>>, Query(p): Query<InstantParams>) -> Response {
+    instant(&d, p)
+}
+
+pub async fn query_post(State(d): State<Arc<Daemon>>, Form(p): Form<InstantParams>) -> Response {
+    instant(&d, p)
+}
+
+pub async fn range_get(State(d): State<Arc<Daemon>>, Query(p): Query<RangeParams>) -> Response {
+    range(&d, p)
+}
+
+pub async fn range_post(State(d): State<Arc<Daemon>>, Form(p): Form<RangeParams>) -> Response {
+    range(&d, p)
+}
+
+fn instant(d: &Daemon, p: InstantParams) -> Response {
+    let Some(query) = p.query.filter(|q| !q.trim().is_empty()) else {
+        return bad_data("invalid parameter \"query\": missing or empty");
+    };
+    let t = match p.time.as_deref() {
+        None | Some("") => d.clock.now() as i64,
+        Some(s) => match parse_time(s) {
+            Ok(t) => t,
+            Err(e) => return bad_data(&format!("invalid parameter \"time\": {e}")),
+        },
+    };
+    match d.tsdb.instant(&query, t) {
+        Ok(v) => success(encode(&v, t)),
+        Err(e) => eval_error(e),
+    }
+}
+
+fn range(d: &Daemon, p: RangeParams) -> Response {
+    let Some(query) = p.query.filter(|q| !q.trim().is_empty()) else {
+        return bad_data("invalid parameter \"query\": missing or empty");
+    };
+    let param = |name: &str, v: Option<String>| -> Result<String, String> {
+        v.filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("invalid parameter \"{name}\": missing"))
+    };
+    let parsed = (|| {
+        let start = parse_time(&param("start", p.start)?)
+            .map_err(|e| format!("invalid parameter \"start\": {e}"))?;
+        let end = parse_time(&param("end", p.end)?)
+            .map_err(|e| format!("invalid parameter \"end\": {e}"))?;
+        let step = parse_step(&param("step", p.step)?)
+            .map_err(|e| format!("invalid parameter \"step\": {e}"))?;
+        Ok::<_, String>((start, end, step))
+    })();
+    let (start, end, step) = match parsed {
+        Ok(v) => v,
+        Err(message) => return bad_data(&message),
+    };
+    if end < start {
+        return bad_data("end timestamp must not be before start time");
+    }
+    if step <= 0 {
+        return bad_data(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        );
+    }
+    if (end - start) / step > MAX_POINTS {
+        return bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        );
+    }
+    match d.tsdb.range(&query, start, end, step) {
+        Ok(v) => success(encode(&v, end)),
+        Err(e) => eval_error(e),
+    }
+}
+
+/// A Unix time in seconds (fractions allowed) or RFC 3339, in ms.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() {
+            return Err(format!("cannot parse {s:?} to a valid timestamp"));
+        }
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => -(e.duration().as_millis() as i64),
+        })
+        .map_err(|_| format!("cannot parse {s:?} to a valid timestamp"))
+}
+
+/// Seconds (fractions allowed) or a duration such as `15s` or `1m`, in ms.
+fn parse_step(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() {
+            return Err(format!("cannot parse {s:?} to a valid duration"));
+        }
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    ferry_core::duration::parse(s)
+        .map(|d| d.0.as_millis() as i64)
+        .map_err(|_| format!("cannot parse {s:?} to a valid duration"))
+}
+
+fn success(data: Json) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "status": "success", "data": data })),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "status": "error", "errorType": kind, "error": message })),
+    )
+        .into_response()
+}
+
+fn bad_data(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_data", message)
+}
+
+fn eval_error(e: EvalError) -> Response {
+    match e {
+        EvalError::Parse(m) => bad_data(&m),
+        EvalError::Eval(m) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &m),
+    }
+}
+
+/// Seconds with up to millisecond precision, as Prometheus writes them.
+fn ts(t: i64) -> Json {
+    json!(t as f64 / 1000.0)
+}
+
+/// A sample value as Prometheus writes it: a string.
+fn val(v: f64) -> Json {
+    Json::String(if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    })
+}
+
+fn metric(l: &Labels) -> Json {
+    Json::Object(
+        l.iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn encode(v: &Value, t: i64) -> Json {
+    match v {
+        Value::Scalar(f) => json!({ "resultType": "scalar", "result": [ts(t), val(*f)] }),
+        Value::String(s) => json!({ "resultType": "string", "result": [ts(t), s] }),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples
+                .iter()
+                .map(|s| json!({ "metric": metric(&s.labels), "value": [ts(s.t), val(s.v)] }))
+                .collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series
+                .iter()
+                .map(|s| json!({
+                    "metric": metric(&s.labels),
+                    "values": s.points.iter().map(|(t, v)| json!([ts(*t), val(*v)])).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+    }
+}

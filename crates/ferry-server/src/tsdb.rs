@@ -1,0 +1,71 @@
+//! The daemon's own metrics, kept as time series and queried with PromQL
+//! (`/api/v1/query`, `/api/v1/query_range`). First step of the embedded
+//! store: the daemon scrapes its own `/metrics` every `scrape_interval`
+//! into memory and keeps `retention` of it; nothing is on disk yet.
+
+use ferry_metrics::exposition::Exposition;
+use ferry_metrics::storage::{Labels, stale_nan};
+use ferry_metrics::{Engine, EvalError, Storage, Value};
+use std::collections::BTreeSet;
+use std::sync::{Mutex, RwLock};
+
+/// How long samples are kept in memory by default.
+pub const DEFAULT_RETENTION_MS: i64 = 6 * 3600 * 1000;
+
+pub struct MetricsDb {
+    storage: RwLock<Storage>,
+    engine: Engine,
+    retention_ms: i64,
+    /// The series of the last scrape: one missing from the next gets a
+    /// stale marker, as Prometheus writes.
+    last: Mutex<BTreeSet<Labels>>,
+}
+
+impl MetricsDb {
+    pub fn new(retention_ms: i64) -> MetricsDb {
+        MetricsDb {
+            storage: RwLock::new(Storage::new()),
+            engine: Engine::default(),
+            retention_ms,
+            last: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Store one scrape taken at `now` (ms).
+    pub fn ingest(&self, scrape: &Exposition, now: i64) {
+        let seen: BTreeSet<Labels> = scrape.samples.iter().map(|s| s.labels.clone()).collect();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
+        for s in &scrape.samples {
+            storage.append(s.labels.clone(), s.timestamp_ms.unwrap_or(now), s.value);
+        }
+        for gone in last.difference(&seen) {
+            storage.append(gone.clone(), now, stale_nan());
+        }
+        *last = seen;
+        storage.drop_before(now - self.retention_ms);
+    }
+
+    pub fn instant(&self, query: &str, t: i64) -> Result<Value, EvalError> {
+        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
+        self.engine.instant(&storage, query, t)
+    }
+
+    pub fn range(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Value, EvalError> {
+        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
+        self.engine.range(&storage, query, start, end, step)
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.storage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .series_count()
+    }
+}
+
+impl Default for MetricsDb {
+    fn default() -> Self {
+        MetricsDb::new(DEFAULT_RETENTION_MS)
+    }
+}

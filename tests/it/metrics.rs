@@ -1,0 +1,143 @@
+//! The daemon records its own metrics and answers PromQL over them, as
+//! Prometheus's query API does for Grafana, and through `ferry query`.
+
+use super::harness::*;
+use std::time::Duration;
+
+fn post(env: &Env, path: &str, form: &[(&str, &str)], token: bool) -> (u16, serde_json::Value) {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", env.api()))
+        .form(form);
+    if token {
+        req = req.bearer_auth(env.token());
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+fn requests_recorded(env: &Env) -> f64 {
+    let (_, body) = post(
+        env,
+        "/api/v1/query",
+        &[("query", "sum(ferry_proxy_requests_total{service=\"web\"})")],
+        true,
+    );
+    body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn promql_over_the_daemons_own_metrics() {
+    let mut env = Env::prepare(Spec::default());
+    env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("http://{}/", env.proxy()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    wait_for(Duration::from_secs(10), "20 requests recorded", || {
+        requests_recorded(&env) >= 20.0
+    });
+
+    // What Grafana sends for "Save & test".
+    let (status, body) = post(&env, "/api/v1/query", &[("query", "1+1")], true);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["data"]["resultType"], "scalar");
+    assert_eq!(body["data"]["result"][1], "2");
+
+    // A graph: float start, end and step, form-encoded. The series has
+    // existed since the first request; wait until it spans two steps.
+    let range_query = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let (start, end) = (format!("{:.3}", now - 30.0), format!("{now:.3}"));
+        post(
+            &env,
+            "/api/v1/query_range",
+            &[
+                ("query", "sum by (service) (ferry_proxy_requests_total)"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "0.5"),
+            ],
+            true,
+        )
+    };
+    wait_for(Duration::from_secs(10), "two steps of the series", || {
+        range_query().1["data"]["result"][0]["values"]
+            .as_array()
+            .is_some_and(|v| v.len() >= 2)
+    });
+    let (status, body) = range_query();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["resultType"], "matrix");
+    let series = &body["data"]["result"][0];
+    assert_eq!(series["metric"]["service"], "web", "{body}");
+    let values = series["values"].as_array().unwrap();
+    let last: f64 = values.last().unwrap()[1].as_str().unwrap().parse().unwrap();
+    assert!(last >= 20.0, "{body}");
+    let t0 = values[0][0].as_f64().unwrap();
+    let t1 = values[1][0].as_f64().unwrap();
+    assert!((t1 - t0 - 0.5).abs() < 1e-6, "one point per step: {body}");
+
+    // GET works too, and the instance gauge is there.
+    let r: serde_json::Value = client
+        .get(format!("{}/api/v1/query", env.api()))
+        .query(&[("query", "ferry_service_serving_instances")])
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["data"]["result"][0]["value"][1], "3", "{r}");
+
+    // Errors in Prometheus's shape; no token, no data.
+    let (status, body) = post(&env, "/api/v1/query", &[("query", "sum(")], true);
+    assert_eq!(status, 400);
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["errorType"], "bad_data", "{body}");
+    let (status, body) = post(
+        &env,
+        "/api/v1/query_range",
+        &[
+            ("query", "up"),
+            ("start", "10"),
+            ("end", "1"),
+            ("step", "1"),
+        ],
+        true,
+    );
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (400, Some("bad_data"))
+    );
+    let (status, _) = post(&env, "/api/v1/query", &[("query", "1+1")], false);
+    assert_eq!(status, 401);
+
+    // The CLI.
+    let out = env.ferry_ok(&["query", "sum(ferry_proxy_requests_total{service=\"web\"})"]);
+    let n: f64 = out.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(n >= 20.0, "{out}");
+    let out = env.ferry_ok(&[
+        "query",
+        "sum by (service) (ferry_proxy_requests_total)",
+        "--range",
+        "30s",
+        "--step",
+        "1s",
+    ]);
+    assert!(out.contains("service=\"web\""), "{out}");
+    assert!(out.chars().any(|c| ('▁'..='█').contains(&c)), "{out}");
+    let out = env.ferry_code(&["query", "sum("], 2);
+    assert!(out.contains("unclosed left parenthesis"), "{out}");
+}
