@@ -101,6 +101,67 @@ fn promql_over_the_daemons_own_metrics() {
         .unwrap();
     assert_eq!(r["data"]["result"][0]["value"][1], "3", "{r}");
 
+    // What Grafana's query editor asks for: names, values, series,
+    // metadata, the build, and (empty until alerting) rules and alerts.
+    let get = |path: &str| -> serde_json::Value {
+        client
+            .get(format!("{}{path}", env.api()))
+            .bearer_auth(env.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let labels = get("/api/v1/labels");
+    for name in ["__name__", "service", "revision", "code"] {
+        assert!(
+            labels["data"].as_array().unwrap().iter().any(|l| l == name),
+            "{labels}"
+        );
+    }
+    let values = get("/api/v1/label/__name__/values");
+    assert!(
+        values["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "ferry_proxy_requests_total"),
+        "{values}"
+    );
+    let (status, series) = post(
+        &env,
+        "/api/v1/series",
+        &[(
+            "match[]",
+            "ferry_service_serving_instances{service=\"web\"}",
+        )],
+        true,
+    );
+    assert_eq!(status, 200, "{series}");
+    assert_eq!(
+        series["data"],
+        serde_json::json!([{"__name__": "ferry_service_serving_instances", "service": "web"}])
+    );
+    let meta = get("/api/v1/metadata");
+    assert_eq!(
+        meta["data"]["ferry_proxy_requests_total"][0]["type"], "counter",
+        "{meta}"
+    );
+    assert_eq!(get("/api/v1/status/buildinfo")["status"], "success");
+    assert_eq!(
+        get("/api/v1/rules")["data"]["groups"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        get("/api/v1/alerts")["data"]["alerts"],
+        serde_json::json!([])
+    );
+    let (status, body) = post(&env, "/api/v1/series", &[], true);
+    assert_eq!(
+        (status, body["errorType"].as_str()),
+        (400, Some("bad_data"))
+    );
+
     // Errors in Prometheus's shape; no token, no data.
     let (status, body) = post(&env, "/api/v1/query", &[("query", "sum(")], true);
     assert_eq!(status, 400);

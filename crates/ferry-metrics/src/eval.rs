@@ -129,6 +129,28 @@ impl Engine {
         })
     }
 
+    /// The series a selector (`up{job="x"}`) matches that have samples
+    /// in `(start, end]`, for `/api/v1/series` and label lookups.
+    pub fn series(
+        &self,
+        storage: &Storage,
+        selector: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Labels>, EvalError> {
+        let expr = parser::parse(selector).map_err(EvalError::Parse)?;
+        let Expr::VectorSelector(vs) = expr else {
+            return Err(EvalError::Parse(format!(
+                "{selector:?} is not a series selector"
+            )));
+        };
+        let m = selector_matchers(&vs);
+        Ok(storage
+            .select(|l| matches(&m, l), start, end)
+            .map(|(l, _)| l.clone())
+            .collect())
+    }
+
     /// A range query: `Value::Matrix`, one series per label set, a point
     /// per step where the expression has a value.
     pub fn range(

@@ -3,7 +3,7 @@
 //! store: the daemon scrapes its own `/metrics` every `scrape_interval`
 //! into memory and keeps `retention` of it; nothing is on disk yet.
 
-use ferry_metrics::exposition::Exposition;
+use ferry_metrics::exposition::{Exposition, Metadata};
 use ferry_metrics::storage::{Labels, stale_nan};
 use ferry_metrics::{Engine, EvalError, Storage, Value};
 use std::collections::BTreeSet;
@@ -19,6 +19,8 @@ pub struct MetricsDb {
     /// The series of the last scrape: one missing from the next gets a
     /// stale marker, as Prometheus writes.
     last: Mutex<BTreeSet<Labels>>,
+    /// Each family's type and help, from the last scrape.
+    metadata: Mutex<std::collections::BTreeMap<String, Metadata>>,
 }
 
 impl MetricsDb {
@@ -28,6 +30,7 @@ impl MetricsDb {
             engine: Engine::default(),
             retention_ms,
             last: Mutex::new(BTreeSet::new()),
+            metadata: Mutex::new(Default::default()),
         }
     }
 
@@ -43,6 +46,7 @@ impl MetricsDb {
             storage.append(gone.clone(), now, stale_nan());
         }
         *last = seen;
+        *self.metadata.lock().unwrap_or_else(|p| p.into_inner()) = scrape.metadata.clone();
         storage.drop_before(now - self.retention_ms);
     }
 
@@ -54,6 +58,35 @@ impl MetricsDb {
     pub fn range(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Value, EvalError> {
         let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
         self.engine.range(&storage, query, start, end, step)
+    }
+
+    /// Series matching any of `selectors` (all series when there are
+    /// none) with samples in `(start, end]`.
+    pub fn series(
+        &self,
+        selectors: &[String],
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeSet<Labels>, EvalError> {
+        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
+        if selectors.is_empty() {
+            return Ok(storage
+                .select(|_| true, start, end)
+                .map(|(l, _)| l.clone())
+                .collect());
+        }
+        let mut out = BTreeSet::new();
+        for s in selectors {
+            out.extend(self.engine.series(&storage, s, start, end)?);
+        }
+        Ok(out)
+    }
+
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, Metadata> {
+        self.metadata
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn series_count(&self) -> usize {

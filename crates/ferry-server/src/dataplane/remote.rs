@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// How often the data plane is asked for a report.
 const POLL: Duration = Duration::from_millis(100);
+/// How long the tick waits for the data plane to serve a new plan.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// A data plane that has not answered for this long is replaced.
 const HANG: Duration = Duration::from_secs(5);
 /// How long a new data plane may take to start and serve the plan.
@@ -101,6 +103,8 @@ struct Inner {
     workers: usize,
     shared: Mutex<Shared>,
     plan_tx: watch::Sender<u64>,
+    /// The plan generation the data plane last reported serving.
+    applied: watch::Sender<u64>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -152,6 +156,7 @@ impl Remote {
                 ..Default::default()
             }),
             plan_tx,
+            applied: watch::channel(0).0,
             cmd_tx,
         });
         let mut conn = inner.attach().await;
@@ -366,6 +371,7 @@ impl Inner {
 
     fn take_report(&self, c: &mut Conn, report: Report) {
         c.last_heard = Instant::now();
+        self.applied.send_replace(report.generation);
         let mut sh = self.shared();
         sh.raw = report;
         sh.refresh();
@@ -479,7 +485,12 @@ impl Inner {
                 }
                 Event::Message(None) => failed = Some("exited".to_string()),
                 Event::Plan => {
-                    if let Err(e) = self.sync(c).await {
+                    // A report right away tells `apply` the plan serves.
+                    let sent = async {
+                        self.sync(c).await?;
+                        wire::send(&c.stream, &Msg::Poll, &[]).await
+                    };
+                    if let Err(e) = sent.await {
                         failed = Some(format!("could not be sent the plan ({e})"));
                     }
                 }
@@ -828,51 +839,64 @@ impl DataPlane for Remote {
     fn apply<'a>(&'a self, plan: Plan) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
-            let mut sh = inner.shared();
-            // The sockets: bound here once per address, kept while planned.
-            for p in &plan.proxies {
-                let have = sh.held.get(&p.service).map(|h| h.addr);
-                if have == Some(p.listen) {
-                    continue;
-                }
-                sh.held.remove(&p.service);
-                match ferry_proxy::bind_listeners(p.listen, inner.workers) {
-                    Ok(socks) => {
-                        sh.bind_errors.remove(&p.service);
-                        sh.held.insert(
-                            p.service.clone(),
-                            Held {
-                                addr: p.listen,
-                                socks: Arc::new(socks),
-                            },
-                        );
+            let changed = {
+                let mut sh = inner.shared();
+                // The sockets: bound here once per address, kept while planned.
+                for p in &plan.proxies {
+                    let have = sh.held.get(&p.service).map(|h| h.addr);
+                    if have == Some(p.listen) {
+                        continue;
                     }
-                    Err(e) => {
-                        let text = format!("cannot listen on {}: {e}", p.listen);
-                        if sh.bind_errors.get(&p.service) != Some(&text) {
-                            tracing::error!(service = %p.service, "{text}; retrying every tick");
+                    sh.held.remove(&p.service);
+                    match ferry_proxy::bind_listeners(p.listen, inner.workers) {
+                        Ok(socks) => {
+                            sh.bind_errors.remove(&p.service);
+                            sh.held.insert(
+                                p.service.clone(),
+                                Held {
+                                    addr: p.listen,
+                                    socks: Arc::new(socks),
+                                },
+                            );
                         }
-                        sh.bind_errors.insert(p.service.clone(), text);
+                        Err(e) => {
+                            let text = format!("cannot listen on {}: {e}", p.listen);
+                            if sh.bind_errors.get(&p.service) != Some(&text) {
+                                tracing::error!(service = %p.service, "{text}; retrying every tick");
+                            }
+                            sh.bind_errors.insert(p.service.clone(), text);
+                        }
                     }
                 }
-            }
-            let planned: std::collections::BTreeSet<&str> =
-                plan.proxies.iter().map(|p| p.service.as_str()).collect();
-            sh.held
-                .retain(|service, _| planned.contains(service.as_str()));
-            sh.bind_errors
-                .retain(|service, _| planned.contains(service.as_str()));
-            let mut plan = plan;
-            let held = &sh.held;
-            plan.proxies.retain(|p| held.contains_key(&p.service));
-            if *sh.plan != plan || sh.generation == 0 {
-                sh.generation += 1;
-                sh.plan = Arc::new(plan);
-                let generation = sh.generation;
-                drop(sh);
+                let planned: std::collections::BTreeSet<&str> =
+                    plan.proxies.iter().map(|p| p.service.as_str()).collect();
+                sh.held
+                    .retain(|service, _| planned.contains(service.as_str()));
+                sh.bind_errors
+                    .retain(|service, _| planned.contains(service.as_str()));
+                let mut plan = plan;
+                let held = &sh.held;
+                plan.proxies.retain(|p| held.contains_key(&p.service));
+                if *sh.plan != plan || sh.generation == 0 {
+                    sh.generation += 1;
+                    sh.plan = Arc::new(plan);
+                    Some((sh.generation, sh.info.attached))
+                } else {
+                    sh.refresh();
+                    None
+                }
+            };
+            if let Some((generation, attached)) = changed {
                 inner.plan_tx.send_replace(generation);
-            } else {
-                sh.refresh();
+                // What the tick publishes next (a switch, a canary weight)
+                // is what the data plane serves: wait for it to say so, a
+                // short while, unless it is away.
+                if attached {
+                    let mut applied = inner.applied.subscribe();
+                    let _ =
+                        tokio::time::timeout(APPLY_WAIT, applied.wait_for(|g| *g >= generation))
+                            .await;
+                }
             }
         })
     }

@@ -45,6 +45,17 @@ pub fn router(daemon: Arc<Daemon>, limits: server::ApiLimits) -> Router {
             "/api/v1/query_range",
             get(promql::range_get).post(promql::range_post),
         )
+        .route("/api/v1/series", get(promql::series).post(promql::series))
+        .route("/api/v1/labels", get(promql::labels).post(promql::labels))
+        .route("/api/v1/label/{name}/values", get(promql::label_values))
+        .route("/api/v1/metadata", get(promql::metadata))
+        .route("/api/v1/status/buildinfo", get(promql::buildinfo))
+        .route("/api/v1/rules", get(promql::rules))
+        .route("/api/v1/alerts", get(promql::alerts))
+        .route(
+            "/api/v1/query_exemplars",
+            get(promql::exemplars).post(promql::exemplars),
+        )
         .route("/v1/services", get(services::list))
         .route("/v1/services/{name}", get(services::get))
         .route("/v1/services/{name}/history", get(services::history))

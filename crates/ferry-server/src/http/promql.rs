@@ -210,3 +210,144 @@ fn encode(v: &Value, t: i64) -> Json {
         }),
     }
 }
+
+/// Form or query-string pairs; keys may repeat (`match[]`).
+fn pairs(raw: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(raw).unwrap_or_default()
+}
+
+/// The `match[]`, `start` and `end` of a metadata request (GET query
+/// string or POST form), the range defaulting to the whole retention.
+fn selection(d: &Daemon, raw: &str) -> Result<(Vec<String>, i64, i64), String> {
+    let p = pairs(raw);
+    let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let now = d.clock.now() as i64;
+    let start = match get("start").filter(|s| !s.is_empty()) {
+        Some(s) => parse_time(&s).map_err(|e| format!("invalid parameter \"start\": {e}"))?,
+        None => i64::MIN / 2,
+    };
+    let end = match get("end").filter(|s| !s.is_empty()) {
+        Some(s) => parse_time(&s).map_err(|e| format!("invalid parameter \"end\": {e}"))?,
+        None => now,
+    };
+    let matches = p
+        .iter()
+        .filter(|(k, _)| k == "match[]")
+        .map(|(_, v)| v.clone())
+        .collect();
+    Ok((matches, start, end))
+}
+
+fn raw_of(query: Option<String>, body: &axum::body::Bytes) -> String {
+    let mut raw = query.unwrap_or_default();
+    if !body.is_empty() {
+        if !raw.is_empty() {
+            raw.push('&');
+        }
+        raw.push_str(&String::from_utf8_lossy(body));
+    }
+    raw
+}
+
+/// The series a metadata request selects (`match[]`, `start`, `end`);
+/// `require_match`: `/api/v1/series` needs at least one selector.
+fn selected(
+    d: &Daemon,
+    raw: &str,
+    require_match: bool,
+) -> Result<std::collections::BTreeSet<Labels>, Box<Response>> {
+    let (matches, start, end) = selection(d, raw).map_err(|e| Box::new(bad_data(&e)))?;
+    if require_match && matches.is_empty() {
+        return Err(Box::new(bad_data("no match[] parameter provided")));
+    }
+    d.tsdb
+        .series(&matches, start, end)
+        .map_err(|e| Box::new(eval_error(e)))
+}
+
+/// `/api/v1/series`: the label sets of the matching series.
+pub async fn series(
+    State(d): State<Arc<Daemon>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    match selected(&d, &raw_of(q, &body), true) {
+        Ok(set) => success(Json::Array(set.iter().map(metric).collect())),
+        Err(r) => *r,
+    }
+}
+
+/// `/api/v1/labels`: every label name of the matching series.
+pub async fn labels(
+    State(d): State<Arc<Daemon>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    match selected(&d, &raw_of(q, &body), false) {
+        Ok(set) => {
+            let names: std::collections::BTreeSet<&String> =
+                set.iter().flat_map(|l| l.keys()).collect();
+            success(json!(names))
+        }
+        Err(r) => *r,
+    }
+}
+
+/// `/api/v1/label/{name}/values`.
+pub async fn label_values(
+    State(d): State<Arc<Daemon>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    match selected(&d, &q.unwrap_or_default(), false) {
+        Ok(set) => {
+            let values: std::collections::BTreeSet<&String> =
+                set.iter().filter_map(|l| l.get(&name)).collect();
+            success(json!(values))
+        }
+        Err(r) => *r,
+    }
+}
+
+/// `/api/v1/metadata`: each family's type and help.
+pub async fn metadata(State(d): State<Arc<Daemon>>) -> Response {
+    let data: serde_json::Map<String, Json> = d
+        .tsdb
+        .metadata()
+        .into_iter()
+        .map(|(name, m)| {
+            (
+                name,
+                json!([{ "type": m.kind, "help": m.help, "unit": "" }]),
+            )
+        })
+        .collect();
+    success(Json::Object(data))
+}
+
+/// `/api/v1/status/buildinfo`.
+pub async fn buildinfo() -> Response {
+    success(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "",
+        "branch": "",
+        "buildUser": "ferry",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+}
+
+/// `/api/v1/rules`: none until alerting exists.
+pub async fn rules() -> Response {
+    success(json!({ "groups": [] }))
+}
+
+/// `/api/v1/alerts`: none until alerting exists.
+pub async fn alerts() -> Response {
+    success(json!({ "alerts": [] }))
+}
+
+/// `/api/v1/query_exemplars`: no exemplars are stored.
+pub async fn exemplars() -> Response {
+    success(json!([]))
+}
