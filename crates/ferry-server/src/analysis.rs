@@ -108,11 +108,23 @@ pub struct Round {
     pub revision: Arc<Revision>,
 }
 
-/// Finish a round: query Prometheus where needed, then judge every check.
-pub async fn measure(round: Round, http: &reqwest::Client) -> Vec<Measurement> {
+/// Finish a round: run queries where needed (against `prometheus_url`, or
+/// the daemon's own store `local` without one), then judge every check.
+pub async fn measure(
+    round: Round,
+    http: &reqwest::Client,
+    local: &crate::tsdb::MetricsDb,
+) -> Vec<Measurement> {
     let mut out = Vec::with_capacity(round.checks.len());
     for (label, check) in &round.checks {
         let prometheus = match (check, &round.spec.prometheus_url) {
+            (Check::Prometheus { query, .. }, None) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                Some(query_local(local, &fill_query(query, &round.revision), now))
+            }
             (Check::Prometheus { query, .. }, Some(url)) => {
                 let timeout = round
                     .spec
@@ -137,6 +149,28 @@ pub async fn measure(round: Round, http: &reqwest::Client) -> Vec<Measurement> {
         ));
     }
     out
+}
+
+/// An instant query against the daemon's own store, read as
+/// [`query_prometheus`] reads Prometheus's answer.
+pub fn query_local(db: &crate::tsdb::MetricsDb, query: &str, now: i64) -> Result<f64, String> {
+    let value = match db.instant(query, now).map_err(|e| e.to_string())? {
+        ferry_metrics::Value::Scalar(f) => f,
+        ferry_metrics::Value::Vector(v) => match v.first() {
+            Some(s) => s.v,
+            None => return Err("the query returned no series (no data)".into()),
+        },
+        other => {
+            return Err(format!(
+                "the query returned a {}; use one that returns a number or a one-series vector",
+                other.type_name()
+            ));
+        }
+    };
+    if value.is_nan() {
+        return Err("the query returned NaN, not a number".into());
+    }
+    Ok(value)
 }
 
 /// An instant query against Prometheus' HTTP API: the first sample's value.

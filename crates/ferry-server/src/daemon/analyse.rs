@@ -79,7 +79,7 @@ impl Daemon {
         let this = self.clone();
         tokio::spawn(async move {
             let id = round.rollout;
-            let ms = runner::measure(round, &this.http).await;
+            let ms = runner::measure(round, &this.http, &this.tsdb).await;
             this.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
