@@ -15,7 +15,7 @@ mod it {
     mod input;
     mod instances;
     mod metrics;
-    mod prometheus;
+    pub mod prometheus;
     mod proxy;
     mod release_ux;
     mod systemd;

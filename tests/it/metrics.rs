@@ -208,72 +208,11 @@ fn promql_over_the_daemons_own_metrics() {
 /// pulled, exactly as with an external Prometheus (tests/it/prometheus.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_queries_without_prometheus_run_against_the_embedded_store() {
-    let query = r#"sum(rate(ferry_proxy_requests_total{service=\"{{service}}\",revision=\"{{revision}}\",code=\"5xx\"}[2s])) or vector(0)"#;
-    let spec = Spec {
-        instances: 2,
-        strategy: "canary",
-        deploy_timeout: "30s",
-        deploy_extra: r#"steps = [ { weight = 30 }, { pause = "4s" } ]"#.into(),
-        tail: format!(
-            r#"
-[services.web.analysis]
-interval = "1s"
-failure_limit = 1
-min_requests = 5
-checks = [ {{ prometheus = "{query}", max = 0.5, name = "canary 5xx/s" }} ]
-"#
-        ),
-        ..Spec::default()
-    };
-    let env = blocking(move || {
-        let mut env = Env::prepare(spec);
+    let env = blocking(|| {
+        let mut env = Env::prepare(super::prometheus::spec(None));
         env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
         env
     })
     .await;
-    let env = std::sync::Arc::new(env);
-    let e = env.clone();
-    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v1"])).await;
-    let load = load(env.proxy());
-
-    let e = env.clone();
-    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v2"])).await;
-    let e = env.clone();
-    let record = blocking(move || e.json(&["rollout", "2"])).await;
-    assert!(
-        record["measurements"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["check"] == "canary 5xx/s" && m["verdict"] == "pass" && m["value"] == 0.0),
-        "{record}"
-    );
-
-    let e = env.clone();
-    let out = blocking(move || {
-        e.ferry_code(
-            &[
-                "deploy",
-                "web",
-                "--version",
-                "v3",
-                "--set",
-                "DEMO_FAILURE_RATE=0.5",
-            ],
-            1,
-        )
-    })
-    .await;
-    assert!(out.contains("canary 5xx/s"), "{out}");
-    let _ = load.stop().await;
-    let e = env.clone();
-    let record = blocking(move || e.json(&["rollout", "3"])).await;
-    assert!(
-        record["measurements"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["verdict"] == "fail" && m["value"].as_f64().unwrap() > 0.5),
-        "{record}"
-    );
+    super::prometheus::pass_then_pull(std::sync::Arc::new(env)).await;
 }

@@ -90,8 +90,13 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn spec(prometheus_url: &str) -> Spec {
+/// A canary judged by one PromQL check (canary 5xx/s at most 0.5),
+/// against `prometheus_url`, or the daemon's own store without one.
+pub(super) fn spec(prometheus_url: Option<&str>) -> Spec {
     let query = r#"sum(rate(ferry_proxy_requests_total{service=\"{{service}}\",revision=\"{{revision}}\",code=\"5xx\"}[5s])) or vector(0)"#;
+    let url = prometheus_url
+        .map(|u| format!("prometheus_url = \"{u}\""))
+        .unwrap_or_default();
     Spec {
         instances: 2,
         strategy: "canary",
@@ -103,7 +108,7 @@ fn spec(prometheus_url: &str) -> Spec {
 interval = "1s"
 failure_limit = 1
 min_requests = 5
-prometheus_url = "{prometheus_url}"
+{url}
 checks = [ {{ prometheus = "{query}", max = 0.5, name = "canary 5xx/s" }} ]
 "#
         ),
@@ -117,11 +122,36 @@ async fn prometheus_checks_pass_a_healthy_canary_and_pull_a_failing_one() {
         let env = Env::start(Spec::default());
         let prometheus = start_prometheus(&env);
         // ferry.toml is read at deploy time: no restart needed.
-        env.write_config(&spec(&prometheus.url));
+        env.write_config(&spec(Some(&prometheus.url)));
         (env, prometheus)
     })
     .await;
-    let env = Arc::new(env);
+    pass_then_pull(Arc::new(env)).await;
+    blocking(move || drop(prometheus)).await;
+}
+
+#[test]
+fn a_prometheus_that_keeps_erroring_pauses_the_rollout_instead_of_passing_it() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let env = Env::start(spec(Some(&dead)));
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    env.ferry_ok(&["deploy", "web", "--version", "v2", "--detach"]);
+    wait_for(Duration::from_secs(20), "the rollout to pause", || {
+        env.json(&["status", "web"])["rollout"]["paused"]
+            .as_str()
+            .is_some_and(|p| p.contains("prometheus error"))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        env.json(&["status", "web"])["stable"],
+        1,
+        "an erroring provider never promotes"
+    );
+}
+
+/// Deploy v1, then a healthy v2 (the check passes with 0) and a v3 that
+/// fails half its requests (the check pulls it), under load.
+pub(super) async fn pass_then_pull(env: Arc<Env>) {
     let e = env.clone();
     blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v1"])).await;
     let load = load(env.proxy());
@@ -178,25 +208,5 @@ async fn prometheus_checks_pass_a_healthy_canary_and_pull_a_failing_one() {
             .unwrap()
             .contains("query returned"),
         "{record}"
-    );
-    blocking(move || drop(prometheus)).await;
-}
-
-#[test]
-fn a_prometheus_that_keeps_erroring_pauses_the_rollout_instead_of_passing_it() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let env = Env::start(spec(&dead));
-    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
-    env.ferry_ok(&["deploy", "web", "--version", "v2", "--detach"]);
-    wait_for(Duration::from_secs(20), "the rollout to pause", || {
-        env.json(&["status", "web"])["rollout"]["paused"]
-            .as_str()
-            .is_some_and(|p| p.contains("prometheus error"))
-    });
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        env.json(&["status", "web"])["stable"],
-        1,
-        "an erroring provider never promotes"
     );
 }
