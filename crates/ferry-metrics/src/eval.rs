@@ -471,14 +471,14 @@ impl Ctx<'_> {
         let V::Vector(input) = self.eval(&a.expr, t)? else {
             return err(format!("expected instant vector in aggregation {op}"));
         };
-        let grouping = |l: &Labels, drop_name: bool| -> Labels {
+        // `by (__name__)` groups by the name even where it is to be dropped
+        // (delayed removal); the group's result then drops it.
+        let grouping = |l: &Labels, _drop_name: bool| -> Labels {
             match &a.modifier {
                 None => Labels::new(),
                 Some(LabelModifier::Include(ls)) => l
                     .iter()
-                    .filter(|(k, _)| {
-                        ls.labels.contains(k) && !(drop_name && k.as_str() == "__name__")
-                    })
+                    .filter(|(k, _)| ls.labels.contains(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 Some(LabelModifier::Exclude(ls)) => l
@@ -557,10 +557,14 @@ impl Ctx<'_> {
         };
         let mut groups: BTreeMap<Labels, Vec<f64>> = BTreeMap::new();
         let mut order: Vec<Labels> = Vec::new();
+        let mut drops: std::collections::HashSet<Labels> = std::collections::HashSet::new();
         for e in &input {
             let g = grouping(&e.labels, e.drop_name);
             if !groups.contains_key(&g) {
                 order.push(g.clone());
+            }
+            if e.drop_name && g.contains_key("__name__") {
+                drops.insert(g.clone());
             }
             groups.entry(g).or_default().push(e.v);
         }
@@ -585,11 +589,12 @@ impl Ctx<'_> {
                 "quantile" => quantile(q.unwrap_or(f64::NAN), vals),
                 other => return err(format!("unsupported aggregation {other}")),
             };
+            let drop_name = drops.contains(&g);
             out.push(El {
                 labels: g,
                 v,
                 ts: t,
-                drop_name: false,
+                drop_name,
             });
         }
         Ok(V::Vector(out))
@@ -1321,6 +1326,12 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// Labels as Prometheus prints them in errors: `{__name__="x", a="b"}`.
+fn go_labels(l: &Labels) -> String {
+    let parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
 fn is_comparison(op: &str) -> bool {
     matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=")
 }
@@ -1446,12 +1457,18 @@ fn vector_vector(
     let mut index: HashMap<Labels, El> = HashMap::new();
     for e in one {
         let sig = signature(&e.labels, matching);
-        if index.insert(sig, e).is_some() {
+        if let Some(prev) = index.get(&sig) {
             let side = if one_to_many { "left" } else { "right" };
+            let mut pair = [go_labels(&prev.labels), go_labels(&e.labels)];
+            pair.sort();
             return err(format!(
-                "found duplicate series for the match group on the {side} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side"
+                "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                go_labels(&sig),
+                pair[0],
+                pair[1]
             ));
         }
+        index.insert(sig, e);
     }
     let mut out = Vec::new();
     let mut seen: HashMap<(Labels, Labels), ()> = HashMap::new();

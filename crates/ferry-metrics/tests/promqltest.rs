@@ -699,8 +699,8 @@ fn prometheus_conformance_does_not_regress() {
         ("histograms.test", 83),
         ("limit.test", 0),
         ("literals.test", 25),
-        ("name_label_dropping.test", 26),
-        ("operators.test", 141),
+        ("name_label_dropping.test", 30),
+        ("operators.test", 142),
         ("selectors.test", 31),
         ("staleness.test", 17),
         ("trig_functions.test", 19),
@@ -718,10 +718,10 @@ fn prometheus_conformance_does_not_regress() {
         passed += report.passed;
         failed += report.failed;
     }
-    // 788 of 796 float evals (99 %); the issue asks for at least 95 %.
+    // 793 of 796 float evals (99.6 %); the issue asks for at least 95 %.
     assert!(
         passed * 100 >= (passed + failed) * 95,
         "{passed} passed, {failed} failed"
     );
-    assert!(failed <= 8, "{failed} failed");
+    assert!(failed <= 3, "{failed} failed");
 }
