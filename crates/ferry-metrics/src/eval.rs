@@ -13,7 +13,7 @@ use promql_parser::parser::{
     self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
     VectorMatchCardinality, VectorSelector,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -172,23 +172,16 @@ impl Engine {
             end,
             step,
         };
-        let mut out: BTreeMap<Labels, (Vec<(i64, f64)>, bool)> = BTreeMap::new();
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         let mut t = start;
         while t <= end {
             match ctx.eval(&expr, t)? {
-                V::Scalar(f) => out.entry(Labels::new()).or_default().0.push((t, f)),
+                V::Scalar(f) => out.entry(Labels::new()).or_default().push((t, f)),
                 V::Vector(els) => {
-                    let mut seen = std::collections::HashSet::new();
+                    let mut seen = HashSet::new();
                     for e in els {
-                        let labels = if e.drop_name {
-                            without_name(&e.labels)
-                        } else {
-                            e.labels
-                        };
-                        if !seen.insert(labels.clone()) {
-                            return err("vector cannot contain metrics with the same labelset");
-                        }
-                        out.entry(labels).or_default().0.push((t, e.v));
+                        let labels = final_labels(e.labels, e.drop_name, &mut seen)?;
+                        out.entry(labels).or_default().push((t, e.v));
                     }
                 }
                 V::Str(_) | V::Matrix(_) => {
@@ -202,7 +195,7 @@ impl Engine {
         }
         Ok(Value::Matrix(
             out.into_iter()
-                .map(|(labels, (points, _))| Series { labels, points })
+                .map(|(labels, points)| Series { labels, points })
                 .collect(),
         ))
     }
@@ -214,43 +207,38 @@ fn without_name(l: &Labels) -> Labels {
     l
 }
 
-/// Drop the names marked for dropping; two samples with one label set
-/// are an error.
-fn finish_vector(els: Vec<El>) -> R<Vec<(Labels, f64)>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(els.len());
-    for e in els {
-        let labels = if e.drop_name {
-            without_name(&e.labels)
-        } else {
-            e.labels
-        };
-        if !seen.insert(labels.clone()) {
-            return err("vector cannot contain metrics with the same labelset");
-        }
-        out.push((labels, e.v));
+/// The labels a result element ends with: its name dropped if an
+/// operation marked it. Two elements with one label set are an error.
+fn final_labels(labels: Labels, drop_name: bool, seen: &mut HashSet<Labels>) -> R<Labels> {
+    let labels = if drop_name {
+        without_name(&labels)
+    } else {
+        labels
+    };
+    if !seen.insert(labels.clone()) {
+        return err("vector cannot contain metrics with the same labelset");
     }
-    Ok(out)
+    Ok(labels)
+}
+
+fn finish_vector(els: Vec<El>) -> R<Vec<(Labels, f64)>> {
+    let mut seen = HashSet::new();
+    els.into_iter()
+        .map(|e| Ok((final_labels(e.labels, e.drop_name, &mut seen)?, e.v)))
+        .collect()
 }
 
 fn finish_matrix(series: Vec<MSeries>) -> R<Vec<Series>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for s in series {
-        let labels = if s.drop_name {
-            without_name(&s.labels)
-        } else {
-            s.labels
-        };
-        if !seen.insert(labels.clone()) {
-            return err("vector cannot contain metrics with the same labelset");
-        }
-        out.push(Series {
-            labels,
-            points: s.points,
-        });
-    }
-    Ok(out)
+    let mut seen = HashSet::new();
+    series
+        .into_iter()
+        .map(|s| {
+            Ok(Series {
+                labels: final_labels(s.labels, s.drop_name, &mut seen)?,
+                points: s.points,
+            })
+        })
+        .collect()
 }
 
 fn matches(matchers: &Matchers, labels: &Labels) -> bool {
@@ -473,7 +461,7 @@ impl Ctx<'_> {
         };
         // `by (__name__)` groups by the name even where it is to be dropped
         // (delayed removal); the group's result then drops it.
-        let grouping = |l: &Labels, _drop_name: bool| -> Labels {
+        let grouping = |l: &Labels| -> Labels {
             match &a.modifier {
                 None => Labels::new(),
                 Some(LabelModifier::Include(ls)) => l
@@ -506,10 +494,7 @@ impl Ctx<'_> {
                 let k = if k > 1e9 { usize::MAX } else { k as usize };
                 let mut groups: BTreeMap<Labels, Vec<El>> = BTreeMap::new();
                 for e in input {
-                    groups
-                        .entry(grouping(&e.labels, e.drop_name))
-                        .or_default()
-                        .push(e);
+                    groups.entry(grouping(&e.labels)).or_default().push(e);
                 }
                 let mut out = Vec::new();
                 for (_, mut g) in groups {
@@ -532,7 +517,7 @@ impl Ctx<'_> {
                 }
                 let mut counts: BTreeMap<Labels, f64> = BTreeMap::new();
                 for e in &input {
-                    let mut g = grouping(&e.labels, e.drop_name);
+                    let mut g = grouping(&e.labels);
                     g.insert(label.clone(), format_value(e.v));
                     *counts.entry(g).or_default() += 1.0;
                 }
@@ -559,7 +544,7 @@ impl Ctx<'_> {
         let mut order: Vec<Labels> = Vec::new();
         let mut drops: std::collections::HashSet<Labels> = std::collections::HashSet::new();
         for e in &input {
-            let g = grouping(&e.labels, e.drop_name);
+            let g = grouping(&e.labels);
             if !groups.contains_key(&g) {
                 order.push(g.clone());
             }
@@ -576,14 +561,8 @@ impl Ctx<'_> {
                 "avg" => avg(vals),
                 "count" => vals.len() as f64,
                 "group" => 1.0,
-                "min" => vals
-                    .iter()
-                    .copied()
-                    .fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
-                "max" => vals
-                    .iter()
-                    .copied()
-                    .fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+                "min" => min_of(vals),
+                "max" => max_of(vals),
                 "stddev" => variance(vals).sqrt(),
                 "stdvar" => variance(vals),
                 "quantile" => quantile(q.unwrap_or(f64::NAN), vals),
@@ -795,15 +774,9 @@ impl Ctx<'_> {
                         let sv = e.labels.get(src).cloned().unwrap_or_default();
                         if let Some(caps) = re.captures(&sv) {
                             let mut res = String::new();
-                            caps.expand(&go_template(repl), &mut res);
-                            if res.is_empty() {
-                                e.labels.remove(dst);
-                            } else {
-                                e.labels.insert(dst.clone(), res);
-                            }
-                            if dst == "__name__" {
-                                e.drop_name = false;
-                            }
+                            // `$1` and `${name}` mean the same in Rust's regex as in Go's.
+                            caps.expand(repl, &mut res);
+                            set_label(&mut e, dst, res);
                         }
                         e
                     })
@@ -836,44 +809,28 @@ impl Ctx<'_> {
                             .map(|s| e.labels.get(s).cloned().unwrap_or_default())
                             .collect::<Vec<_>>()
                             .join(&sep);
-                        if joined.is_empty() {
-                            e.labels.remove(&dst);
-                        } else {
-                            e.labels.insert(dst.clone(), joined);
-                        }
-                        if dst == "__name__" {
-                            e.drop_name = false;
-                        }
+                        set_label(&mut e, &dst, joined);
                         e
                     })
                     .collect();
                 Ok(V::Vector(out))
             }
-            "absent" => {
-                let v = vector_arg(0)?;
-                if !v.is_empty() {
-                    return Ok(V::Vector(Vec::new()));
-                }
-                Ok(V::Vector(vec![El {
-                    labels: absent_labels(&args[0]),
-                    v: 1.0,
-                    ts: t,
-                    drop_name: false,
-                }]))
-            }
-            "absent_over_time" => {
-                let V::Matrix(m) = arg(0)? else {
-                    return err("expected range vector");
+            "absent" | "absent_over_time" => {
+                let present = match arg(0)? {
+                    V::Vector(v) => !v.is_empty(),
+                    V::Matrix(m) => !m.is_empty(),
+                    _ => return err(format!("expected a vector argument of {name}")),
                 };
-                if !m.is_empty() {
-                    return Ok(V::Vector(Vec::new()));
-                }
-                Ok(V::Vector(vec![El {
-                    labels: absent_labels(&args[0]),
-                    v: 1.0,
-                    ts: t,
-                    drop_name: false,
-                }]))
+                Ok(V::Vector(if present {
+                    Vec::new()
+                } else {
+                    vec![El {
+                        labels: absent_labels(&args[0]),
+                        v: 1.0,
+                        ts: t,
+                        drop_name: false,
+                    }]
+                }))
             }
             "rate"
             | "increase"
@@ -1004,22 +961,8 @@ impl Ctx<'_> {
                 "sum_over_time" => Some(kahan_sum(&vals(p))),
                 "count_over_time" => Some(p.len() as f64),
                 "present_over_time" => Some(1.0),
-                "min_over_time" => Some(
-                    vals(p).into_iter().fold(
-                        f64::NAN,
-                        |m, v| {
-                            if m.is_nan() || v < m { v } else { m }
-                        },
-                    ),
-                ),
-                "max_over_time" => Some(
-                    vals(p).into_iter().fold(
-                        f64::NAN,
-                        |m, v| {
-                            if m.is_nan() || v > m { v } else { m }
-                        },
-                    ),
-                ),
+                "min_over_time" => Some(min_of(&vals(p))),
+                "max_over_time" => Some(max_of(&vals(p))),
                 "last_over_time" => p.last().map(|x| x.1),
                 "first_over_time" => p.first().map(|x| x.1),
                 "ts_of_last_over_time" => p.last().map(|x| x.0 as f64 / 1000.0),
@@ -1062,6 +1005,21 @@ impl Ctx<'_> {
         }
         Ok(V::Vector(out))
     }
+}
+
+/// The smallest value, NaN only when every value is NaN (as Prometheus's
+/// `min` and `min_over_time`).
+fn min_of(v: &[f64]) -> f64 {
+    v.iter()
+        .copied()
+        .fold(f64::NAN, |m, x| if m.is_nan() || x < m { x } else { m })
+}
+
+/// The largest value, NaN only when every value is NaN.
+fn max_of(v: &[f64]) -> f64 {
+    v.iter()
+        .copied()
+        .fold(f64::NAN, |m, x| if m.is_nan() || x > m { x } else { m })
 }
 
 fn vals(p: &[(i64, f64)]) -> Vec<f64> {
@@ -1679,13 +1637,12 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
     if b == 0 && buckets[0].0 <= 0.0 {
         return buckets[0].0;
     }
-    let (mut start, mut end, mut count) = (0.0, buckets[b].0, buckets[b].1);
+    let (mut start, end, mut count) = (0.0, buckets[b].0, buckets[b].1);
     if b > 0 {
         start = buckets[b - 1].0;
         count -= buckets[b - 1].1;
         rank -= buckets[b - 1].1;
     }
-    let _ = &mut end;
     start + (end - start) * (rank / count)
 }
 
@@ -1712,15 +1669,23 @@ fn absent_labels(e: &Expr) -> Labels {
     out
 }
 
+/// Set (or, to an empty value, remove) a label; a name set this way is
+/// kept whatever an earlier operation marked.
+fn set_label(e: &mut El, name: &str, value: String) {
+    if value.is_empty() {
+        e.labels.remove(name);
+    } else {
+        e.labels.insert(name.to_string(), value);
+    }
+    if name == "__name__" {
+        e.drop_name = false;
+    }
+}
+
 /// Any UTF-8 name but the empty one (Prometheus 3); a `\xff` escape in
 /// the query decodes to a replacement character, which is refused.
 fn is_valid_label_name(s: &str) -> bool {
     !s.is_empty() && !s.contains('\u{FFFD}')
-}
-
-/// Go's regexp replacement template (`$1`, `${name}`) in Rust's syntax.
-fn go_template(s: &str) -> String {
-    s.to_string()
 }
 
 /// How `count_values` prints a value (Go's `strconv.FormatFloat(v, 'f', -1, 64)`).
