@@ -1594,17 +1594,7 @@ fn compare_vector(ev: &Eval, samples: &[Sample]) -> Result<(), String> {
         }
         seen.insert(&s.labels);
     }
-    for (labels, (_, exp)) in &expected {
-        if !seen.contains(labels) {
-            return Err(format!(
-                "expected series {} {} is not in the result (got {})",
-                format_labels(labels),
-                describe_points(&exp.points),
-                describe_vector(samples)
-            ));
-        }
-    }
-    Ok(())
+    all_seen(&expected, &seen, || describe_vector(samples))
 }
 
 fn compare_matrix(
@@ -1681,17 +1671,24 @@ fn compare_matrix(
             }
         }
     }
-    for (labels, (_, exp)) in &expected {
-        if !seen.contains(labels) {
-            return Err(format!(
-                "expected series {} {} is not in the result (got {})",
-                format_labels(labels),
-                describe_points(&exp.points),
-                describe_matrix(matrix)
-            ));
-        }
+    all_seen(&expected, &seen, || describe_matrix(matrix))
+}
+
+/// Every expected series was in the result; `got` describes the result.
+fn all_seen(
+    expected: &BTreeMap<&Labels, (usize, &SeriesLine)>,
+    seen: &BTreeSet<&Labels>,
+    got: impl Fn() -> String,
+) -> Result<(), String> {
+    match expected.iter().find(|(l, _)| !seen.contains(*l)) {
+        Some((labels, (_, exp))) => Err(format!(
+            "expected series {} {} is not in the result (got {})",
+            format_labels(labels),
+            describe_points(&exp.points),
+            got()
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 // Short descriptions of values for failure messages.
