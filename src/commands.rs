@@ -871,14 +871,21 @@ pub async fn upgrade(
     timeout: Duration,
     output: Output,
 ) -> CliResult<()> {
-    let before: ferry_api::Health = client()?.get("/health").await?;
+    // Checked before anything is asked of the daemon.
     let binary = match binary {
+        Some(b) if !b.is_file() => {
+            return Err(CliError::usage(format!(
+                "--binary {}: no such file; give the path of the ferry binary to run",
+                b.display()
+            )));
+        }
         Some(b) => Some(
             std::path::absolute(b)
                 .map_err(|e| CliError::usage(format!("--binary {}: {e}", b.display())))?,
         ),
         None => None,
     };
+    let before: ferry_api::Health = client()?.get("/health").await?;
     let body = ferry_api::UpgradeRequest {
         binary: binary.map(|b| b.display().to_string()),
     };

@@ -105,7 +105,7 @@ enum Command {
         data_plane: DataPlaneArg,
         /// How often the daemon records its own metrics for PromQL queries
         /// (`ferry query`, `/api/v1/query`); kept in memory for 6 hours.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_arg)]
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
     },
     /// Replace the running daemon (data plane, then control plane) with the
@@ -547,6 +547,16 @@ fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be longer than 0".into());
     }
     Ok(d.0)
+}
+
+/// `--scrape-interval`: at least 100ms (each scrape renders and parses
+/// every metric family).
+fn scrape_interval_arg(text: &str) -> Result<std::time::Duration, String> {
+    let d = duration_arg(text)?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
 }
 
 /// SIGINT (Ctrl-C: stop everything) or SIGTERM (stop the control plane;

@@ -84,3 +84,20 @@ fn the_demo_tells_its_story_and_exits_0() {
         assert!(text.contains(expect), "no `{expect}` in:\n{text}");
     }
 }
+
+/// Arguments checked before the daemon is asked anything: exit 2 with the
+/// flag, the value and the fix.
+#[test]
+fn bad_upgrade_and_serve_arguments_are_usage_errors() {
+    let env = Env::prepare(Spec::default());
+    let out = env.ferry_code(&["upgrade", "--binary", "/nonexistent/ferry"], 2);
+    assert!(
+        out.contains("--binary /nonexistent/ferry: no such file"),
+        "{out}"
+    );
+    let out = env.ferry_code(&["serve", "--scrape-interval", "10ms"], 2);
+    assert!(
+        out.contains("--scrape-interval") && out.contains("at least 100ms"),
+        "{out}"
+    );
+}

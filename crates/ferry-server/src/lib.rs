@@ -503,6 +503,8 @@ pub async fn serve(
 /// Scrape the daemon's own metrics into its time-series store, every
 /// `interval`, until aborted.
 async fn collect(d: Arc<Daemon>, interval: std::time::Duration) {
+    // The CLI refuses less than 100ms; a zero from a library caller would
+    // make tokio panic.
     let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
