@@ -97,6 +97,7 @@ pub async fn run() -> CliResult<()> {
             binary: exe.clone(),
         },
         scrape_interval: std::time::Duration::from_secs(10),
+        metrics: Default::default(),
     };
     let daemon = tokio::spawn(ferry_server::serve(
         serve_config,

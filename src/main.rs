@@ -107,6 +107,11 @@ enum Command {
         /// (`ferry query`, `/api/v1/query`); kept in memory for 6 hours.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
+        /// A ferry.toml whose `[metrics]` table (extra scrape targets,
+        /// remote_write) the daemon uses; read at start, so a change takes a
+        /// restart (SIGTERM and `ferry serve` again: traffic goes on).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Replace the running daemon (data plane, then control plane) with the
     /// binary now on disk, without dropping a request.
@@ -370,7 +375,12 @@ async fn run(cli: Cli) -> CliResult<()> {
             api_request_timeout,
             data_plane,
             scrape_interval,
+            config,
         } => {
+            let metrics = match config {
+                Some(path) => commands::load_config(path)?.metrics,
+                None => Default::default(),
+            };
             init_logging(cli.log_format, "info");
             let data_plane = match data_plane {
                 DataPlaneArg::Inline => ferry_server::DataPlaneMode::Inline,
@@ -391,6 +401,7 @@ async fn run(cli: Cli) -> CliResult<()> {
                 },
                 data_plane,
                 scrape_interval: *scrape_interval,
+                metrics,
             };
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {

@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Extra scrape targets and remote-write destinations of the embedded
+    /// metrics store (read by `ferry serve --config`).
+    #[serde(default, skip_serializing_if = "is_default_metrics")]
+    pub metrics: crate::metrics_config::MetricsConfig,
+}
+
+fn is_default_metrics(m: &crate::metrics_config::MetricsConfig) -> bool {
+    *m == crate::metrics_config::MetricsConfig::default()
 }
 
 /// One error in a config file, positioned when the position is known.
@@ -87,7 +95,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
 
 /// Validate a parsed config: each service, then what spans services.
 pub fn validate(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
+    let mut problems = config.metrics.validate();
     let mut listens: Vec<(std::net::SocketAddr, &str)> = Vec::new();
     for (name, spec) in &config.services {
         problems.extend(spec.validate(name));

@@ -12,6 +12,7 @@ pub mod config;
 mod config_fuzz;
 pub mod duration;
 pub mod event;
+pub mod metrics_config;
 pub mod problem;
 pub mod proxy_spec;
 pub mod records;

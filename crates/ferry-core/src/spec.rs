@@ -210,6 +210,10 @@ pub struct ServiceSpec {
     /// Settings of the proxy in front of this service.
     #[serde(default, skip_serializing_if = "is_default_proxy")]
     pub proxy: crate::proxy_spec::ProxySpec,
+    /// The path of each instance's own Prometheus metrics (e.g.
+    /// "/metrics"); the daemon scrapes it into its metrics store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 fn is_default_proxy(p: &crate::proxy_spec::ProxySpec) -> bool {
@@ -443,6 +447,14 @@ impl ServiceSpec {
                     ),
                 ));
             }
+        }
+        if let Some(path) = &self.metrics
+            && !valid_probe_path(path)
+        {
+            p.push(Problem::new(
+                &at(&["metrics"]),
+                format!("metrics = {path:?} must be a path starting with `/`, e.g. \"/metrics\""),
+            ));
         }
         if self.instances == 0 {
             p.push(Problem::new(

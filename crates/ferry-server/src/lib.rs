@@ -46,6 +46,9 @@ pub struct ServeConfig {
     /// How often the daemon scrapes its own metrics into its time-series
     /// store (`/api/v1/query`).
     pub scrape_interval: std::time::Duration,
+    /// `[metrics]` of the config given to `ferry serve --config`: extra
+    /// scrape targets and remote-write destinations.
+    pub metrics: ferry_core::metrics_config::MetricsConfig,
 }
 
 /// Where the proxies run.
