@@ -98,6 +98,7 @@ pub async fn run() -> CliResult<()> {
         },
         scrape_interval: std::time::Duration::from_secs(10),
         metrics: Default::default(),
+        tsdb: Default::default(),
     };
     let daemon = tokio::spawn(ferry_server::serve(
         serve_config,

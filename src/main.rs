@@ -103,8 +103,9 @@ enum Command {
         /// (inside the daemon; traffic stops while it is down).
         #[arg(long, value_enum, default_value_t = DataPlaneArg::Process)]
         data_plane: DataPlaneArg,
-        /// How often the daemon records its own metrics for PromQL queries
-        /// (`ferry query`, `/api/v1/query`); kept in memory for 6 hours.
+        /// How often the daemon scrapes its metrics (its own, its proxies',
+        /// the host's, its instances' and `[metrics] scrape` targets) into
+        /// its metrics store, for PromQL (`ferry query`, `/api/v1/query`).
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
         /// A ferry.toml whose `[metrics]` table (extra scrape targets,
@@ -112,6 +113,20 @@ enum Command {
         /// restart (SIGTERM and `ferry serve` again: traffic goes on).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// How long the metrics store (`<data-dir>/metrics`) keeps samples.
+        #[arg(long, value_name = "DURATION", default_value = "15d", value_parser = duration_arg)]
+        metrics_retention: std::time::Duration,
+        /// Most disk the metrics store may use, e.g. `512MB` or `10GB`;
+        /// the oldest data goes first (default: no limit but the time).
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        metrics_retention_size: Option<u64>,
+        /// Most samples one PromQL query may load into memory; a query
+        /// over it fails with an error instead of growing the daemon.
+        #[arg(long, value_name = "N", default_value_t = 50_000_000)]
+        query_max_samples: usize,
+        /// Longest one PromQL query may run.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = duration_arg)]
+        query_timeout: std::time::Duration,
     },
     /// Replace the running daemon (data plane, then control plane) with the
     /// binary now on disk, without dropping a request.
@@ -376,6 +391,10 @@ async fn run(cli: Cli) -> CliResult<()> {
             data_plane,
             scrape_interval,
             config,
+            metrics_retention,
+            metrics_retention_size,
+            query_max_samples,
+            query_timeout,
         } => {
             let metrics = match config {
                 Some(path) => commands::load_config(path)?.metrics,
@@ -402,6 +421,12 @@ async fn run(cli: Cli) -> CliResult<()> {
                 data_plane,
                 scrape_interval: *scrape_interval,
                 metrics,
+                tsdb: ferry_server::tsdb::TsdbOptions {
+                    retention: *metrics_retention,
+                    retention_bytes: metrics_retention_size.unwrap_or(0),
+                    query_max_samples: *query_max_samples,
+                    query_timeout: *query_timeout,
+                },
             };
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
@@ -558,6 +583,41 @@ fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be longer than 0".into());
     }
     Ok(d.0)
+}
+
+/// A byte size: a number with a unit (B, KB, MB, GB, TB, powers of 1000;
+/// KiB, MiB, GiB, TiB, powers of 1024).
+fn size_arg(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size; write e.g. \"512MB\" or \"10GB\""))?;
+    let mult: u64 = match unit.trim() {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "" => return Err(format!("`{t}` has no unit; write e.g. \"{t}MB\"")),
+        u => {
+            return Err(format!(
+                "unknown unit `{u}`; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{t}` is too large"))?;
+    if bytes == 0 {
+        return Err("must be more than 0".into());
+    }
+    Ok(bytes)
 }
 
 /// `--scrape-interval`: at least 100ms (each scrape renders and parses

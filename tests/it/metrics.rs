@@ -216,3 +216,85 @@ async fn canary_queries_without_prometheus_run_against_the_embedded_store() {
     .await;
     super::prometheus::pass_then_pull(std::sync::Arc::new(env)).await;
 }
+
+fn value_at(env: &Env, query: &str, time: &str) -> Option<f64> {
+    let (status, body) = post(
+        env,
+        "/api/v1/query",
+        &[("query", query), ("time", time)],
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn recorded_metrics_survive_restarts_and_kill_9_and_big_queries_are_refused() {
+    let mut env = Env::prepare(Spec::default());
+    env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..7 {
+        let r = client
+            .get(format!("http://{}/", env.proxy()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    wait_for(Duration::from_secs(10), "7 requests recorded", || {
+        requests_recorded(&env) >= 7.0
+    });
+    // A moment the store has recorded, a little in the past.
+    std::thread::sleep(Duration::from_millis(500));
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 0.3;
+    let then = format!("{then:.3}");
+    let query = "sum(ferry_proxy_requests_total{service=\"web\"})";
+    let before = value_at(&env, query, &then).expect("a value at that moment");
+    assert_eq!(before, 7.0);
+    let disk = env.data_dir().join("metrics").join("wal");
+    assert!(disk.is_dir(), "the store writes its log in the data dir");
+
+    // A clean restart, then a kill -9: the recorded moment answers the same.
+    env.stop();
+    env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
+    assert_eq!(
+        value_at(&env, query, &then),
+        Some(before),
+        "after a restart"
+    );
+    env.kill9();
+    env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
+    assert_eq!(value_at(&env, query, &then), Some(before), "after kill -9");
+
+    // A query that would load more samples than allowed fails cleanly.
+    env.stop();
+    env.start_daemon_with(
+        &["--scrape-interval", "200ms", "--query-max-samples", "10"],
+        &[],
+    );
+    let (status, body) = post(
+        &env,
+        "/api/v1/query",
+        &[("query", "count_over_time(ferry_proxy_requests_total[1h])")],
+        true,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errorType"], "execution", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many samples"),
+        "{body}"
+    );
+    let (status, body) = post(&env, "/api/v1/query", &[("query", "1+1")], true);
+    assert_eq!(
+        (status, &body["data"]["result"][1]),
+        (200, &serde_json::json!("2")),
+        "small queries still run"
+    );
+    env.shutdown();
+}

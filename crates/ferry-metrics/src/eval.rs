@@ -6,7 +6,7 @@
 //! marker ends a series, and `__name__` is dropped at the end of the
 //! evaluation from every sample an operation marked.
 
-use crate::storage::{Labels, Storage, is_stale};
+use crate::storage::{Labels, Selected, Source, is_stale};
 use crate::value::{Sample, Series, Value};
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{
@@ -39,6 +39,11 @@ pub struct Engine {
     pub lookback_ms: i64,
     /// The step of a subquery that names none (ms).
     pub subquery_step_ms: i64,
+    /// Most samples one query may load (Prometheus's
+    /// `--query.max-samples` is 50,000,000).
+    pub max_samples: usize,
+    /// Longest one query may run.
+    pub timeout: Duration,
 }
 
 impl Default for Engine {
@@ -46,6 +51,8 @@ impl Default for Engine {
         Engine {
             lookback_ms: 300_000,
             subquery_step_ms: 60_000,
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
         }
     }
 }
@@ -75,8 +82,18 @@ enum V {
     Matrix(Vec<MSeries>),
 }
 
+/// The series one selector loaded for the whole query window, reused by
+/// every step of a range query.
+type Loaded = std::rc::Rc<Selected>;
+
 struct Ctx<'a> {
-    storage: &'a Storage,
+    storage: &'a dyn Source,
+    /// Every selector loads `(window.0, window.1]` once, when the query
+    /// has no `@` (which can point anywhere).
+    window: Option<(i64, i64)>,
+    loaded: std::cell::RefCell<HashMap<String, Loaded>>,
+    samples: std::cell::Cell<usize>,
+    deadline: std::time::Instant,
     engine: &'a Engine,
     /// The query's start and end (for `@ start()` and `@ end()`), and
     /// its step (0 for an instant query).
@@ -106,15 +123,9 @@ fn system_ms(t: &SystemTime) -> i64 {
 
 impl Engine {
     /// An instant query at `t` (ms).
-    pub fn instant(&self, storage: &Storage, query: &str, t: i64) -> Result<Value, EvalError> {
+    pub fn instant(&self, storage: &dyn Source, query: &str, t: i64) -> Result<Value, EvalError> {
         let expr = parser::parse(query).map_err(EvalError::Parse)?;
-        let ctx = Ctx {
-            storage,
-            engine: self,
-            start: t,
-            end: t,
-            step: 0,
-        };
+        let ctx = Ctx::new(storage, self, &expr, t, t, 0);
         let v = ctx.eval(&expr, t)?;
         Ok(match v {
             V::Scalar(f) => Value::Scalar(f),
@@ -133,7 +144,7 @@ impl Engine {
     /// in `(start, end]`, for `/api/v1/series` and label lookups.
     pub fn series(
         &self,
-        storage: &Storage,
+        storage: &dyn Source,
         selector: &str,
         start: i64,
         end: i64,
@@ -145,17 +156,14 @@ impl Engine {
             )));
         };
         let m = selector_matchers(&vs);
-        Ok(storage
-            .select(|l| matches(&m, l), start, end)
-            .map(|(l, _)| l.clone())
-            .collect())
+        storage.series(&m, start, end).map_err(EvalError::Eval)
     }
 
     /// A range query: `Value::Matrix`, one series per label set, a point
     /// per step where the expression has a value.
     pub fn range(
         &self,
-        storage: &Storage,
+        storage: &dyn Source,
         query: &str,
         start: i64,
         end: i64,
@@ -165,16 +173,11 @@ impl Engine {
             return err("zero or negative query resolution step widths are not accepted");
         }
         let expr = parser::parse(query).map_err(EvalError::Parse)?;
-        let ctx = Ctx {
-            storage,
-            engine: self,
-            start,
-            end,
-            step,
-        };
+        let ctx = Ctx::new(storage, self, &expr, start, end, step);
         let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         let mut t = start;
         while t <= end {
+            ctx.check_time()?;
             match ctx.eval(&expr, t)? {
                 V::Scalar(f) => out.entry(Labels::new()).or_default().push((t, f)),
                 V::Vector(els) => {
@@ -241,20 +244,6 @@ fn finish_matrix(series: Vec<MSeries>) -> R<Vec<Series>> {
         .collect()
 }
 
-fn matches(matchers: &Matchers, labels: &Labels) -> bool {
-    let one = |m: &promql_parser::label::Matcher| {
-        let v = labels.get(&m.name).map(String::as_str).unwrap_or("");
-        m.is_match(v)
-    };
-    if !matchers.or_matchers.is_empty() {
-        return matchers
-            .or_matchers
-            .iter()
-            .any(|group| group.iter().all(one));
-    }
-    matchers.matchers.iter().all(one)
-}
-
 fn selector_matchers(vs: &VectorSelector) -> Matchers {
     let mut m = vs.matchers.clone();
     if let Some(name) = &vs.name {
@@ -268,6 +257,79 @@ fn selector_matchers(vs: &VectorSelector) -> Matchers {
         }
     }
     m
+}
+
+/// How far before a step (first) and after it (second) an expression
+/// reads samples; `None` when it uses `@`, which can point anywhere.
+fn reach(e: &Expr, lookback: i64, sub_step: i64) -> Option<(i64, i64)> {
+    let off = |o: &Option<Offset>| offset_ms(o);
+    let shift = |(b, f): (i64, i64), o: i64| (b + o.max(0), f + (-o).max(0));
+    let both = |a: Option<(i64, i64)>, b: Option<(i64, i64)>| {
+        let (a, b) = (a?, b?);
+        Some((a.0.max(b.0), a.1.max(b.1)))
+    };
+    match e {
+        Expr::VectorSelector(vs) => vs
+            .at
+            .is_none()
+            .then(|| shift((lookback, 0), off(&vs.offset))),
+        Expr::MatrixSelector(m) => {
+            m.vs.at
+                .is_none()
+                .then(|| shift((ms(&m.range), 0), off(&m.vs.offset)))
+        }
+        Expr::Subquery(sq) => {
+            if sq.at.is_some() {
+                return None;
+            }
+            let (b, f) = reach(&sq.expr, lookback, sub_step)?;
+            let step = sq.step.as_ref().map(ms).unwrap_or(sub_step);
+            Some(shift((b + ms(&sq.range) + step, f), off(&sq.offset)))
+        }
+        Expr::Paren(p) => reach(&p.expr, lookback, sub_step),
+        Expr::Unary(u) => reach(&u.expr, lookback, sub_step),
+        Expr::Binary(b) => both(
+            reach(&b.lhs, lookback, sub_step),
+            reach(&b.rhs, lookback, sub_step),
+        ),
+        Expr::Aggregate(a) => {
+            let inner = reach(&a.expr, lookback, sub_step);
+            match &a.param {
+                Some(p) => both(inner, reach(p, lookback, sub_step)),
+                None => inner,
+            }
+        }
+        Expr::Call(c) => c.args.args.iter().try_fold((0, 0), |acc, a| {
+            both(Some(acc), reach(a, lookback, sub_step))
+        }),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Some((0, 0)),
+        Expr::Extension(_) => None,
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        storage: &'a dyn Source,
+        engine: &'a Engine,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Ctx<'a> {
+        let window = reach(expr, engine.lookback_ms, engine.subquery_step_ms)
+            .map(|(back, fwd)| (start - back - 1, end + fwd));
+        Ctx {
+            storage,
+            window,
+            loaded: Default::default(),
+            samples: Default::default(),
+            deadline: std::time::Instant::now() + engine.timeout,
+            engine,
+            start,
+            end,
+            step,
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -299,8 +361,8 @@ impl Ctx<'_> {
                 )),
                 _ => err("unary expression only allowed on scalars and instant vectors"),
             },
-            Expr::VectorSelector(vs) => Ok(V::Vector(self.select_vector(vs, t))),
-            Expr::MatrixSelector(m) => Ok(V::Matrix(self.select_matrix(&m.vs, ms(&m.range), t))),
+            Expr::VectorSelector(vs) => Ok(V::Vector(self.select_vector(vs, t)?)),
+            Expr::MatrixSelector(m) => Ok(V::Matrix(self.select_matrix(&m.vs, ms(&m.range), t)?)),
             Expr::Subquery(sq) => {
                 let step = sq
                     .step
@@ -318,39 +380,96 @@ impl Ctx<'_> {
         }
     }
 
-    fn select_vector(&self, vs: &VectorSelector, t: i64) -> Vec<El> {
+    fn select_vector(&self, vs: &VectorSelector, t: i64) -> R<Vec<El>> {
         let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
         let m = selector_matchers(vs);
         let lookback = self.engine.lookback_ms;
-        self.storage
-            .select(|l| matches(&m, l), ref_t - lookback, ref_t)
+        Ok(self
+            .select(&m, ref_t - lookback, ref_t)?
+            .into_iter()
             .filter_map(|(labels, points)| {
                 let &(ts, v) = points.last()?;
-                (!is_stale(v)).then(|| El {
-                    labels: labels.clone(),
+                (!is_stale(v)).then_some(El {
+                    labels,
                     v,
                     ts,
                     drop_name: false,
                 })
             })
-            .collect()
+            .collect())
     }
 
-    fn select_matrix(&self, vs: &VectorSelector, range: i64, t: i64) -> Vec<MSeries> {
+    fn select_matrix(&self, vs: &VectorSelector, range: i64, t: i64) -> R<Vec<MSeries>> {
         let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
         let m = selector_matchers(vs);
-        self.storage
-            .select(|l| matches(&m, l), ref_t - range, ref_t)
-            .filter_map(|(labels, points)| {
-                let points: Vec<(i64, f64)> =
-                    points.iter().copied().filter(|p| !is_stale(p.1)).collect();
-                (!points.is_empty()).then(|| MSeries {
-                    labels: labels.clone(),
+        Ok(self
+            .select(&m, ref_t - range, ref_t)?
+            .into_iter()
+            .filter_map(|(labels, mut points)| {
+                points.retain(|p| !is_stale(p.1));
+                (!points.is_empty()).then_some(MSeries {
+                    labels,
                     points,
                     drop_name: false,
                 })
             })
-            .collect()
+            .collect())
+    }
+
+    /// Series matching `m` with samples in `(mint, maxt]`: cut from what
+    /// the selector loaded for the whole query when that covers it.
+    fn select(&self, m: &Matchers, mint: i64, maxt: i64) -> R<Selected> {
+        self.check_time()?;
+        let Some((lo, hi)) = self.window.filter(|w| w.0 <= mint && maxt <= w.1) else {
+            let found = self
+                .storage
+                .select(m, mint, maxt)
+                .map_err(EvalError::Eval)?;
+            self.count(found.iter().map(|s| s.1.len()).sum())?;
+            return Ok(found);
+        };
+        let key = format!("{m:?}");
+        let cached = self.loaded.borrow().get(&key).cloned();
+        let all = match cached {
+            Some(a) => a,
+            None => {
+                let found = self.storage.select(m, lo, hi).map_err(EvalError::Eval)?;
+                self.count(found.iter().map(|s| s.1.len()).sum())?;
+                let found = std::rc::Rc::new(found);
+                self.loaded.borrow_mut().insert(key, found.clone());
+                found
+            }
+        };
+        Ok(all
+            .iter()
+            .filter_map(|(labels, points)| {
+                let a = points.partition_point(|p| p.0 <= mint);
+                let b = points.partition_point(|p| p.0 <= maxt);
+                (a < b).then(|| (labels.clone(), points[a..b].to_vec()))
+            })
+            .collect())
+    }
+
+    fn count(&self, n: usize) -> R<()> {
+        let total = self.samples.get() + n;
+        self.samples.set(total);
+        if total > self.engine.max_samples {
+            return err(format!(
+                "query processing would load too many samples into memory (more than {}); narrow the selectors or the time range",
+                self.engine.max_samples
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_time(&self) -> R<()> {
+        if std::time::Instant::now() > self.deadline {
+            return err(format!(
+                "query timed out (it ran longer than {:?}); narrow the selectors or the time range",
+                self.engine.timeout
+            ));
+        }
+        Ok(())
     }
 
     fn subquery(&self, inner: &Expr, ref_t: i64, range: i64, step: i64) -> R<Vec<MSeries>> {
@@ -1756,6 +1875,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Storage;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -7,11 +7,16 @@
 //! markers). Native histograms are not supported.
 #![forbid(unsafe_code)]
 
+pub mod block;
+pub mod chunk;
+mod codec;
+pub mod db;
 pub mod eval;
 pub mod exposition;
 pub mod promqltest;
 pub mod storage;
 pub mod value;
+pub mod wal;
 
 pub use eval::{Engine, EvalError};
 pub use storage::{Labels, Storage};

@@ -1,6 +1,93 @@
 //! Series and their samples, in memory.
 
+use promql_parser::label::{MatchOp, Matchers};
 use std::collections::BTreeMap;
+
+/// Series with their samples, as a selection returns them.
+pub type Selected = Vec<(Labels, Vec<(i64, f64)>)>;
+
+/// Where the evaluator reads series from: the in-memory [`Storage`] of
+/// test scripts, or the on-disk [`crate::db::Db`].
+pub trait Source {
+    /// Series that `matchers` match and that have samples in
+    /// `(mint, maxt]`, with those samples (stale markers included),
+    /// oldest first, sorted by labels.
+    fn select(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Selected, String>;
+
+    /// The label sets `select` would return, without their samples.
+    fn series(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Vec<Labels>, String> {
+        Ok(self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect())
+    }
+}
+
+/// Whether a series' labels satisfy a selector's matchers.
+pub fn matches(matchers: &Matchers, labels: &Labels) -> bool {
+    let one = |m: &promql_parser::label::Matcher| {
+        let v = labels.get(&m.name).map(String::as_str).unwrap_or("");
+        m.is_match(v)
+    };
+    if !matchers.or_matchers.is_empty() {
+        return matchers
+            .or_matchers
+            .iter()
+            .any(|group| group.iter().all(one));
+    }
+    matchers.matchers.iter().all(one)
+}
+
+/// The metric name a selector requires, when it requires exactly one.
+pub fn required_name(matchers: &Matchers) -> Option<&str> {
+    if !matchers.or_matchers.is_empty() {
+        return None;
+    }
+    matchers
+        .matchers
+        .iter()
+        .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
+        .map(|m| m.value.as_str())
+}
+
+impl Source for Storage {
+    fn select(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Selected, String> {
+        Ok(Storage::select(self, |l| matches(matchers, l), mint, maxt)
+            .map(|(l, p)| (l.clone(), p.to_vec()))
+            .collect())
+    }
+}
+
+impl Source for crate::db::Db {
+    fn select(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Selected, String> {
+        let found = crate::db::Db::select(
+            self,
+            required_name(matchers),
+            &|l| matches(matchers, l),
+            mint,
+            maxt,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(found
+            .into_iter()
+            .map(|(l, p)| (Labels::clone(&l), p))
+            .collect())
+    }
+
+    fn series(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Vec<Labels>, String> {
+        Ok(crate::db::Db::series(
+            self,
+            required_name(matchers),
+            &|l| matches(matchers, l),
+            mint,
+            maxt,
+        )
+        .into_iter()
+        .map(|l| Labels::clone(&l))
+        .collect())
+    }
+}
 
 /// A series' identity: label name to value, `__name__` included, sorted.
 pub type Labels = BTreeMap<String, String>;

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     /// `[metrics]` of the config given to `ferry serve --config`: extra
     /// scrape targets and remote-write destinations.
     pub metrics: ferry_core::metrics_config::MetricsConfig,
+    /// Retention of the metrics store and limits of its queries.
+    pub tsdb: tsdb::TsdbOptions,
 }
 
 /// Where the proxies run.
@@ -76,6 +78,8 @@ pub enum Exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Metrics(#[from] ferry_metrics::db::DbError),
     #[error("data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -428,7 +432,17 @@ pub async fn serve(
                 None,
             ),
         };
-    let d = Daemon::open(store, clock, token, daemon_id, data_dir.clone(), dataplane).await?;
+    let tsdb = tsdb::MetricsDb::open(&data_dir.join("metrics"), &config.tsdb)?;
+    let d = Daemon::open(
+        store,
+        clock,
+        token,
+        daemon_id,
+        data_dir.clone(),
+        dataplane,
+        tsdb,
+    )
+    .await?;
     let reloadable = binary.is_some();
     d.set_binary(binary);
     if reloadable {
@@ -491,6 +505,7 @@ pub async fn serve(
     let _ = how_tx.send(how);
     let _ = reconcile.await;
     collector.abort();
+    d.tsdb.sync();
     let _ = api.await;
     let _ = std::fs::remove_file(data_dir.join(API_FILE));
     match &exit {

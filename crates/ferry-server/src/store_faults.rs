@@ -143,6 +143,7 @@ async fn a_failing_store_stops_nothing_loses_nothing_and_is_reported_until_it_he
             dir.path().to_path_buf(),
             0,
         )),
+        crate::tsdb::MetricsDb::open(&dir.path().join("metrics"), &Default::default()).unwrap(),
     )
     .await
     .unwrap();

@@ -1,12 +1,16 @@
-//! The daemon's own metrics, kept as time series and queried with PromQL
-//! (`/api/v1/query`, `/api/v1/query_range`). First step of the embedded
-//! store: the daemon scrapes its own `/metrics` every `scrape_interval`
-//! into memory and keeps `retention` of it; nothing is on disk yet.
+//! The daemon's metrics store: every scrape is written to the on-disk
+//! time-series store in `<data-dir>/metrics` ([`ferry_metrics::db`]) and
+//! queried with PromQL (`/api/v1/query`, `/api/v1/query_range`, `ferry
+//! query`, analysis). This layer adds what Prometheus's scrape loop adds
+//! on top of storage: stale markers for series a target stopped
+//! reporting, per-target metadata, and a feed for remote write.
 
+use ferry_metrics::db::{Db, DbError, Options};
 use ferry_metrics::exposition::{Exposition, Metadata};
 use ferry_metrics::storage::{Labels, stale_nan};
-use ferry_metrics::{Engine, EvalError, Storage, Value};
+use ferry_metrics::{Engine, EvalError, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -21,31 +25,77 @@ pub struct Subscription {
     pub dropped: Arc<AtomicU64>,
 }
 
-/// How long samples are kept in memory by default.
-pub const DEFAULT_RETENTION_MS: i64 = 6 * 3600 * 1000;
+/// Settings of the store and its queries (`ferry serve --metrics-*`,
+/// `--query-*`).
+#[derive(Debug, Clone)]
+pub struct TsdbOptions {
+    /// How long samples are kept (default 15 days).
+    pub retention: std::time::Duration,
+    /// Most bytes on disk before the oldest blocks go (0: no limit).
+    pub retention_bytes: u64,
+    /// Most samples one query may load.
+    pub query_max_samples: usize,
+    /// Longest one query may run.
+    pub query_timeout: std::time::Duration,
+}
+
+impl Default for TsdbOptions {
+    fn default() -> Self {
+        let engine = Engine::default();
+        TsdbOptions {
+            retention: std::time::Duration::from_millis(Options::default().retention_ms as u64),
+            retention_bytes: 0,
+            query_max_samples: engine.max_samples,
+            query_timeout: engine.timeout,
+        }
+    }
+}
+
+/// How often, at most, ingestion also runs the store's maintenance
+/// (cutting blocks, merging, retention).
+const MAINTAIN_EVERY_MS: i64 = 5_000;
+
+/// A subscription's sending side and its drop counter.
+type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
 
 pub struct MetricsDb {
-    storage: RwLock<Storage>,
+    storage: RwLock<Db>,
     engine: Engine,
-    retention_ms: i64,
+    last_maintained: Mutex<i64>,
+    /// Samples refused as out of order, since start.
+    pub out_of_order: AtomicU64,
     /// Per target, the series of its last scrape: one missing from the
     /// next gets a stale marker, as Prometheus writes.
     last: Mutex<BTreeMap<String, BTreeSet<Labels>>>,
     /// Per target, each family's type and help, from its last scrape.
     metadata: Mutex<BTreeMap<String, BTreeMap<String, Metadata>>>,
-    subscribers: Mutex<Vec<(tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>)>>,
+    subscribers: Mutex<Vec<Subscriber>>,
 }
 
 impl MetricsDb {
-    pub fn new(retention_ms: i64) -> MetricsDb {
-        MetricsDb {
-            storage: RwLock::new(Storage::new()),
-            engine: Engine::default(),
-            retention_ms,
+    /// Open the store in `dir` (created if missing), replaying its log.
+    pub fn open(dir: &Path, opts: &TsdbOptions) -> Result<MetricsDb, DbError> {
+        let db = Db::open(
+            dir,
+            Options {
+                retention_ms: opts.retention.as_millis() as i64,
+                retention_bytes: opts.retention_bytes,
+                ..Options::default()
+            },
+        )?;
+        Ok(MetricsDb {
+            storage: RwLock::new(db),
+            engine: Engine {
+                max_samples: opts.query_max_samples,
+                timeout: opts.query_timeout,
+                ..Engine::default()
+            },
+            last_maintained: Mutex::new(i64::MIN),
+            out_of_order: AtomicU64::new(0),
             last: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(Default::default()),
             subscribers: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     /// Store the daemon's own scrape taken at `now` (ms), as target "ferry".
@@ -81,10 +131,23 @@ impl MetricsDb {
         }
         {
             let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
-            for (labels, t, v) in &batch {
-                storage.append(labels.clone(), *t, *v);
+            match storage.append(&batch) {
+                Ok(a) => {
+                    self.out_of_order
+                        .fetch_add(a.out_of_order as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!("{e}; this scrape of {target} is not stored"),
             }
-            storage.drop_before(now - self.retention_ms);
+            let mut last = self
+                .last_maintained
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if now.saturating_sub(*last) >= MAINTAIN_EVERY_MS {
+                *last = now;
+                if let Err(e) = storage.maintain(now) {
+                    tracing::error!("{e}; retrying at the next scrape");
+                }
+            }
         }
         if seen.is_empty() {
             last.remove(target);
@@ -130,12 +193,12 @@ impl MetricsDb {
 
     pub fn instant(&self, query: &str, t: i64) -> Result<Value, EvalError> {
         let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
-        self.engine.instant(&storage, query, t)
+        self.engine.instant(&*storage, query, t)
     }
 
     pub fn range(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Value, EvalError> {
         let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
-        self.engine.range(&storage, query, start, end, step)
+        self.engine.range(&*storage, query, start, end, step)
     }
 
     /// Series matching any of `selectors` (all series when there are
@@ -149,13 +212,14 @@ impl MetricsDb {
         let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
         if selectors.is_empty() {
             return Ok(storage
-                .select(|_| true, start, end)
-                .map(|(l, _)| l.clone())
+                .series(None, &|_| true, start, end)
+                .into_iter()
+                .map(|l| Labels::clone(&l))
                 .collect());
         }
         let mut out = BTreeSet::new();
         for s in selectors {
-            out.extend(self.engine.series(&storage, s, start, end)?);
+            out.extend(self.engine.series(&*storage, s, start, end)?);
         }
         Ok(out)
     }
@@ -173,16 +237,31 @@ impl MetricsDb {
         out
     }
 
+    /// Series receiving samples in the store's head.
     pub fn series_count(&self) -> usize {
         self.storage
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .series_count()
+            .head_series()
     }
-}
 
-impl Default for MetricsDb {
-    fn default() -> Self {
-        MetricsDb::new(DEFAULT_RETENTION_MS)
+    /// Bytes of the store on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.storage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .disk_bytes()
+    }
+
+    /// Flush the log (at shutdown).
+    pub fn sync(&self) {
+        if let Err(e) = self
+            .storage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync()
+        {
+            tracing::warn!("{e}");
+        }
     }
 }

@@ -184,6 +184,7 @@ impl Daemon {
         daemon_id: String,
         data_dir: PathBuf,
         dataplane: Arc<dyn DataPlane>,
+        tsdb: crate::tsdb::MetricsDb,
     ) -> DaemonResult<Arc<Daemon>> {
         let states: BTreeMap<String, ServiceState> = store
             .services()?
@@ -238,7 +239,7 @@ impl Daemon {
             webhooks: crate::webhooks::Notifier::start(reqwest::Client::new()),
             denials: crate::denials::Denials::default(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
-            tsdb: crate::tsdb::MetricsDb::default(),
+            tsdb,
             binary: std::sync::Mutex::new(None),
             exit: tokio::sync::watch::Sender::new(None),
         });

@@ -248,6 +248,7 @@ fn fixture() -> Fixture {
                 dir.path().to_path_buf(),
                 0,
             )),
+            crate::tsdb::MetricsDb::open(&dir.path().join("metrics"), &Default::default()).unwrap(),
         ))
         .unwrap();
     let router = crate::http::router(daemon, ApiLimits::default());

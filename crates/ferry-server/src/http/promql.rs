@@ -33,22 +33,22 @@ pub struct RangeParams {
 }
 
 pub async fn query_get(State(d): State<Arc<Daemon>>, Query(p): Query<InstantParams>) -> Response {
-    instant(&d, p)
+    instant(d, p).await
 }
 
 pub async fn query_post(State(d): State<Arc<Daemon>>, Form(p): Form<InstantParams>) -> Response {
-    instant(&d, p)
+    instant(d, p).await
 }
 
 pub async fn range_get(State(d): State<Arc<Daemon>>, Query(p): Query<RangeParams>) -> Response {
-    range(&d, p)
+    range(d, p).await
 }
 
 pub async fn range_post(State(d): State<Arc<Daemon>>, Form(p): Form<RangeParams>) -> Response {
-    range(&d, p)
+    range(d, p).await
 }
 
-fn instant(d: &Daemon, p: InstantParams) -> Response {
+async fn instant(d: Arc<Daemon>, p: InstantParams) -> Response {
     let Some(query) = p.query.filter(|q| !q.trim().is_empty()) else {
         return bad_data("invalid parameter \"query\": missing or empty");
     };
@@ -59,13 +59,16 @@ fn instant(d: &Daemon, p: InstantParams) -> Response {
             Err(e) => return bad_data(&format!("invalid parameter \"time\": {e}")),
         },
     };
-    match d.tsdb.instant(&query, t) {
-        Ok(v) => success(encode(&v, t)),
-        Err(e) => eval_error(e),
+    // Queries read blocks from disk: off the async workers.
+    let result = tokio::task::spawn_blocking(move || d.tsdb.instant(&query, t)).await;
+    match result {
+        Ok(Ok(v)) => success(encode(&v, t)),
+        Ok(Err(e)) => eval_error(e),
+        Err(e) => eval_error(EvalError::Eval(format!("the query failed: {e}"))),
     }
 }
 
-fn range(d: &Daemon, p: RangeParams) -> Response {
+async fn range(d: Arc<Daemon>, p: RangeParams) -> Response {
     let Some(query) = p.query.filter(|q| !q.trim().is_empty()) else {
         return bad_data("invalid parameter \"query\": missing or empty");
     };
@@ -99,9 +102,11 @@ fn range(d: &Daemon, p: RangeParams) -> Response {
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         );
     }
-    match d.tsdb.range(&query, start, end, step) {
-        Ok(v) => success(encode(&v, end)),
-        Err(e) => eval_error(e),
+    let result = tokio::task::spawn_blocking(move || d.tsdb.range(&query, start, end, step)).await;
+    match result {
+        Ok(Ok(v)) => success(encode(&v, end)),
+        Ok(Err(e)) => eval_error(e),
+        Err(e) => eval_error(EvalError::Eval(format!("the query failed: {e}"))),
     }
 }
 
