@@ -557,8 +557,7 @@ impl Target {
             Err(e) => Answer {
                 status: None,
                 retry_after: None,
-                // Without the URL: it may hold userinfo.
-                detail: e.without_url().to_string(),
+                detail: error_chain(e),
             },
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -576,6 +575,19 @@ impl Target {
             }
         }
     }
+}
+
+/// A request error with its causes, without the URL (it may hold
+/// userinfo).
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let _ = write!(out, ": {s}");
+        source = s.source();
+    }
+    out
 }
 
 /// The sender: gather batches into requests and send them, in order, each
@@ -644,6 +656,7 @@ async fn run(target: Target, mut sub: Subscription, stats: Arc<Stats>) {
                             );
                         }
                         rejected = true;
+                        failing = false;
                         break;
                     }
                     Verdict::Retry => {

@@ -247,3 +247,95 @@ fn headers_are_the_protocols_then_the_specs() {
     };
     assert_eq!(headers(&bad).unwrap_err(), "X-Token");
 }
+
+/// A receiver that answers each request with the next of `answers` (204
+/// once they run out) and keeps what it was sent.
+type Seen = Arc<Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
+
+async fn receiver(answers: Vec<u16>) -> (std::net::SocketAddr, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Default::default();
+    let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let state = (seen.clone(), answers);
+    let app = axum::Router::new()
+        .route(
+            "/w",
+            axum::routing::post(
+                |axum::extract::State((seen, answers)): axum::extract::State<(
+                    Seen,
+                    Arc<Mutex<VecDeque<u16>>>,
+                )>,
+                 headers: http::HeaderMap,
+                 body: bytes::Bytes| async move {
+                    seen.lock().unwrap().push((headers, body.to_vec()));
+                    let code = answers.lock().unwrap().pop_front().unwrap_or(204);
+                    (
+                        http::StatusCode::from_u16(code).unwrap(),
+                        "out of order sample\n",
+                    )
+                },
+            ),
+        )
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn the_sender_retries_a_503_drops_a_400_and_sends_the_next_request() {
+    let (addr, seen) = receiver(vec![503, 400]).await;
+    let db = MetricsDb::default();
+    let senders = Senders::default();
+    let spec = RemoteWriteSpec::Full {
+        url: format!("http://user:pw@{addr}/w"),
+        headers: [("X-Scope-OrgID".to_string(), "team".to_string())].into(),
+    };
+    let tasks = spawn(&db, &[spec], &senders);
+    assert_eq!(tasks.len(), 1);
+    let stats = senders.all()[0].clone();
+    assert_eq!(stats.url, format!("http://{addr}/w"));
+    let a = labels(&[("__name__", "a"), ("job", "x")]);
+    db.ingest_target("t", vec![(a.clone(), 1_000, 1.0)], BTreeMap::new(), 1_000);
+    until("the 400", || {
+        stats.samples_failed.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(stats.retries.load(Ordering::Relaxed), 1);
+    // The next scrape ends the series with a stale marker: sent as it is.
+    db.ingest_target("t", vec![], BTreeMap::new(), 2_000);
+    until("the 204", || {
+        stats.samples_sent.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(stats.highest_sent_ms.load(Ordering::Relaxed), 2_000);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].1, seen[1].1, "a retry sends the same request");
+    let (headers, body) = &seen[2];
+    let raw = snap::raw::Decoder::new().decompress_vec(body).unwrap();
+    let stale = ferry_metrics::storage::stale_nan();
+    assert_eq!(
+        raw,
+        encode(&[Series {
+            labels: a,
+            samples: vec![(2_000, stale)]
+        }])
+    );
+    assert_eq!(headers["content-encoding"], "snappy");
+    assert_eq!(headers["x-scope-orgid"], "team");
+    assert_eq!(headers["authorization"], "Basic dXNlcjpwdw==");
+    for t in tasks {
+        t.abort();
+    }
+}
