@@ -18,5 +18,6 @@ mod it {
     pub mod prometheus;
     mod proxy;
     mod release_ux;
+    mod remote_write;
     mod systemd;
 }

@@ -5,10 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Prometheus {
+pub(super) struct Prometheus {
     child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+    pub(super) url: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Prometheus {
@@ -18,14 +18,70 @@ impl Drop for Prometheus {
     }
 }
 
+impl Prometheus {
+    /// A real Prometheus listening on 127.0.0.1:`port`, with `config` as
+    /// its prometheus.yml and extra command-line `flags`, once it is ready.
+    pub(super) fn start(port: u16, config: &str, flags: &[&str]) -> Prometheus {
+        let binary = which("prometheus").unwrap_or_else(|| {
+            panic!(
+                "this test needs Prometheus: `apt-get install -y prometheus` (.ci/run installs it)"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(flags)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let p = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let client = reqwest::blocking::Client::new();
+        wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
+            client
+                .get(format!("{}/-/ready", p.url))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        p
+    }
+
+    /// Its log so far, for failure messages.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query's `data` (`time` in seconds, or now).
+    pub(super) fn query(&self, query: &str, time: Option<&str>) -> serde_json::Value {
+        let mut params = vec![("query", query)];
+        params.extend(time.map(|t| ("time", t)));
+        reqwest::blocking::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&params)
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .map(|v| v["data"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// A real Prometheus scraping the daemon's `/metrics` every second, with
 /// the daemon's token.
 fn start_prometheus(env: &Env) -> Prometheus {
-    let binary = which("prometheus").unwrap_or_else(|| {
-        panic!("this test needs Prometheus: `apt-get install -y prometheus` (.ci/run installs it)")
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let api = env.api();
     let target = api.trim_start_matches("http://");
     let config = format!(
@@ -43,41 +99,11 @@ scrape_configs:
 "#,
         token = env.data_dir().join("token").display()
     );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = Command::new(binary)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let p = Prometheus {
-        child,
-        url,
-        _dir: dir,
-    };
-    let client = reqwest::blocking::Client::new();
+    let p = Prometheus::start(free_port(), &config, &[]);
     wait_for(
         Duration::from_secs(30),
         "Prometheus to scrape Ferry",
-        || {
-            client
-                .get(format!("{}/api/v1/query", p.url))
-                .query(&[("query", "up{job=\"ferry\"}")])
-                .send()
-                .ok()
-                .and_then(|r| r.json::<serde_json::Value>().ok())
-                .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1")
-        },
+        || p.query("up{job=\"ferry\"}", None)["result"][0]["value"][1] == "1",
     );
     p
 }

@@ -94,6 +94,41 @@ fn check_url(url: &str, at: Vec<String>, p: &mut Vec<Problem>) {
     }
 }
 
+/// Headers the remote-write protocol sets itself.
+const PROTOCOL_HEADERS: &[&str] = &[
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "host",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+];
+
+/// Why a remote-write header cannot be sent, if it cannot. The value is
+/// never quoted: it may be a token.
+fn header_problem(name: &str, value: &str) -> Option<String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Some(format!(
+            "header name {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ));
+    }
+    if PROTOCOL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Some(format!(
+            "header {name:?} is set by the remote-write protocol; remove it"
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || !c.is_ascii())
+    {
+        return Some(format!(
+            "the value of header {name:?} has a control or non-ASCII character"
+        ));
+    }
+    None
+}
+
 impl MetricsConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
@@ -147,11 +182,15 @@ impl MetricsConfig {
             }
         }
         for (i, w) in self.remote_write.iter().enumerate() {
-            check_url(
-                w.url(),
-                vec!["metrics".into(), "remote_write".into(), i.to_string()],
-                &mut p,
-            );
+            let at = vec!["metrics".into(), "remote_write".into(), i.to_string()];
+            check_url(w.url(), at.clone(), &mut p);
+            for (name, value) in w.headers() {
+                let mut at = at.clone();
+                at.extend(["headers".to_string(), name.clone()]);
+                if let Some(problem) = header_problem(&name, &value) {
+                    p.push(Problem::new(&at, problem));
+                }
+            }
         }
         p
     }
@@ -179,5 +218,12 @@ mod tests {
         .unwrap();
         let msgs: Vec<String> = bad.validate().into_iter().map(|p| p.message).collect();
         assert_eq!(msgs.len(), 3, "{msgs:?}");
+        let bad: MetricsConfig = toml_edit::de::from_str(
+            r#"remote_write = [{ url = "http://h:1/w", headers = { "Content-Type" = "x", "a b" = "c", X-Token = "secret\n" } }]"#,
+        )
+        .unwrap();
+        let msgs: Vec<String> = bad.validate().into_iter().map(|p| p.message).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(msgs.iter().all(|m| !m.contains("secret")), "{msgs:?}");
     }
 }

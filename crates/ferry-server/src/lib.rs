@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy_config;
 pub mod registry;
+pub mod remote_write;
 pub mod snapshot;
 #[cfg(test)]
 mod store_faults;
@@ -487,6 +488,8 @@ pub async fn serve(
         config.api_limits,
         stop_rx.clone(),
     ));
+    // Subscribed before the first scrape, so that every stored sample goes.
+    let senders = remote_write::spawn(&d.tsdb, &config.metrics.remote_write, &d.remote_write);
     let collector = tokio::spawn(collect(d.clone(), config.scrape_interval));
     let (how_tx, how_rx) = tokio::sync::oneshot::channel();
     let reconcile = tokio::spawn(
@@ -505,6 +508,9 @@ pub async fn serve(
     let _ = how_tx.send(how);
     let _ = reconcile.await;
     collector.abort();
+    for sender in senders {
+        sender.abort();
+    }
     d.tsdb.sync();
     let _ = api.await;
     let _ = std::fs::remove_file(data_dir.join(API_FILE));

@@ -54,6 +54,8 @@ pub struct Daemon {
     snapshot: arc_swap::ArcSwap<Snapshot>,
     /// The daemon's own metrics over time, for PromQL queries.
     pub tsdb: crate::tsdb::MetricsDb,
+    /// The remote-write senders' counters (`[metrics] remote_write`).
+    pub remote_write: crate::remote_write::Senders,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
     /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
@@ -240,6 +242,7 @@ impl Daemon {
             denials: crate::denials::Denials::default(),
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
             tsdb,
+            remote_write: Default::default(),
             binary: std::sync::Mutex::new(None),
             exit: tokio::sync::watch::Sender::new(None),
         });

@@ -159,4 +159,5 @@ pub async fn render_metrics(d: &Daemon) -> String {
     let dataplane = d.core.lock().await.dataplane.clone();
     let report = dataplane.fresh_report().await;
     d.snapshot().metrics.with_proxies(&report).render()
+        + &crate::remote_write::render(&d.remote_write)
 }
