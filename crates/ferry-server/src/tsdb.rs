@@ -21,6 +21,9 @@ pub struct Subscription {
     pub dropped: Arc<AtomicU64>,
 }
 
+/// One subscription's sending side and its count of dropped samples.
+type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
+
 /// How long samples are kept in memory by default.
 pub const DEFAULT_RETENTION_MS: i64 = 6 * 3600 * 1000;
 
@@ -33,7 +36,7 @@ pub struct MetricsDb {
     last: Mutex<BTreeMap<String, BTreeSet<Labels>>>,
     /// Per target, each family's type and help, from its last scrape.
     metadata: Mutex<BTreeMap<String, BTreeMap<String, Metadata>>>,
-    subscribers: Mutex<Vec<(tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>)>>,
+    subscribers: Mutex<Vec<Subscriber>>,
 }
 
 impl MetricsDb {
