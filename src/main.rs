@@ -103,8 +103,10 @@ enum Command {
         /// (inside the daemon; traffic stops while it is down).
         #[arg(long, value_enum, default_value_t = DataPlaneArg::Process)]
         data_plane: DataPlaneArg,
-        /// How often the daemon records its own metrics for PromQL queries
-        /// (`ferry query`, `/api/v1/query`); kept in memory for 6 hours.
+        /// How often the daemon collects metrics (its own, its instances',
+        /// the host's, `[metrics] scrape` targets without an interval) for
+        /// PromQL queries (`ferry query`, `/api/v1/query`); kept in memory
+        /// for 6 hours.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
         /// A ferry.toml whose `[metrics]` table (extra scrape targets,

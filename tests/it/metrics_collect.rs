@@ -45,11 +45,13 @@ fn one(env: &Env, q: &str) -> Option<f64> {
     }
 }
 
-fn instance_ids(env: &Env) -> BTreeSet<String> {
+/// The ids of revision `rev`'s instances, as `ferry status` lists them.
+fn instance_ids(env: &Env, rev: u64) -> BTreeSet<String> {
     status(env)["instances"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|i| i["revision"] == rev)
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
 }
@@ -74,7 +76,7 @@ fn instances_host_and_cadvisor_metrics_are_collected_with_their_labels() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let ids = instance_ids(&env);
+    let ids = instance_ids(&env, 1);
     assert_eq!(ids.len(), 3);
 
     // up = 1 per instance, with the target labels.
@@ -154,7 +156,8 @@ fn instances_host_and_cadvisor_metrics_are_collected_with_their_labels() {
     // A new release: the old instances' series end (stale), once they
     // are gone.
     env.ferry_ok(&["deploy", "web", "--version", "v2"]);
-    let new_ids = instance_ids(&env);
+    let new_ids = instance_ids(&env, 2);
+    assert_eq!(new_ids.len(), 3);
     wait_for(Duration::from_secs(15), "only the new instances up", || {
         instances_of(&query(&env, r#"up{job="web"}"#)) == new_ids
             && instances_of(&query(&env, "container_memory_working_set_bytes")) == new_ids
@@ -334,7 +337,7 @@ fn extra_targets_bad_ones_down_the_good_one_still_scraped() {
     // An instance without a metrics path: up while it is ready, and no
     // scrape of it.
     env.ferry_ok(&["deploy", "web", "--version", "v1"]);
-    let ids = instance_ids(&env);
+    let ids = instance_ids(&env, 1);
     wait_for(Duration::from_secs(10), "up 1 for each instance", || {
         instances_of(&query(
             &env,

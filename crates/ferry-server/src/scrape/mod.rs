@@ -228,7 +228,8 @@ fn extra_target(spec: &ScrapeTargetSpec, default_interval: Duration) -> Target {
     ]);
     labels.extend(spec.labels.clone());
     Target {
-        key: format!("scrape/{}/{}", spec.job, spec.url),
+        // Keys may be kept on disk: no password or query string in them.
+        key: format!("scrape/{}/{}", spec.job, targets::loggable_url(&spec.url)),
         labels,
         honor_labels: false,
         synthetic: Synthetic::Full,
