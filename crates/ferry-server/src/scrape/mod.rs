@@ -38,6 +38,12 @@ pub struct Config {
     pub extra: Vec<ScrapeTargetSpec>,
 }
 
+/// How long the in-process targets (the daemon, host, cAdvisor) may take,
+/// whatever the interval: their only waits are the data plane's report (at
+/// most 1 s) and a hung filesystem's `statvfs` (skipped by the next scrape),
+/// and a short `--scrape-interval` must not make them flap.
+const IN_PROCESS_TIMEOUT: Duration = targets::MAX_DEFAULT_TIMEOUT;
+
 /// A sample's labels: `__name__` plus `pairs`.
 pub(crate) fn labels_of(name: &str, pairs: &[(&str, &str)]) -> Labels {
     let mut l: Labels = pairs
@@ -180,7 +186,7 @@ fn self_target(config: &Config, interval: Duration) -> Target {
         honor_labels: true,
         synthetic: Synthetic::Full,
         interval,
-        timeout: targets::timeout_for(interval, None),
+        timeout: IN_PROCESS_TIMEOUT,
         source: Source::Daemon,
         name: "ferry (the daemon itself)".into(),
         quiet_until_up: false,
@@ -194,7 +200,7 @@ fn node_target(host: &str, interval: Duration) -> Target {
         honor_labels: false,
         synthetic: Synthetic::Full,
         interval,
-        timeout: targets::timeout_for(interval, None),
+        timeout: IN_PROCESS_TIMEOUT,
         source: Source::Node,
         name: "node (host metrics)".into(),
         quiet_until_up: false,
@@ -209,7 +215,7 @@ fn cadvisor_target(host: &str, interval: Duration) -> Target {
         honor_labels: true,
         synthetic: Synthetic::Full,
         interval,
-        timeout: targets::timeout_for(interval, None),
+        timeout: IN_PROCESS_TIMEOUT,
         source: Source::Cadvisor,
         name: "cadvisor (instance CPU and memory)".into(),
         quiet_until_up: false,
