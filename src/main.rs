@@ -103,9 +103,10 @@ enum Command {
         /// (inside the daemon; traffic stops while it is down).
         #[arg(long, value_enum, default_value_t = DataPlaneArg::Process)]
         data_plane: DataPlaneArg,
-        /// How often the daemon scrapes its metrics (its own, its proxies',
-        /// the host's, its instances' and `[metrics] scrape` targets) into
-        /// its metrics store, for PromQL (`ferry query`, `/api/v1/query`).
+        /// How often the daemon collects metrics (its own, its instances',
+        /// the host's, `[metrics] scrape` targets without an interval) into
+        /// its metrics store (`<data-dir>/metrics`), for PromQL (`ferry
+        /// query`, `/api/v1/query`).
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
         /// A ferry.toml whose `[metrics]` table (extra scrape targets,

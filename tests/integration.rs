@@ -15,6 +15,7 @@ mod it {
     mod input;
     mod instances;
     mod metrics;
+    mod metrics_collect;
     pub mod prometheus;
     mod proxy;
     mod release_ux;

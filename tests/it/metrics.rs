@@ -138,9 +138,12 @@ fn promql_over_the_daemons_own_metrics() {
         true,
     );
     assert_eq!(status, 200, "{series}");
+    // The daemon's own target labels: job "ferry", instance its API address.
+    let api = env.api();
     assert_eq!(
         series["data"],
-        serde_json::json!([{"__name__": "ferry_service_serving_instances", "service": "web"}])
+        serde_json::json!([{"__name__": "ferry_service_serving_instances", "service": "web",
+            "job": "ferry", "instance": api.trim_start_matches("http://")}])
     );
     let meta = get("/api/v1/metadata");
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod proxy_config;
 pub mod registry;
 pub mod remote_write;
+pub mod scrape;
 pub mod snapshot;
 #[cfg(test)]
 mod store_faults;
@@ -44,8 +45,8 @@ pub struct ServeConfig {
     pub api_addr: SocketAddr,
     pub api_limits: http::server::ApiLimits,
     pub data_plane: DataPlaneMode,
-    /// How often the daemon scrapes its own metrics into its time-series
-    /// store (`/api/v1/query`).
+    /// How often the daemon scrapes its targets (itself, its instances,
+    /// the host) into its time-series store (`/api/v1/query`).
     pub scrape_interval: std::time::Duration,
     /// `[metrics]` of the config given to `ferry serve --config`: extra
     /// scrape targets and remote-write destinations.
@@ -490,7 +491,14 @@ pub async fn serve(
     ));
     // Subscribed before the first scrape, so that every stored sample goes.
     let senders = remote_write::spawn(&d.tsdb, &config.metrics.remote_write, &d.remote_write);
-    let collector = tokio::spawn(collect(d.clone(), config.scrape_interval));
+    let collector = tokio::spawn(scrape::run(
+        d.clone(),
+        scrape::Config {
+            interval: config.scrape_interval,
+            api_addr: addr,
+            extra: config.metrics.scrape.clone(),
+        },
+    ));
     let (how_tx, how_rx) = tokio::sync::oneshot::channel();
     let reconcile = tokio::spawn(
         d.clone()
@@ -522,22 +530,4 @@ pub async fn serve(
         }
     }
     Ok(exit)
-}
-
-/// Scrape the daemon's own metrics into its time-series store, every
-/// `interval`, until aborted.
-async fn collect(d: Arc<Daemon>, interval: std::time::Duration) {
-    // The CLI refuses less than 100ms; a zero from a library caller would
-    // make tokio panic.
-    let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let text = http::system::render_metrics(&d).await;
-        match ferry_metrics::exposition::parse(&text, ferry_metrics::exposition::Format::Prometheus)
-        {
-            Ok(scrape) => d.tsdb.ingest(&scrape, d.clock.now() as i64),
-            Err(e) => tracing::warn!("the daemon's own metrics do not parse: {e}"),
-        }
-    }
 }
