@@ -301,3 +301,68 @@ fn recorded_metrics_survive_restarts_and_kill_9_and_big_queries_are_refused() {
     );
     env.shutdown();
 }
+
+#[test]
+fn the_read_only_token_queries_and_reads_but_changes_nothing() {
+    let mut env = Env::prepare(Spec::default());
+    env.start_daemon_with(&["--scrape-interval", "200ms"], &[]);
+    let path = env.data_dir().join("token.read");
+    let read = std::fs::read_to_string(&path).unwrap();
+    let read = read.trim();
+    assert!(read.len() >= 32 && read != env.token());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let client = reqwest::blocking::Client::new();
+    let send = |req: reqwest::blocking::RequestBuilder| {
+        let resp = req.bearer_auth(read).send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().unwrap_or_default())
+    };
+    // What Grafana does with it: "Save & test", a graph, label lookups.
+    let (status, body) = send(
+        client
+            .post(format!("{}/api/v1/query", env.api()))
+            .form(&[("query", "1+1")]),
+    );
+    assert_eq!(
+        (status, &body["data"]["result"][1]),
+        (200, &serde_json::json!("2"))
+    );
+    let (status, _) = send(
+        client
+            .post(format!("{}/api/v1/query_range", env.api()))
+            .form(&[("query", "up"), ("start", "1"), ("end", "2"), ("step", "1")]),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = send(client.get(format!("{}/api/v1/labels", env.api())));
+    assert_eq!(status, 200);
+    let (status, _) = send(client.get(format!("{}/v1/services", env.api())));
+    assert_eq!(status, 200, "reads of state are allowed");
+    // Nothing that changes anything.
+    let (status, body) = send(
+        client
+            .post(format!("{}/v1/services/web/deploys", env.api()))
+            .json(&serde_json::json!({"spec": {}})),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{body}"
+    );
+    let (status, _) = send(client.post(format!("{}/v1/system/shutdown", env.api())));
+    assert_eq!(status, 403);
+    let (status, _) = send(client.get(format!("{}/livez", env.api())));
+    assert_eq!(status, 200);
+    assert!(
+        env.data_dir().join("api.json").exists(),
+        "the daemon still runs"
+    );
+    env.shutdown();
+}

@@ -113,9 +113,27 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
     }
 }
 
-/// Read the token, creating it (0600) on first start.
+/// The read-only token's file in the data dir: it can query metrics
+/// (`/api/v1/*`, Grafana) and read state, and change nothing.
+pub const READ_TOKEN_FILE: &str = "token.read";
+
+/// The API's bearer tokens.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// Can do everything.
+    pub admin: String,
+    /// Can query and read, not change anything.
+    pub read: String,
+}
+
+/// Read the admin token, creating it (0600) on first start.
 pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
-    let path = data_dir.join(TOKEN_FILE);
+    ensure_token_file(data_dir, TOKEN_FILE)
+}
+
+/// Read the token in `file`, creating it (0600) on first start.
+pub fn ensure_token_file(data_dir: &Path, file: &str) -> Result<String, ServeError> {
+    let path = data_dir.join(file);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         _ => {}
@@ -402,6 +420,7 @@ pub async fn serve(
     let data_dir = data_dir.canonicalize().map_err(io_err(data_dir))?;
     let _lock = lock_data_dir(&data_dir)?;
     let token = ensure_token(&data_dir)?;
+    let read_token = ensure_token_file(&data_dir, READ_TOKEN_FILE)?;
     let store: Arc<dyn Store> = Arc::new(open_store(&data_dir)?);
     let fresh_id = new_id().map_err(io_err(Path::new("/dev/urandom")))?;
     let daemon_id = store.meta_or_init("daemon_id", &mut || fresh_id.clone())?;
@@ -438,7 +457,10 @@ pub async fn serve(
     let d = Daemon::open(
         store,
         clock,
-        token,
+        Tokens {
+            admin: token,
+            read: read_token,
+        },
         daemon_id,
         data_dir.clone(),
         dataplane,

@@ -136,7 +136,10 @@ async fn a_failing_store_stops_nothing_loses_nothing_and_is_reported_until_it_he
     let d = Daemon::open(
         store.clone(),
         Arc::new(SystemClock),
-        "token".into(),
+        crate::Tokens {
+            admin: "token".into(),
+            read: "read-only".into(),
+        },
         daemon_id.clone(),
         dir.path().to_path_buf(),
         Arc::new(crate::dataplane::inline::Inline::new(

@@ -38,7 +38,10 @@ mod route;
 pub struct Daemon {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// The admin token (can do everything).
     pub token: String,
+    /// The read-only token (queries and reads).
+    pub read_token: String,
     pub daemon_id: String,
     pub data_dir: PathBuf,
     pub started_at: Millis,
@@ -182,7 +185,7 @@ impl Daemon {
     pub async fn open(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        token: String,
+        tokens: crate::Tokens,
         daemon_id: String,
         data_dir: PathBuf,
         dataplane: Arc<dyn DataPlane>,
@@ -219,7 +222,8 @@ impl Daemon {
         let daemon = Arc::new(Daemon {
             store,
             clock,
-            token,
+            token: tokens.admin,
+            read_token: tokens.read,
             daemon_id,
             data_dir,
             started_at: now,

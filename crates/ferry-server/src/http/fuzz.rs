@@ -241,7 +241,10 @@ fn fixture() -> Fixture {
         .block_on(Daemon::open(
             store,
             Arc::new(SystemClock),
-            TOKEN.into(),
+            crate::Tokens {
+                admin: TOKEN.into(),
+                read: "read-only".into(),
+            },
             "fuzz".into(),
             dir.path().to_path_buf(),
             Arc::new(crate::dataplane::inline::Inline::new(

@@ -166,6 +166,22 @@ async fn json_errors(resp: Response) -> Response {
     out
 }
 
+/// What the read-only token may do: every GET, and the POSTs of
+/// Prometheus's query API, which only read (Grafana sends queries as POST).
+fn reads_only(method: &http::Method, path: &str) -> bool {
+    method == http::Method::GET
+        || method == http::Method::HEAD
+        || (method == http::Method::POST
+            && matches!(
+                path,
+                "/api/v1/query"
+                    | "/api/v1/query_range"
+                    | "/api/v1/series"
+                    | "/api/v1/labels"
+                    | "/api/v1/query_exemplars"
+            ))
+}
+
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -180,6 +196,21 @@ async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -
         .map(str::trim);
     if given.is_some_and(|t| same(t.as_bytes(), d.token.as_bytes())) {
         return next.run(req).await;
+    }
+    if given.is_some_and(|t| same(t.as_bytes(), d.read_token.as_bytes())) {
+        if reads_only(req.method(), req.uri().path()) {
+            return next.run(req).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this is the read-only token ({}): it can query metrics and read state, not change anything; use the admin token ({}) for this",
+                crate::READ_TOKEN_FILE,
+                crate::TOKEN_FILE
+            ),
+        )
+        .into_response();
     }
     // Turned away before anything is parsed or stored; audited only within
     // the client's budget, and then as a bounded summary.

@@ -295,7 +295,8 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 #[tokio::test]
 async fn the_sender_retries_a_503_drops_a_400_and_sends_the_next_request() {
     let (addr, seen) = receiver(vec![503, 400]).await;
-    let db = MetricsDb::default();
+    let dir = tempfile::tempdir().unwrap();
+    let db = MetricsDb::open(dir.path(), &Default::default()).unwrap();
     let senders = Senders::default();
     let spec = RemoteWriteSpec::Full {
         url: format!("http://user:pw@{addr}/w"),
