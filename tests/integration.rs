@@ -12,6 +12,7 @@ mod it {
     mod example;
     mod failures;
     mod hardening;
+    mod http_metrics;
     mod input;
     mod instances;
     mod metrics;

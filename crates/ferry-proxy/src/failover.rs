@@ -82,7 +82,7 @@ pub(crate) fn upstream_failed(
     log: &mut Option<PendingLog>,
 ) -> &'static [u8] {
     let upstream = in_flight.upstream();
-    upstream.stats().record_upstream_error(status, elapsed);
+    upstream.record_upstream_error(status, elapsed);
     if let Some(log) = log.as_mut() {
         log.served_by(upstream);
     }

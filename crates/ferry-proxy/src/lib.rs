@@ -65,7 +65,8 @@ pub use rate_limit::{RateLimitKey, RateLimitOptions};
 pub use routing::{RoutingTable, Split, Stickiness, bucket_of};
 pub use shared::ProxyCounters;
 pub use stats::{
-    LATENCY_BUCKETS_SECONDS, PROMETHEUS_HELP, RevisionStats, StatsSnapshot, render_prometheus_all,
+    HttpSnapshot, HttpStats, LATENCY_BUCKETS_SECONDS, PROMETHEUS_HELP, RevisionStats,
+    StatsSnapshot, escape_label_value, render_http_families, render_prometheus_all,
     render_prometheus_snapshots,
 };
 pub use upstream::Upstream;
@@ -225,6 +226,13 @@ impl ProxyHandle {
     /// The listener's counters.
     pub fn counters(&self) -> ProxyCounters {
         self.shared.counters.snapshot()
+    }
+
+    /// The requests this proxy answered itself before choosing any
+    /// upstream (400, 405, 408, 429, 503), by exact code. Counted for as
+    /// long as the listener runs.
+    pub fn unrouted_stats(&self) -> HttpSnapshot {
+        self.shared.counters.unrouted.snapshot()
     }
 
     /// Client connections open now, upgraded ones included (as

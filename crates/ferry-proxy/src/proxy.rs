@@ -130,7 +130,9 @@ async fn proxy(
         start,
         config: Arc::clone(&ctx.config),
     });
+    let unrouted = |status| shared.counters.unrouted.record(status, start.elapsed());
     if let Some(body) = bad_request(&parts) {
+        unrouted(StatusCode::BAD_REQUEST);
         let mut resp = local_response(
             StatusCode::BAD_REQUEST,
             Bytes::from_static(body),
@@ -142,6 +144,7 @@ async fn proxy(
         return Ok(resp);
     }
     if parts.method == Method::CONNECT {
+        unrouted(StatusCode::METHOD_NOT_ALLOWED);
         return Ok(local_response(
             StatusCode::METHOD_NOT_ALLOWED,
             Bytes::from_static(b"CONNECT is not supported\n"),
@@ -154,6 +157,7 @@ async fn proxy(
     set_forwarding(&mut parts.headers, &ctx.client_ip, ctx.trusted);
     let client = log.as_ref().map(|log| log.entry.client);
     if let Some(secs) = rate_limited(&ctx, &parts.headers, client, start) {
+        unrouted(StatusCode::TOO_MANY_REQUESTS);
         let mut resp = local_response(
             StatusCode::TOO_MANY_REQUESTS,
             Bytes::from_static(RATE_LIMITED),
@@ -182,6 +186,7 @@ async fn proxy(
                     shared.no_instance_body.clone(),
                 )
             });
+            unrouted(status);
             return Ok(local_response(status, body, request_id, log));
         }
     };
@@ -326,10 +331,7 @@ impl Exchange<'_> {
                         } else {
                             (StatusCode::BAD_REQUEST, b"request body could not be read\n")
                         };
-                        in_flight
-                            .upstream()
-                            .stats()
-                            .record(status, self.start.elapsed());
+                        in_flight.upstream().record(status, self.start.elapsed());
                         let mut resp = local_response(
                             status,
                             Bytes::from_static(body),
@@ -393,7 +395,7 @@ impl Exchange<'_> {
                 }
             };
         }
-        upstream.stats().record(status, self.start.elapsed());
+        upstream.record(status, self.start.elapsed());
         if let Some(log) = self.log.as_mut() {
             log.entry.status = status;
             log.served_by(upstream);
@@ -424,9 +426,7 @@ impl Exchange<'_> {
         client: OnUpgrade,
     ) -> Response<ProxyBody> {
         let upstream = Arc::clone(in_flight.upstream());
-        upstream
-            .stats()
-            .record(StatusCode::SWITCHING_PROTOCOLS, self.start.elapsed());
+        upstream.record(StatusCode::SWITCHING_PROTOCOLS, self.start.elapsed());
         let upstream_side = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ProxyOptions};
 use crate::headers::HeaderView;
 use crate::routing::{NoRoute, Routes, RoutingTable};
+use crate::stats::HttpStats;
 use crate::upstream::{InFlight, Upstream};
 
 /// A connection accepted by another worker, already counted in
@@ -70,6 +71,9 @@ pub(crate) struct Counters {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) upgraded: AtomicU64,
     pub(crate) access_log_dropped: Arc<AtomicU64>,
+    /// Requests the proxy answered itself before any upstream was chosen
+    /// (400, 405, 408, 429, 503), by exact code.
+    pub(crate) unrouted: HttpStats,
 }
 
 /// A listener's state, shared by its handles and its worker threads.

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::stats::RevisionStats;
+use crate::stats::{HttpStats, Observation, RevisionStats};
 use crate::upload::ReqBody;
 
 /// One upstream instance. The daemon creates it once per instance and keeps
@@ -26,6 +26,9 @@ pub struct Upstream {
     revision: u64,
     addr: SocketAddr,
     stats: Arc<RevisionStats>,
+    /// This instance's own counters (exact codes, latency), kept by the
+    /// caller across upstreams of the same instance.
+    http: Arc<HttpStats>,
     revision_header: HeaderValue,
     in_flight: AtomicUsize,
     /// Idle keep-alive connections, one pool per worker thread (by
@@ -69,12 +72,26 @@ fn health_clock() -> u64 {
 }
 
 impl Upstream {
-    /// A new upstream with an empty connection pool.
+    /// A new upstream with an empty connection pool and fresh instance
+    /// counters.
     pub fn new(
         instance_id: String,
         revision: u64,
         addr: SocketAddr,
         stats: Arc<RevisionStats>,
+    ) -> Arc<Self> {
+        Self::with_http_stats(instance_id, revision, addr, stats, HttpStats::new())
+    }
+
+    /// A new upstream counting its requests in `http` too (the same `Arc`
+    /// for the same instance across routing tables, so that its counters
+    /// never reset while it stays).
+    pub fn with_http_stats(
+        instance_id: String,
+        revision: u64,
+        addr: SocketAddr,
+        stats: Arc<RevisionStats>,
+        http: Arc<HttpStats>,
     ) -> Arc<Self> {
         Arc::new(Upstream {
             instance: Arc::from(instance_id.as_str()),
@@ -82,6 +99,7 @@ impl Upstream {
             revision,
             addr,
             stats,
+            http,
             revision_header: HeaderValue::from(revision),
             in_flight: AtomicUsize::new(0),
             idle: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
@@ -110,6 +128,27 @@ impl Upstream {
     /// The revision's shared metrics.
     pub fn stats(&self) -> &Arc<RevisionStats> {
         &self.stats
+    }
+
+    /// This instance's own counters.
+    pub fn http_stats(&self) -> &Arc<HttpStats> {
+        &self.http
+    }
+
+    /// Count one response of this instance, in its revision's stats and
+    /// its own (the latency's bucket is found once).
+    #[inline]
+    pub(crate) fn record(&self, status: http::StatusCode, latency: Duration) {
+        let obs = Observation::of(latency);
+        self.stats.record_observation(status, obs);
+        self.http.record_observation(status, obs);
+    }
+
+    /// Count a 502/504 the proxy answered because this instance failed.
+    pub(crate) fn record_upstream_error(&self, status: http::StatusCode, latency: Duration) {
+        let obs = Observation::of(latency);
+        self.stats.record_upstream_error_observation(status, obs);
+        self.http.record_observation(status, obs);
     }
 
     /// Requests currently forwarded to this upstream whose response body has

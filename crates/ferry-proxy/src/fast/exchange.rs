@@ -200,7 +200,7 @@ impl Conn<'_> {
                 log,
             });
         };
-        upstream.stats().record(status, start.elapsed());
+        upstream.record(status, start.elapsed());
         if let Some(log) = log.as_mut() {
             log.entry.status = status;
             log.served_by(upstream);

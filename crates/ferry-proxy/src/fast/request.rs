@@ -111,6 +111,10 @@ impl Conn<'_> {
                 traceparent,
                 Instant::now(),
             );
+            ctx.shared()
+                .counters
+                .unrouted
+                .record(StatusCode::BAD_REQUEST, Duration::ZERO);
             return Prepared::Ready(Request {
                 consumed: head_len,
                 close: true,
@@ -210,6 +214,7 @@ impl Conn<'_> {
             start,
         );
         let local = |status, body, retry_after, log| {
+            shared.counters.unrouted.record(status, start.elapsed());
             Prepared::Ready(Request {
                 consumed,
                 close,

@@ -4,6 +4,7 @@
 //! closes or a request the fast path does not take hands it to hyper's path.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::net::TcpStream;
@@ -86,6 +87,10 @@ pub(crate) async fn serve(
                             return Served::Closed;
                         }
                         None => {
+                            ctx.shared()
+                                .counters
+                                .unrouted
+                                .record(StatusCode::REQUEST_TIMEOUT, Duration::ZERO);
                             let log = conn.unfinished_log();
                             let _ = Box::pin(conn.local_logged(
                                 StatusCode::REQUEST_TIMEOUT,

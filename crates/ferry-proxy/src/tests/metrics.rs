@@ -7,13 +7,85 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use super::{eventually, fetch, get, spawn_upstream, start_proxy, table, upstream};
-use crate::{ProxyOptions, RevisionStats};
+use super::{eventually, fetch, get, raw_exchange, spawn_upstream, start_proxy, table, upstream};
+use crate::{HttpStats, ProxyOptions, RevisionStats, Upstream};
 
 on_both_paths!(
     in_flight_stats_prometheus_and_timeouts,
-    access_log_lines_carry_request_ids_and_traces
+    access_log_lines_carry_request_ids_and_traces,
+    exact_codes_per_instance_and_the_proxys_own_answers
 );
+
+/// `http_requests_total`'s counts: each instance counts the exact codes
+/// its clients got, a 502 counts against the instance that failed, a new
+/// routing table with the same instance keeps its counters, and what the
+/// proxy answered without an upstream is counted apart.
+async fn exact_codes_per_instance_and_the_proxys_own_answers() {
+    let (up_a, up_b) = (
+        spawn_upstream("a", true).await,
+        spawn_upstream("b", true).await,
+    );
+    let stats = RevisionStats::new();
+    let proxy = start_proxy(ProxyOptions::default()).await;
+    let addr = proxy.local_addr();
+    let a = upstream("a-1", 3, up_a.addr, &stats);
+    let b = upstream("b-1", 3, up_b.addr, &stats);
+
+    proxy.set_routes(table(&[&a]));
+    for code in [200, 201, 201, 404, 599, 700] {
+        let resp = fetch(addr, get(&format!("/status/{code}"))).await;
+        assert_eq!(resp.status.as_u16(), code);
+    }
+    // A new table with the same instance (another `Upstream` for it, on
+    // the same counters, as the daemon's engine makes after an address
+    // change) and a second instance.
+    let a_again = Upstream::with_http_stats(
+        "a-1".into(),
+        3,
+        up_a.addr,
+        stats.clone(),
+        a.http_stats().clone(),
+    );
+    proxy.set_routes(table(&[&a_again]));
+    assert_eq!(fetch(addr, get("/status/201")).await.status.as_u16(), 201);
+    proxy.set_routes(table(&[&b]));
+    assert_eq!(fetch(addr, get("/status/204")).await.status.as_u16(), 204);
+
+    // An instance that refuses connections: the 502 is its own.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let dead = upstream("dead-1", 3, dead_addr, &stats);
+    proxy.set_routes(table(&[&dead]));
+    assert_eq!(fetch(addr, get("/")).await.status, StatusCode::BAD_GATEWAY);
+
+    // No instance at all, and a request without Host: the proxy's own.
+    proxy.set_routes(table(&[]));
+    assert_eq!(
+        fetch(addr, get("/")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let codes = |h: &HttpStats| h.snapshot().codes;
+    assert_eq!(
+        codes(a.http_stats()),
+        [(200, 1), (201, 3), (404, 1), (599, 1), (700, 1)]
+    );
+    assert_eq!(codes(b.http_stats()), [(204, 1)]);
+    assert_eq!(codes(dead.http_stats()), [(502, 1)]);
+    let own = proxy.unrouted_stats();
+    assert_eq!(own.codes, [(400, 1), (503, 1)]);
+    assert_eq!(own.count(), 2);
+    // Each histogram counts what its codes count; the revision's
+    // counters still count every routed request.
+    let snap = a.http_stats().snapshot();
+    assert_eq!(snap.count(), 7);
+    assert_eq!(snap.latency_buckets.len(), 14);
+    assert_eq!(stats.snapshot().total, 9);
+    assert_eq!(stats.snapshot().upstream_errors, 1);
+}
 
 async fn in_flight_stats_prometheus_and_timeouts() {
     let up = spawn_upstream("slowpoke", true).await;

@@ -155,5 +155,27 @@ fn metrics_view(core: &Core, now: Millis) -> MetricsView {
             ],
         ));
     }
-    MetricsView::new(&report, instances, gauges)
+    // The version of every revision a service runs or routes to (the
+    // `version` label of its instances' series).
+    let mut versions = BTreeMap::new();
+    for (name, state) in &core.states {
+        let numbers = state
+            .scale
+            .keys()
+            .chain(&state.traffic)
+            .chain(&state.stable)
+            .chain(
+                report
+                    .http
+                    .iter()
+                    .filter(|h| h.service == *name)
+                    .filter_map(|h| h.revision.as_ref()),
+            );
+        for &n in numbers {
+            if let Some(r) = core.revisions.get(name, n) {
+                versions.insert((name.clone(), n), r.version.clone());
+            }
+        }
+    }
+    MetricsView::new(&report, instances, gauges, versions)
 }

@@ -3,9 +3,11 @@
 //! in-flight count survive routing swaps), one `RevisionStats` per
 //! revision. Runs in the data-plane process, or inside the daemon.
 
-use super::{Plan, ProxyState, Report, RoutesPlan, SplitPlan};
+use super::{HttpReport, Plan, ProxyState, Report, RoutesPlan, SplitPlan};
 use crate::proxy_config;
-use ferry_proxy::{ProxyHandle, RevisionStats, RoutingTable, Split, Stickiness, Upstream};
+use ferry_proxy::{
+    HttpStats, ProxyHandle, RevisionStats, RoutingTable, Split, Stickiness, Upstream,
+};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -42,9 +44,21 @@ struct State {
     /// requests in flight.
     upstreams: BTreeMap<String, Arc<Upstream>>,
     stats: BTreeMap<(String, u64), Arc<RevisionStats>>,
+    /// Each instance's own counters, with its service and revision: kept
+    /// while its upstream is (the same `Arc` across plans, and across a
+    /// new `Upstream` for the same instance), so they never reset while
+    /// the instance stays, and forgotten with it.
+    http: BTreeMap<String, InstanceHttp>,
     /// Why a service's proxy is not serving.
     errors: BTreeMap<String, String>,
     generation: u64,
+}
+
+/// An instance's counters and the labels they are reported with.
+struct InstanceHttp {
+    service: String,
+    revision: u64,
+    stats: Arc<HttpStats>,
 }
 
 pub struct Engine {
@@ -105,7 +119,13 @@ impl Engine {
                 let table = {
                     let mut st = self.state();
                     let st = &mut *st;
-                    routing_table(&p.service, &p.routes, &mut st.upstreams, &mut st.stats)
+                    routing_table(
+                        &p.service,
+                        &p.routes,
+                        &mut st.upstreams,
+                        &mut st.stats,
+                        &mut st.http,
+                    )
                 };
                 let bound = match sockets.take(&p.service, p.listen) {
                     Ok(listeners) => {
@@ -160,7 +180,13 @@ impl Engine {
                 }
             }
             if served.routes.as_ref() != Some(&p.routes) {
-                let table = routing_table(&p.service, &p.routes, &mut st.upstreams, &mut st.stats);
+                let table = routing_table(
+                    &p.service,
+                    &p.routes,
+                    &mut st.upstreams,
+                    &mut st.stats,
+                    &mut st.http,
+                );
                 served.handle.set_routes(table);
                 tracing::debug!(service = %p.service, "routing to {:?}", p.routes);
                 served.routes = Some(p.routes.clone());
@@ -180,6 +206,7 @@ impl Engine {
             .map(|(id, _)| id.clone())
             .collect();
         for id in idle_gone {
+            st.http.remove(&id);
             if let Some(u) = st.upstreams.remove(&id) {
                 u.close_all();
             }
@@ -227,6 +254,25 @@ impl Engine {
                 .filter(|(_, u)| u.is_down())
                 .map(|(id, _)| id.clone())
                 .collect(),
+            http: st
+                .http
+                .iter()
+                .map(|(id, h)| HttpReport {
+                    service: h.service.clone(),
+                    revision: Some(h.revision),
+                    instance: id.clone(),
+                    stats: h.stats.snapshot(),
+                })
+                .chain(st.proxies.iter().filter_map(|(name, s)| {
+                    let stats = s.handle.unrouted_stats();
+                    (stats.count() > 0).then(|| HttpReport {
+                        service: name.clone(),
+                        revision: None,
+                        instance: String::new(),
+                        stats,
+                    })
+                }))
+                .collect(),
         }
     }
 
@@ -239,7 +285,9 @@ impl Engine {
 
     /// Close the connections to an instance that is being stopped.
     pub fn close(&self, instance: &str) {
-        if let Some(u) = self.state().upstreams.remove(instance) {
+        let mut st = self.state();
+        st.http.remove(instance);
+        if let Some(u) = st.upstreams.remove(instance) {
             u.close_all();
         }
     }
@@ -283,6 +331,7 @@ fn routing_table(
     plan: &RoutesPlan,
     upstreams: &mut BTreeMap<String, Arc<Upstream>>,
     stats: &mut BTreeMap<(String, u64), Arc<RevisionStats>>,
+    http: &mut BTreeMap<String, InstanceHttp>,
 ) -> RoutingTable {
     let ups = plan
         .upstreams
@@ -298,7 +347,23 @@ fn routing_table(
                 .entry((service.to_string(), u.revision))
                 .or_default()
                 .clone();
-            let new = Upstream::new(u.instance.clone(), u.revision, u.addr, counters);
+            let own = match http.get(&u.instance) {
+                Some(h) if h.service == service && h.revision == u.revision => h.stats.clone(),
+                _ => {
+                    let stats = HttpStats::new();
+                    http.insert(
+                        u.instance.clone(),
+                        InstanceHttp {
+                            service: service.to_string(),
+                            revision: u.revision,
+                            stats: stats.clone(),
+                        },
+                    );
+                    stats
+                }
+            };
+            let new =
+                Upstream::with_http_stats(u.instance.clone(), u.revision, u.addr, counters, own);
             if let Some(old) = upstreams.insert(u.instance.clone(), new.clone()) {
                 old.close_all();
             }
@@ -326,5 +391,89 @@ fn split(plan: &SplitPlan) -> Split {
         weights: plan.weights.clone(),
         stickiness,
         canary: plan.canary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{ProxyPlan, UpstreamPlan};
+    use http::StatusCode;
+
+    fn plan(listen: SocketAddr, upstreams: &[(&str, u64, u16)]) -> Plan {
+        Plan {
+            proxies: vec![ProxyPlan {
+                service: "web".into(),
+                listen,
+                settings: Default::default(),
+                settings_of: 1,
+                routes: RoutesPlan {
+                    upstreams: upstreams
+                        .iter()
+                        .map(|&(id, revision, port)| UpstreamPlan {
+                            instance: id.into(),
+                            revision,
+                            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        })
+                        .collect(),
+                    split: None,
+                    stable: Some(1),
+                },
+                drain_timeout_ms: 1000,
+            }],
+        }
+    }
+
+    fn counted(report: &Report, instance: &str) -> Option<u64> {
+        report
+            .http
+            .iter()
+            .find(|h| h.instance == instance)
+            .map(|h| h.stats.count())
+    }
+
+    /// An instance's counters are one `Arc` for as long as it stays in the
+    /// plans (even when its upstream is replaced after an address change),
+    /// and are no longer reported once it left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instance_counters_survive_plans_and_leave_with_the_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(dir.path().to_path_buf());
+        let listen = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        engine
+            .apply(1, &plan(listen, &[("a", 1, 1), ("b", 1, 2)]), &mut BindHere)
+            .await;
+        let stats_of = |id: &str| Arc::clone(&engine.state().http[id].stats);
+        let a = stats_of("a");
+        a.record(StatusCode::OK, Duration::from_millis(1));
+        a.record(StatusCode::NOT_FOUND, Duration::from_millis(1));
+        stats_of("b").record(StatusCode::OK, Duration::from_millis(1));
+        let report = engine.report();
+        assert_eq!(
+            (counted(&report, "a"), counted(&report, "b")),
+            (Some(2), Some(1))
+        );
+        let a_report = report.http.iter().find(|h| h.instance == "a").unwrap();
+        assert_eq!(
+            (a_report.service.as_str(), a_report.revision),
+            ("web", Some(1))
+        );
+        assert_eq!(a_report.stats.codes, [(200, 1), (404, 1)]);
+
+        // "a" moved to another port, "b" left, "c" came.
+        engine
+            .apply(2, &plan(listen, &[("a", 1, 3), ("c", 2, 4)]), &mut BindHere)
+            .await;
+        assert!(Arc::ptr_eq(&a, &stats_of("a")));
+        let report = engine.report();
+        assert_eq!(counted(&report, "a"), Some(2));
+        assert_eq!(counted(&report, "b"), None);
+        assert_eq!(counted(&report, "c"), Some(0));
+        // No answers of the proxy's own yet: no series for them.
+        assert!(report.http.iter().all(|h| h.revision.is_some()));
+        engine.shutdown();
     }
 }

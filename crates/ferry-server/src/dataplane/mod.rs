@@ -26,7 +26,7 @@ pub mod wire;
 use crate::driver::{BoxFuture, Traffic};
 use ferry_core::Millis;
 use ferry_core::proxy_spec::ProxySpec;
-use ferry_proxy::{ProxyCounters, StatsSnapshot};
+use ferry_proxy::{HttpSnapshot, ProxyCounters, StatsSnapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -128,6 +128,25 @@ pub struct Report {
     pub in_flight: BTreeMap<String, u64>,
     /// Instances the proxy stopped sending to after failed connects.
     pub down: Vec<String>,
+    /// Request counters by exact status code and latency, per instance
+    /// the data plane routes to (or still has requests in flight to), and
+    /// per service for what its proxy answered without an upstream. Absent
+    /// from the reports of a data plane older than this field.
+    #[serde(default)]
+    pub http: Vec<HttpReport>,
+}
+
+/// One instance's (or one proxy's own) request counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpReport {
+    pub service: String,
+    /// `None`: the answers the service's proxy gave without choosing an
+    /// upstream (400, 405, 408, 429, 503).
+    pub revision: Option<u64>,
+    /// The instance id, as `ferry status` shows it (empty with `revision`
+    /// `None`).
+    pub instance: String,
+    pub stats: HttpSnapshot,
 }
 
 impl Report {
@@ -208,6 +227,10 @@ pub trait DataPlane: Traffic {
 pub(crate) struct Carry {
     base: BTreeMap<(String, u64), StatsSnapshot>,
     base_counters: BTreeMap<String, ProxyCounters>,
+    /// Per instance (service, revision, instance): only for instances the
+    /// last data plane still reported, so that instances that left are
+    /// forgotten.
+    base_http: BTreeMap<(String, Option<u64>, String), HttpSnapshot>,
 }
 
 impl Carry {
@@ -229,11 +252,29 @@ impl Carry {
             };
             self.base_counters.insert(service.clone(), sum);
         }
+        let mut base_http = BTreeMap::new();
+        for h in &last.http {
+            let key = (h.service.clone(), h.revision, h.instance.clone());
+            let sum = match self.base_http.get(&key) {
+                Some(b) => b.saturating_add(&h.stats),
+                None => h.stats.clone(),
+            };
+            base_http.insert(key, sum);
+        }
+        // A data plane that never applied a plan reported no instances:
+        // what came before it still stands. A proxy's own answers stand in
+        // any case (one entry per service, as `base_counters`).
+        for (key, b) in std::mem::take(&mut self.base_http) {
+            if last.generation == 0 || key.1.is_none() {
+                base_http.entry(key).or_insert(b);
+            }
+        }
+        self.base_http = base_http;
     }
 
     /// `report` with earlier data planes' counts added.
     pub(crate) fn apply(&self, mut report: Report) -> Report {
-        if self.base.is_empty() && self.base_counters.is_empty() {
+        if self.base.is_empty() && self.base_counters.is_empty() && self.base_http.is_empty() {
             return report;
         }
         for (key, base) in &self.base {
@@ -249,6 +290,25 @@ impl Carry {
         for (service, base) in &self.base_counters {
             if let Some(p) = report.proxies.get_mut(service) {
                 p.counters = add_counters(base, &p.counters);
+            }
+        }
+        for ((service, revision, instance), base) in &self.base_http {
+            let current = report.http.iter_mut().find(|h| {
+                h.service == *service && h.revision == *revision && h.instance == *instance
+            });
+            match current {
+                Some(h) => h.stats = base.saturating_add(&h.stats),
+                // An instance is reported while the current data plane
+                // routes to it; a proxy's own answers while it serves.
+                None if revision.is_none() && report.proxies.contains_key(service) => {
+                    report.http.push(HttpReport {
+                        service: service.clone(),
+                        revision: None,
+                        instance: instance.clone(),
+                        stats: base.clone(),
+                    });
+                }
+                None => {}
             }
         }
         report
@@ -267,5 +327,71 @@ fn add_counters(base: &ProxyCounters, now: &ProxyCounters) -> ProxyCounters {
         access_log_dropped: base
             .access_log_dropped
             .saturating_add(now.access_log_dropped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proxy::HttpStats;
+    use std::time::Duration;
+
+    fn http(instance: &str, revision: Option<u64>, oks: u64) -> HttpReport {
+        let stats = HttpStats::new();
+        for _ in 0..oks {
+            stats.record(http::StatusCode::OK, Duration::from_millis(1));
+        }
+        HttpReport {
+            service: "web".into(),
+            revision,
+            instance: instance.into(),
+            stats: stats.snapshot(),
+        }
+    }
+
+    fn count(report: &Report, instance: &str) -> Option<u64> {
+        report
+            .http
+            .iter()
+            .find(|h| h.instance == instance)
+            .map(|h| h.stats.of_code(200))
+    }
+
+    /// Per-instance counters never go backwards across a data-plane
+    /// restart, and an instance the new data plane no longer routes to is
+    /// no longer reported (nor carried further).
+    #[test]
+    fn carry_adds_instances_that_stay_and_forgets_those_that_left() {
+        let mut carry = Carry::default();
+        let proxies: BTreeMap<String, ProxyState> =
+            [("web".to_string(), ProxyState::default())].into();
+        let old = Report {
+            generation: 4,
+            proxies: proxies.clone(),
+            http: vec![
+                http("a", Some(1), 5),
+                http("b", Some(1), 2),
+                http("", None, 1),
+            ],
+            ..Report::default()
+        };
+        carry.retire(&old);
+        // A fresh data plane that has not applied a plan yet: nothing of
+        // the old instances is reported, and retiring it keeps the base.
+        carry.retire(&Report::default());
+        let new = Report {
+            generation: 5,
+            proxies,
+            http: vec![http("a", Some(1), 1), http("c", Some(2), 1)],
+            ..Report::default()
+        };
+        let seen = carry.apply(new.clone());
+        assert_eq!(count(&seen, "a"), Some(6));
+        assert_eq!(count(&seen, "b"), None);
+        assert_eq!(count(&seen, "c"), Some(1));
+        assert_eq!(count(&seen, ""), Some(1), "the proxy's own answers stay");
+        carry.retire(&new);
+        assert!(!carry.base_http.keys().any(|(_, _, i)| i == "b"));
+        assert_eq!(carry.base_http.len(), 3, "a, c and the proxy's own");
     }
 }
