@@ -61,6 +61,27 @@ pub struct Block {
     by_name: HashMap<String, Vec<u32>>,
 }
 
+/// A new file only its owner can read (the store may hold anything the
+/// scraped targets expose).
+pub fn private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// A directory (and its parents) only its owner can enter.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
 pub fn file_name(mint: i64, maxt: i64) -> String {
     format!("{mint}-{maxt}.block")
 }
@@ -122,7 +143,7 @@ pub fn write(
     let path = dir.join(file_name(mint, maxt));
     let tmp = dir.join(format!("{}.tmp", file_name(mint, maxt)));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file(&tmp)?;
         f.write_all(&data)?;
         f.sync_all()?;
     }

@@ -142,7 +142,7 @@ impl Db {
     /// replay the log into the head.
     pub fn open(dir: &Path, opts: Options) -> Result<Db, DbError> {
         let blocks_dir = dir.join("blocks");
-        fs::create_dir_all(&blocks_dir).map_err(io_err(&blocks_dir))?;
+        block::private_dir(&blocks_dir).map_err(io_err(&blocks_dir))?;
         let mut interned: HashSet<Arc<Labels>> = HashSet::new();
         let mut blocks: Vec<Arc<Block>> = Vec::new();
         for e in fs::read_dir(&blocks_dir).map_err(io_err(&blocks_dir))? {
@@ -933,5 +933,51 @@ mod tests {
         let got = all(&db, "m");
         assert_eq!(got.len(), 20);
         assert_eq!(got[0].1.len(), 9, "the last second's record was torn");
+    }
+
+    #[test]
+    fn queries_over_blocks_and_head_answer_as_the_in_memory_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), opts()).unwrap();
+        let mut mem = crate::storage::Storage::new();
+        // 15 minutes at 1 s, a counter that resets, a gauge that goes
+        // stale for a while: over several blocks, merged ones and the head.
+        for s in 0..900i64 {
+            let t = s * 1000 + 7;
+            let mut batch = vec![(labels("c", 1), t, ((s * 3) % 500) as f64)];
+            if !(300..420).contains(&s) {
+                batch.push((labels("g", 2), t, (s as f64).sin() * 10.0));
+            } else if s == 300 {
+                batch.push((labels("g", 2), t, crate::storage::stale_nan()));
+            }
+            for (l, t, v) in &batch {
+                mem.append(l.clone(), *t, *v);
+            }
+            db.append(&batch).unwrap();
+            db.maintain(t).unwrap();
+        }
+        assert!(db.block_count() >= 2);
+        let engine = crate::Engine::default();
+        let queries = [
+            "c",
+            "rate(c[1m])",
+            "increase(c[5m])",
+            "resets(c[10m])",
+            "g",
+            "avg_over_time(g[2m])",
+            "max_over_time(rate(c[30s])[3m:10s])",
+            "c offset 5m",
+            "count_over_time({__name__=~\"c|g\"}[15m])",
+        ];
+        for q in queries {
+            for t in [61_500, 299_900, 360_001, 600_000, 899_999] {
+                let a = engine.instant(&mem, q, t).unwrap();
+                let b = engine.instant(&db, q, t).unwrap();
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{q} at {t}");
+            }
+            let a = engine.range(&mem, q, 30_000, 890_000, 15_000);
+            let b = engine.range(&db, q, 30_000, 890_000, 15_000);
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{q} as a range");
+        }
     }
 }

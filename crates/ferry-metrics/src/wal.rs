@@ -89,7 +89,7 @@ impl Wal {
     /// payload since the newest checkpoint, in order. A torn tail (the
     /// process died mid-write) is cut off so new frames follow good ones.
     pub fn open(dir: &Path) -> io::Result<(Wal, Replay)> {
-        fs::create_dir_all(dir)?;
+        crate::block::private_dir(dir)?;
         let _ = fs::remove_file(dir.join("checkpoint.tmp"));
         let mut seqs = segments(dir)?;
         let mut replay = Replay::default();
@@ -127,7 +127,14 @@ impl Wal {
         }
         let seq = seqs.last().copied().unwrap_or(1);
         let path = dir.join(segment_name(seq));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)?
+        };
         let size = file.metadata()?.len();
         Ok((
             Wal {
@@ -160,7 +167,7 @@ impl Wal {
         }
         let tmp = self.dir.join("checkpoint.tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::block::private_file(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }

@@ -187,7 +187,14 @@ pub fn secure_data_dir(data_dir: &Path) -> Result<Vec<String>, ServeError> {
         Ok(())
     };
     fix(data_dir, 0o700)?;
-    for dir in [data_dir.to_path_buf(), data_dir.join("logs")] {
+    let store = data_dir.join("metrics");
+    let dirs = [
+        data_dir.to_path_buf(),
+        data_dir.join("logs"),
+        store.join("wal"),
+        store.join("blocks"),
+    ];
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
             let path = entry.path();
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
