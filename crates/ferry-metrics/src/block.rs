@@ -4,9 +4,8 @@
 //!
 //! Layout of `<mint>-<maxt>.block`:
 //! - `FRYBLK01` (8 bytes);
-//! - the chunks, back to back;
-//! - per chunk, a fixed 28-byte entry: mint i64, maxt i64, offset u64,
-//!   length u32 (little endian), grouped per series;
+//! - per series, its chunks back to back, then per chunk a fixed 28-byte
+//!   entry: mint i64, maxt i64, offset u64, length u32 (little endian);
 //! - the index: series count, then per series its labels, where its
 //!   chunk entries start, how many there are, and its first and last
 //!   sample times;
@@ -93,6 +92,89 @@ fn invalid(path: &Path, what: &str) -> io::Error {
     )
 }
 
+/// Writes a block one series at a time, so memory holds only the index
+/// (labels and a few numbers per series), never the samples. Each series'
+/// chunk entries follow its chunks.
+pub struct Writer {
+    dir: PathBuf,
+    tmp: PathBuf,
+    out: io::BufWriter<File>,
+    pos: u64,
+    mint: i64,
+    maxt: i64,
+    index: Vec<u8>,
+    count: u64,
+}
+
+impl Writer {
+    pub fn new(dir: &Path, mint: i64, maxt: i64) -> io::Result<Writer> {
+        let tmp = dir.join(format!("{}.tmp", file_name(mint, maxt)));
+        let mut out = io::BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
+        out.write_all(MAGIC)?;
+        Ok(Writer {
+            dir: dir.to_path_buf(),
+            tmp,
+            out,
+            pos: MAGIC.len() as u64,
+            mint,
+            maxt,
+            index: Vec::new(),
+            count: 0,
+        })
+    }
+
+    /// Add one series and its chunks (oldest first); series without
+    /// chunks are left out.
+    pub fn add(&mut self, labels: &Labels, chunks: &[ChunkData]) -> io::Result<()> {
+        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+            return Ok(());
+        };
+        let mut entries = Vec::with_capacity(chunks.len() * ENTRY);
+        for c in chunks {
+            entries.extend_from_slice(&c.mint.to_le_bytes());
+            entries.extend_from_slice(&c.maxt.to_le_bytes());
+            entries.extend_from_slice(&self.pos.to_le_bytes());
+            entries.extend_from_slice(&(c.bytes.len() as u32).to_le_bytes());
+            self.out.write_all(&c.bytes)?;
+            self.pos += c.bytes.len() as u64;
+        }
+        let entries_off = self.pos;
+        self.out.write_all(&entries)?;
+        self.pos += entries.len() as u64;
+        put_labels(&mut self.index, labels);
+        put_uvarint(&mut self.index, entries_off);
+        put_uvarint(&mut self.index, chunks.len() as u64);
+        put_varint(&mut self.index, first.mint);
+        put_varint(&mut self.index, last.maxt);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Write the index and footer, make the file durable and give it its
+    /// name; returns the path.
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        let mut index = Vec::with_capacity(self.index.len() + 10);
+        put_uvarint(&mut index, self.count);
+        index.extend_from_slice(&self.index);
+        let crc = crc32fast::hash(&index);
+        self.out.write_all(&index)?;
+        let mut footer = Vec::with_capacity(FOOTER);
+        footer.extend_from_slice(&self.pos.to_le_bytes());
+        footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        footer.extend_from_slice(&self.mint.to_le_bytes());
+        footer.extend_from_slice(&self.maxt.to_le_bytes());
+        footer.extend_from_slice(&crc.to_le_bytes());
+        footer.extend_from_slice(b"FRYE");
+        self.out.write_all(&footer)?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let path = self.dir.join(file_name(self.mint, self.maxt));
+        fs::rename(&self.tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(path)
+    }
+}
+
 /// Write a block of `series` (each with its chunks, oldest first) into
 /// `dir`, durably; returns the file's path.
 pub fn write(
@@ -101,55 +183,11 @@ pub fn write(
     maxt: i64,
     series: &[(Arc<Labels>, Vec<ChunkData>)],
 ) -> io::Result<PathBuf> {
-    let mut data = Vec::with_capacity(1 << 16);
-    data.extend_from_slice(MAGIC);
-    let mut placed = Vec::with_capacity(series.len());
-    for (_, chunks) in series {
-        let mut at = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            at.push((c.mint, c.maxt, data.len() as u64, c.bytes.len() as u32));
-            data.extend_from_slice(&c.bytes);
-        }
-        placed.push(at);
+    let mut w = Writer::new(dir, mint, maxt)?;
+    for (labels, chunks) in series {
+        w.add(labels, chunks)?;
     }
-    let mut entries_at = Vec::with_capacity(series.len());
-    for at in &placed {
-        entries_at.push(data.len() as u64);
-        for &(cmin, cmax, off, len) in at {
-            data.extend_from_slice(&cmin.to_le_bytes());
-            data.extend_from_slice(&cmax.to_le_bytes());
-            data.extend_from_slice(&off.to_le_bytes());
-            data.extend_from_slice(&len.to_le_bytes());
-        }
-    }
-    let index_off = data.len() as u64;
-    let mut index = Vec::new();
-    put_uvarint(&mut index, series.len() as u64);
-    for (i, (labels, chunks)) in series.iter().enumerate() {
-        put_labels(&mut index, labels);
-        put_uvarint(&mut index, entries_at[i]);
-        put_uvarint(&mut index, chunks.len() as u64);
-        put_varint(&mut index, chunks.first().map_or(0, |c| c.mint));
-        put_varint(&mut index, chunks.last().map_or(0, |c| c.maxt));
-    }
-    let crc = crc32fast::hash(&index);
-    data.extend_from_slice(&index);
-    data.extend_from_slice(&index_off.to_le_bytes());
-    data.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    data.extend_from_slice(&mint.to_le_bytes());
-    data.extend_from_slice(&maxt.to_le_bytes());
-    data.extend_from_slice(&crc.to_le_bytes());
-    data.extend_from_slice(b"FRYE");
-    let path = dir.join(file_name(mint, maxt));
-    let tmp = dir.join(format!("{}.tmp", file_name(mint, maxt)));
-    {
-        let mut f = private_file(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(path)
+    w.finish()
 }
 
 impl Block {

@@ -479,9 +479,27 @@ impl Db {
     /// apply the retention, as of `now` (ms). Cheap when there is nothing
     /// to do; call it every few seconds.
     pub fn maintain(&mut self, now: i64) -> Result<(), DbError> {
+        self.maintain_head(now)?;
+        self.compact()
+    }
+
+    /// The quick part of [`Db::maintain`]: cut finished periods of the
+    /// head into blocks and apply the retention; merges are left to
+    /// [`Db::plan_merge`], [`run_merge`] (which needs no lock) and
+    /// [`Db::apply_merge`].
+    pub fn maintain_head(&mut self, now: i64) -> Result<(), DbError> {
         self.cut(now)?;
-        self.compact()?;
         self.retain(now)
+    }
+
+    /// The head's id of a series, if it has one.
+    pub fn id_of(&self, labels: &Labels) -> Option<u32> {
+        self.ids.get(labels).copied()
+    }
+
+    /// The labels of the head's series `id`.
+    pub fn labels_of(&self, id: u32) -> Option<Arc<Labels>> {
+        self.head.get(&id).map(|s| s.labels.clone())
     }
 
     /// Move every chunk of periods that ended at least half a period ago
@@ -600,68 +618,73 @@ impl Db {
     }
 
     fn compact(&mut self) -> Result<(), DbError> {
-        for span in self.levels() {
-            loop {
-                // Blocks within one aligned span that has ended.
-                let mut group: Vec<Arc<Block>> = Vec::new();
-                for blk in &self.blocks {
-                    let start = blk.mint.div_euclid(span) * span;
-                    if blk.maxt > start + span || start + span > self.head_mint {
-                        continue;
-                    }
-                    if group
-                        .first()
-                        .is_some_and(|g| g.mint.div_euclid(span) * span != start)
-                    {
-                        if group.len() >= 2 {
-                            break;
-                        }
-                        group.clear();
-                    }
-                    group.push(blk.clone());
-                }
-                if group.len() < 2 {
-                    break;
-                }
-                self.merge(&group, span)?;
-            }
+        while let Some(plan) = self.plan_merge() {
+            let path = run_merge(&self.blocks_dir(), &plan)?;
+            self.apply_merge(&plan, path)?;
         }
         Ok(())
     }
 
-    /// Merge `group` into one block over its aligned span, re-encoding
-    /// each series' samples into full chunks; the sources are deleted
-    /// only once the merged block is durable.
-    fn merge(&mut self, group: &[Arc<Block>], span: i64) -> Result<(), DbError> {
-        let start = group[0].mint.div_euclid(span) * span;
-        let end = group.last().map_or(start, |b| b.maxt);
-        let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
-        for b in group {
-            for i in b.candidates(None) {
-                let points = series.entry(b.labels(i).clone()).or_default();
-                b.samples(i, i64::MIN, i64::MAX, points)
-                    .map_err(io_err(&b.path))?;
+    /// The next merge to do: blocks within one aligned span that has
+    /// ended, at the smallest level that has such a group.
+    pub fn plan_merge(&self) -> Option<MergePlan> {
+        for span in self.levels() {
+            let mut group: Vec<Arc<Block>> = Vec::new();
+            for blk in &self.blocks {
+                let start = blk.mint.div_euclid(span) * span;
+                if blk.maxt > start + span || start + span > self.head_mint {
+                    continue;
+                }
+                if group
+                    .first()
+                    .is_some_and(|g| g.mint.div_euclid(span) * span != start)
+                {
+                    if group.len() >= 2 {
+                        break;
+                    }
+                    group.clear();
+                }
+                group.push(blk.clone());
+            }
+            if group.len() >= 2 {
+                let start = group[0].mint.div_euclid(span) * span;
+                let end = group.last().map_or(start, |b| b.maxt);
+                return Some(MergePlan { group, start, end });
             }
         }
-        let mut out: Vec<(Arc<Labels>, Vec<ChunkData>)> = series
-            .into_iter()
-            .map(|(l, points)| (l, encode(&points)))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        let blocks_dir = self.dir.join("blocks");
-        let path = block::write(&blocks_dir, start, end, &out).map_err(io_err(&blocks_dir))?;
+        None
+    }
+
+    /// Put a merged block (from [`run_merge`]) in place of its sources,
+    /// deleting them; a merge some of whose sources are gone meanwhile
+    /// (retention) is thrown away.
+    pub fn apply_merge(&mut self, plan: &MergePlan, path: PathBuf) -> Result<(), DbError> {
+        let present = plan
+            .group
+            .iter()
+            .all(|g| self.blocks.iter().any(|b| Arc::ptr_eq(b, g)));
+        if !present {
+            let _ = fs::remove_file(&path);
+            return Ok(());
+        }
         let mut intern_fn = |l: Labels| intern(&mut self.interned, l);
         let merged = Arc::new(Block::open(&path, &mut intern_fn).map_err(io_err(&path))?);
-        let paths: HashSet<&PathBuf> = group.iter().map(|b| &b.path).collect();
-        for p in &paths {
-            if **p != path {
-                let _ = fs::remove_file(p);
+        for g in &plan.group {
+            if g.path != path {
+                let _ = fs::remove_file(&g.path);
             }
         }
-        self.blocks.retain(|b| !paths.contains(&b.path));
+        self.blocks
+            .retain(|b| !plan.group.iter().any(|g| Arc::ptr_eq(b, g)));
         self.blocks.push(merged);
         self.blocks.sort_by_key(|b| b.mint);
+        self.prune_interned();
         Ok(())
+    }
+
+    /// Where block files go.
+    pub fn blocks_dir(&self) -> PathBuf {
+        self.dir.join("blocks")
     }
 
     fn retain(&mut self, now: i64) -> Result<(), DbError> {
@@ -717,6 +740,62 @@ impl Db {
     }
 }
 
+/// Blocks to merge into one over `[start, end)`.
+pub struct MergePlan {
+    group: Vec<Arc<Block>>,
+    start: i64,
+    end: i64,
+}
+
+/// Write the merge of `plan`'s blocks into `dir`, one series at a time:
+/// full chunks are copied as they are, runs of partial ones (a series'
+/// chunks are cut at every period) re-encoded into full ones. Reads only
+/// immutable blocks, so it needs no lock on the store.
+pub fn run_merge(dir: &Path, plan: &MergePlan) -> Result<PathBuf, DbError> {
+    let mut all: Vec<&Arc<Labels>> = Vec::new();
+    let mut positions: Vec<HashMap<&Labels, u32>> = Vec::new();
+    for b in &plan.group {
+        let mut pos = HashMap::new();
+        for i in b.candidates(None) {
+            all.push(b.labels(i));
+            pos.insert(&**b.labels(i), i);
+        }
+        positions.push(pos);
+    }
+    all.sort();
+    all.dedup();
+    let mut w = block::Writer::new(dir, plan.start, plan.end).map_err(io_err(dir))?;
+    for labels in all {
+        let mut out: Vec<ChunkData> = Vec::new();
+        let mut pending = ChunkBuilder::new();
+        for (b, pos) in plan.group.iter().zip(&positions) {
+            let Some(&i) = pos.get(&**labels) else {
+                continue;
+            };
+            for c in b.chunks(i, i64::MIN, i64::MAX).map_err(io_err(&b.path))? {
+                let full = c.bytes.len() >= 2
+                    && u16::from_be_bytes([c.bytes[0], c.bytes[1]]) >= MAX_SAMPLES;
+                if full && pending.is_empty() {
+                    out.push(c);
+                    continue;
+                }
+                for (t, v) in Decoder::new(&c.bytes).into_iter().flatten() {
+                    if pending.is_full() {
+                        let done = std::mem::replace(&mut pending, ChunkBuilder::new());
+                        out.push(close(&done));
+                    }
+                    pending.append(t, v);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            out.push(close(&pending));
+        }
+        w.add(labels, &out).map_err(io_err(dir))?;
+    }
+    w.finish().map_err(io_err(dir))
+}
+
 fn read_entry(
     r: &mut Reader,
     id: &mut i64,
@@ -770,20 +849,6 @@ fn push_sample(s: &mut HeadSeries, t: i64, v: f64, block_ms: i64) {
         s.closed.push(close(&open));
     }
     s.open.append(t, v);
-}
-
-/// Samples as full chunks.
-fn encode(points: &[(i64, f64)]) -> Vec<ChunkData> {
-    points
-        .chunks(MAX_SAMPLES as usize)
-        .map(|part| {
-            let mut b = ChunkBuilder::new();
-            for &(t, v) in part {
-                b.append(t, v);
-            }
-            close(&b)
-        })
-        .collect()
 }
 
 #[cfg(test)]

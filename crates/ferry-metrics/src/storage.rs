@@ -1,6 +1,7 @@
 //! Series and their samples, in memory.
 
-use promql_parser::label::{MatchOp, Matchers};
+use promql_parser::label::MatchOp;
+pub use promql_parser::label::Matchers;
 use std::collections::BTreeMap;
 
 /// Series with their samples, as a selection returns them.

@@ -126,6 +126,19 @@ pub struct Tokens {
     pub read: String,
 }
 
+/// Every 5 s, on a blocking thread: the metrics store cuts finished
+/// periods into blocks, applies its retention and merges blocks.
+async fn maintain_metrics(d: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let d = d.clone();
+        let now = d.clock.now() as i64;
+        let _ = tokio::task::spawn_blocking(move || d.tsdb.maintain(now)).await;
+    }
+}
+
 /// Read the admin token, creating it (0600) on first start.
 pub fn ensure_token(data_dir: &Path) -> Result<String, ServeError> {
     ensure_token_file(data_dir, TOKEN_FILE)
@@ -528,6 +541,7 @@ pub async fn serve(
             extra: config.metrics.scrape.clone(),
         },
     ));
+    let maintenance = tokio::spawn(maintain_metrics(d.clone()));
     let (how_tx, how_rx) = tokio::sync::oneshot::channel();
     let reconcile = tokio::spawn(
         d.clone()
@@ -545,6 +559,7 @@ pub async fn serve(
     let _ = how_tx.send(how);
     let _ = reconcile.await;
     collector.abort();
+    maintenance.abort();
     for sender in senders {
         sender.abort();
     }

@@ -7,9 +7,10 @@
 
 use ferry_metrics::db::{Db, DbError, Options};
 use ferry_metrics::exposition::{Exposition, Metadata};
+use ferry_metrics::storage::Source;
 use ferry_metrics::storage::{Labels, stale_nan};
 use ferry_metrics::{Engine, EvalError, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,9 +52,31 @@ impl Default for TsdbOptions {
     }
 }
 
-/// How often, at most, ingestion also runs the store's maintenance
-/// (cutting blocks, merging, retention).
-const MAINTAIN_EVERY_MS: i64 = 5_000;
+/// The store as a query reads it: locked only while one selector loads
+/// its series, not while the query computes, so scrapes go on.
+struct Locked<'a>(&'a RwLock<Db>);
+
+impl Source for Locked<'_> {
+    fn select(
+        &self,
+        matchers: &ferry_metrics::storage::Matchers,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<ferry_metrics::storage::Selected, String> {
+        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        Source::select(&*db, matchers, mint, maxt)
+    }
+
+    fn series(
+        &self,
+        matchers: &ferry_metrics::storage::Matchers,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, String> {
+        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        Source::series(&*db, matchers, mint, maxt)
+    }
+}
 
 /// A subscription's sending side and its drop counter.
 type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
@@ -61,12 +84,11 @@ type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
 pub struct MetricsDb {
     storage: RwLock<Db>,
     engine: Engine,
-    last_maintained: Mutex<i64>,
     /// Samples refused as out of order, since start.
     pub out_of_order: AtomicU64,
     /// Per target, the series of its last scrape: one missing from the
     /// next gets a stale marker, as Prometheus writes.
-    last: Mutex<BTreeMap<String, BTreeSet<Labels>>>,
+    last: Mutex<BTreeMap<String, HashSet<u32>>>,
     /// Per target, each family's type and help, from its last scrape.
     metadata: Mutex<BTreeMap<String, BTreeMap<String, Metadata>>>,
     subscribers: Mutex<Vec<Subscriber>>,
@@ -90,7 +112,6 @@ impl MetricsDb {
                 timeout: opts.query_timeout,
                 ..Engine::default()
             },
-            last_maintained: Mutex::new(i64::MIN),
             out_of_order: AtomicU64::new(0),
             last: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(Default::default()),
@@ -121,16 +142,24 @@ impl MetricsDb {
         metadata: BTreeMap<String, Metadata>,
         now: i64,
     ) {
-        let seen: BTreeSet<Labels> = samples.iter().map(|s| s.0.clone()).collect();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = samples;
-        if let Some(before) = last.get(target) {
-            for gone in before.difference(&seen) {
-                batch.push((gone.clone(), now, stale_nan()));
-            }
-        }
+        let n = batch.len();
         {
             let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
+            // Series are tracked by the store's ids, not by copies of
+            // their labels.
+            let mut seen: HashSet<u32> = batch
+                .iter()
+                .filter_map(|(l, _, _)| storage.id_of(l))
+                .collect();
+            if let Some(before) = last.get(target) {
+                for gone in before.difference(&seen) {
+                    if let Some(labels) = storage.labels_of(*gone) {
+                        batch.push((Labels::clone(&labels), now, stale_nan()));
+                    }
+                }
+            }
             match storage.append(&batch) {
                 Ok(a) => {
                     self.out_of_order
@@ -138,21 +167,13 @@ impl MetricsDb {
                 }
                 Err(e) => tracing::error!("{e}; this scrape of {target} is not stored"),
             }
-            let mut last = self
-                .last_maintained
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if now.saturating_sub(*last) >= MAINTAIN_EVERY_MS {
-                *last = now;
-                if let Err(e) = storage.maintain(now) {
-                    tracing::error!("{e}; retrying at the next scrape");
-                }
+            // Series new in this scrape have ids now.
+            seen.extend(batch[..n].iter().filter_map(|(l, _, _)| storage.id_of(l)));
+            if seen.is_empty() {
+                last.remove(target);
+            } else {
+                last.insert(target.to_string(), seen);
             }
-        }
-        if seen.is_empty() {
-            last.remove(target);
-        } else {
-            last.insert(target.to_string(), seen);
         }
         let mut meta = self.metadata.lock().unwrap_or_else(|p| p.into_inner());
         if metadata.is_empty() {
@@ -163,6 +184,38 @@ impl MetricsDb {
         drop(meta);
         drop(last);
         self.publish(batch);
+    }
+
+    /// Cut finished periods into blocks, apply the retention, then merge
+    /// blocks; a merge is written without holding the store's lock, so
+    /// scrapes and queries go on meanwhile. Called every few seconds from
+    /// a blocking thread.
+    pub fn maintain(&self, now: i64) {
+        if let Err(e) = self.write().maintain_head(now) {
+            tracing::error!("{e}; retrying in a few seconds");
+            return;
+        }
+        loop {
+            let (plan, dir) = {
+                let db = self.read();
+                (db.plan_merge(), db.blocks_dir())
+            };
+            let Some(plan) = plan else { return };
+            let merged = ferry_metrics::db::run_merge(&dir, &plan)
+                .and_then(|path| self.write().apply_merge(&plan, path));
+            if let Err(e) = merged {
+                tracing::error!("{e}; merging blocks again in a few seconds");
+                return;
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Db> {
+        self.storage.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Db> {
+        self.storage.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Hand a stored batch to every subscriber, never waiting.
@@ -192,13 +245,12 @@ impl MetricsDb {
     }
 
     pub fn instant(&self, query: &str, t: i64) -> Result<Value, EvalError> {
-        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
-        self.engine.instant(&*storage, query, t)
+        self.engine.instant(&Locked(&self.storage), query, t)
     }
 
     pub fn range(&self, query: &str, start: i64, end: i64, step: i64) -> Result<Value, EvalError> {
-        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
-        self.engine.range(&*storage, query, start, end, step)
+        self.engine
+            .range(&Locked(&self.storage), query, start, end, step)
     }
 
     /// Series matching any of `selectors` (all series when there are
