@@ -18,6 +18,7 @@ mod it {
     mod metrics;
     mod metrics_collect;
     pub mod prometheus;
+    mod promql_diff;
     mod proxy;
     mod release_ux;
     mod remote_write;
