@@ -130,9 +130,10 @@ impl MetricsDb {
     }
 
     /// Store one scrape of `target` (any stable key, e.g. its URL) taken at
-    /// `now` (ms): every sample (labels final, target labels included), a
-    /// stale marker for each series the target's previous scrape had and
-    /// this one lacks, and the families' metadata. A target that is gone
+    /// `now` (ms): every sample (labels final, target labels included; a
+    /// sample without a timestamp of its own has time `now`), a stale
+    /// marker for each series the target's previous scrape had at `now`
+    /// and this one lacks, and the families' metadata. A target that is gone
     /// for good gets `ingest_target(key, vec![], BTreeMap::new(), now)` once,
     /// which ends all its series.
     pub fn ingest_target(
@@ -148,9 +149,14 @@ impl MetricsDb {
         {
             let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
             // Series are tracked by the store's ids, not by copies of
-            // their labels.
+            // their labels. As in Prometheus (without
+            // `track_timestamps_staleness`), a sample that carries its own
+            // timestamp (one other than the scrape's) is not tracked: its
+            // series gets no stale marker when it goes missing.
+            let tracked = |t: i64| t == now;
             let mut seen: HashSet<u32> = batch
                 .iter()
+                .filter(|s| tracked(s.1))
                 .filter_map(|(l, _, _)| storage.id_of(l))
                 .collect();
             if let Some(before) = last.get(target) {
@@ -168,7 +174,12 @@ impl MetricsDb {
                 Err(e) => tracing::error!("{e}; this scrape of {target} is not stored"),
             }
             // Series new in this scrape have ids now.
-            seen.extend(batch[..n].iter().filter_map(|(l, _, _)| storage.id_of(l)));
+            seen.extend(
+                batch[..n]
+                    .iter()
+                    .filter(|s| tracked(s.1))
+                    .filter_map(|(l, _, _)| storage.id_of(l)),
+            );
             if seen.is_empty() {
                 last.remove(target);
             } else {
