@@ -10,7 +10,7 @@ use crate::storage::{Labels, Selected, Source, is_stale};
 use crate::value::{Sample, Series, Value};
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{
-    self, AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
     VectorMatchCardinality, VectorSelector,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -124,7 +124,7 @@ fn system_ms(t: &SystemTime) -> i64 {
 impl Engine {
     /// An instant query at `t` (ms).
     pub fn instant(&self, storage: &dyn Source, query: &str, t: i64) -> Result<Value, EvalError> {
-        let expr = parser::parse(query).map_err(EvalError::Parse)?;
+        let expr = crate::parse_error::parse(query).map_err(EvalError::Parse)?;
         let ctx = Ctx::new(storage, self, &expr, t, t, 0);
         let v = ctx.eval(&expr, t)?;
         Ok(match v {
@@ -149,7 +149,7 @@ impl Engine {
         start: i64,
         end: i64,
     ) -> Result<Vec<Labels>, EvalError> {
-        let expr = parser::parse(selector).map_err(EvalError::Parse)?;
+        let expr = crate::parse_error::parse(selector).map_err(EvalError::Parse)?;
         let Expr::VectorSelector(vs) = expr else {
             return Err(EvalError::Parse(format!(
                 "{selector:?} is not a series selector"
@@ -172,7 +172,7 @@ impl Engine {
         if step <= 0 {
             return err("zero or negative query resolution step widths are not accepted");
         }
-        let expr = parser::parse(query).map_err(EvalError::Parse)?;
+        let expr = crate::parse_error::parse(query).map_err(EvalError::Parse)?;
         let ctx = Ctx::new(storage, self, &expr, start, end, step);
         let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         let mut t = start;
