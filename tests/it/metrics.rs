@@ -171,8 +171,7 @@ fn promql_over_the_daemons_own_metrics() {
     assert_eq!(body["status"], "error");
     assert_eq!(body["errorType"], "bad_data", "{body}");
     assert_eq!(
-        body["error"],
-        "1:4: parse error: unclosed left parenthesis",
+        body["error"], "1:4: parse error: unclosed left parenthesis",
         "the position, as Prometheus gives it"
     );
     let (status, body) = post(

@@ -29,6 +29,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Maps keyed by label sets and ids, hashed fast (the keys are not
+/// attacker-chosen in a way that matters: a target can only slow its own
+/// scrape).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 const SERIES: u8 = 1;
 const SAMPLES: u8 = 2;
 const CHUNK: u8 = 3;
@@ -96,14 +102,19 @@ type Cut = std::collections::BTreeMap<i64, Vec<(Arc<Labels>, Vec<ChunkData>)>>;
 pub struct Db {
     dir: PathBuf,
     opts: Options,
-    head: HashMap<u32, HeadSeries>,
-    ids: HashMap<Arc<Labels>, u32>,
-    head_by_name: HashMap<String, Vec<u32>>,
+    head: FastMap<u32, HeadSeries>,
+    ids: FastMap<Arc<Labels>, u32>,
+    /// Ids by the address of the head's own `Arc` of their labels: a
+    /// caller that appends with that `Arc` (a scrape cache does) skips
+    /// hashing the labels. Valid because the head holds the `Arc` for as
+    /// long as the entry exists.
+    by_ptr: FastMap<usize, u32>,
+    head_by_name: FastMap<String, Vec<u32>>,
     next_id: u32,
     /// Blocks in time order; ranges do not overlap.
     blocks: Vec<Arc<Block>>,
     /// Label sets blocks refer to, shared with the head.
-    interned: HashSet<Arc<Labels>>,
+    interned: FastSet<Arc<Labels>>,
     wal: Wal,
     /// Samples older than this belong to blocks and are refused.
     head_mint: i64,
@@ -143,7 +154,7 @@ impl Db {
     pub fn open(dir: &Path, opts: Options) -> Result<Db, DbError> {
         let blocks_dir = dir.join("blocks");
         block::private_dir(&blocks_dir).map_err(io_err(&blocks_dir))?;
-        let mut interned: HashSet<Arc<Labels>> = HashSet::new();
+        let mut interned: FastSet<Arc<Labels>> = FastSet::default();
         let mut blocks: Vec<Arc<Block>> = Vec::new();
         for e in fs::read_dir(&blocks_dir).map_err(io_err(&blocks_dir))? {
             let path = e.map_err(io_err(&blocks_dir))?.path();
@@ -188,9 +199,10 @@ impl Db {
         let mut db = Db {
             dir: dir.to_path_buf(),
             opts,
-            head: HashMap::new(),
-            ids: HashMap::new(),
-            head_by_name: HashMap::new(),
+            head: FastMap::default(),
+            ids: FastMap::default(),
+            by_ptr: FastMap::default(),
+            head_by_name: FastMap::default(),
             next_id: 0,
             blocks: kept,
             interned,
@@ -265,6 +277,7 @@ impl Db {
             self.head_by_name.entry(name.clone()).or_default().push(id);
         }
         self.ids.insert(labels.clone(), id);
+        self.by_ptr.insert(Arc::as_ptr(&labels) as usize, id);
         self.head.insert(
             id,
             HeadSeries {
@@ -280,69 +293,118 @@ impl Db {
 
     /// Store a batch of samples: log first, then the head. Samples not
     /// newer than their series' last one are dropped and counted.
-    pub fn append(&mut self, batch: &[(Labels, i64, f64)]) -> Result<Appended, DbError> {
+    pub fn append(&mut self, batch: &[(Arc<Labels>, i64, f64)]) -> Result<Appended, DbError> {
+        self.append_ids(batch, &mut Vec::new())
+    }
+
+    /// [`Db::append`], also giving each sample's series id in `ids`
+    /// (`u32::MAX` for a sample whose new series was not created).
+    pub fn append_ids(
+        &mut self,
+        batch: &[(Arc<Labels>, i64, f64)],
+        ids: &mut Vec<u32>,
+    ) -> Result<Appended, DbError> {
+        ids.clear();
+        ids.reserve(batch.len());
         let mut out = Appended::default();
-        let mut new_series = Vec::new();
+        // Each series' last time and value move as the batch is checked
+        // (a series twice in a batch is checked against itself); `undo`
+        // puts them back if the log cannot be written.
+        let mut undo: Vec<(u32, i64, u64)> = Vec::with_capacity(batch.len());
+        let mut created: Vec<u32> = Vec::new();
         let mut accepted: Vec<(u32, i64, f64)> = Vec::with_capacity(batch.len());
-        // Last time and bits per series as this batch goes, for order
-        // checks and the log's XOR against the previous value.
-        let mut pending: HashMap<u32, (i64, u64)> = HashMap::new();
-        let mut next_id = self.next_id;
-        let mut fresh: HashMap<&Labels, u32> = HashMap::new();
+        let t_base = batch.first().map_or(0, |s| s.1);
+        let mut entries = Vec::with_capacity(batch.len() * 4);
+        let mut prev_id = 0i64;
         for (labels, t, v) in batch {
-            let id = match self.ids.get(labels).or_else(|| fresh.get(labels)) {
+            let known = self
+                .by_ptr
+                .get(&(Arc::as_ptr(labels) as usize))
+                .or_else(|| self.ids.get(&**labels));
+            let id = match known {
                 Some(&id) => id,
                 None => {
-                    let id = next_id;
-                    next_id += 1;
-                    fresh.insert(labels, id);
-                    new_series.push((id, labels));
+                    let id = self.next_id;
+                    let labels = intern_arc(&mut self.interned, labels);
+                    self.insert_series(id, labels, i64::MIN, 0);
+                    created.push(id);
                     id
                 }
             };
-            let last = pending
-                .get(&id)
-                .copied()
-                .or_else(|| self.head.get(&id).map(|s| (s.last_t, s.last_bits)));
-            let last_t = last.map_or(i64::MIN, |l| l.0);
-            if *t <= last_t || *t < self.head_mint {
+            ids.push(id);
+            let Some(s) = self.head.get_mut(&id) else {
+                continue;
+            };
+            if *t <= s.last_t || *t < self.head_mint {
                 out.out_of_order += 1;
                 continue;
             }
-            pending.insert(id, (*t, v.to_bits()));
+            undo.push((id, s.last_t, s.last_bits));
+            let xor = v.to_bits() ^ s.last_bits;
+            s.last_t = *t;
+            s.last_bits = v.to_bits();
+            let delta = i64::from(id) - prev_id;
+            prev_id = i64::from(id);
+            let zz = ((delta << 1) ^ (delta >> 63)) as u64;
+            let flags = u64::from(*t != t_base) | (u64::from(xor == 0) << 1);
+            put_uvarint(&mut entries, (zz << 2) | flags);
+            if *t != t_base {
+                put_varint(&mut entries, t - t_base);
+            }
+            if xor != 0 {
+                put_xor(&mut entries, xor);
+            }
             accepted.push((id, *t, *v));
+        }
+        // Series whose every sample was refused are not kept.
+        let mut kept = Vec::with_capacity(created.len());
+        for id in created {
+            match self.head.get(&id) {
+                Some(s) if s.last_t == i64::MIN => {
+                    self.remove_series(id);
+                    for x in ids.iter_mut().filter(|x| **x == id) {
+                        *x = u32::MAX;
+                    }
+                }
+                _ => kept.push(id),
+            }
         }
         if accepted.is_empty() {
             return Ok(out);
         }
-        let mut log = Vec::new();
-        for (id, labels) in &new_series {
-            if !accepted.iter().any(|a| a.0 == *id) {
-                continue;
-            }
+        let mut log = Vec::with_capacity(kept.len() + 1);
+        for id in &kept {
             let mut rec = vec![SERIES];
             put_uvarint(&mut rec, u64::from(*id));
-            put_labels(&mut rec, labels);
+            put_labels(&mut rec, &self.head[id].labels);
             put_varint(&mut rec, i64::MIN);
             rec.extend_from_slice(&0u64.to_le_bytes());
             log.push(rec);
         }
-        log.push(self.encode_samples(&accepted));
+        let mut rec = Vec::with_capacity(entries.len() + 16);
+        rec.push(SAMPLES);
+        put_varint(&mut rec, t_base);
+        put_uvarint(&mut rec, accepted.len() as u64);
+        rec.extend_from_slice(&entries);
+        log.push(rec);
         let wal_dir = self.dir.join("wal");
         for rec in &log {
-            self.wal.append(rec).map_err(io_err(&wal_dir))?;
-        }
-        for (id, labels) in new_series {
-            if accepted.iter().any(|a| a.0 == id) {
-                let labels = intern(&mut self.interned, labels.clone());
-                self.insert_series(id, labels, i64::MIN, 0);
+            if let Err(e) = self.wal.append(rec) {
+                for (id, t, bits) in undo.into_iter().rev() {
+                    if let Some(s) = self.head.get_mut(&id) {
+                        s.last_t = t;
+                        s.last_bits = bits;
+                    }
+                }
+                for id in kept {
+                    self.remove_series(id);
+                }
+                return Err(io_err(&wal_dir)(e));
             }
         }
         let block_ms = self.opts.block_ms;
         for (id, t, v) in &accepted {
             if let Some(s) = self.head.get_mut(id) {
-                s.last_t = *t;
-                s.last_bits = v.to_bits();
                 push_sample(s, *t, *v, block_ms);
             }
         }
@@ -350,38 +412,19 @@ impl Db {
         Ok(out)
     }
 
-    /// A samples record: the batch's most common time once, then per
-    /// sample the series id (as a delta), whether its time differs, and
-    /// its value as an XOR with the series' previous value.
-    fn encode_samples(&self, accepted: &[(u32, i64, f64)]) -> Vec<u8> {
-        let t_base = accepted[0].1;
-        let mut rec = vec![SAMPLES];
-        put_varint(&mut rec, t_base);
-        put_uvarint(&mut rec, accepted.len() as u64);
-        let mut prev_id = 0i64;
-        let mut last: HashMap<u32, u64> = HashMap::new();
-        for &(id, t, v) in accepted {
-            let before = last
-                .get(&id)
-                .copied()
-                .or_else(|| self.head.get(&id).map(|s| s.last_bits))
-                .unwrap_or(0);
-            let bits = v.to_bits();
-            let xor = bits ^ before;
-            let delta = i64::from(id) - prev_id;
-            prev_id = i64::from(id);
-            let zz = ((delta << 1) ^ (delta >> 63)) as u64;
-            let flags = u64::from(t != t_base) | (u64::from(xor == 0) << 1);
-            put_uvarint(&mut rec, (zz << 2) | flags);
-            if t != t_base {
-                put_varint(&mut rec, t - t_base);
+    fn remove_series(&mut self, id: u32) {
+        if let Some(s) = self.head.remove(&id) {
+            self.ids.remove(&s.labels);
+            self.by_ptr.remove(&(Arc::as_ptr(&s.labels) as usize));
+            if let Some(name) = s.labels.get("__name__")
+                && let Some(v) = self.head_by_name.get_mut(name)
+            {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    self.head_by_name.remove(name);
+                }
             }
-            if xor != 0 {
-                put_xor(&mut rec, xor);
-            }
-            last.insert(id, bits);
         }
-        rec
     }
 
     /// Series (label sets) whose metric name is `name` (any, for `None`)
@@ -554,17 +597,7 @@ impl Db {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(s) = self.head.remove(&id) {
-                self.ids.remove(&s.labels);
-                if let Some(name) = s.labels.get("__name__")
-                    && let Some(v) = self.head_by_name.get_mut(name)
-                {
-                    v.retain(|x| *x != id);
-                    if v.is_empty() {
-                        self.head_by_name.remove(name);
-                    }
-                }
-            }
+            self.remove_series(id);
         }
         self.checkpoint()?;
         self.prune_interned();
@@ -800,7 +833,7 @@ fn read_entry(
     r: &mut Reader,
     id: &mut i64,
     t_base: i64,
-    head: &HashMap<u32, HeadSeries>,
+    head: &FastMap<u32, HeadSeries>,
 ) -> Result<(u32, i64, u64), crate::codec::Malformed> {
     let at = r.pos;
     let word = r.uvarint()?;
@@ -822,13 +855,22 @@ fn read_entry(
     Ok((sid, t, bits))
 }
 
-fn intern(set: &mut HashSet<Arc<Labels>>, l: Labels) -> Arc<Labels> {
+fn intern(set: &mut FastSet<Arc<Labels>>, l: Labels) -> Arc<Labels> {
     if let Some(a) = set.get(&l) {
         return a.clone();
     }
     let a = Arc::new(l);
     set.insert(a.clone());
     a
+}
+
+/// Like [`intern`], keeping the caller's `Arc` when the set has none.
+fn intern_arc(set: &mut FastSet<Arc<Labels>>, l: &Arc<Labels>) -> Arc<Labels> {
+    if let Some(a) = set.get(&**l) {
+        return a.clone();
+    }
+    set.insert(l.clone());
+    l.clone()
 }
 
 fn close(b: &ChunkBuilder) -> ChunkData {
@@ -879,7 +921,13 @@ mod tests {
     fn fill(db: &mut Db, from: i64, secs: i64) {
         for s in from..from + secs {
             let batch: Vec<_> = (0..20)
-                .map(|i| (labels("m", i), s * 1000, (s * i as i64) as f64 + 0.5))
+                .map(|i| {
+                    (
+                        Arc::new(labels("m", i)),
+                        s * 1000,
+                        (s * i as i64) as f64 + 0.5,
+                    )
+                })
                 .collect();
             db.append(&batch).unwrap();
             db.maintain(s * 1000).unwrap();
@@ -905,7 +953,7 @@ mod tests {
     fn out_of_order_and_duplicate_samples_are_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), opts()).unwrap();
-        let l = labels("m", 1);
+        let l = Arc::new(labels("m", 1));
         let a = db
             .append(&[
                 (l.clone(), 2000, 1.0),
@@ -1009,14 +1057,14 @@ mod tests {
         // stale for a while: over several blocks, merged ones and the head.
         for s in 0..900i64 {
             let t = s * 1000 + 7;
-            let mut batch = vec![(labels("c", 1), t, ((s * 3) % 500) as f64)];
+            let mut batch = vec![(Arc::new(labels("c", 1)), t, ((s * 3) % 500) as f64)];
             if !(300..420).contains(&s) {
-                batch.push((labels("g", 2), t, (s as f64).sin() * 10.0));
+                batch.push((Arc::new(labels("g", 2)), t, (s as f64).sin() * 10.0));
             } else if s == 300 {
-                batch.push((labels("g", 2), t, crate::storage::stale_nan()));
+                batch.push((Arc::new(labels("g", 2)), t, crate::storage::stale_nan()));
             }
             for (l, t, v) in &batch {
-                mem.append(l.clone(), *t, *v);
+                mem.append(Labels::clone(l), *t, *v);
             }
             db.append(&batch).unwrap();
             db.maintain(t).unwrap();

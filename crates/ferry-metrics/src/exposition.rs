@@ -3,7 +3,8 @@
 //! type and help.
 
 use crate::storage::Labels;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +54,142 @@ impl Format {
     }
 }
 
+/// A sample as [`parse_cached`] gives it: its final labels (shared with
+/// the cache), value and own timestamp (ms), if any.
+pub type CachedSample = (Arc<Labels>, f64, Option<i64>);
+
+/// What a scrape loop keeps between scrapes of one target, as
+/// Prometheus's scrape cache does: each series line's text (name and
+/// labels, as written) and the final label set made from it, so a series
+/// seen before costs a lookup instead of parsing and building its labels.
+/// Entries not seen in the last parse are dropped.
+pub struct SeriesCache {
+    map: HashMap<Box<str>, (Arc<Labels>, u64), foldhash::fast::RandomState>,
+    generation: u64,
+    finish: Box<dyn Fn(Labels) -> Labels + Send + Sync>,
+}
+
+impl SeriesCache {
+    /// `finish` turns a line's parsed labels into the series' final ones
+    /// (e.g. adds the target's labels).
+    pub fn new(finish: impl Fn(Labels) -> Labels + Send + Sync + 'static) -> SeriesCache {
+        SeriesCache {
+            map: HashMap::default(),
+            generation: 0,
+            finish: Box::new(finish),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// A label set made final as this cache makes those it parses.
+    pub fn finish(&self, labels: Labels) -> Labels {
+        (self.finish)(labels)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Where a sample line's series text (name and labels) ends: after the
+/// name, or after the `}` that closes its labels (outside quotes).
+fn series_end(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let name_end = b
+        .iter()
+        .position(|c| *c == b'{' || c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    if b.get(name_end) != Some(&b'{') {
+        return Some(name_end);
+    }
+    let mut quoted = false;
+    let mut i = name_end + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parse a body as [`parse`] does, into `out`, reusing and refreshing
+/// `cache`; returns the families' metadata. A line whose series text is
+/// cached is not parsed again: only its value and timestamp are.
+pub fn parse_cached(
+    text: &str,
+    format: Format,
+    cache: &mut SeriesCache,
+    out: &mut Vec<CachedSample>,
+) -> Result<BTreeMap<String, Metadata>, ParseError> {
+    cache.generation += 1;
+    let generation = cache.generation;
+    let mut metadata = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let bad = |reason: String| ParseError {
+            line: i + 1,
+            reason,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with('#') {
+            if comment(line, &mut metadata) {
+                break;
+            }
+            continue;
+        }
+        let hit = series_end(line).and_then(|end| {
+            let (series, rest) = line.split_at(end);
+            let entry = cache.map.get_mut(series)?;
+            entry.1 = generation;
+            Some((entry.0.clone(), rest))
+        });
+        match hit {
+            Some((labels, rest)) => {
+                let (value, ts) = value_and_time(rest, format).map_err(bad)?;
+                out.push((labels, value, ts));
+            }
+            None => {
+                let s = parse_sample(line, format).map_err(bad)?;
+                let labels = Arc::new((cache.finish)(s.labels));
+                if let Some(end) = series_end(line) {
+                    cache
+                        .map
+                        .insert(line[..end].into(), (labels.clone(), generation));
+                }
+                out.push((labels, s.value, s.timestamp_ms));
+            }
+        }
+    }
+    cache.map.retain(|_, e| e.1 == generation);
+    Ok(metadata)
+}
+
+/// A `#` line: record `TYPE` and `HELP`; true at `# EOF`.
+fn comment(line: &str, metadata: &mut BTreeMap<String, Metadata>) -> bool {
+    let rest = line[1..].trim_start();
+    let mut words = rest.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("TYPE"), Some(name), Some(kind)) => {
+            metadata.entry(name.to_string()).or_default().kind = kind.trim().to_string();
+        }
+        (Some("HELP"), Some(name), help) => {
+            metadata.entry(name.to_string()).or_default().help = unescape_help(help.unwrap_or(""));
+        }
+        (Some("EOF"), None, None) => return true,
+        _ => {}
+    }
+    false
+}
+
 /// Parse a whole body. The first bad line is an error: a target that
 /// sends garbage is marked down rather than half-ingested.
 pub fn parse(text: &str, format: Format) -> Result<Exposition, ParseError> {
@@ -66,20 +203,9 @@ pub fn parse(text: &str, format: Format) -> Result<Exposition, ParseError> {
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(rest) = line.strip_prefix('#') {
-            let rest = rest.trim_start();
-            let mut words = rest.splitn(3, ' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("TYPE"), Some(name), Some(kind)) => {
-                    out.metadata.entry(name.to_string()).or_default().kind =
-                        kind.trim().to_string();
-                }
-                (Some("HELP"), Some(name), help) => {
-                    out.metadata.entry(name.to_string()).or_default().help =
-                        unescape_help(help.unwrap_or(""));
-                }
-                (Some("EOF"), None, None) => break,
-                _ => {}
+        if line.starts_with('#') {
+            if comment(line, &mut out.metadata) {
+                break;
             }
             continue;
         }
@@ -112,6 +238,17 @@ fn parse_sample(line: &str, format: Format) -> Result<Scraped, String> {
         }
         rest = after;
     }
+    let (value, timestamp_ms) =
+        value_and_time(rest, format).map_err(|e| format!("{e} for {name}"))?;
+    Ok(Scraped {
+        labels,
+        value,
+        timestamp_ms,
+    })
+}
+
+/// The value and optional timestamp after a sample's series text.
+fn value_and_time(rest: &str, format: Format) -> Result<(f64, Option<i64>), String> {
     // OpenMetrics exemplars follow ` # `.
     let rest = match rest.find(" # ") {
         Some(i) if format == Format::OpenMetrics => &rest[..i],
@@ -120,7 +257,7 @@ fn parse_sample(line: &str, format: Format) -> Result<Scraped, String> {
     let mut fields = rest.split_whitespace();
     let value = fields
         .next()
-        .ok_or_else(|| format!("no value for {name}"))
+        .ok_or_else(|| "no value".to_string())
         .and_then(parse_float)?;
     let timestamp_ms = match fields.next() {
         None => None,
@@ -137,11 +274,7 @@ fn parse_sample(line: &str, format: Format) -> Result<Scraped, String> {
     if let Some(extra) = fields.next() {
         return Err(format!("unexpected {extra:?} after the value"));
     }
-    Ok(Scraped {
-        labels,
-        value,
-        timestamp_ms,
-    })
+    Ok((value, timestamp_ms))
 }
 
 /// Label pairs, and what follows the closing brace.

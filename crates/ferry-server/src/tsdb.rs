@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Samples as they are stored: (series, ms, value).
-pub type Batch = Vec<(Labels, i64, f64)>;
+pub type Batch = Vec<(Arc<Labels>, i64, f64)>;
 
 /// A consumer of every stored sample (remote write): a bounded queue that
 /// never blocks ingestion; what does not fit is dropped and counted.
@@ -78,6 +78,9 @@ impl Source for Locked<'_> {
     }
 }
 
+/// The store's ids of the series a target's last scrape had.
+type SeenIds = HashSet<u32, foldhash::fast::RandomState>;
+
 /// A subscription's sending side and its drop counter.
 type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
 
@@ -88,7 +91,7 @@ pub struct MetricsDb {
     pub out_of_order: AtomicU64,
     /// Per target, the series of its last scrape: one missing from the
     /// next gets a stale marker, as Prometheus writes.
-    last: Mutex<BTreeMap<String, HashSet<u32>>>,
+    last: Mutex<BTreeMap<String, SeenIds>>,
     /// Per target, each family's type and help, from its last scrape.
     metadata: Mutex<BTreeMap<String, BTreeMap<String, Metadata>>>,
     subscribers: Mutex<Vec<Subscriber>>,
@@ -124,7 +127,13 @@ impl MetricsDb {
         let samples = scrape
             .samples
             .iter()
-            .map(|s| (s.labels.clone(), s.timestamp_ms.unwrap_or(now), s.value))
+            .map(|s| {
+                (
+                    Arc::new(s.labels.clone()),
+                    s.timestamp_ms.unwrap_or(now),
+                    s.value,
+                )
+            })
             .collect();
         self.ingest_target("ferry", samples, scrape.metadata.clone(), now);
     }
@@ -145,41 +154,41 @@ impl MetricsDb {
     ) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = samples;
-        let n = batch.len();
         {
             let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
-            // Series are tracked by the store's ids, not by copies of
-            // their labels. As in Prometheus (without
-            // `track_timestamps_staleness`), a sample that carries its own
-            // timestamp (one other than the scrape's) is not tracked: its
-            // series gets no stale marker when it goes missing.
-            let tracked = |t: i64| t == now;
-            let mut seen: HashSet<u32> = batch
-                .iter()
-                .filter(|s| tracked(s.1))
-                .filter_map(|(l, _, _)| storage.id_of(l))
-                .collect();
-            if let Some(before) = last.get(target) {
-                for gone in before.difference(&seen) {
-                    if let Some(labels) = storage.labels_of(*gone) {
-                        batch.push((Labels::clone(&labels), now, stale_nan()));
-                    }
-                }
-            }
-            match storage.append(&batch) {
+            let mut ids = Vec::new();
+            match storage.append_ids(&batch, &mut ids) {
                 Ok(a) => {
                     self.out_of_order
                         .fetch_add(a.out_of_order as u64, Ordering::Relaxed);
                 }
                 Err(e) => tracing::error!("{e}; this scrape of {target} is not stored"),
             }
-            // Series new in this scrape have ids now.
-            seen.extend(
-                batch[..n]
-                    .iter()
-                    .filter(|s| tracked(s.1))
-                    .filter_map(|(l, _, _)| storage.id_of(l)),
-            );
+            // Series are tracked by the store's ids, not by copies of
+            // their labels. As in Prometheus (without
+            // `track_timestamps_staleness`), a sample that carries its own
+            // timestamp (one other than the scrape's) is not tracked: its
+            // series gets no stale marker when it goes missing.
+            let seen: SeenIds = batch
+                .iter()
+                .zip(&ids)
+                .filter(|(s, id)| s.1 == now && **id != u32::MAX)
+                .map(|(_, id)| *id)
+                .collect();
+            let mut stale: Batch = Vec::new();
+            if let Some(before) = last.get(target) {
+                for gone in before.difference(&seen) {
+                    if let Some(labels) = storage.labels_of(*gone) {
+                        stale.push((labels, now, stale_nan()));
+                    }
+                }
+            }
+            if !stale.is_empty() {
+                if let Err(e) = storage.append(&stale) {
+                    tracing::error!("{e}; stale markers of {target} are not stored");
+                }
+                batch.extend(stale);
+            }
             if seen.is_empty() {
                 last.remove(target);
             } else {

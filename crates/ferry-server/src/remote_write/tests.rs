@@ -11,7 +11,7 @@ fn batch(samples: &[(&Labels, i64, f64)]) -> Arc<Batch> {
     Arc::new(
         samples
             .iter()
-            .map(|(l, t, v)| ((*l).clone(), *t, *v))
+            .map(|(l, t, v)| (Arc::new((*l).clone()), *t, *v))
             .collect(),
     )
 }
@@ -141,6 +141,7 @@ fn out_of_order_and_repeated_times_are_sorted_and_kept_once() {
 #[test]
 fn a_large_scrape_is_split_across_requests() {
     let a = labels(&[("__name__", "a")]);
+    let a = Arc::new(a);
     let big: Batch = (0..4500).map(|i| (a.clone(), i, i as f64)).collect();
     let mut q = Batcher::default();
     q.push(Arc::new(big), Instant::now());
@@ -307,7 +308,12 @@ async fn the_sender_retries_a_503_drops_a_400_and_sends_the_next_request() {
     let stats = senders.all()[0].clone();
     assert_eq!(stats.url, format!("http://{addr}/w"));
     let a = labels(&[("__name__", "a"), ("job", "x")]);
-    db.ingest_target("t", vec![(a.clone(), 1_000, 1.0)], BTreeMap::new(), 1_000);
+    db.ingest_target(
+        "t",
+        vec![(Arc::new(a.clone()), 1_000, 1.0)],
+        BTreeMap::new(),
+        1_000,
+    );
     until("the 400", || {
         stats.samples_failed.load(Ordering::Relaxed) == 1
     })

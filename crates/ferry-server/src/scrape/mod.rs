@@ -18,12 +18,13 @@ pub mod targets;
 
 use crate::daemon::Daemon;
 use ferry_core::metrics_config::ScrapeTargetSpec;
-use ferry_metrics::exposition::{Format, Metadata, Scraped};
+use ferry_metrics::exposition::{Format, Metadata, Scraped, SeriesCache};
 use ferry_metrics::storage::Labels;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use targets::Fetched;
 use targets::{ScrapeError, Synthetic};
 
 /// What the scrape manager needs from `ferry serve`.
@@ -344,11 +345,17 @@ async fn scrape_loop(d: Arc<Daemon>, client: reqwest::Client, t: Target) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up: Option<bool> = None;
     let mut ever_up = false;
+    let mut cache = targets::series_cache(&t.labels, t.honor_labels);
     loop {
         tick.tick().await;
         let now = d.clock.now() as i64;
         let started = Instant::now();
-        let result = match tokio::time::timeout(t.timeout, fetch(&d, &client, &t.source)).await {
+        let result = match tokio::time::timeout(
+            t.timeout,
+            fetch(&d, &client, &t.source, &mut cache),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(ScrapeError::Timeout(t.timeout)),
         };
@@ -370,8 +377,7 @@ async fn scrape_loop(d: Arc<Daemon>, client: reqwest::Client, t: Target) {
             Ok((samples, metadata)) => (Ok(samples), metadata),
             Err(e) => (Err(e), BTreeMap::new()),
         };
-        let batch =
-            targets::scrape_batch(&t.labels, t.honor_labels, t.synthetic, &samples, now, took);
+        let batch = targets::scrape_batch(&t.labels, t.synthetic, &samples, now, took);
         d.tsdb.ingest_target(&t.key, batch, metadata, now);
     }
 }
@@ -384,29 +390,36 @@ fn offset(key: &str, interval: Duration) -> Duration {
     Duration::from_millis(h.finish() % ms)
 }
 
-type Fetched = (Vec<Scraped>, BTreeMap<String, Metadata>);
+/// Samples built without text (host, cAdvisor), their labels made final.
+fn finished(
+    (samples, metadata): (Vec<Scraped>, BTreeMap<String, Metadata>),
+    cache: &SeriesCache,
+) -> Fetched {
+    let samples = samples
+        .into_iter()
+        .map(|s| (Arc::new(cache.finish(s.labels)), s.value, s.timestamp_ms))
+        .collect();
+    (samples, metadata)
+}
 
 async fn fetch(
     d: &Arc<Daemon>,
     client: &reqwest::Client,
     source: &Source,
+    cache: &mut SeriesCache,
 ) -> Result<Fetched, ScrapeError> {
     match source {
         Source::Daemon => {
             let text = crate::http::system::render_metrics(d).await;
-            let e = targets::parse_limited(&text, Format::Prometheus, usize::MAX)?;
-            Ok((e.samples, e.metadata))
+            targets::parse_limited(&text, Format::Prometheus, usize::MAX, cache)
         }
-        Source::Http { url } => {
-            let e = fetch_http(client, url).await?;
-            Ok((e.samples, e.metadata))
-        }
+        Source::Http { url } => fetch_http(client, url, cache).await,
         Source::Node => {
             let inputs = tokio::task::spawn_blocking(host::read)
                 .await
                 .map_err(|e| read_error("/proc", e.to_string()))?
                 .map_err(|e| read_error("/proc", e.to_string()))?;
-            Ok(host::node_samples(&inputs))
+            Ok(finished(host::node_samples(&inputs), cache))
         }
         Source::Cadvisor => {
             let snapshot = d.snapshot();
@@ -432,11 +445,14 @@ async fn fetch(
             .await
             .map_err(|e| read_error("/proc/<pid>/stat", e.to_string()))?
             .map_err(|e| read_error("/proc/<pid>/stat", e.to_string()))?;
-            Ok(cadvisor::instance_samples(
-                &containers,
-                &usage,
-                rustix::param::clock_ticks_per_second(),
-                rustix::param::page_size() as u64,
+            Ok(finished(
+                cadvisor::instance_samples(
+                    &containers,
+                    &usage,
+                    rustix::param::clock_ticks_per_second(),
+                    rustix::param::page_size() as u64,
+                ),
+                cache,
             ))
         }
         Source::Readiness { service, instance } => {
@@ -463,7 +479,8 @@ fn read_error(what: &'static str, error: String) -> ScrapeError {
 async fn fetch_http(
     client: &reqwest::Client,
     url: &str,
-) -> Result<ferry_metrics::exposition::Exposition, ScrapeError> {
+    cache: &mut SeriesCache,
+) -> Result<Fetched, ScrapeError> {
     // reqwest's messages name the URL, which may hold a password.
     let request_error = |e: reqwest::Error| ScrapeError::Request(e.without_url().to_string());
     let mut resp = client
@@ -493,5 +510,5 @@ async fn fetch_http(
     while let Some(chunk) = resp.chunk().await.map_err(request_error)? {
         body.push(&chunk)?;
     }
-    body.parse(&content_type, targets::MAX_SAMPLES)
+    body.parse(&content_type, targets::MAX_SAMPLES, cache)
 }

@@ -4,8 +4,10 @@
 //! scrape must keep.
 
 use crate::tsdb::Batch;
-use ferry_metrics::exposition::{Format, ParseError, Scraped};
+use ferry_metrics::exposition::{CachedSample, Format, Metadata, ParseError, SeriesCache};
 use ferry_metrics::storage::Labels;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest response body a scrape reads (16 MiB); a bigger one fails
@@ -92,27 +94,20 @@ pub fn merge_labels(sample: &Labels, target: &Labels, honor: bool) -> Labels {
     out
 }
 
-/// Everything one scrape of a target stores at `now_ms`: its samples with
-/// the target labels (their own timestamps honored), or none when the
-/// scrape failed, and the synthetic series.
+/// Everything one scrape of a target stores at `now_ms`: its samples
+/// (their labels final, see [`merge_labels`]; their own timestamps
+/// honored), or none when the scrape failed, and the synthetic series.
 pub fn scrape_batch(
     target: &Labels,
-    honor: bool,
     synthetic: Synthetic,
-    result: &Result<Vec<Scraped>, ScrapeError>,
+    result: &Result<Vec<CachedSample>, ScrapeError>,
     now_ms: i64,
     duration: Duration,
 ) -> Batch {
     let mut batch: Batch = match result {
         Ok(samples) => samples
             .iter()
-            .map(|s| {
-                (
-                    merge_labels(&s.labels, target, honor),
-                    s.timestamp_ms.unwrap_or(now_ms),
-                    s.value,
-                )
-            })
+            .map(|(labels, v, ts)| (labels.clone(), ts.unwrap_or(now_ms), *v))
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -120,7 +115,7 @@ pub fn scrape_batch(
         let mut l = target.clone();
         l.retain(|_, v| !v.is_empty());
         l.insert("__name__".into(), name.into());
-        l
+        Arc::new(l)
     };
     batch.push((synth("up"), now_ms, if result.is_ok() { 1.0 } else { 0.0 }));
     if synthetic == Synthetic::Full {
@@ -134,6 +129,9 @@ pub fn scrape_batch(
     }
     batch
 }
+
+/// A target's samples and its families' metadata.
+pub type Fetched = (Vec<CachedSample>, BTreeMap<String, Metadata>);
 
 /// A response body read chunk by chunk, refused past `limit` bytes.
 pub struct BodyBuf {
@@ -159,32 +157,48 @@ impl BodyBuf {
         Ok(())
     }
 
-    /// The body as text, parsed in the format its `Content-Type` says, and
-    /// held to [`MAX_SAMPLES`]-style `sample_limit`.
+    /// The body as text, parsed in the format its `Content-Type` says
+    /// (through the target's `cache`), and held to `sample_limit`.
     pub fn parse(
         self,
         content_type: &str,
         sample_limit: usize,
-    ) -> Result<ferry_metrics::exposition::Exposition, ScrapeError> {
+        cache: &mut SeriesCache,
+    ) -> Result<Fetched, ScrapeError> {
         let text = String::from_utf8(self.buf).map_err(|_| ScrapeError::NotUtf8)?;
-        parse_limited(&text, Format::from_content_type(content_type), sample_limit)
+        parse_limited(
+            &text,
+            Format::from_content_type(content_type),
+            sample_limit,
+            cache,
+        )
     }
 }
 
-/// Parse an exposition, refusing more than `limit` samples.
+/// Parse an exposition through a target's `cache`, refusing more than
+/// `limit` samples.
 pub fn parse_limited(
     text: &str,
     format: Format,
     limit: usize,
-) -> Result<ferry_metrics::exposition::Exposition, ScrapeError> {
-    let exposition = ferry_metrics::exposition::parse(text, format)?;
-    if exposition.samples.len() > limit {
+    cache: &mut SeriesCache,
+) -> Result<Fetched, ScrapeError> {
+    let mut samples = Vec::new();
+    let metadata = ferry_metrics::exposition::parse_cached(text, format, cache, &mut samples)?;
+    if samples.len() > limit {
         return Err(ScrapeError::TooManySamples {
-            count: exposition.samples.len(),
+            count: samples.len(),
             limit,
         });
     }
-    Ok(exposition)
+    Ok((samples, metadata))
+}
+
+/// A target's series cache: each new series line's labels made final with
+/// the target's labels ([`merge_labels`]).
+pub fn series_cache(target: &Labels, honor: bool) -> SeriesCache {
+    let target = target.clone();
+    SeriesCache::new(move |l| merge_labels(&l, &target, honor))
 }
 
 /// How long a scrape may take: the target's `timeout`, else the interval,
@@ -288,21 +302,45 @@ mod tests {
         );
     }
 
-    fn sample(name: &str, value: f64, ts: Option<i64>) -> Scraped {
-        Scraped {
-            labels: labels(&[("__name__", name)]),
-            value,
-            timestamp_ms: ts,
-        }
+    fn cache() -> SeriesCache {
+        series_cache(&labels(&[("job", "j")]), false)
+    }
+
+    #[test]
+    fn a_targets_cache_gives_merged_labels_and_forgets_series_that_left() {
+        let mut c = series_cache(&labels(&[("job", "j"), ("instance", "h:1")]), false);
+        let first = parse_limited("a{job=\"x\"} 1\nb 2\n", Format::Prometheus, 10, &mut c)
+            .unwrap()
+            .0;
+        assert_eq!(first[0].0["exported_job"], "x");
+        assert_eq!(first[0].0["job"], "j");
+        let again = parse_limited("a{job=\"x\"} 5 123\n", Format::Prometheus, 10, &mut c)
+            .unwrap()
+            .0;
+        assert!(
+            Arc::ptr_eq(&first[0].0, &again[0].0),
+            "the same labels, not rebuilt"
+        );
+        assert_eq!((again[0].1, again[0].2), (5.0, Some(123)));
+        assert_eq!(c.len(), 1, "b left the cache with the target");
+        assert!(parse_limited("a{job=\"x\"} oops\n", Format::Prometheus, 10, &mut c).is_err());
+    }
+
+    /// A sample as a target's cache makes it: its labels merged.
+    fn sample(target: &Labels, name: &str, value: f64, ts: Option<i64>) -> CachedSample {
+        let labels = merge_labels(&labels(&[("__name__", name)]), target, false);
+        (Arc::new(labels), value, ts)
     }
 
     #[test]
     fn a_good_scrape_stores_its_samples_and_up_1() {
         let target = labels(&[("job", "j"), ("instance", "h:1")]);
-        let result = Ok(vec![sample("a", 1.0, None), sample("b", 2.0, Some(500))]);
+        let result = Ok(vec![
+            sample(&target, "a", 1.0, None),
+            sample(&target, "b", 2.0, Some(500)),
+        ]);
         let batch = scrape_batch(
             &target,
-            false,
             Synthetic::Full,
             &result,
             1000,
@@ -328,7 +366,6 @@ mod tests {
         let target = labels(&[("job", "j"), ("instance", "h:1")]);
         let batch = scrape_batch(
             &target,
-            false,
             Synthetic::Full,
             &Err(ScrapeError::Status(500)),
             1000,
@@ -348,7 +385,6 @@ mod tests {
         );
         let up_only = scrape_batch(
             &target,
-            false,
             Synthetic::UpOnly,
             &Err(ScrapeError::NotReady),
             1000,
@@ -356,7 +392,7 @@ mod tests {
         );
         assert_eq!(up_only.len(), 1);
         assert_eq!(
-            up_only[0].0,
+            *up_only[0].0,
             labels(&[("__name__", "up"), ("job", "j"), ("instance", "h:1")])
         );
     }
@@ -373,27 +409,27 @@ mod tests {
         let mut body = BodyBuf::new(100);
         body.push(b"a 1\nb 2\n").unwrap();
         assert_eq!(
-            body.parse("text/plain; version=0.0.4", 2)
+            body.parse("text/plain; version=0.0.4", 2, &mut cache())
                 .unwrap()
-                .samples
+                .0
                 .len(),
             2
         );
         let text = "a 1\nb 2\nc 3\n";
         assert!(matches!(
-            parse_limited(text, Format::Prometheus, 2),
+            parse_limited(text, Format::Prometheus, 2, &mut cache()),
             Err(ScrapeError::TooManySamples { count: 3, limit: 2 })
         ));
         let mut bad = BodyBuf::new(100);
         bad.push(&[0xff, 0xfe]).unwrap();
         assert!(matches!(
-            bad.parse("text/plain", 10),
+            bad.parse("text/plain", 10, &mut cache()),
             Err(ScrapeError::NotUtf8)
         ));
         let mut garbage = BodyBuf::new(100);
         garbage.push(b"<html>not metrics</html>").unwrap();
         assert!(matches!(
-            garbage.parse("text/html", 10),
+            garbage.parse("text/html", 10, &mut cache()),
             Err(ScrapeError::Parse(_))
         ));
     }
@@ -407,9 +443,10 @@ mod tests {
             .parse(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 10,
+                &mut cache(),
             )
             .unwrap();
-        assert_eq!(e.samples[0].timestamp_ms, Some(2500));
+        assert_eq!(e.0[0].2, Some(2500));
     }
 
     #[test]
