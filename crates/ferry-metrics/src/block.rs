@@ -58,6 +58,8 @@ pub struct Block {
     series: Vec<BlockSeries>,
     /// Series positions by metric name.
     by_name: HashMap<String, Vec<u32>>,
+    /// Series positions by label set, built the first time one is asked.
+    by_labels: std::sync::OnceLock<HashMap<Arc<Labels>, u32>>,
 }
 
 /// A new file only its owner can read (the store may hold anything the
@@ -246,6 +248,7 @@ impl Block {
             size,
             series,
             by_name,
+            by_labels: std::sync::OnceLock::new(),
         })
     }
 
@@ -259,6 +262,20 @@ impl Block {
             Some(n) => self.by_name.get(n).cloned().unwrap_or_default(),
             None => (0..self.series.len() as u32).collect(),
         }
+    }
+
+    /// The position of the series with exactly these labels.
+    pub fn position(&self, labels: &Labels) -> Option<u32> {
+        self.by_labels
+            .get_or_init(|| {
+                self.series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.labels.clone(), i as u32))
+                    .collect()
+            })
+            .get(labels)
+            .copied()
     }
 
     pub fn labels(&self, i: u32) -> &Arc<Labels> {

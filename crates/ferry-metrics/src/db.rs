@@ -481,6 +481,54 @@ impl Db {
         Ok(out)
     }
 
+    /// The samples in `(mint, maxt]` of each of `series` (label sets, e.g.
+    /// from [`Db::series`]), in that order; a series without samples there
+    /// comes back empty.
+    pub fn select_series(
+        &self,
+        series: &[Labels],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>, DbError> {
+        let blocks: Vec<&Arc<Block>> = self
+            .blocks
+            .iter()
+            .filter(|b| b.maxt > mint && b.mint <= maxt)
+            .collect();
+        let mut out = Vec::with_capacity(series.len());
+        for labels in series {
+            let mut points = Vec::new();
+            for b in &blocks {
+                if let Some(i) = b.position(labels)
+                    && b.overlaps(i, mint, maxt)
+                {
+                    b.samples(i, mint, maxt, &mut points)
+                        .map_err(io_err(&b.path))?;
+                }
+            }
+            if let Some(s) = self.ids.get(labels).and_then(|id| self.head.get(id))
+                && s.last_t > mint
+            {
+                for c in &s.closed {
+                    if c.maxt > mint
+                        && c.mint <= maxt
+                        && let Some(d) = Decoder::new(&c.bytes)
+                    {
+                        points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
+                    }
+                }
+                if !s.open.is_empty() && s.open.mint() <= maxt {
+                    let bytes = s.open.bytes();
+                    if let Some(d) = Decoder::new(&bytes) {
+                        points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
+                    }
+                }
+            }
+            out.push(points);
+        }
+        Ok(out)
+    }
+
     /// The label sets [`Db::select`] would return, without reading any
     /// samples (a series counts when its chunks' span meets the range).
     pub fn series(

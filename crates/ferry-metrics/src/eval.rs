@@ -82,6 +82,17 @@ enum V {
     Matrix(Vec<MSeries>),
 }
 
+/// A range function's results for every step of a range query: the label
+/// sets once, then per step (taken as it is evaluated) each series' value.
+struct Steps {
+    labels: Vec<Labels>,
+    drop_name: bool,
+    values: Vec<Option<Vec<(u32, f64)>>>,
+}
+
+/// Series read at a time when a range function runs over every step.
+const SERIES_PER_READ: usize = 256;
+
 /// The series one selector loaded for the whole query window, reused by
 /// every step of a range query.
 type Loaded = std::rc::Rc<Selected>;
@@ -94,6 +105,9 @@ struct Ctx<'a> {
     loaded: std::cell::RefCell<HashMap<String, Loaded>>,
     samples: std::cell::Cell<usize>,
     deadline: std::time::Instant,
+    /// Range functions over a selector, computed for every step of a range
+    /// query at once (one pass over each series), by the call's address.
+    steps: std::cell::RefCell<HashMap<usize, Steps>>,
     engine: &'a Engine,
     /// The query's start and end (for `@ start()` and `@ end()`), and
     /// its step (0 for an instant query).
@@ -324,6 +338,7 @@ impl<'a> Ctx<'a> {
             loaded: Default::default(),
             samples: Default::default(),
             deadline: std::time::Instant::now() + engine.timeout,
+            steps: Default::default(),
             engine,
             start,
             end,
@@ -448,6 +463,90 @@ impl Ctx<'_> {
                 (a < b).then(|| (labels.clone(), points[a..b].to_vec()))
             })
             .collect())
+    }
+
+    /// Which step of a range query `t` is, if it is one.
+    fn step_index(&self, t: i64) -> Option<usize> {
+        (self.step > 0 && t >= self.start && t <= self.end && (t - self.start) % self.step == 0)
+            .then(|| ((t - self.start) / self.step) as usize)
+    }
+
+    /// Range function `name` over selector `sel` at step `i` of a range
+    /// query. The first step asked computes every step: each series is
+    /// read once (a few at a time) and its windows slide over it, instead
+    /// of every step cutting and copying its own windows. `None` when that
+    /// step was already taken (the slow path then evaluates it).
+    fn every_step(
+        &self,
+        c: &Call,
+        name: &str,
+        sel: &promql_parser::parser::MatrixSelector,
+        i: usize,
+        (extra, sf, tf): (Option<f64>, f64, f64),
+    ) -> R<Option<Vec<El>>> {
+        let key = c as *const Call as usize;
+        let take = |s: &mut Steps| -> Option<Vec<El>> {
+            let values = s.values.get_mut(i)?.take()?;
+            Some(
+                values
+                    .into_iter()
+                    .map(|(k, v)| El {
+                        labels: s.labels[k as usize].clone(),
+                        v,
+                        ts: self.start + i as i64 * self.step,
+                        drop_name: s.drop_name,
+                    })
+                    .collect(),
+            )
+        };
+        if let Some(s) = self.steps.borrow_mut().get_mut(&key) {
+            return Ok(take(s));
+        }
+        let range = ms(&sel.range);
+        let off = offset_ms(&sel.vs.offset);
+        let n = ((self.end - self.start) / self.step) as usize + 1;
+        let (lo, hi) = (self.start - off - range, self.end - off);
+        let m = selector_matchers(&sel.vs);
+        let labels = self.storage.series(&m, lo, hi).map_err(EvalError::Eval)?;
+        let mut values: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+        for (part, chunk) in labels.chunks(SERIES_PER_READ).enumerate() {
+            self.check_time()?;
+            let data = self
+                .storage
+                .select_series(chunk, lo, hi)
+                .map_err(EvalError::Eval)?;
+            self.count(data.iter().map(Vec::len).sum())?;
+            for (j, mut points) in data.into_iter().enumerate() {
+                let k = (part * SERIES_PER_READ + j) as u32;
+                points.retain(|p| !is_stale(p.1));
+                let (mut a, mut b) = (0, 0);
+                for (step, out) in values.iter_mut().enumerate() {
+                    let t = self.start + step as i64 * self.step;
+                    let ref_end = t - off;
+                    while a < points.len() && points[a].0 <= ref_end - range {
+                        a += 1;
+                    }
+                    b = b.max(a);
+                    while b < points.len() && points[b].0 <= ref_end {
+                        b += 1;
+                    }
+                    if a < b
+                        && let Some(v) =
+                            range_value(name, &points[a..b], ref_end, range, t, extra, sf, tf)
+                    {
+                        out.push((k, v));
+                    }
+                }
+            }
+        }
+        let mut s = Steps {
+            labels,
+            drop_name: !matches!(name, "last_over_time" | "first_over_time"),
+            values: values.into_iter().map(Some).collect(),
+        };
+        let first = take(&mut s);
+        self.steps.borrow_mut().insert(key, s);
+        Ok(first)
     }
 
     fn count(&self, n: usize) -> R<()> {
@@ -1015,9 +1114,6 @@ impl Ctx<'_> {
             ),
             _ => (0, t),
         };
-        let V::Matrix(m) = self.eval(&args[mi], t)? else {
-            return err(format!("expected range vector argument of {name}"));
-        };
         let scalar = |i: usize| -> R<f64> {
             match self.eval(&args[i], t)? {
                 V::Scalar(f) => Ok(f),
@@ -1041,78 +1137,24 @@ impl Ctx<'_> {
                 "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}"
             ));
         }
+        if let Some(Expr::MatrixSelector(sel)) = target
+            && sel.vs.at.is_none()
+            && let Some(i) = self.step_index(t)
+            && args
+                .iter()
+                .enumerate()
+                .all(|(j, a)| j == mi || matches!(a.as_ref(), Expr::NumberLiteral(_)))
+            && let Some(els) = self.every_step(c, name, sel, i, (extra, sf, tf))?
+        {
+            return Ok(V::Vector(els));
+        }
+        let V::Matrix(m) = self.eval(&args[mi], t)? else {
+            return err(format!("expected range vector argument of {name}"));
+        };
         let mut out = Vec::new();
         for s in m {
-            let p = &s.points;
             let keep_name = matches!(name, "last_over_time" | "first_over_time");
-            let v = match name {
-                "rate" | "increase" | "delta" => extrapolated_rate(
-                    p,
-                    ref_end - range,
-                    ref_end,
-                    range,
-                    name != "delta",
-                    name == "rate",
-                ),
-                "irate" | "idelta" => instant_value(p, name == "irate"),
-                "deriv" => {
-                    if p.len() < 2 {
-                        None
-                    } else {
-                        Some(linear_regression(p, p[0].0).0)
-                    }
-                }
-                "predict_linear" => {
-                    if p.len() < 2 {
-                        None
-                    } else {
-                        let (slope, icpt) = linear_regression(p, t);
-                        Some(slope * extra.unwrap_or(0.0) + icpt)
-                    }
-                }
-                "changes" => Some(
-                    p.windows(2)
-                        .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
-                        .count() as f64,
-                ),
-                "resets" => Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
-                "avg_over_time" => Some(avg(&vals(p))),
-                "sum_over_time" => Some(kahan_sum(&vals(p))),
-                "count_over_time" => Some(p.len() as f64),
-                "present_over_time" => Some(1.0),
-                "min_over_time" => Some(min_of(&vals(p))),
-                "max_over_time" => Some(max_of(&vals(p))),
-                "last_over_time" => p.last().map(|x| x.1),
-                "first_over_time" => p.first().map(|x| x.1),
-                "ts_of_last_over_time" => p.last().map(|x| x.0 as f64 / 1000.0),
-                "ts_of_first_over_time" => p.first().map(|x| x.0 as f64 / 1000.0),
-                "ts_of_max_over_time" => p
-                    .iter()
-                    .fold(None::<(i64, f64)>, |m, &x| match m {
-                        Some(b) if !(x.1 >= b.1 || b.1.is_nan()) => Some(b),
-                        _ => Some(x),
-                    })
-                    .map(|x| x.0 as f64 / 1000.0),
-                "ts_of_min_over_time" => p
-                    .iter()
-                    .fold(None::<(i64, f64)>, |m, &x| match m {
-                        Some(b) if !(x.1 <= b.1 || b.1.is_nan()) => Some(b),
-                        _ => Some(x),
-                    })
-                    .map(|x| x.0 as f64 / 1000.0),
-                "stddev_over_time" => Some(variance(&vals(p)).sqrt()),
-                "stdvar_over_time" => Some(variance(&vals(p))),
-                "quantile_over_time" => Some(quantile(extra.unwrap_or(f64::NAN), &vals(p))),
-                "mad_over_time" if p.iter().any(|x| x.1.is_nan()) => Some(f64::NAN),
-                "mad_over_time" => {
-                    let v = vals(p);
-                    let med = quantile(0.5, &v);
-                    let dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-                    Some(quantile(0.5, &dev))
-                }
-                "holt_winters" | "double_exponential_smoothing" => holt_winters(&vals(p), sf, tf),
-                _ => None,
-            };
+            let v = range_value(name, &s.points, ref_end, range, t, extra, sf, tf);
             if let Some(v) = v {
                 out.push(El {
                     labels: s.labels,
@@ -1123,6 +1165,91 @@ impl Ctx<'_> {
             }
         }
         Ok(V::Vector(out))
+    }
+}
+
+/// What range function `name` gives for one series' samples `p` (stale
+/// markers removed) in the window ending at `ref_end`, evaluated at `t`;
+/// `extra` is `quantile_over_time`'s quantile or `predict_linear`'s
+/// horizon, `sf`/`tf` the smoothing factors.
+#[allow(clippy::too_many_arguments)]
+fn range_value(
+    name: &str,
+    p: &[(i64, f64)],
+    ref_end: i64,
+    range: i64,
+    t: i64,
+    extra: Option<f64>,
+    sf: f64,
+    tf: f64,
+) -> Option<f64> {
+    match name {
+        "rate" | "increase" | "delta" => extrapolated_rate(
+            p,
+            ref_end - range,
+            ref_end,
+            range,
+            name != "delta",
+            name == "rate",
+        ),
+        "irate" | "idelta" => instant_value(p, name == "irate"),
+        "deriv" => {
+            if p.len() < 2 {
+                None
+            } else {
+                Some(linear_regression(p, p[0].0).0)
+            }
+        }
+        "predict_linear" => {
+            if p.len() < 2 {
+                None
+            } else {
+                let (slope, icpt) = linear_regression(p, t);
+                Some(slope * extra.unwrap_or(0.0) + icpt)
+            }
+        }
+        "changes" => Some(
+            p.windows(2)
+                .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
+                .count() as f64,
+        ),
+        "resets" => Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+        "avg_over_time" => Some(avg(&vals(p))),
+        "sum_over_time" => Some(kahan_sum(&vals(p))),
+        "count_over_time" => Some(p.len() as f64),
+        "present_over_time" => Some(1.0),
+        "min_over_time" => Some(min_of(&vals(p))),
+        "max_over_time" => Some(max_of(&vals(p))),
+        "last_over_time" => p.last().map(|x| x.1),
+        "first_over_time" => p.first().map(|x| x.1),
+        "ts_of_last_over_time" => p.last().map(|x| x.0 as f64 / 1000.0),
+        "ts_of_first_over_time" => p.first().map(|x| x.0 as f64 / 1000.0),
+        "ts_of_max_over_time" => p
+            .iter()
+            .fold(None::<(i64, f64)>, |m, &x| match m {
+                Some(b) if !(x.1 >= b.1 || b.1.is_nan()) => Some(b),
+                _ => Some(x),
+            })
+            .map(|x| x.0 as f64 / 1000.0),
+        "ts_of_min_over_time" => p
+            .iter()
+            .fold(None::<(i64, f64)>, |m, &x| match m {
+                Some(b) if !(x.1 <= b.1 || b.1.is_nan()) => Some(b),
+                _ => Some(x),
+            })
+            .map(|x| x.0 as f64 / 1000.0),
+        "stddev_over_time" => Some(variance(&vals(p)).sqrt()),
+        "stdvar_over_time" => Some(variance(&vals(p))),
+        "quantile_over_time" => Some(quantile(extra.unwrap_or(f64::NAN), &vals(p))),
+        "mad_over_time" if p.iter().any(|x| x.1.is_nan()) => Some(f64::NAN),
+        "mad_over_time" => {
+            let v = vals(p);
+            let med = quantile(0.5, &v);
+            let dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+            Some(quantile(0.5, &dev))
+        }
+        "holt_winters" | "double_exponential_smoothing" => holt_winters(&vals(p), sf, tf),
+        _ => None,
     }
 }
 

@@ -76,6 +76,16 @@ impl Source for Locked<'_> {
         let db = self.0.read().unwrap_or_else(|p| p.into_inner());
         Source::series(&*db, matchers, mint, maxt)
     }
+
+    fn select_series(
+        &self,
+        series: &[Labels],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>, String> {
+        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        Source::select_series(&*db, series, mint, maxt)
+    }
 }
 
 /// The store's ids of the series a target's last scrape had.
