@@ -466,9 +466,27 @@ impl Ctx<'_> {
     }
 
     /// Which step of a range query `t` is, if it is one.
+    /// (An instant query is a range query of one step.)
     fn step_index(&self, t: i64) -> Option<usize> {
-        (self.step > 0 && t >= self.start && t <= self.end && (t - self.start) % self.step == 0)
+        if self.step == 0 {
+            return (t == self.start).then_some(0);
+        }
+        (t >= self.start && t <= self.end && (t - self.start) % self.step == 0)
             .then(|| ((t - self.start) / self.step) as usize)
+    }
+
+    /// How many steps the query has.
+    fn step_count(&self) -> usize {
+        if self.step == 0 {
+            1
+        } else {
+            ((self.end - self.start) / self.step) as usize + 1
+        }
+    }
+
+    /// The time of step `i`.
+    fn step_time(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step
     }
 
     /// Range function `name` over selector `sel` at step `i` of a range
@@ -493,7 +511,7 @@ impl Ctx<'_> {
                     .map(|(k, v)| El {
                         labels: s.labels[k as usize].clone(),
                         v,
-                        ts: self.start + i as i64 * self.step,
+                        ts: self.step_time(i),
                         drop_name: s.drop_name,
                     })
                     .collect(),
@@ -504,7 +522,7 @@ impl Ctx<'_> {
         }
         let range = ms(&sel.range);
         let off = offset_ms(&sel.vs.offset);
-        let n = ((self.end - self.start) / self.step) as usize + 1;
+        let n = self.step_count();
         let (lo, hi) = (self.start - off - range, self.end - off);
         let m = selector_matchers(&sel.vs);
         let labels = self.storage.series(&m, lo, hi).map_err(EvalError::Eval)?;
@@ -521,7 +539,7 @@ impl Ctx<'_> {
                 points.retain(|p| !is_stale(p.1));
                 let (mut a, mut b) = (0, 0);
                 for (step, out) in values.iter_mut().enumerate() {
-                    let t = self.start + step as i64 * self.step;
+                    let t = self.step_time(step);
                     let ref_end = t - off;
                     while a < points.len() && points[a].0 <= ref_end - range {
                         a += 1;
