@@ -238,24 +238,44 @@ fn final_labels(labels: Labels, drop_name: bool, seen: &mut HashSet<Labels>) -> 
     Ok(labels)
 }
 
-fn finish_vector(els: Vec<El>) -> R<Vec<(Labels, f64)>> {
+/// Labels with the name dropped when an operation marked it.
+fn named(mut labels: Labels, drop_name: bool) -> Labels {
+    if drop_name {
+        labels.remove("__name__");
+    }
+    labels
+}
+
+/// Two result elements with one label set are an error.
+fn check_unique<'a>(labels: impl Iterator<Item = &'a Labels>) -> R<()> {
     let mut seen = HashSet::new();
-    els.into_iter()
-        .map(|e| Ok((final_labels(e.labels, e.drop_name, &mut seen)?, e.v)))
-        .collect()
+    for l in labels {
+        if !seen.insert(l) {
+            return err("vector cannot contain metrics with the same labelset");
+        }
+    }
+    Ok(())
+}
+
+fn finish_vector(els: Vec<El>) -> R<Vec<(Labels, f64)>> {
+    let out: Vec<(Labels, f64)> = els
+        .into_iter()
+        .map(|e| (named(e.labels, e.drop_name), e.v))
+        .collect();
+    check_unique(out.iter().map(|x| &x.0))?;
+    Ok(out)
 }
 
 fn finish_matrix(series: Vec<MSeries>) -> R<Vec<Series>> {
-    let mut seen = HashSet::new();
-    series
+    let out: Vec<Series> = series
         .into_iter()
-        .map(|s| {
-            Ok(Series {
-                labels: final_labels(s.labels, s.drop_name, &mut seen)?,
-                points: s.points,
-            })
+        .map(|s| Series {
+            labels: named(s.labels, s.drop_name),
+            points: s.points,
         })
-        .collect()
+        .collect();
+    check_unique(out.iter().map(|x| &x.labels))?;
+    Ok(out)
 }
 
 fn selector_matchers(vs: &VectorSelector) -> Matchers {

@@ -62,7 +62,7 @@ async fn instant(d: Arc<Daemon>, p: InstantParams) -> Response {
     // Queries read blocks from disk: off the async workers.
     let result = tokio::task::spawn_blocking(move || d.tsdb.instant(&query, t)).await;
     match result {
-        Ok(Ok(v)) => success(encode(&v, t)),
+        Ok(Ok(v)) => encoded(&v, t),
         Ok(Err(e)) => eval_error(e),
         Err(e) => eval_error(EvalError::Eval(format!("the query failed: {e}"))),
     }
@@ -104,7 +104,7 @@ async fn range(d: Arc<Daemon>, p: RangeParams) -> Response {
     }
     let result = tokio::task::spawn_blocking(move || d.tsdb.range(&query, start, end, step)).await;
     match result {
-        Ok(Ok(v)) => success(encode(&v, end)),
+        Ok(Ok(v)) => encoded(&v, end),
         Ok(Err(e)) => eval_error(e),
         Err(e) => eval_error(EvalError::Eval(format!("the query failed: {e}"))),
     }
@@ -167,13 +167,9 @@ fn eval_error(e: EvalError) -> Response {
 }
 
 /// Seconds with up to millisecond precision, as Prometheus writes them.
-fn ts(t: i64) -> Json {
-    json!(t as f64 / 1000.0)
-}
-
 /// A sample value as Prometheus writes it: a string.
-fn val(v: f64) -> Json {
-    Json::String(if v.is_nan() {
+fn value_text(v: f64) -> String {
+    if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {
         "+Inf".into()
@@ -181,7 +177,7 @@ fn val(v: f64) -> Json {
         "-Inf".into()
     } else {
         format!("{v}")
-    })
+    }
 }
 
 fn metric(l: &Labels) -> Json {
@@ -192,27 +188,99 @@ fn metric(l: &Labels) -> Json {
     )
 }
 
-fn encode(v: &Value, t: i64) -> Json {
-    match v {
-        Value::Scalar(f) => json!({ "resultType": "scalar", "result": [ts(t), val(*f)] }),
-        Value::String(s) => json!({ "resultType": "string", "result": [ts(t), s] }),
-        Value::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples
-                .iter()
-                .map(|s| json!({ "metric": metric(&s.labels), "value": [ts(s.t), val(s.v)] }))
-                .collect::<Vec<_>>(),
+/// A query's result in Prometheus's envelope, serialized straight from the
+/// evaluator's value (no intermediate JSON tree: a result can hold tens of
+/// thousands of series).
+fn encoded(v: &Value, t: i64) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(Envelope {
+            status: "success",
+            data: Data(v, t),
         }),
-        Value::Matrix(series) => json!({
-            "resultType": "matrix",
-            "result": series
-                .iter()
-                .map(|s| json!({
-                    "metric": metric(&s.labels),
-                    "values": s.points.iter().map(|(t, v)| json!([ts(*t), val(*v)])).collect::<Vec<_>>(),
-                }))
-                .collect::<Vec<_>>(),
-        }),
+    )
+        .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    status: &'static str,
+    data: Data<'a>,
+}
+
+/// `data` of a query answer: `resultType` and `result`.
+struct Data<'a>(&'a Value, i64);
+
+/// `[seconds, "value"]`.
+struct Point(i64, f64);
+
+impl serde::Serialize for Point {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&(self.0 as f64 / 1000.0))?;
+        t.serialize_element(&value_text(self.1))?;
+        t.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct VectorItem<'a> {
+    metric: &'a Labels,
+    value: Point,
+}
+
+#[derive(serde::Serialize)]
+struct MatrixItem<'a> {
+    metric: &'a Labels,
+    values: Points<'a>,
+}
+
+struct Points<'a>(&'a [(i64, f64)]);
+
+impl serde::Serialize for Points<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|&(t, v)| Point(t, v)))
+    }
+}
+
+impl serde::Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        match self.0 {
+            Value::Scalar(f) => {
+                m.serialize_entry("resultType", "scalar")?;
+                m.serialize_entry("result", &Point(self.1, *f))?;
+            }
+            Value::String(text) => {
+                m.serialize_entry("resultType", "string")?;
+                m.serialize_entry("result", &(self.1 as f64 / 1000.0, text))?;
+            }
+            Value::Vector(samples) => {
+                m.serialize_entry("resultType", "vector")?;
+                let items: Vec<VectorItem> = samples
+                    .iter()
+                    .map(|x| VectorItem {
+                        metric: &x.labels,
+                        value: Point(x.t, x.v),
+                    })
+                    .collect();
+                m.serialize_entry("result", &items)?;
+            }
+            Value::Matrix(series) => {
+                m.serialize_entry("resultType", "matrix")?;
+                let items: Vec<MatrixItem> = series
+                    .iter()
+                    .map(|x| MatrixItem {
+                        metric: &x.labels,
+                        values: Points(&x.points),
+                    })
+                    .collect();
+                m.serialize_entry("result", &items)?;
+            }
+        }
+        m.end()
     }
 }
 
