@@ -960,7 +960,7 @@ mod tests {
         }
     }
 
-    fn all(db: &Db, name: &str) -> Vec<(Arc<Labels>, Vec<(i64, f64)>)> {
+    fn all(db: &Db, name: &str) -> Found {
         db.select(Some(name), &|_| true, i64::MIN, i64::MAX)
             .unwrap()
     }

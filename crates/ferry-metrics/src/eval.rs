@@ -6,7 +6,7 @@
 //! marker ends a series, and `__name__` is dropped at the end of the
 //! evaluation from every sample an operation marked.
 
-use crate::storage::{Labels, Selected, Source, is_stale};
+use crate::storage::{Labels, Source, is_stale};
 use crate::value::{Sample, Series, Value};
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{
@@ -14,6 +14,7 @@ use promql_parser::parser::{
     VectorMatchCardinality, VectorSelector,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -61,7 +62,9 @@ impl Default for Engine {
 /// (for `timestamp()`), and whether its name is to be dropped.
 #[derive(Debug, Clone)]
 struct El {
-    labels: Labels,
+    /// Shared: elements are copied from step to step and through
+    /// operators far more often than their labels change.
+    labels: Arc<Labels>,
     v: f64,
     ts: i64,
     drop_name: bool,
@@ -69,7 +72,7 @@ struct El {
 
 #[derive(Debug, Clone)]
 struct MSeries {
-    labels: Labels,
+    labels: Arc<Labels>,
     points: Vec<(i64, f64)>,
     drop_name: bool,
 }
@@ -85,7 +88,7 @@ enum V {
 /// A range function's results for every step of a range query: the label
 /// sets once, then per step (taken as it is evaluated) each series' value.
 struct Steps {
-    labels: Vec<Labels>,
+    labels: Vec<Arc<Labels>>,
     drop_name: bool,
     values: Vec<Option<Vec<(u32, f64)>>>,
 }
@@ -95,7 +98,10 @@ const SERIES_PER_READ: usize = 256;
 
 /// The series one selector loaded for the whole query window, reused by
 /// every step of a range query.
-type Loaded = std::rc::Rc<Selected>;
+type Loaded = std::rc::Rc<Shared>;
+
+/// Series with their samples, labels shared.
+type Shared = Vec<(Arc<Labels>, Vec<(i64, f64)>)>;
 
 struct Ctx<'a> {
     storage: &'a dyn Source,
@@ -226,12 +232,8 @@ fn without_name(l: &Labels) -> Labels {
 
 /// The labels a result element ends with: its name dropped if an
 /// operation marked it. Two elements with one label set are an error.
-fn final_labels(labels: Labels, drop_name: bool, seen: &mut HashSet<Labels>) -> R<Labels> {
-    let labels = if drop_name {
-        without_name(&labels)
-    } else {
-        labels
-    };
+fn final_labels(labels: Arc<Labels>, drop_name: bool, seen: &mut HashSet<Labels>) -> R<Labels> {
+    let labels = named(labels, drop_name);
     if !seen.insert(labels.clone()) {
         return err("vector cannot contain metrics with the same labelset");
     }
@@ -239,7 +241,8 @@ fn final_labels(labels: Labels, drop_name: bool, seen: &mut HashSet<Labels>) -> 
 }
 
 /// Labels with the name dropped when an operation marked it.
-fn named(mut labels: Labels, drop_name: bool) -> Labels {
+fn named(labels: Arc<Labels>, drop_name: bool) -> Labels {
+    let mut labels = Arc::unwrap_or_clone(labels);
     if drop_name {
         labels.remove("__name__");
     }
@@ -453,7 +456,7 @@ impl Ctx<'_> {
 
     /// Series matching `m` with samples in `(mint, maxt]`: cut from what
     /// the selector loaded for the whole query when that covers it.
-    fn select(&self, m: &Matchers, mint: i64, maxt: i64) -> R<Selected> {
+    fn select(&self, m: &Matchers, mint: i64, maxt: i64) -> R<Shared> {
         self.check_time()?;
         let Some((lo, hi)) = self.window.filter(|w| w.0 <= mint && maxt <= w.1) else {
             let found = self
@@ -461,7 +464,7 @@ impl Ctx<'_> {
                 .select(m, mint, maxt)
                 .map_err(EvalError::Eval)?;
             self.count(found.iter().map(|s| s.1.len()).sum())?;
-            return Ok(found);
+            return Ok(found.into_iter().map(|(l, p)| (Arc::new(l), p)).collect());
         };
         let key = format!("{m:?}");
         let cached = self.loaded.borrow().get(&key).cloned();
@@ -470,6 +473,7 @@ impl Ctx<'_> {
             None => {
                 let found = self.storage.select(m, lo, hi).map_err(EvalError::Eval)?;
                 self.count(found.iter().map(|s| s.1.len()).sum())?;
+                let found: Vec<_> = found.into_iter().map(|(l, p)| (Arc::new(l), p)).collect();
                 let found = std::rc::Rc::new(found);
                 self.loaded.borrow_mut().insert(key, found.clone());
                 found
@@ -578,7 +582,7 @@ impl Ctx<'_> {
             }
         }
         let mut s = Steps {
-            labels,
+            labels: labels.into_iter().map(Arc::new).collect(),
             drop_name: !matches!(name, "last_over_time" | "first_over_time"),
             values: values.into_iter().map(Some).collect(),
         };
@@ -622,7 +626,7 @@ impl Ctx<'_> {
                 V::Scalar(f) => out
                     .entry(Labels::new())
                     .or_insert_with(|| MSeries {
-                        labels: Labels::new(),
+                        labels: Arc::new(Labels::new()),
                         points: Vec::new(),
                         drop_name: false,
                     })
@@ -633,7 +637,7 @@ impl Ctx<'_> {
                         let key = if e.drop_name {
                             without_name(&e.labels)
                         } else {
-                            e.labels.clone()
+                            Labels::clone(&e.labels)
                         };
                         out.entry(key)
                             .or_insert_with(|| MSeries {
@@ -781,7 +785,7 @@ impl Ctx<'_> {
                     counts
                         .into_iter()
                         .map(|(labels, v)| El {
-                            labels,
+                            labels: Arc::new(labels),
                             v,
                             ts: t,
                             drop_name: false,
@@ -826,7 +830,7 @@ impl Ctx<'_> {
             };
             let drop_name = drops.contains(&g);
             out.push(El {
-                labels: g,
+                labels: Arc::new(g),
                 v,
                 ts: t,
                 drop_name,
@@ -944,7 +948,7 @@ impl Ctx<'_> {
                 Ok(V::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
             }
             "vector" => Ok(V::Vector(vec![El {
-                labels: Labels::new(),
+                labels: Arc::new(Labels::new()),
                 v: scalar_arg(0)?,
                 ts: t,
                 drop_name: false,
@@ -997,7 +1001,7 @@ impl Ctx<'_> {
                 let f = |secs: f64| date_part(name, secs);
                 if args.is_empty() {
                     return Ok(V::Vector(vec![El {
-                        labels: Labels::new(),
+                        labels: Arc::new(Labels::new()),
                         v: f(t as f64 / 1000.0),
                         ts: t,
                         drop_name: false,
@@ -1081,7 +1085,7 @@ impl Ctx<'_> {
                     Vec::new()
                 } else {
                     vec![El {
-                        labels: absent_labels(&args[0]),
+                        labels: Arc::new(absent_labels(&args[0])),
                         v: 1.0,
                         ts: t,
                         drop_name: false,
@@ -1721,7 +1725,7 @@ fn vector_vector(
         let (lv, rv) = if one_to_many { (o.v, m.v) } else { (m.v, o.v) };
         // Result labels: the "many" side's, with the one-to-one matching
         // applied and the group_x labels copied from the "one" side.
-        let mut labels = m.labels.clone();
+        let mut labels = Labels::clone(&m.labels);
         if one_to_one {
             match matching {
                 Some(LabelModifier::Include(ls)) => labels.retain(|k, _| ls.labels.contains(k)),
@@ -1762,7 +1766,7 @@ fn vector_vector(
         }
         let drop_name = m.drop_name || !is_comparison(op) || return_bool;
         out.push(El {
-            labels,
+            labels: Arc::new(labels),
             v: val,
             ts: t,
             drop_name,
@@ -1780,7 +1784,7 @@ fn classic_histograms(v: Vec<El>, t: i64, f: impl Fn(&mut Vec<(f64, f64)>) -> f6
             continue;
         };
         let Ok(upper) = parse_le(le) else { continue };
-        let mut key = e.labels.clone();
+        let mut key = Labels::clone(&e.labels);
         key.remove("le");
         groups.entry(key).or_default().push((upper, e.v));
     }
@@ -1789,7 +1793,7 @@ fn classic_histograms(v: Vec<El>, t: i64, f: impl Fn(&mut Vec<(f64, f64)>) -> f6
         .map(|(labels, mut buckets)| {
             buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
             El {
-                labels,
+                labels: Arc::new(labels),
                 v: f(&mut buckets),
                 ts: t,
                 drop_name: true,
@@ -1957,9 +1961,9 @@ fn absent_labels(e: &Expr) -> Labels {
 /// kept whatever an earlier operation marked.
 fn set_label(e: &mut El, name: &str, value: String) {
     if value.is_empty() {
-        e.labels.remove(name);
+        Arc::make_mut(&mut e.labels).remove(name);
     } else {
-        e.labels.insert(name.to_string(), value);
+        Arc::make_mut(&mut e.labels).insert(name.to_string(), value);
     }
     if name == "__name__" {
         e.drop_name = false;
