@@ -463,22 +463,8 @@ fn render_metrics(state: &AppState) -> String {
     let _ = writeln!(
         out,
         "demo_app_info{{version=\"{}\"}} 1",
-        escape_label(&state.config.version)
+        ferry_proxy::escape_label_value(&state.config.version)
     );
-    out
-}
-
-/// Escapes a Prometheus label value.
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
     out
 }
 

@@ -16,7 +16,6 @@
 //! shared with the head); chunks are read on demand with positioned
 //! reads, so memory does not grow with how much history is kept.
 
-use crate::chunk::Decoder;
 use crate::codec::{Reader, put_labels, put_uvarint, put_varint};
 use crate::storage::Labels;
 use std::collections::HashMap;
@@ -338,9 +337,7 @@ impl Block {
         out: &mut Vec<(i64, f64)>,
     ) -> io::Result<()> {
         for c in self.chunks(i, mint, maxt)? {
-            if let Some(d) = Decoder::new(&c.bytes) {
-                out.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
-            }
+            crate::chunk::decode_into(&c.bytes, mint, maxt, out);
         }
         Ok(())
     }

@@ -107,10 +107,6 @@ impl ChunkBuilder {
         self.t
     }
 
-    pub fn last_value_bits(&self) -> u64 {
-        self.v_bits
-    }
-
     /// Add a sample newer than the last one (the caller keeps order).
     pub fn append(&mut self, t: i64, v: f64) {
         let bits = v.to_bits();
@@ -184,11 +180,6 @@ impl ChunkBuilder {
         out
     }
 
-    /// Encoded size in bytes.
-    pub fn len(&self) -> usize {
-        2 + self.w.bytes.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -201,6 +192,14 @@ impl ChunkBuilder {
             b.append(t, v);
         }
         Some(b)
+    }
+}
+
+/// The samples of encoded chunk `bytes` in `(mint, maxt]`, appended to
+/// `out`.
+pub fn decode_into(bytes: &[u8], mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
+    if let Some(d) = Decoder::new(bytes) {
+        out.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
     }
 }
 

@@ -21,7 +21,7 @@
 use crate::block::{self, Block, ChunkData};
 use crate::chunk::{ChunkBuilder, Decoder, MAX_SAMPLES};
 use crate::codec::{Reader, put_labels, put_uvarint, put_varint};
-use crate::storage::Labels;
+use crate::storage::{Labels, Selected};
 use crate::wal::Wal;
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -84,6 +84,20 @@ struct HeadSeries {
     last_bits: u64,
 }
 
+impl HeadSeries {
+    /// The samples in `(mint, maxt]` of the chunks still in memory.
+    fn samples(&self, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
+        for c in &self.closed {
+            if c.maxt > mint && c.mint <= maxt {
+                crate::chunk::decode_into(&c.bytes, mint, maxt, out);
+            }
+        }
+        if !self.open.is_empty() && self.open.mint() <= maxt {
+            crate::chunk::decode_into(&self.open.bytes(), mint, maxt, out);
+        }
+    }
+}
+
 /// What one append did with its samples.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -92,9 +106,6 @@ pub struct Appended {
     /// blocks), which are dropped as Prometheus drops them.
     pub out_of_order: usize,
 }
-
-/// Series with their samples, as [`Db::select`] returns them.
-pub type Found = Vec<(Arc<Labels>, Vec<(i64, f64)>)>;
 
 /// Per block start, the series and chunks going into it.
 type Cut = std::collections::BTreeMap<i64, Vec<(Arc<Labels>, Vec<ChunkData>)>>;
@@ -437,7 +448,7 @@ impl Db {
         keep: &dyn Fn(&Labels) -> bool,
         mint: i64,
         maxt: i64,
-    ) -> Result<Found, DbError> {
+    ) -> Result<Selected, DbError> {
         let mut found: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
         for b in &self.blocks {
             if b.maxt <= mint || b.mint > maxt {
@@ -460,21 +471,7 @@ impl Db {
             if s.last_t <= mint || !keep(&s.labels) {
                 continue;
             }
-            let points = found.entry(s.labels.clone()).or_default();
-            for c in &s.closed {
-                if c.maxt > mint
-                    && c.mint <= maxt
-                    && let Some(d) = Decoder::new(&c.bytes)
-                {
-                    points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
-                }
-            }
-            if !s.open.is_empty() && s.open.mint() <= maxt {
-                let bytes = s.open.bytes();
-                if let Some(d) = Decoder::new(&bytes) {
-                    points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
-                }
-            }
+            s.samples(mint, maxt, found.entry(s.labels.clone()).or_default());
         }
         let mut out: Vec<_> = found.into_iter().filter(|(_, p)| !p.is_empty()).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -509,20 +506,7 @@ impl Db {
             if let Some(s) = self.ids.get(labels).and_then(|id| self.head.get(id))
                 && s.last_t > mint
             {
-                for c in &s.closed {
-                    if c.maxt > mint
-                        && c.mint <= maxt
-                        && let Some(d) = Decoder::new(&c.bytes)
-                    {
-                        points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
-                    }
-                }
-                if !s.open.is_empty() && s.open.mint() <= maxt {
-                    let bytes = s.open.bytes();
-                    if let Some(d) = Decoder::new(&bytes) {
-                        points.extend(d.filter(|&(t, _)| t > mint && t <= maxt));
-                    }
-                }
+                s.samples(mint, maxt, &mut points);
             }
             out.push(points);
         }
@@ -795,23 +779,8 @@ impl Db {
         self.blocks.iter().map(|b| b.size).sum::<u64>() + self.wal.size()
     }
 
-    /// Series in the head (receiving samples in the current period).
-    pub fn head_series(&self) -> usize {
-        self.head.len()
-    }
-
     pub fn block_count(&self) -> usize {
         self.blocks.len()
-    }
-
-    /// The oldest sample time the store may hold.
-    pub fn min_time(&self) -> Option<i64> {
-        self.blocks.first().map(|b| b.mint).or_else(|| {
-            self.head
-                .values()
-                .map(|s| s.closed.first().map_or(s.open.mint(), |c| c.mint))
-                .min()
-        })
     }
 
     /// Flush the log to disk (at shutdown).
@@ -960,7 +929,7 @@ mod tests {
         }
     }
 
-    fn all(db: &Db, name: &str) -> Found {
+    fn all(db: &Db, name: &str) -> Selected {
         db.select(Some(name), &|_| true, i64::MIN, i64::MAX)
             .unwrap()
     }

@@ -6,7 +6,7 @@
 //! marker ends a series, and `__name__` is dropped at the end of the
 //! evaluation from every sample an operation marked.
 
-use crate::storage::{Labels, Source, is_stale};
+use crate::storage::{Labels, Selected, Source, is_stale};
 use crate::value::{Sample, Series, Value};
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{
@@ -98,10 +98,7 @@ const SERIES_PER_READ: usize = 256;
 
 /// The series one selector loaded for the whole query window, reused by
 /// every step of a range query.
-type Loaded = std::rc::Rc<Shared>;
-
-/// Series with their samples, labels shared.
-type Shared = Vec<(Arc<Labels>, Vec<(i64, f64)>)>;
+type Loaded = std::rc::Rc<Selected>;
 
 struct Ctx<'a> {
     storage: &'a dyn Source,
@@ -456,7 +453,7 @@ impl Ctx<'_> {
 
     /// Series matching `m` with samples in `(mint, maxt]`: cut from what
     /// the selector loaded for the whole query when that covers it.
-    fn select(&self, m: &Matchers, mint: i64, maxt: i64) -> R<Shared> {
+    fn select(&self, m: &Matchers, mint: i64, maxt: i64) -> R<Selected> {
         self.check_time()?;
         let Some((lo, hi)) = self.window.filter(|w| w.0 <= mint && maxt <= w.1) else {
             let found = self
@@ -464,7 +461,7 @@ impl Ctx<'_> {
                 .select(m, mint, maxt)
                 .map_err(EvalError::Eval)?;
             self.count(found.iter().map(|s| s.1.len()).sum())?;
-            return Ok(found.into_iter().map(|(l, p)| (Arc::new(l), p)).collect());
+            return Ok(found);
         };
         let key = format!("{m:?}");
         let cached = self.loaded.borrow().get(&key).cloned();
@@ -473,7 +470,6 @@ impl Ctx<'_> {
             None => {
                 let found = self.storage.select(m, lo, hi).map_err(EvalError::Eval)?;
                 self.count(found.iter().map(|s| s.1.len()).sum())?;
-                let found: Vec<_> = found.into_iter().map(|(l, p)| (Arc::new(l), p)).collect();
                 let found = std::rc::Rc::new(found);
                 self.loaded.borrow_mut().insert(key, found.clone());
                 found
@@ -724,16 +720,7 @@ impl Ctx<'_> {
         let grouping = |l: &Labels| -> Labels {
             match &a.modifier {
                 None => Labels::new(),
-                Some(LabelModifier::Include(ls)) => l
-                    .iter()
-                    .filter(|(k, _)| ls.labels.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                Some(LabelModifier::Exclude(ls)) => l
-                    .iter()
-                    .filter(|(k, _)| !ls.labels.contains(k) && k.as_str() != "__name__")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                by_or_without => signature(l, by_or_without),
             }
         };
         let num_param = || -> R<f64> {

@@ -131,22 +131,10 @@ pub fn parse_cached(
     cache.generation += 1;
     let generation = cache.generation;
     let mut metadata = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_end_matches('\r');
-        let bad = |reason: String| ParseError {
-            line: i + 1,
-            reason,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.starts_with('#') {
-            if comment(line, &mut metadata) {
-                break;
-            }
-            continue;
-        }
-        let hit = series_end(line).and_then(|end| {
+    for (n, line) in sample_lines(text, &mut metadata) {
+        let bad = |reason: String| ParseError { line: n, reason };
+        let end = series_end(line);
+        let hit = end.and_then(|end| {
             let (series, rest) = line.split_at(end);
             let entry = cache.map.get_mut(series)?;
             entry.1 = generation;
@@ -160,7 +148,7 @@ pub fn parse_cached(
             None => {
                 let s = parse_sample(line, format).map_err(bad)?;
                 let labels = Arc::new((cache.finish)(s.labels));
-                if let Some(end) = series_end(line) {
+                if let Some(end) = end {
                     cache
                         .map
                         .insert(line[..end].into(), (labels.clone(), generation));
@@ -171,6 +159,26 @@ pub fn parse_cached(
     }
     cache.map.retain(|_, e| e.1 == generation);
     Ok(metadata)
+}
+
+/// The sample lines of a body, with their 1-based numbers: blank lines
+/// are skipped, `#` lines go to `metadata`, and `# EOF` ends the body.
+fn sample_lines<'a>(
+    text: &'a str,
+    metadata: &'a mut BTreeMap<String, Metadata>,
+) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    let mut ended = false;
+    text.lines().enumerate().filter_map(move |(i, raw)| {
+        let line = raw.trim_end_matches('\r');
+        if ended || line.trim().is_empty() {
+            return None;
+        }
+        if line.starts_with('#') {
+            ended = comment(line, metadata);
+            return None;
+        }
+        Some((i + 1, line))
+    })
 }
 
 /// A `#` line: record `TYPE` and `HELP`; true at `# EOF`.
@@ -194,22 +202,9 @@ fn comment(line: &str, metadata: &mut BTreeMap<String, Metadata>) -> bool {
 /// sends garbage is marked down rather than half-ingested.
 pub fn parse(text: &str, format: Format) -> Result<Exposition, ParseError> {
     let mut out = Exposition::default();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_end_matches('\r');
-        let bad = |reason: String| ParseError {
-            line: i + 1,
-            reason,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.starts_with('#') {
-            if comment(line, &mut out.metadata) {
-                break;
-            }
-            continue;
-        }
-        out.samples.push(parse_sample(line, format).map_err(bad)?);
+    for (n, line) in sample_lines(text, &mut out.metadata) {
+        let sample = parse_sample(line, format).map_err(|reason| ParseError { line: n, reason })?;
+        out.samples.push(sample);
     }
     Ok(out)
 }

@@ -3,9 +3,11 @@
 use promql_parser::label::MatchOp;
 pub use promql_parser::label::Matchers;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// Series with their samples, as a selection returns them.
-pub type Selected = Vec<(Labels, Vec<(i64, f64)>)>;
+/// Series with their samples, as a selection returns them (label sets
+/// shared, as the store holds them).
+pub type Selected = Vec<(Arc<Labels>, Vec<(i64, f64)>)>;
 
 /// Where the evaluator reads series from: the in-memory [`Storage`] of
 /// test scripts, or the on-disk [`crate::db::Db`].
@@ -20,7 +22,7 @@ pub trait Source {
         Ok(self
             .select(matchers, mint, maxt)?
             .into_iter()
-            .map(|(l, _)| l)
+            .map(|(l, _)| Arc::unwrap_or_clone(l))
             .collect())
     }
 
@@ -32,26 +34,7 @@ pub trait Source {
         series: &[Labels],
         mint: i64,
         maxt: i64,
-    ) -> Result<Vec<Vec<(i64, f64)>>, String> {
-        let mut out = Vec::with_capacity(series.len());
-        for labels in series {
-            let exact = Matchers::new(
-                labels
-                    .iter()
-                    .map(|(k, v)| promql_parser::label::Matcher::new(MatchOp::Equal, k, v))
-                    .collect(),
-            );
-            let mut found = self.select(&exact, mint, maxt)?;
-            out.push(
-                found
-                    .iter_mut()
-                    .find(|(l, _)| l == labels)
-                    .map(|(_, p)| std::mem::take(p))
-                    .unwrap_or_default(),
-            );
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Vec<(i64, f64)>>, String>;
 }
 
 /// Whether a series' labels satisfy a selector's matchers.
@@ -84,25 +67,38 @@ pub fn required_name(matchers: &Matchers) -> Option<&str> {
 impl Source for Storage {
     fn select(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Selected, String> {
         Ok(Storage::select(self, |l| matches(matchers, l), mint, maxt)
-            .map(|(l, p)| (l.clone(), p.to_vec()))
+            .map(|(l, p)| (Arc::new(l.clone()), p.to_vec()))
+            .collect())
+    }
+
+    fn select_series(
+        &self,
+        series: &[Labels],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Vec<(i64, f64)>>, String> {
+        Ok(series
+            .iter()
+            .map(|labels| {
+                let points = self.series.get(labels).map_or(&[][..], Vec::as_slice);
+                let a = points.partition_point(|p| p.0 <= mint);
+                let b = points.partition_point(|p| p.0 <= maxt);
+                points[a..b.max(a)].to_vec()
+            })
             .collect())
     }
 }
 
 impl Source for crate::db::Db {
     fn select(&self, matchers: &Matchers, mint: i64, maxt: i64) -> Result<Selected, String> {
-        let found = crate::db::Db::select(
+        crate::db::Db::select(
             self,
             required_name(matchers),
             &|l| matches(matchers, l),
             mint,
             maxt,
         )
-        .map_err(|e| e.to_string())?;
-        Ok(found
-            .into_iter()
-            .map(|(l, p)| (Labels::clone(&l), p))
-            .collect())
+        .map_err(|e| e.to_string())
     }
 
     fn select_series(
@@ -199,20 +195,6 @@ impl Storage {
                 let end = points.partition_point(|p| p.0 <= maxt);
                 (start < end).then(|| (l, &points[start..end]))
             })
-    }
-
-    /// Forget samples older than `t` (ms), and series left with none.
-    pub fn drop_before(&mut self, t: i64) {
-        self.series.retain(|_, points| {
-            let keep_from = points.partition_point(|p| p.0 < t);
-            points.drain(..keep_from);
-            !points.is_empty()
-        });
-    }
-
-    /// Every series' labels.
-    pub fn labels(&self) -> impl Iterator<Item = &Labels> {
-        self.series.keys()
     }
 
     pub fn series_count(&self) -> usize {

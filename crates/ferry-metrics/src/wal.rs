@@ -51,8 +51,8 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
-/// Split a segment into frame payloads; `Err(offset)` with the good ones
-/// when a frame is torn or damaged at `offset`.
+/// Split a segment into frame payloads, and the offset of the first torn
+/// or damaged frame, if any (the payloads are those before it).
 fn frames(buf: &[u8]) -> (Vec<Vec<u8>>, Option<u64>) {
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -107,18 +107,17 @@ impl Wal {
             }
             seqs.drain(..i);
         }
-        let n = bufs.len();
-        for (i, (seq, buf)) in bufs.into_iter().enumerate() {
-            let (payloads, bad) = frames(&buf);
+        for (i, (seq, buf)) in bufs.iter().enumerate() {
+            let (payloads, bad) = frames(buf);
             replay.payloads.extend(payloads);
             if let Some(at) = bad {
-                let path = dir.join(segment_name(seq));
+                let path = dir.join(segment_name(*seq));
                 let f = OpenOptions::new().write(true).open(&path)?;
                 f.set_len(at)?;
                 f.sync_all()?;
                 replay.truncated_at = Some((path, at));
                 // Later segments cannot be trusted to follow on.
-                for &later in seqs.iter().skip(i + 1).take(n) {
+                for &later in &seqs[i + 1..] {
                     fs::remove_file(dir.join(segment_name(later)))?;
                 }
                 seqs.truncate(i + 1);
@@ -135,7 +134,11 @@ impl Wal {
                 .mode(0o600)
                 .open(&path)?
         };
-        let size = file.metadata()?.len();
+        // Every segment still here counts toward the store's size.
+        let mut size = 0;
+        for &seq in &seqs {
+            size += fs::metadata(dir.join(segment_name(seq))).map_or(0, |m| m.len());
+        }
         Ok((
             Wal {
                 dir: dir.to_path_buf(),

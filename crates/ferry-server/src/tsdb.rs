@@ -6,7 +6,7 @@
 //! reporting, per-target metadata, and a feed for remote write.
 
 use ferry_metrics::db::{Db, DbError, Options};
-use ferry_metrics::exposition::{Exposition, Metadata};
+use ferry_metrics::exposition::Metadata;
 use ferry_metrics::storage::Source;
 use ferry_metrics::storage::{Labels, stale_nan};
 use ferry_metrics::{Engine, EvalError, Value};
@@ -56,6 +56,12 @@ impl Default for TsdbOptions {
 /// its series, not while the query computes, so scrapes go on.
 struct Locked<'a>(&'a RwLock<Db>);
 
+impl Locked<'_> {
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Db> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Source for Locked<'_> {
     fn select(
         &self,
@@ -63,7 +69,7 @@ impl Source for Locked<'_> {
         mint: i64,
         maxt: i64,
     ) -> Result<ferry_metrics::storage::Selected, String> {
-        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db();
         Source::select(&*db, matchers, mint, maxt)
     }
 
@@ -73,7 +79,7 @@ impl Source for Locked<'_> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Labels>, String> {
-        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db();
         Source::series(&*db, matchers, mint, maxt)
     }
 
@@ -83,7 +89,7 @@ impl Source for Locked<'_> {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Vec<(i64, f64)>>, String> {
-        let db = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let db = self.db();
         Source::select_series(&*db, series, mint, maxt)
     }
 }
@@ -97,8 +103,6 @@ type Subscriber = (tokio::sync::mpsc::Sender<Arc<Batch>>, Arc<AtomicU64>);
 pub struct MetricsDb {
     storage: RwLock<Db>,
     engine: Engine,
-    /// Samples refused as out of order, since start.
-    pub out_of_order: AtomicU64,
     /// Per target, the series of its last scrape: one missing from the
     /// next gets a stale marker, as Prometheus writes.
     last: Mutex<BTreeMap<String, SeenIds>>,
@@ -125,27 +129,10 @@ impl MetricsDb {
                 timeout: opts.query_timeout,
                 ..Engine::default()
             },
-            out_of_order: AtomicU64::new(0),
             last: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(Default::default()),
             subscribers: Mutex::new(Vec::new()),
         })
-    }
-
-    /// Store the daemon's own scrape taken at `now` (ms), as target "ferry".
-    pub fn ingest(&self, scrape: &Exposition, now: i64) {
-        let samples = scrape
-            .samples
-            .iter()
-            .map(|s| {
-                (
-                    Arc::new(s.labels.clone()),
-                    s.timestamp_ms.unwrap_or(now),
-                    s.value,
-                )
-            })
-            .collect();
-        self.ingest_target("ferry", samples, scrape.metadata.clone(), now);
     }
 
     /// Store one scrape of `target` (any stable key, e.g. its URL) taken at
@@ -165,14 +152,10 @@ impl MetricsDb {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = samples;
         {
-            let mut storage = self.storage.write().unwrap_or_else(|p| p.into_inner());
+            let mut storage = self.write();
             let mut ids = Vec::new();
-            match storage.append_ids(&batch, &mut ids) {
-                Ok(a) => {
-                    self.out_of_order
-                        .fetch_add(a.out_of_order as u64, Ordering::Relaxed);
-                }
-                Err(e) => tracing::error!("{e}; this scrape of {target} is not stored"),
+            if let Err(e) = storage.append_ids(&batch, &mut ids) {
+                tracing::error!("{e}; this scrape of {target} is not stored");
             }
             // Series are tracked by the store's ids, not by copies of
             // their labels. As in Prometheus (without
@@ -291,7 +274,7 @@ impl MetricsDb {
         start: i64,
         end: i64,
     ) -> Result<BTreeSet<Labels>, EvalError> {
-        let storage = self.storage.read().unwrap_or_else(|p| p.into_inner());
+        let storage = self.read();
         if selectors.is_empty() {
             return Ok(storage
                 .series(None, &|_| true, start, end)
@@ -317,22 +300,6 @@ impl MetricsDb {
             }
         }
         out
-    }
-
-    /// Series receiving samples in the store's head.
-    pub fn series_count(&self) -> usize {
-        self.storage
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .head_series()
-    }
-
-    /// Bytes of the store on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.storage
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .disk_bytes()
     }
 
     /// Flush the log (at shutdown).
