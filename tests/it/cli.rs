@@ -100,4 +100,27 @@ fn bad_upgrade_and_serve_arguments_are_usage_errors() {
         out.contains("--scrape-interval") && out.contains("at least 100ms"),
         "{out}"
     );
+    for (size, why) in [
+        ("10", "has no unit"),
+        ("5 parsecs", "unknown unit"),
+        ("0MB", "more than 0"),
+    ] {
+        let out = env.ferry_code(&["serve", "--metrics-retention-size", size], 2);
+        assert!(
+            out.contains("--metrics-retention-size") && out.contains(why),
+            "{size}: {out}"
+        );
+    }
+    let bad = env.data_dir().with_file_name("bad-metrics.toml");
+    std::fs::write(
+        &bad,
+        "[metrics]\nscrape = [{ job = \"x\", url = \"https://h/metrics\" }]\n",
+    )
+    .unwrap();
+    let out = env.ferry_code(&["serve", "--config", bad.to_str().unwrap()], 2);
+    assert!(out.contains("must start with http://"), "{out}");
+    assert!(
+        !env.data_dir().join("api.json").exists(),
+        "a bad [metrics] table starts nothing"
+    );
 }

@@ -453,3 +453,30 @@ pub fn receiver() -> (
     });
     (port, got)
 }
+
+/// A test HTTP server on 127.0.0.1: `answer` gets each connection once
+/// the request head is read.
+pub fn http_server(answer: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                answer(stream);
+            });
+        }
+    });
+    port
+}

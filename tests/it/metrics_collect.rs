@@ -6,8 +6,8 @@
 
 use super::harness::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -166,32 +166,6 @@ fn instances_host_and_cadvisor_metrics_are_collected_with_their_labels() {
     assert!(new_ids.is_disjoint(&ids));
 }
 
-/// A test HTTP server on 127.0.0.1: `answer` gets each connection once
-/// the request head is read.
-fn server(answer: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let answer = Arc::new(answer);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let answer = answer.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                answer(stream);
-            });
-        }
-    });
-    port
-}
-
 fn respond(mut stream: TcpStream, status: &str, content_type: &str, body: &str) {
     let _ = write!(
         stream,
@@ -204,7 +178,7 @@ fn respond(mut stream: TcpStream, status: &str, content_type: &str, body: &str) 
 fn extra_targets_bad_ones_down_the_good_one_still_scraped() {
     let scrapes = Arc::new(AtomicU64::new(0));
     let n = scrapes.clone();
-    let good = server(move |s| {
+    let good = http_server(move |s| {
         let i = n.fetch_add(1, Ordering::SeqCst) + 1;
         let body = format!(
             "# TYPE test_good_total counter\ntest_good_total{{job=\"inner\"}} {i}\n# EOF\n"
@@ -216,12 +190,13 @@ fn extra_targets_bad_ones_down_the_good_one_still_scraped() {
             &body,
         );
     });
-    let garbage = server(|s| respond(s, "200 OK", "text/plain", "<html>not {metrics</html>\n"));
-    let failing = server(|s| respond(s, "500 Internal Server Error", "text/plain", "oops\n"));
+    let garbage =
+        http_server(|s| respond(s, "200 OK", "text/plain", "<html>not {metrics</html>\n"));
+    let failing = http_server(|s| respond(s, "500 Internal Server Error", "text/plain", "oops\n"));
     let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
     let h = held.clone();
-    let hang = server(move |s| h.lock().unwrap().push(s));
-    let huge = server(|mut s| {
+    let hang = http_server(move |s| h.lock().unwrap().push(s));
+    let huge = http_server(|mut s| {
         // No Content-Length: only reading stops it. Comment lines, so
         // that only the size limit can fail it.
         let _ = s
@@ -235,7 +210,7 @@ fn extra_targets_bad_ones_down_the_good_one_still_scraped() {
         }
         let _ = s.write_all(b"huge 1\n");
     });
-    let many = server(|s| {
+    let many = http_server(|s| {
         let body: String = (0..50_001)
             .map(|i| format!("many{{i=\"{i}\"}} 1\n"))
             .collect();

@@ -13,8 +13,7 @@
 use super::harness::*;
 use super::prometheus::Prometheus;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -146,38 +145,21 @@ fn exposition(i: i64, ts: i64) -> String {
 /// The target on 127.0.0.1: nothing before `start` (a tick, in seconds)
 /// is set, then the current tick's samples.
 fn target(start: Arc<AtomicI64>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let start = start.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let tick = (now_ms() - SAMPLE_MS).div_euclid(1000);
-                let first = start.load(Ordering::SeqCst);
-                let body = if tick < first {
-                    "# no data yet\n".to_string()
-                } else {
-                    exposition(tick - first, tick * 1000 + SAMPLE_MS)
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
+    http_server(move |mut stream| {
+        let tick = (now_ms() - SAMPLE_MS).div_euclid(1000);
+        let first = start.load(Ordering::SeqCst);
+        let body = if tick < first {
+            "# no data yet\n".to_string()
+        } else {
+            exposition(tick - first, tick * 1000 + SAMPLE_MS)
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
 }
 
 // ---------------------------------------------------------------------
