@@ -41,10 +41,11 @@ pub struct MatcherError(pub String);
 impl Matcher {
     pub fn new(name: &str, op: MatchOp, value: &str) -> Result<Matcher, MatcherError> {
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(
-                regex::Regex::new(&format!("^(?:{value})$"))
-                    .map_err(|e| MatcherError(format!("invalid regular expression {value:?}: {e}")))?,
-            ),
+            MatchOp::Regex | MatchOp::NotRegex => {
+                Some(regex::Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                    MatcherError(format!("invalid regular expression {value:?}: {e}"))
+                })?)
+            }
             _ => None,
         };
         Ok(Matcher {
@@ -84,4 +85,41 @@ impl std::fmt::Display for Matcher {
 /// All of them match (an empty list matches everything).
 pub fn all_match(matchers: &[Matcher], labels: &LabelSet) -> bool {
     matchers.iter().all(|m| m.matches(labels))
+}
+
+impl Matcher {
+    /// `name="value"`, `name!="value"`, `name=~"re"`, `name!~"re"`; the
+    /// value may be unquoted.
+    pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
+        let t = text.trim();
+        let at = t.find(['=', '!']).ok_or_else(|| {
+            MatcherError(format!("bad matcher {text:?}: no operator (=, !=, =~, !~)"))
+        })?;
+        let name = t[..at].trim();
+        let rest = &t[at..];
+        let (op, rest) = if let Some(r) = rest.strip_prefix("=~") {
+            (MatchOp::Regex, r)
+        } else if let Some(r) = rest.strip_prefix("!~") {
+            (MatchOp::NotRegex, r)
+        } else if let Some(r) = rest.strip_prefix("!=") {
+            (MatchOp::NotEqual, r)
+        } else if let Some(r) = rest.strip_prefix('=') {
+            (MatchOp::Equal, r)
+        } else {
+            return Err(MatcherError(format!(
+                "bad matcher {text:?}: unknown operator"
+            )));
+        };
+        if name.is_empty() {
+            return Err(MatcherError(format!("bad matcher {text:?}: no label name")));
+        }
+        let rest = rest.trim();
+        let value = if rest.starts_with('"') {
+            serde_json::from_str::<String>(rest)
+                .map_err(|_| MatcherError(format!("bad matcher {text:?}: bad quoted value")))?
+        } else {
+            rest.to_string()
+        };
+        Matcher::new(name, op, &value)
+    }
 }

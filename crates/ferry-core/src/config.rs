@@ -16,6 +16,14 @@ pub struct Config {
     /// metrics store (read by `ferry serve --config`).
     #[serde(default, skip_serializing_if = "is_default_metrics")]
     pub metrics: crate::metrics_config::MetricsConfig,
+    /// Rule files and where alerts go (read by `ferry serve --config`).
+    #[serde(default, skip_serializing_if = "is_default_alerting")]
+    #[schema(value_type = Object)]
+    pub alerting: crate::alerting_config::AlertingConfig,
+}
+
+fn is_default_alerting(a: &crate::alerting_config::AlertingConfig) -> bool {
+    *a == crate::alerting_config::AlertingConfig::default()
 }
 
 fn is_default_metrics(m: &crate::metrics_config::MetricsConfig) -> bool {
@@ -96,6 +104,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
 /// Validate a parsed config: each service, then what spans services.
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = config.metrics.validate();
+    problems.extend(config.alerting.validate());
     let mut listens: Vec<(std::net::SocketAddr, &str)> = Vec::new();
     for (name, spec) in &config.services {
         problems.extend(spec.validate(name));

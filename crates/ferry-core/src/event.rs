@@ -44,6 +44,9 @@ pub enum EventKind {
     Resumed,
     /// One analysis measurement failed.
     AnalysisFailed,
+    /// An alert about the service fired while its rollout ran or was
+    /// watched.
+    Alert,
     /// Blue-green pre-promotion analysis started or passed.
     PrePromotion,
     /// The new revision serves all traffic and is watched.
@@ -68,7 +71,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order above.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Started,
         EventKind::Hook,
         EventKind::Scale,
@@ -81,6 +84,7 @@ impl EventKind {
         EventKind::Paused,
         EventKind::Resumed,
         EventKind::AnalysisFailed,
+        EventKind::Alert,
         EventKind::PrePromotion,
         EventKind::Monitoring,
         EventKind::Switched,
@@ -108,6 +112,7 @@ impl EventKind {
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",
             EventKind::AnalysisFailed => "analysis-failed",
+            EventKind::Alert => "alert",
             EventKind::PrePromotion => "pre-promotion",
             EventKind::Monitoring => "monitoring",
             EventKind::Switched => "switched",

@@ -5,6 +5,7 @@
 //! timestamp passed in, so it can be tested exhaustively without processes.
 #![forbid(unsafe_code)]
 
+pub mod alerting_config;
 pub mod analysis;
 pub mod canary;
 pub mod config;

@@ -151,6 +151,22 @@ pub struct DeploySpec {
     /// judging, and a failure rolls back by itself. 0 = off.
     #[serde(default)]
     pub monitor: Dur,
+    /// Which firing alerts about this service (its `service` or `job`
+    /// label is the service's name) fail a running or watched rollout and
+    /// roll it back, as Alertmanager matchers, all of which must match.
+    /// Absent: `['severity=~"critical|emergency"']`; `[]`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_on_alerts: Option<Vec<String>>,
+}
+
+impl DeploySpec {
+    /// The matchers of `rollback_on_alerts`, with its default.
+    pub fn alert_matchers(&self) -> Vec<String> {
+        match &self.rollback_on_alerts {
+            Some(list) => list.clone(),
+            None => vec![r#"severity=~"critical|emergency""#.to_string()],
+        }
+    }
 }
 
 impl Default for DeploySpec {
@@ -169,6 +185,7 @@ impl Default for DeploySpec {
             stickiness: None,
             on_failure: crate::canary::OnFailure::Rollback,
             monitor: Dur::default(),
+            rollback_on_alerts: None,
         }
     }
 }
@@ -425,6 +442,16 @@ impl ServiceSpec {
                     "service name `{name}` is not allowed; use lowercase letters, digits, `-` and `_` (at most 63), starting with a letter or digit"
                 ),
             ));
+        }
+        for (i, text) in self.deploy.rollback_on_alerts.iter().flatten().enumerate() {
+            if let Err(e) = ferry_alert::matcher::Matcher::parse(text) {
+                p.push(Problem::new(
+                    &at(&["deploy", "rollback_on_alerts"]),
+                    format!(
+                        "rollback_on_alerts[{i}] = {text:?}: {e}; write Alertmanager matchers such as 'severity=~\"critical|emergency\"'"
+                    ),
+                ));
+            }
         }
         if self.command.is_empty() {
             p.push(Problem::new(

@@ -579,7 +579,7 @@ impl Target {
 
 /// A request error with its causes, without the URL (it may hold
 /// userinfo).
-fn error_chain(e: reqwest::Error) -> String {
+pub(crate) fn error_chain(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut out = e.to_string();
     let mut source = std::error::Error::source(&e);

@@ -3,8 +3,8 @@
 
 use super::step::{event, fail, finish, fmt_ms, hold, revert, set_phase};
 use super::{
-    Event, EventKind, InstanceObs, Observed, Outcome, Phase, Rollout, ServiceState, Step,
-    blue_green::blue_green, canary::canary_steps, gate, rolling::rolling,
+    Event, EventKind, InstanceObs, Observed, Outcome, Phase, Rollout, RolloutKind, ServiceState,
+    Step, blue_green::blue_green, canary::canary_steps, gate, rolling::rolling,
 };
 use crate::Millis;
 use crate::analysis::{Measurement, Verdict};
@@ -51,6 +51,18 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
                 finish(&mut s, &mut r, Outcome::Failed, reason, now, &mut events);
             }
         },
+        Phase::Progressing | Phase::AwaitingApproval | Phase::Paused | Phase::Monitoring
+            if r.kind == RolloutKind::Deploy && !observed.alerts.is_empty() =>
+        {
+            let a = &observed.alerts[0];
+            events.push(event(EventKind::Alert, a.describe()));
+            let reason = if r.effective_phase() == Phase::Monitoring {
+                format!("during the monitoring window: {}", a.describe())
+            } else {
+                a.describe()
+            };
+            fail(&mut s, &mut r, reason, None, obs, now, &mut events);
+        }
         Phase::Progressing | Phase::AwaitingApproval => {
             if let Some((instance, reason)) = failure(&r, obs, now) {
                 fail(&mut s, &mut r, reason, instance, obs, now, &mut events);

@@ -451,6 +451,31 @@ pub struct Observed {
     pub instances: Vec<InstanceObs>,
     /// Analysis measurements taken since the last `advance`.
     pub measurements: Vec<Measurement>,
+    /// Alerts about the service that fire now and started firing after
+    /// the rollout began, as the service's `rollback_on_alerts` selects
+    /// them (the shell matches; the machine decides).
+    pub alerts: Vec<AlertObs>,
+}
+
+/// A firing alert, as a rollout's record names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertObs {
+    pub name: String,
+    pub value: Option<f64>,
+    /// `{k="v", ...}`, as Prometheus prints a label set.
+    pub labels: String,
+    /// When it started firing.
+    pub since: Millis,
+}
+
+impl AlertObs {
+    pub fn describe(&self) -> String {
+        let value = self
+            .value
+            .map(|v| format!(" with value {v}"))
+            .unwrap_or_default();
+        format!("alert {} is firing{value}: {}", self.name, self.labels)
+    }
 }
 
 /// What `advance` decided: the next stored state and what to tell people.

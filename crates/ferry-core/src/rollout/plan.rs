@@ -123,6 +123,7 @@ fn simulate(state: &ServiceState, r: &Rollout, analysis: Option<&AnalysisSpec>) 
         let observed = Observed {
             instances: world.clone(),
             measurements,
+            alerts: Vec::new(),
         };
         let step = advance(&s, &r, &observed, now);
         let mut changed = step.state != s || step.rollout != r || !step.events.is_empty();

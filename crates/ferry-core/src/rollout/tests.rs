@@ -9,7 +9,7 @@ use crate::spec::ServiceSpec;
 fn seen(instances: &[InstanceObs]) -> Observed {
     Observed {
         instances: instances.to_vec(),
-        measurements: vec![],
+        ..Default::default()
     }
 }
 
@@ -391,6 +391,7 @@ fn drive(
         let observed = Observed {
             instances: world.instances.clone(),
             measurements: feed(now),
+            ..Default::default()
         };
         let step = advance(&s, &r, &observed, now);
         s = step.state;
@@ -676,6 +677,7 @@ fn a_release_is_watched_after_100_percent_and_rolled_back_when_it_goes_bad() {
                 &Observed {
                     instances: world.instances.clone(),
                     measurements,
+                    ..Default::default()
                 },
                 now,
             );
@@ -769,6 +771,7 @@ fn blue_green_pre_promotion_analysis_gates_the_switch() {
                 &Observed {
                     instances: world.instances.clone(),
                     measurements,
+                    ..Default::default()
                 },
                 now,
             );
@@ -1236,4 +1239,116 @@ fn canary_plan_lines_are_the_events_of_the_run() {
         .filter(|l| l.starts_with("step ") || l.starts_with("all steps passed"))
         .collect();
     assert_eq!(from_plan, ran);
+}
+
+fn firing(name: &str, since: Millis) -> AlertObs {
+    AlertObs {
+        name: name.into(),
+        value: Some(0.12),
+        labels: r#"{service="web", severity="critical"}"#.into(),
+        since,
+    }
+}
+
+#[test]
+fn a_firing_alert_rolls_a_release_back_while_it_rolls_out_or_is_watched() {
+    // (strategy, fire while rolling out?) — false: fire in the monitoring window.
+    for strategy in [Strategy::Rolling, Strategy::BlueGreen, Strategy::Canary] {
+        for during_rollout in [true, false] {
+            let mut p = params(3, 1, 0);
+            p.monitor_ms = 60_000;
+            p.auto_promote = true;
+            p.steps = vec![w(50)];
+            let (mut s, mut world) = steady(3);
+            let mut r = Rollout::begin(
+                1,
+                "web",
+                RolloutKind::Deploy,
+                Some(1),
+                3,
+                2,
+                strategy,
+                p,
+                true,
+                5_000,
+            );
+            let mut now = 5_000;
+            let mut events = vec![];
+            let mut fired = false;
+            while !r.is_done() {
+                assert!(now < 500_000, "{strategy:?} never finished");
+                let fire = if during_rollout {
+                    s.scale.get(&2).is_some_and(|n| *n > 0) && r.phase == Phase::Progressing
+                } else {
+                    r.phase == Phase::Monitoring
+                };
+                fired |= fire;
+                let alerts = if fire {
+                    vec![firing("HighErrorRate", now)]
+                } else {
+                    vec![]
+                };
+                let step = advance(
+                    &s,
+                    &r,
+                    &Observed {
+                        instances: world.instances.clone(),
+                        alerts,
+                        ..Default::default()
+                    },
+                    now,
+                );
+                s = step.state;
+                r = step.rollout;
+                events.extend(step.events);
+                world.converge(&s, now);
+                now += 100;
+            }
+            let at = format!("{strategy:?}, during rollout {during_rollout}");
+            assert!(fired, "{at}: the alert never fired");
+            assert_eq!(r.outcome, Some(Outcome::Failed), "{at}");
+            let reason = r.reason.clone().unwrap();
+            assert!(
+                reason.contains(r#"alert HighErrorRate is firing with value 0.12: {service="web", severity="critical"}"#),
+                "{at}: {reason}"
+            );
+            assert_eq!(
+                reason.contains("monitoring window"),
+                !during_rollout,
+                "{at}: {reason}"
+            );
+            assert!(events.iter().any(|e| e.kind == EventKind::Alert), "{at}");
+            assert_eq!(s.traffic, vec![1], "{at}: traffic back on the old revision");
+            assert_eq!(s.stable, Some(1), "{at}");
+        }
+    }
+}
+
+#[test]
+fn an_alert_does_not_fail_a_rollback() {
+    let (s, world) = steady(2);
+    let r = Rollout::begin(
+        1,
+        "web",
+        RolloutKind::Rollback,
+        Some(2),
+        2,
+        1,
+        Strategy::Rolling,
+        params(2, 1, 0),
+        true,
+        5_000,
+    );
+    let step = advance(
+        &s,
+        &r,
+        &Observed {
+            instances: world.instances.clone(),
+            alerts: vec![firing("HighErrorRate", 5_000)],
+            ..Default::default()
+        },
+        5_000,
+    );
+    assert_ne!(step.rollout.outcome, Some(Outcome::Failed));
+    assert!(step.events.iter().all(|e| e.kind != EventKind::Alert));
 }

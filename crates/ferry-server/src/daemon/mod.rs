@@ -59,6 +59,8 @@ pub struct Daemon {
     pub tsdb: crate::tsdb::MetricsDb,
     /// The remote-write senders' counters (`[metrics] remote_write`).
     pub remote_write: crate::remote_write::Senders,
+    /// The alerts firing now, which roll releases back.
+    pub alerts: crate::alerting::board::Board,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
     /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
@@ -247,6 +249,7 @@ impl Daemon {
             snapshot: arc_swap::ArcSwap::from_pointee(Snapshot::default()),
             tsdb,
             remote_write: Default::default(),
+            alerts: Default::default(),
             binary: std::sync::Mutex::new(None),
             exit: tokio::sync::watch::Sender::new(None),
         });
@@ -366,6 +369,26 @@ impl Daemon {
 
     /// One reconcile pass, then a snapshot for API reads (also when the
     /// pass stopped on a store error, so `/health` says so).
+    /// The firing alerts that fail rollout `r`, as its revision's
+    /// `rollback_on_alerts` selects them.
+    fn alerts_against(&self, core: &Core, r: &Rollout) -> Vec<ferry_core::rollout::AlertObs> {
+        if r.kind != ferry_core::rollout::RolloutKind::Deploy || r.is_done() {
+            return Vec::new();
+        }
+        let Some(rev) = core.revisions.get(&r.service, r.to) else {
+            return Vec::new();
+        };
+        let matchers: Vec<ferry_alert::matcher::Matcher> = rev
+            .spec
+            .deploy
+            .alert_matchers()
+            .iter()
+            .filter_map(|m| ferry_alert::matcher::Matcher::parse(m).ok())
+            .collect();
+        self.alerts
+            .against(&r.service, &matchers, r.started_at as i64)
+    }
+
     pub async fn tick(self: &Arc<Self>) -> DaemonResult<()> {
         let now = self.clock.now();
         let mut core = self.core.lock().await;
@@ -397,6 +420,7 @@ impl Daemon {
                     let observed = Observed {
                         instances: core.driver.observe(&name),
                         measurements,
+                        alerts: self.alerts_against(core, &r),
                     };
                     let mut step = rollout::advance(&state, &r, &observed, now);
                     if step.rollout == r && step.state == state && observed.measurements.is_empty()
