@@ -41,7 +41,7 @@ pub type CliResult<T> = Result<T, CliError>;
 /// rollouts: `$USER` (or `$LOGNAME`, or the name of the process's uid in
 /// the user database, as under cron or in a container where neither is
 /// set), at the kernel's hostname.
-fn actor() -> String {
+pub fn actor() -> String {
     let user = ["USER", "LOGNAME"]
         .iter()
         .filter_map(|v| std::env::var(v).ok())
@@ -133,6 +133,30 @@ impl Client {
     ) -> CliResult<T> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// A DELETE whose success has no body (Alertmanager's API).
+    pub async fn delete_empty(&self, path: &str) -> CliResult<()> {
+        let resp = self
+            .dispatch(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| text.trim().to_string());
+        Err(CliError {
+            code: exit_code(status),
+            message,
+        })
     }
 
     /// A query of the Prometheus-compatible API (`/api/v1/...`), posted as

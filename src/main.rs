@@ -2,8 +2,10 @@
 //! `ferry serve` is the daemon; `ferry demo` shows the main job end to end.
 #![forbid(unsafe_code)]
 
-mod client;
+#[macro_use]
 mod commands;
+mod alerts;
+mod client;
 mod demo;
 mod term;
 
@@ -292,6 +294,17 @@ enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
+    /// Alerts: what fires now (the default), rules, history, silences,
+    /// acknowledgements.
+    ///
+    /// Alerts come from Prometheus rule files (`[alerting] rule_files`),
+    /// the built-in rules, and any Prometheus that uses this daemon as its
+    /// Alertmanager. IDs are alert fingerprints as `ferry alerts` shows
+    /// them; a unique prefix will do.
+    Alerts {
+        #[command(subcommand)]
+        cmd: Option<alerts::AlertsCmd>,
+    },
     /// Query the daemon's own metrics with PromQL (the last 6 hours).
     ///
     /// Without --range: the value of each series now (or at --time), as a
@@ -552,6 +565,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             range,
             step,
         } => commands::query(&client()?, expr, time.as_deref(), *range, *step, cli.output).await,
+        Command::Alerts { cmd } => alerts::run(&client()?, cmd.as_ref(), cli.output).await,
         Command::RotateKey => {
             let message = ferry_server::rotate_key(&cli.data_dir).map_err(|e| CliError {
                 code: match e {
@@ -578,7 +592,7 @@ async fn run(cli: Cli) -> CliResult<()> {
 }
 
 /// A positive duration with a unit, for clap.
-fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     let d = ferry_core::duration::parse(text)?;
     if d.is_zero() {
         return Err("must be longer than 0".into());
