@@ -929,7 +929,7 @@ impl Parser<'_> {
         })
     }
 
-    fn template_call(&mut self, pos: usize) -> PResult<Node> {
+    fn template_call(&mut self, _keyword_pos: usize) -> PResult<Node> {
         let t = self.next_non_space();
         let name = match &t.tok {
             Tok::Str(_) | Tok::RawStr(_) => {
@@ -943,6 +943,7 @@ impl Parser<'_> {
             self.next_non_space();
             None
         };
+        let pos = t.pos;
         Ok(Node::Template { pos, name, pipe })
     }
 
