@@ -1379,9 +1379,13 @@ pub(crate) fn line_col(src: &str, pos: usize) -> (usize, usize) {
 /// The named trees of one parse, for the evaluator.
 pub(crate) fn into_trees(name: &str, parsed: Parsed) -> HashMap<String, Vec<Node>> {
     let mut trees = HashMap::new();
+    let root_empty = is_empty_tree(&parsed.root);
     trees.insert(name.to_string(), parsed.root);
     for (n, list) in parsed.defines {
-        trees.insert(n, list);
+        // A definition of the template's own name replaces an empty body.
+        if n != name || root_empty {
+            trees.insert(n, list);
+        }
     }
     trees
 }
