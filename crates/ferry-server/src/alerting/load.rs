@@ -1,0 +1,262 @@
+//! Reading `[alerting]`: the rule files (built-in and the user's), the
+//! routing config (Alertmanager's YAML or ferry.toml's tables) and the
+//! receivers, all checked before anything is used, so that a start or a
+//! reload applies all of it or none.
+
+use ferry_alert::duration::PromDuration;
+use ferry_alert::rulefmt::{self, GroupSpec};
+use ferry_core::alerting_config::AlertingConfig;
+use std::path::{Path, PathBuf};
+
+/// The built-in rule file (seed 001's thresholds and severities).
+pub const BUILTIN: &str = include_str!("builtin.yml");
+/// How the built-in file is named in `/api/v1/rules` and errors.
+pub const BUILTIN_NAME: &str = "built-in";
+
+/// One rule group to run, and the file it came from.
+#[derive(Debug, Clone)]
+pub struct GroupDef {
+    pub file: String,
+    pub spec: GroupSpec,
+}
+
+/// Everything `[alerting]` says, read and checked.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub groups: Vec<GroupDef>,
+    pub am: ferry_alert::config::AlertmanagerConfig,
+    /// Where `am` came from (a file, or "ferry.toml", or "built-in").
+    pub am_source: String,
+    pub eval_interval: PromDuration,
+    pub resend_delay: PromDuration,
+    pub external_url: Option<String>,
+    pub external_labels: ferry_alert::alert::LabelSet,
+    pub alertmanagers: Vec<String>,
+    /// Not errors, but worth a line in the log (a glob matching nothing).
+    pub warnings: Vec<String>,
+}
+
+/// Files matching `pattern`: wildcards (`*`, `?`) in the last path
+/// component only, e.g. `rules/*.yml`; sorted.
+pub fn glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
+    let name = pattern
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: not a file pattern", pattern.display()))?;
+    let dir = pattern.parent().unwrap_or(Path::new("."));
+    if dir.to_string_lossy().contains(['*', '?']) {
+        return Err(format!(
+            "{}: wildcards are allowed in the file name only (e.g. rules/*.yml)",
+            pattern.display()
+        ));
+    }
+    if !name.contains(['*', '?']) {
+        return Ok(vec![pattern.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard(name, n)))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+/// Read and check everything `[alerting]` names; `base` is the config
+/// file's directory (relative paths are relative to it). Every problem
+/// is returned, each naming its file (and line, when known).
+pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut user: Vec<GroupDef> = Vec::new();
+    for pattern in &cfg.rule_files {
+        let full = base.join(pattern);
+        let files = match glob(&full) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(format!("[alerting] rule_files: {e}"));
+                continue;
+            }
+        };
+        if files.is_empty() {
+            warnings.push(format!(
+                "[alerting] rule_files: {pattern:?} matches no file in {}",
+                base.display()
+            ));
+        }
+        for file in files {
+            match rulefmt::load(&file) {
+                Ok(f) => {
+                    warnings.extend(f.warnings.iter().map(|w| w.to_string()));
+                    user.extend(f.groups.into_iter().map(|spec| GroupDef {
+                        file: file.display().to_string(),
+                        spec,
+                    }));
+                }
+                Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
+            }
+        }
+    }
+    let mut groups: Vec<GroupDef> = Vec::new();
+    if cfg.builtin_rules {
+        match rulefmt::parse(BUILTIN_NAME, BUILTIN) {
+            Ok(f) => {
+                // A user rule of the same name replaces the built-in one.
+                let mine: std::collections::BTreeSet<&str> = user
+                    .iter()
+                    .flat_map(|g| g.spec.rules.iter().map(|r| r.name()))
+                    .collect();
+                for mut spec in f.groups {
+                    spec.rules.retain(|r| !mine.contains(r.name()));
+                    groups.push(GroupDef {
+                        file: BUILTIN_NAME.to_string(),
+                        spec,
+                    });
+                }
+            }
+            Err(errs) => errors.extend(errs.iter().map(|e| e.to_string())),
+        }
+    }
+    groups.extend(user);
+    for name in &cfg.disable_rules {
+        let mut found = false;
+        for g in &mut groups {
+            let before = g.spec.rules.len();
+            g.spec.rules.retain(|r| r.name() != name);
+            found |= g.spec.rules.len() != before;
+        }
+        if !found {
+            errors.push(format!(
+                "[alerting] disable_rules: no rule named {name:?} is loaded; `ferry alerts rules` lists them"
+            ));
+        }
+    }
+    groups.retain(|g| !g.spec.rules.is_empty());
+    let (am, am_source) = match &cfg.alertmanager_config {
+        Some(path) => {
+            let full = base.join(path);
+            match std::fs::read_to_string(&full) {
+                Ok(text) => match ferry_alert::config::AlertmanagerConfig::from_yaml(
+                    &full.display().to_string(),
+                    &text,
+                ) {
+                    Ok(c) => (c, full.display().to_string()),
+                    Err(errs) => {
+                        errors.extend(errs.iter().map(|e| e.to_string()));
+                        (Default::default(), String::new())
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!(
+                        "[alerting] alertmanager_config: cannot read {}: {e}",
+                        full.display()
+                    ));
+                    (Default::default(), String::new())
+                }
+            }
+        }
+        None => {
+            let mut c = cfg.inline_alertmanager();
+            let source = if c.route.is_some() { "ferry.toml" } else { "built-in" };
+            if c.route.is_none() {
+                c.route = Some(ferry_alert::route::ferry_default_route());
+                for name in ferry_alert::route::FERRY_DEFAULT_RECEIVERS {
+                    if !c.receivers.iter().any(|r| r.name == *name) {
+                        c.receivers.push(ferry_alert::config::ReceiverConfig {
+                            name: name.to_string(),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            (c, source.to_string())
+        }
+    };
+    if errors.is_empty() {
+        if let Err(errs) = am.compile() {
+            errors.extend(errs.iter().map(|e| format!("{am_source}: {e}")));
+        }
+        if let Err(e) = super::receivers::build_receivers(&am.receivers, &am.global) {
+            errors.push(format!("{am_source}: {e}"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Loaded {
+        groups,
+        am,
+        am_source,
+        eval_interval: PromDuration(cfg.evaluation_interval.as_millis() as i64),
+        resend_delay: PromDuration(cfg.resend_delay.as_millis() as i64),
+        external_url: cfg.external_url.clone(),
+        external_labels: cfg.external_labels.clone(),
+        alertmanagers: cfg.alertmanagers.clone(),
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_in_the_file_name() {
+        assert!(wildcard("*.yml", "a.yml"));
+        assert!(wildcard("a?c*.y*ml", "abcd.yaml"));
+        assert!(!wildcard("*.yml", "a.yaml"));
+        assert!(wildcard("*", ""));
+        assert!(!wildcard("a", ""));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.yml", "a.yml", "c.txt"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let got = glob(&dir.path().join("*.yml")).unwrap();
+        let names: Vec<_> = got.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["a.yml", "b.yml"]);
+        assert!(glob(&dir.path().join("*/x.yml")).is_err());
+    }
+
+    #[test]
+    fn the_builtin_rules_load() {
+        let f = rulefmt::parse(BUILTIN_NAME, BUILTIN).unwrap();
+        let names: Vec<&str> = f.groups.iter().flat_map(|g| g.rules.iter().map(|r| r.name())).collect();
+        assert!(names.contains(&"HostCpuWarning") && names.contains(&"ServiceDown"));
+        for g in &f.groups {
+            for r in &g.rules {
+                let sev = r.labels.get("severity").map(String::as_str);
+                assert!(
+                    matches!(sev, Some("info" | "warning" | "critical" | "emergency")),
+                    "{}: {sev:?}",
+                    r.name()
+                );
+            }
+        }
+    }
+}

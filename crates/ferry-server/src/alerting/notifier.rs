@@ -1,0 +1,184 @@
+//! The notifier: asks the dispatcher what is due, saves its state (so a
+//! `kill -9` neither loses a resolve nor pages twice), and delivers each
+//! due notification on a task of its own per group × integration, with
+//! retries until the group's next flush. Every attempt is written to the
+//! history. A delivery still running when the next one for the same group
+//! and integration falls due is left to finish: the dispatcher's
+//! notification log decides again afterwards.
+
+use super::receivers::{self, Action, retry::RetryPolicy};
+use super::store::NewEntry;
+use super::{Alerting, lock};
+use crate::daemon::Daemon;
+use ferry_alert::alert::Millis;
+use ferry_alert::dispatch::{Due, DueKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the notifier looks even when nothing woke it (silences
+/// starting and ending, acks expiring, resolve timeouts).
+const IDLE: Duration = Duration::from_secs(1);
+
+pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
+    let mut last_prune: Millis = 0;
+    loop {
+        let now = d.clock.now() as Millis;
+        let (due, next) = {
+            let mut disp = lock(&a.dispatcher);
+            let due = disp.flush_due(now);
+            // Saved before anything is sent: what is due is in the state
+            // (the log is written only when a send succeeds).
+            if let Err(e) = a.save_dispatcher(&mut disp, now) {
+                tracing::error!("{e}; alert state is not saved");
+            }
+            (due, disp.next_wakeup(now))
+        };
+        a.publish(&d, now);
+        for due in due {
+            spawn_delivery(&a, &d, due);
+        }
+        if now - last_prune > 3_600_000 {
+            last_prune = now;
+            a.prune(now);
+        }
+        let wait = next
+            .map(|t| Duration::from_millis((t - now).clamp(0, IDLE.as_millis() as i64) as u64))
+            .unwrap_or(IDLE);
+        tokio::select! {
+            _ = a.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
+    let integrations = a.receivers.load_full();
+    let now = d.clock.now() as Millis;
+    let list = integrations.get(&due.receiver);
+    let target = list.and_then(|l| {
+        l.iter()
+            .position(|i| i.kind().as_str() == due.integration.name && i.index() == due.integration.index)
+    });
+    let Some(idx) = target else {
+        // A receiver without integrations records only (seed 001's
+        // "info"): the notification counts as sent.
+        let mut disp = lock(&a.dispatcher);
+        disp.record_due(&due, now);
+        let _ = a.save_dispatcher(&mut disp, now);
+        return;
+    };
+    let flight = (
+        due.receiver.clone(),
+        due.integration.to_string(),
+        due.group_key.clone(),
+    );
+    if !lock(&a.inflight).insert(flight.clone()) {
+        return;
+    }
+    let (a, d) = (a.clone(), d.clone());
+    tokio::spawn(async move {
+        let integration = &integrations[&due.receiver][idx];
+        let action = match due.kind {
+            DueKind::Notify => Action::Notify,
+            DueKind::Acknowledge => Action::Acknowledge,
+        };
+        // Retried until the group would flush again (Alertmanager's
+        // context deadline), at least a minute.
+        let policy = RetryPolicy {
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(60)),
+            max_attempts: 20,
+            ..RetryPolicy::default()
+        };
+        let name = due
+            .notification
+            .group_labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| due.notification.common_labels.get("alertname").cloned().unwrap_or_default());
+        let what = match due.kind {
+            DueKind::Acknowledge => "acknowledgement".to_string(),
+            DueKind::Notify => format!(
+                "{} firing, {} resolved ({})",
+                due.firing.len(),
+                due.resolved.len(),
+                due.notification.reason
+            ),
+        };
+        let result = receivers::retry::deliver(
+            integration,
+            &due.notification,
+            action,
+            &policy,
+            |attempt| {
+                let kind = match attempt.outcome {
+                    receivers::retry::Outcome::Delivered => "notified",
+                    receivers::retry::Outcome::Skipped => "notify-skipped",
+                    receivers::retry::Outcome::Retrying => "notify-retrying",
+                    receivers::retry::Outcome::GaveUp => "notify-failed",
+                };
+                let message = match &attempt.error {
+                    Some(e) => format!(
+                        "{}/{}: attempt {} of the {what}: {e}",
+                        attempt.receiver, attempt.integration, attempt.attempt
+                    ),
+                    None => format!(
+                        "{}/{}: {} the {what} (attempt {}, {} ms)",
+                        attempt.receiver,
+                        attempt.integration,
+                        attempt.outcome.as_str(),
+                        attempt.attempt,
+                        attempt.duration.as_millis()
+                    ),
+                };
+                {
+                    let mut c = lock(&a.counters.notifications);
+                    *c.entry((
+                        attempt.receiver.clone(),
+                        attempt.integration.clone(),
+                        attempt.outcome.as_str().to_string(),
+                    ))
+                    .or_default() += 1;
+                }
+                let entry = NewEntry {
+                    at: d.clock.now() as Millis,
+                    kind: kind.to_string(),
+                    alertname: name.clone(),
+                    fingerprint: String::new(),
+                    receiver: format!("{}/{}", attempt.receiver, attempt.integration),
+                    message,
+                    detail: serde_json::json!({
+                        "group_key": due.group_key,
+                        "attempt": attempt.attempt,
+                        "outcome": attempt.outcome.as_str(),
+                        "error": attempt.error,
+                        "duration_ms": attempt.duration.as_millis() as u64,
+                        "firing": due.firing.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                        "resolved": due.resolved.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                    }),
+                };
+                if let Err(e) = a.store.append(&[entry]) {
+                    tracing::warn!("{e}");
+                }
+            },
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                let now = d.clock.now() as Millis;
+                let mut disp = lock(&a.dispatcher);
+                disp.record_due(&due, now);
+                if let Err(e) = a.save_dispatcher(&mut disp, now) {
+                    tracing::error!("{e}; the notification log is not saved");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot notify {}/{} about {name}: {}",
+                due.receiver,
+                due.integration,
+                e.message
+            ),
+        }
+        lock(&a.inflight).remove(&flight);
+        a.wake.notify_one();
+    });
+}
