@@ -3,6 +3,7 @@
 //! and the HTTP API, started by `ferry serve` (and by `ferry demo`).
 #![forbid(unsafe_code)]
 
+pub mod alerting;
 pub mod analysis;
 pub mod clock;
 pub mod daemon;
