@@ -179,9 +179,8 @@ impl Integration {
         if self.send_resolved || action == Action::Acknowledge {
             return Some(Cow::Borrowed(n));
         }
-        if n.firing().next().is_none() {
-            return None;
-        }
+        // Nothing firing: nothing to say.
+        n.firing().next()?;
         if n.resolved().next().is_none() {
             return Some(Cow::Borrowed(n));
         }
