@@ -342,12 +342,18 @@ impl Email {
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             let s_text = s.to_string();
-            if !text.contains(&s_text) {
+            if s_text.contains(&text) {
+                text = s_text;
+            } else if !text.contains(&s_text) {
                 text.push_str(": ");
                 text.push_str(&s_text);
             }
             source = s.source();
         }
+        // lettre repeats its error kind in its source's text.
+        let mut parts: Vec<&str> = text.split(": ").collect();
+        parts.dedup();
+        let text = parts.join(": ");
         if e.is_client() && text.contains("STARTTLS") {
             return SendError::permanent(format!(
                 "require_tls is true (the default) but {smarthost} does not offer STARTTLS; set require_tls: false for a local relay without TLS, or tls: true for SMTPS"

@@ -1212,6 +1212,12 @@ async fn email_starttls_and_smtps_with_a_private_ca() {
     let e = email(smtp.port, |_| {});
     let err = e.send(&notification(), Action::Notify).await.unwrap_err();
     assert!(err.message.contains("SMTP 127.0.0.1"), "{}", err.message);
+    assert!(
+        err.message
+            .ends_with("Connection error: invalid peer certificate: UnknownIssuer"),
+        "{}",
+        err.message
+    );
     assert_eq!(smtp.messages_now().len(), 1);
 
     // SMTPS (implicit TLS).
