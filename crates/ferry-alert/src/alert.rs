@@ -34,7 +34,10 @@ impl Alert {
     }
     /// The alert's name (`alertname`), or "" without one.
     pub fn name(&self) -> &str {
-        self.labels.get("alertname").map(String::as_str).unwrap_or("")
+        self.labels
+            .get("alertname")
+            .map(String::as_str)
+            .unwrap_or("")
     }
     pub fn fingerprint(&self) -> Fingerprint {
         fingerprint(&self.labels)

@@ -722,7 +722,7 @@ mod tests {
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let r = &c.route;
         assert_eq!(r.receiver, "team-ops-mails");
-        assert_eq!(r.repeat_interval, 3 * 3600_000);
+        assert_eq!(r.repeat_interval, 3 * 3_600_000);
         assert_eq!(r.routes.len(), 4);
         assert_eq!(r.routes[0].key, r#"{}/{service=~"foo1|foo2|baz"}"#);
         assert_eq!(r.routes[2].key, r#"{}/{service="database"}"#);
@@ -734,7 +734,7 @@ mod tests {
         assert_eq!(r.routes[3].group_by, crate::route::GroupBy::All);
         assert_eq!(
             r.routes[0].routes[0].repeat_interval,
-            3 * 3600_000,
+            3 * 3_600_000,
             "inherited"
         );
         assert_eq!(c.inhibit_rules.len(), 1);

@@ -139,6 +139,8 @@ type NflogKey = (String, Integration, String);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupState {
     pub route_id: String,
+    #[serde(default)]
+    pub receiver: String,
     pub group_key: String,
     pub first_seen: Millis,
     pub next_flush: Millis,
@@ -459,12 +461,14 @@ impl Dispatcher {
             .collect();
         for (idx, route_id, key, gl, receiver, wait, _) in routes {
             let g = self.groups.entry((idx, key.clone())).or_insert_with(|| {
-                let (first_seen, next_flush) =
-                    match saved.and_then(|s| s.get(&(route_id.clone(), key.clone()))) {
-                        Some(s) => (s.first_seen, s.next_flush),
-                        None if starts_at + wait < now => (now, now),
-                        None => (now, now + wait),
-                    };
+                let prior = saved
+                    .and_then(|s| s.get(&(route_id.clone(), key.clone())))
+                    .filter(|s| s.receiver == receiver);
+                let (first_seen, next_flush) = match prior {
+                    Some(s) => (s.first_seen, s.next_flush),
+                    None if starts_at + wait < now => (now, now),
+                    None => (now, now + wait),
+                };
                 Group {
                     route_idx: idx,
                     route_id,
@@ -569,7 +573,7 @@ impl Dispatcher {
             let (firing, resolved) = self.partition(g, now);
             for (integ, sr) in integrations(recv) {
                 let key = (g.receiver.clone(), integ.clone(), g.group_key.clone());
-                if !self.nflog.get(&key).is_some_and(|e| !e.firing.is_empty()) {
+                if self.nflog.get(&key).is_none_or(|e| e.firing.is_empty()) {
                     continue;
                 }
                 let n = self.notification(g, &firing, &resolved, sr, "acknowledged");
@@ -766,6 +770,11 @@ impl Dispatcher {
                 if reason == Reason::RepeatIntervalElapsed
                     && firing.iter().all(|fp| self.ack_valid(*fp, now))
                 {
+                    // Acknowledged: no repeat, but the log must not expire
+                    // (that would page again as a first notification).
+                    if let Some(e) = self.nflog.get_mut(&key) {
+                        e.expires_at = e.expires_at.max(now + 2 * route.repeat_interval);
+                    }
                     reason = Reason::None;
                 }
                 if reason == Reason::None {
@@ -1078,6 +1087,7 @@ impl Dispatcher {
                 .values()
                 .map(|g| GroupState {
                     route_id: g.route_id.clone(),
+                    receiver: g.receiver.clone(),
                     group_key: g.group_key.clone(),
                     first_seen: g.first_seen,
                     next_flush: g.next_flush,
@@ -1209,4 +1219,547 @@ fn alert_order(a: &Alert, b: &Alert) -> std::cmp::Ordering {
         }
     }
     a.labels.cmp(&b.labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AlertmanagerConfig;
+
+    const S: Millis = 1000;
+    const M: Millis = 60 * S;
+    const H: Millis = 60 * M;
+    const T0: Millis = 1_800_000_000_000;
+
+    const YAML: &str = r#"
+route:
+  receiver: ops
+  group_by: [alertname]
+  group_wait: 30s
+  group_interval: 5m
+  repeat_interval: 1h
+  routes:
+    - matchers: ['team="db"']
+      receiver: db
+      continue: true
+    - matchers: ['team=~"db|web"']
+      receiver: quiet
+      group_by: [team]
+    - matchers: ['team="night"']
+      receiver: ops
+      mute_time_intervals: [always]
+inhibit_rules:
+  - source_matchers: [severity="critical"]
+    target_matchers: [severity="warning"]
+    equal: [alertname]
+receivers:
+  - name: ops
+    webhook_configs: [{url: "http://x/ops"}]
+  - name: db
+    pagerduty_configs: [{routing_key: k}]
+    webhook_configs: [{url: "http://x/db", send_resolved: false}]
+  - name: quiet
+time_intervals:
+  - name: always
+    time_intervals: [{}]
+"#;
+
+    fn cfg() -> Compiled {
+        AlertmanagerConfig::load_yaml("t.yml", YAML).unwrap()
+    }
+
+    fn alert(pairs: &[(&str, &str)], starts_at: Millis, ends_at: Millis) -> Alert {
+        Alert {
+            labels: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: [("summary".to_string(), "s".to_string())].into(),
+            starts_at,
+            ends_at,
+            generator_url: String::new(),
+            updated_at: 0,
+        }
+    }
+
+    /// Flushes and records every due as sent.
+    fn tick(d: &mut Dispatcher, now: Millis) -> Vec<Due> {
+        let dues = d.flush_due(now);
+        for due in &dues {
+            d.record_due(due, now);
+        }
+        dues
+    }
+
+    fn summary(dues: &[Due]) -> Vec<String> {
+        dues.iter()
+            .map(|d| {
+                format!(
+                    "{}/{} {} {}f{}r {}",
+                    d.receiver,
+                    d.integration,
+                    d.group_key,
+                    d.firing.len(),
+                    d.resolved.len(),
+                    d.notification.reason
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn group_wait_interval_and_repeat() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A")], T0, 0);
+        d.put(a.clone(), T0);
+        assert_eq!(d.next_wakeup(T0), Some(T0 + 30 * S));
+        assert!(tick(&mut d, T0 + 29 * S).is_empty(), "group_wait");
+        let dues = tick(&mut d, T0 + 30 * S);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 1f0r first notification"#]
+        );
+        let n = &dues[0].notification;
+        assert_eq!(n.status, Status::Firing);
+        assert_eq!(n.group_labels["alertname"], "A");
+        assert_eq!(n.common_annotations["summary"], "s");
+        assert_eq!(n.alerts[0].ends_at, 0);
+        assert_eq!(n.alerts[0].fingerprint, a.fingerprint().to_string());
+        // Re-sent (timeout endsAt extended): nothing new at the next interval.
+        let mut t = T0 + 30 * S;
+        for _ in 0..12 {
+            t += 5 * M;
+            d.put(a.clone(), t - M);
+            assert!(tick(&mut d, t).is_empty(), "unchanged at {}", (t - T0) / M);
+        }
+        // The repeat interval (1h) has passed (strictly) at the 13th.
+        t += 5 * M;
+        d.put(a.clone(), t - M);
+        assert_eq!(
+            summary(&tick(&mut d, t))[0],
+            r#"ops/webhook[0] {}:{alertname="A"} 1f0r repeat interval elapsed"#
+        );
+        // A new alert in the group: at the next group_interval, not before.
+        let b = alert(&[("alertname", "A"), ("instance", "2")], t + M, 0);
+        d.put(b.clone(), t + M);
+        assert!(tick(&mut d, t + 2 * M).is_empty());
+        t += 5 * M;
+        d.put(a.clone(), t - M);
+        let dues = tick(&mut d, t);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 2f0r new alerts added"#]
+        );
+        // Both stop being re-sent: resolved after resolve_timeout (5m).
+        let resolved_at = t - M + 5 * M;
+        assert!(d.next_wakeup(t).unwrap() <= t + 5 * M);
+        let dues = tick(&mut d, t + 5 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 0f2r all alerts resolved"#]
+        );
+        assert_eq!(dues[0].notification.status, Status::Resolved);
+        assert!(
+            dues[0]
+                .notification
+                .alerts
+                .iter()
+                .all(|x| x.ends_at > 0 && x.ends_at <= resolved_at + M)
+        );
+        // Notified resolved alerts leave the group; the group goes away.
+        assert!(d.groups(t + 5 * M).is_empty());
+        assert!(tick(&mut d, t + 10 * M).is_empty());
+        let views = d.alerts(t + 10 * M);
+        assert!(
+            views
+                .iter()
+                .all(|v| v.state == AlertState::Unprocessed && v.resolved)
+        );
+        // And they are dropped from the store after the retention.
+        tick(&mut d, t + 10 * M + RESOLVED_RETENTION + M);
+        assert!(d.alerts(t + 30 * M).is_empty());
+    }
+
+    #[test]
+    fn an_old_alert_skips_group_wait_and_failed_sends_are_retried() {
+        let mut d = Dispatcher::new(cfg());
+        d.put(alert(&[("alertname", "Old")], T0 - H, T0 + H), T0);
+        let dues = d.flush_due(T0);
+        assert_eq!(dues.len(), 1, "startsAt + group_wait is past: flush now");
+        // Not recorded (the send failed): due again at the next interval.
+        assert!(d.flush_due(T0 + M).is_empty());
+        let dues = tick(&mut d, T0 + 5 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="Old"} 1f0r first notification"#]
+        );
+        assert!(tick(&mut d, T0 + 10 * M).is_empty());
+    }
+
+    #[test]
+    fn continue_routes_and_send_resolved_false() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "Disk"), ("team", "db")], T0, T0 + 20 * M);
+        d.put(a.clone(), T0);
+        let dues = tick(&mut d, T0 + 30 * S);
+        assert_eq!(
+            summary(&dues),
+            [
+                r#"db/pagerduty[0] {}/{team="db"}:{alertname="Disk"} 1f0r first notification"#,
+                r#"db/webhook[0] {}/{team="db"}:{alertname="Disk"} 1f0r first notification"#,
+            ],
+            "the quiet receiver has no integrations"
+        );
+        let views = d.alerts(T0 + M);
+        assert_eq!(views[0].receivers, ["db", "quiet"]);
+        assert_eq!(d.groups(T0 + M).len(), 2);
+        assert_eq!(
+            d.groups(T0 + M)[1].group_key,
+            r#"{}/{team=~"db|web"}:{team="db"}"#
+        );
+        // A second alert firing, the first resolved: pagerduty (send_resolved
+        // true) hears of both; the webhook with send_resolved false only of
+        // the new firing one.
+        let b = alert(
+            &[("alertname", "Disk"), ("team", "db"), ("i", "2")],
+            T0 + 21 * M,
+            0,
+        );
+        d.put(b.clone(), T0 + 21 * M);
+        let dues = tick(&mut d, T0 + 30 * S + 25 * M);
+        assert_eq!(dues.len(), 2);
+        assert_eq!(dues[0].notification.alerts.len(), 2);
+        assert_eq!(dues[1].notification.alerts.len(), 1);
+        assert_eq!(dues[1].notification.alerts[0].status, Status::Firing);
+        assert_eq!(
+            dues[1].resolved.len(),
+            1,
+            "the log still records the resolved one"
+        );
+        // All resolved: the send_resolved=false webhook sends nothing but
+        // the log learns it.
+        let t = T0 + 30 * S + 40 * M;
+        d.resolve(b.fingerprint(), "ann", t - M);
+        let dues = tick(&mut d, t);
+        assert_eq!(
+            summary(&dues),
+            [r#"db/pagerduty[0] {}/{team="db"}:{alertname="Disk"} 0f1r all alerts resolved"#],
+            "the first one left the group once notified as resolved"
+        );
+        assert!(
+            d.state()
+                .nflog
+                .iter()
+                .any(|e| e.integration.name == "webhook" && e.firing.is_empty())
+        );
+    }
+
+    #[test]
+    fn inhibited_silenced_and_muted_alerts_are_not_notified() {
+        let mut d = Dispatcher::new(cfg());
+        let crit = alert(&[("alertname", "X"), ("severity", "critical")], T0, T0 + H);
+        let warn = alert(&[("alertname", "X"), ("severity", "warning")], T0, T0 + H);
+        d.put(crit.clone(), T0);
+        d.put(warn.clone(), T0);
+        let dues = tick(&mut d, T0 + 30 * S);
+        assert_eq!(dues[0].firing, vec![crit.fingerprint()]);
+        let v = d.alerts(T0 + M);
+        let w = v
+            .iter()
+            .find(|v| v.fingerprint == warn.fingerprint())
+            .unwrap();
+        assert_eq!(w.state, AlertState::Suppressed);
+        assert_eq!(w.inhibited_by, vec![crit.fingerprint()]);
+        // Silence the critical one: the warning is still inhibited (the
+        // source counts while silenced), nothing is sent.
+        let sil = crate::silence::Silence {
+            id: String::new(),
+            matchers: crate::matcher::parse_matchers(r#"severity="critical""#).unwrap(),
+            starts_at: T0 + M,
+            ends_at: T0 + 3 * H,
+            created_by: "me".into(),
+            comment: "".into(),
+            updated_at: 0,
+        };
+        d.silences_mut().set(sil, "s1", T0 + M).unwrap();
+        // Nothing unmuted fires any more: Alertmanager's needsUpdate calls
+        // that "all alerts resolved" and sends it (empty), clearing the log.
+        let dues = tick(&mut d, T0 + 30 * S + 5 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="X"} 0f0r all alerts resolved"#]
+        );
+        assert!(tick(&mut d, T0 + 30 * S + 10 * M).is_empty());
+        let ev = d.drain_events();
+        assert!(ev.iter().any(|e| e.fingerprint == crit.fingerprint()
+            && matches!(&e.kind, EventKind::Suppressed { silenced_by, .. } if silenced_by == &["s1".to_string()])));
+        // A route muted by a time interval sends nothing.
+        let n = alert(&[("alertname", "N"), ("team", "night")], T0, T0 + H);
+        d.put(n, T0 + 11 * M);
+        assert!(tick(&mut d, T0 + 12 * M).is_empty());
+        assert!(tick(&mut d, T0 + 20 * M).is_empty());
+    }
+
+    #[test]
+    fn restore_after_snapshot_sends_no_duplicate_and_loses_no_resolve() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A")], T0, T0 + H);
+        d.put(a.clone(), T0);
+        assert_eq!(tick(&mut d, T0 + 30 * S).len(), 1);
+        // kill -9 after the send was recorded: no second page.
+        let snap = serde_json::to_string(&d.state()).unwrap();
+        let state: State = serde_json::from_str(&snap).unwrap();
+        let mut r = Dispatcher::restore(cfg(), state, T0 + M);
+        d.put(a.clone(), T0 + 2 * M);
+        r.put(a.clone(), T0 + 2 * M);
+        for t in [T0 + 2 * M, T0 + 6 * M, T0 + 11 * M, T0 + 30 * M] {
+            assert!(
+                tick(&mut r, t).is_empty(),
+                "no duplicate at {}",
+                (t - T0) / M
+            );
+        }
+        // It resolves; we crash before notifying. The restored one notifies.
+        let mut a2 = a.clone();
+        a2.ends_at = T0 + 31 * M;
+        r.put(a2, T0 + 31 * M);
+        let state = r.state();
+        let mut r2 = Dispatcher::restore(cfg(), state, T0 + 32 * M);
+        let dues = tick(&mut r2, T0 + 36 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 0f1r all alerts resolved"#]
+        );
+        // Once notified and restored again: nothing more.
+        let mut r3 = Dispatcher::restore(cfg(), r2.state(), T0 + 37 * M);
+        assert!(tick(&mut r3, T0 + 50 * M).is_empty());
+    }
+
+    #[test]
+    fn ack_suppresses_repeat_but_a_new_alert_still_notifies() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A"), ("team", "db")], T0, T0 + 10 * H);
+        d.put(a.clone(), T0);
+        assert_eq!(tick(&mut d, T0 + 30 * S).len(), 2);
+        let became = d
+            .ack(a.fingerprint(), "ann", "on it", None, T0 + M)
+            .unwrap();
+        assert_eq!(became.len(), 2, "db and quiet groups");
+        assert_eq!(d.next_wakeup(T0 + M), Some(T0 + M));
+        let dues = d.flush_due(T0 + M);
+        assert_eq!(
+            dues.len(),
+            2,
+            "pagerduty and webhook of db (quiet has none)"
+        );
+        assert!(
+            dues.iter()
+                .all(|x| x.kind == DueKind::Acknowledge && x.notification.reason == "acknowledged")
+        );
+        for x in &dues {
+            d.record_due(x, T0 + M);
+        }
+        // No repeat after the repeat interval while acked.
+        let mut t = T0 + 30 * S;
+        while t < T0 + 3 * H {
+            t += 5 * M;
+            assert!(tick(&mut d, t).is_empty(), "at {}", (t - T0) / M);
+        }
+        let v = d.alerts(t);
+        assert_eq!(v[0].acked.as_ref().unwrap().by, "ann");
+        // A new firing alert in the group notifies.
+        let b = alert(
+            &[("alertname", "A"), ("team", "db"), ("i", "2")],
+            t,
+            T0 + 10 * H,
+        );
+        d.put(b, t);
+        let dues = tick(&mut d, t + 5 * M);
+        assert_eq!(dues.len(), 2);
+        assert!(
+            dues.iter()
+                .all(|x| x.notification.reason == "new alerts added")
+        );
+        assert!(d.ack(Fingerprint(1), "x", "", None, t).is_err());
+        let ev = d.drain_events();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(&e.kind, EventKind::Acked { by, .. } if by == "ann"))
+        );
+        assert!(
+            ev.iter()
+                .any(|e| matches!(&e.kind, EventKind::Notified { .. }))
+        );
+    }
+
+    #[test]
+    fn ack_until_expires() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A")], T0, T0 + 10 * H);
+        d.put(a.clone(), T0);
+        tick(&mut d, T0 + 30 * S);
+        d.ack(a.fingerprint(), "ann", "", Some(T0 + 2 * H), T0 + M)
+            .unwrap();
+        let mut t = T0 + 30 * S;
+        let mut sent = Vec::new();
+        while t < T0 + 3 * H {
+            t += 5 * M;
+            if tick(&mut d, t).iter().any(|x| x.kind == DueKind::Notify) {
+                sent.push(t);
+            }
+        }
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0] >= T0 + 2 * H && sent[0] < T0 + 2 * H + 5 * M);
+        assert!(
+            d.drain_events()
+                .iter()
+                .any(|e| e.kind == EventKind::AckEnded)
+        );
+    }
+
+    #[test]
+    fn manual_resolve_holds_for_the_occurrence() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A")], T0, 0);
+        d.put(a.clone(), T0);
+        tick(&mut d, T0 + 30 * S);
+        assert!(d.resolve(a.fingerprint(), "ann", T0 + M));
+        assert!(
+            !d.resolve(a.fingerprint(), "ann", T0 + M),
+            "already resolved"
+        );
+        // The source keeps re-sending the same occurrence: stays resolved.
+        for i in 2..6 {
+            d.put(a.clone(), T0 + i * M);
+        }
+        let dues = tick(&mut d, T0 + 30 * S + 5 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 0f1r all alerts resolved"#]
+        );
+        d.put(a.clone(), T0 + 6 * M);
+        assert!(tick(&mut d, T0 + 30 * S + 10 * M).is_empty());
+        assert!(d.alerts(T0 + 11 * M)[0].resolved);
+        let ev = d.drain_events();
+        assert!(ev.iter().any(|e| e.kind
+            == EventKind::Resolved {
+                by: Some("ann".into())
+            }));
+        // A new occurrence fires again.
+        let again = alert(&[("alertname", "A")], T0 + 20 * M, 0);
+        d.put(again, T0 + 20 * M);
+        assert!(!d.alerts(T0 + 20 * M)[0].resolved);
+        let dues = tick(&mut d, T0 + 21 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"ops/webhook[0] {}:{alertname="A"} 1f0r first notification"#]
+        );
+        assert!(d.drain_events().iter().any(|e| e.kind == EventKind::Firing));
+    }
+
+    #[test]
+    fn merge_as_alertmanager_provider() {
+        let mut d = Dispatcher::new(cfg());
+        // Re-sent with a later end: extended; the earliest start is kept.
+        d.put(alert(&[("alertname", "A")], T0, T0 + 10 * M), T0);
+        d.put(
+            alert(&[("alertname", "A")], T0 + M, T0 + 20 * M),
+            T0 + 2 * M,
+        );
+        let v = &d.alerts(T0 + 3 * M)[0];
+        assert_eq!((v.alert.starts_at, v.alert.ends_at), (T0, T0 + 20 * M));
+        // Missing endsAt: now + resolve_timeout, but an explicit later end wins.
+        d.put(alert(&[("alertname", "A")], T0 + M, 0), T0 + 4 * M);
+        assert_eq!(d.alerts(T0 + 4 * M)[0].alert.ends_at, T0 + 20 * M);
+        // Resolved at the source: resolved.
+        d.put(alert(&[("alertname", "A")], T0, T0 + 5 * M), T0 + 5 * M);
+        assert!(d.alerts(T0 + 5 * M)[0].resolved);
+        // A new occurrence after it ended replaces it.
+        d.put(alert(&[("alertname", "A")], T0 + 30 * M, 0), T0 + 30 * M);
+        let v = &d.alerts(T0 + 30 * M)[0];
+        assert_eq!(
+            (v.alert.starts_at, v.alert.ends_at),
+            (T0 + 30 * M, T0 + 35 * M)
+        );
+    }
+
+    #[test]
+    fn reload_keeps_log_and_timers() {
+        let mut d = Dispatcher::new(cfg());
+        let a = alert(&[("alertname", "A")], T0, T0 + 10 * H);
+        d.put(a.clone(), T0);
+        tick(&mut d, T0 + 30 * S);
+        d.reload(cfg(), T0 + M);
+        assert!(tick(&mut d, T0 + 6 * M).is_empty());
+        assert_eq!(d.groups(T0 + 6 * M).len(), 1);
+        // A config where the alert goes elsewhere: a first notification there.
+        let other = AlertmanagerConfig::load_yaml(
+            "t.yml",
+            "route: {receiver: r2, group_by: [alertname]}\nreceivers: [{name: r2, webhook_configs: [{url: 'http://y'}]}]",
+        )
+        .unwrap();
+        d.reload(other, T0 + 7 * M);
+        let dues = tick(&mut d, T0 + 7 * M);
+        assert_eq!(
+            summary(&dues),
+            [r#"r2/webhook[0] {}:{alertname="A"} 1f0r first notification"#]
+        );
+    }
+
+    #[test]
+    fn needs_update_table() {
+        let s = |v: &[u64]| v.iter().map(|x| Fingerprint(*x)).collect::<BTreeSet<_>>();
+        let e = |f: &[u64], r: &[u64], ts: Millis| NflogEntry {
+            receiver: "r".into(),
+            integration: Integration {
+                name: "webhook".into(),
+                index: 0,
+            },
+            group_key: "g".into(),
+            firing: s(f),
+            resolved: s(r),
+            timestamp: ts,
+            expires_at: ts + 2 * H,
+        };
+        assert_eq!(
+            needs_update(None, &s(&[1]), &s(&[]), true, H, 0),
+            Reason::FirstNotification
+        );
+        assert_eq!(
+            needs_update(None, &s(&[]), &s(&[1]), true, H, 0),
+            Reason::None
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1], &[], 0)), &s(&[1, 2]), &s(&[]), true, H, 0),
+            Reason::NewAlertsInGroup
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[], &[1], 0)), &s(&[2]), &s(&[]), true, H, 0),
+            Reason::FirstNotification
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1], &[], 0)), &s(&[]), &s(&[1]), false, H, 0),
+            Reason::AllAlertsResolved
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[], &[1], 0)), &s(&[]), &s(&[1]), true, H, 0),
+            Reason::None
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1, 2], &[], 0)), &s(&[1]), &s(&[2]), true, H, 0),
+            Reason::NewResolvedAlerts
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1, 2], &[], 0)), &s(&[1]), &s(&[2]), false, H, 0),
+            Reason::None
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1], &[], 0)), &s(&[1]), &s(&[]), true, H, H),
+            Reason::None
+        );
+        assert_eq!(
+            needs_update(Some(&e(&[1], &[], 0)), &s(&[1]), &s(&[]), true, H, H + 1),
+            Reason::RepeatIntervalElapsed
+        );
+    }
 }

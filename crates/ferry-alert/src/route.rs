@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 pub const DEFAULT_GROUP_WAIT: Millis = 30_000;
 pub const DEFAULT_GROUP_INTERVAL: Millis = 5 * 60_000;
-pub const DEFAULT_REPEAT_INTERVAL: Millis = 4 * 3600_000;
+pub const DEFAULT_REPEAT_INTERVAL: Millis = 4 * 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupBy {
@@ -338,7 +338,7 @@ mod tests {
                 RouteConfig {
                     match_re: [("service".to_string(), "mysql|cassandra".to_string())].into(),
                     receiver: Some("storage".into()),
-                    repeat_interval: Some(PromDuration(3600_000)),
+                    repeat_interval: Some(PromDuration(3_600_000)),
                     ..Default::default()
                 },
                 RouteConfig {
@@ -412,7 +412,7 @@ mod tests {
             t.routes[0].group_by,
             GroupBy::Labels(["alertname".to_string()].into())
         );
-        assert_eq!(t.routes[1].repeat_interval, 3600_000);
+        assert_eq!(t.routes[1].repeat_interval, 3_600_000);
         assert_eq!(t.routes[1].group_wait, DEFAULT_GROUP_WAIT);
         let all = pager.group_labels(&labels(&[("team", "db"), ("severity", "page")]));
         assert_eq!(all.len(), 2);

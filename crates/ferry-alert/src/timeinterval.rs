@@ -661,7 +661,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
-        let cases: Vec<Box<dyn Fn(&mut TimeIntervalSpec)>> = vec![
+        type Edit = Box<dyn Fn(&mut TimeIntervalSpec)>;
+        let cases: Vec<Edit> = vec![
             Box::new(|s| s.days_of_month = vec!["0".into()]),
             Box::new(|s| s.days_of_month = vec!["32".into()]),
             Box::new(|s| s.days_of_month = vec!["-3:5".into()]),
