@@ -53,8 +53,12 @@ pub fn glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
     if !name.contains(['*', '?']) {
         return Ok(vec![pattern.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
@@ -167,8 +171,8 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
                     &text,
                 ) {
                     Ok(c) => (c, full.display().to_string()),
-                    Err(errs) => {
-                        errors.extend(errs.iter().map(|e| e.to_string()));
+                    Err(e) => {
+                        errors.push(e.to_string());
                         (Default::default(), String::new())
                     }
                 },
@@ -183,10 +187,14 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
         }
         None => {
             let mut c = cfg.inline_alertmanager();
-            let source = if c.route.is_some() { "ferry.toml" } else { "built-in" };
+            let source = if c.route.is_some() {
+                "ferry.toml"
+            } else {
+                "built-in"
+            };
             if c.route.is_none() {
-                c.route = Some(ferry_alert::route::ferry_default_route());
-                for name in ferry_alert::route::FERRY_DEFAULT_RECEIVERS {
+                c.route = Some(ferry_alert::config::ferry_default_route());
+                for name in ferry_alert::config::FERRY_DEFAULT_RECEIVERS {
                     if !c.receivers.iter().any(|r| r.name == *name) {
                         c.receivers.push(ferry_alert::config::ReceiverConfig {
                             name: name.to_string(),
@@ -199,8 +207,14 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     };
     if errors.is_empty() {
-        if let Err(errs) = am.compile() {
-            errors.extend(errs.iter().map(|e| format!("{am_source}: {e}")));
+        match am.validate() {
+            Ok(notes) => warnings.extend(notes.into_iter().map(|w| format!("{am_source}: {w}"))),
+            Err(e) => errors.push(format!("{am_source}: {e}")),
+        }
+        if errors.is_empty()
+            && let Err(e) = am.compile()
+        {
+            errors.push(format!("{am_source}: {e}"));
         }
         if let Err(e) = super::receivers::build_receivers(&am.receivers, &am.global) {
             errors.push(format!("{am_source}: {e}"));
@@ -238,7 +252,10 @@ mod tests {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
         let got = glob(&dir.path().join("*.yml")).unwrap();
-        let names: Vec<_> = got.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        let names: Vec<_> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
         assert_eq!(names, ["a.yml", "b.yml"]);
         assert!(glob(&dir.path().join("*/x.yml")).is_err());
     }
@@ -246,7 +263,11 @@ mod tests {
     #[test]
     fn the_builtin_rules_load() {
         let f = rulefmt::parse(BUILTIN_NAME, BUILTIN).unwrap();
-        let names: Vec<&str> = f.groups.iter().flat_map(|g| g.rules.iter().map(|r| r.name())).collect();
+        let names: Vec<&str> = f
+            .groups
+            .iter()
+            .flat_map(|g| g.rules.iter().map(|r| r.name()))
+            .collect();
         assert!(names.contains(&"HostCpuWarning") && names.contains(&"ServiceDown"));
         for g in &f.groups {
             for r in &g.rules {

@@ -198,8 +198,8 @@ impl Alerting {
         let source = lock(&self.source).reread()?;
         let loaded = source.load()?;
         let compiled = loaded.am.compile().map_err(|e| vec![e.to_string()])?;
-        let integrations =
-            receivers::build_receivers(&loaded.am.receivers, &loaded.am.global).map_err(|e| vec![e])?;
+        let integrations = receivers::build_receivers(&loaded.am.receivers, &loaded.am.global)
+            .map_err(|e| vec![e])?;
         // Checked: from here on nothing can fail.
         for w in &loaded.warnings {
             tracing::warn!("alerting: {w}");
@@ -323,7 +323,11 @@ fn history_of(e: &ferry_alert::dispatch::Event, _now: Millis) -> Option<NewEntry
     let name = e.labels.get("alertname").cloned().unwrap_or_default();
     let labels = ferry_metrics::storage::format_labels(&e.labels);
     let (kind, message, receiver) = match &e.kind {
-        K::Firing => ("firing", format!("{name} is firing: {labels}"), String::new()),
+        K::Firing => (
+            "firing",
+            format!("{name} is firing: {labels}"),
+            String::new(),
+        ),
         K::Suppressed {
             silenced_by,
             inhibited_by,
@@ -339,7 +343,11 @@ fn history_of(e: &ferry_alert::dispatch::Event, _now: Millis) -> Option<NewEntry
             if why.is_empty() {
                 why.push("muted".into());
             }
-            ("suppressed", format!("{name} is {}", why.join("; ")), String::new())
+            (
+                "suppressed",
+                format!("{name} is {}", why.join("; ")),
+                String::new(),
+            )
         }
         K::Resolved { by } => (
             "resolved",

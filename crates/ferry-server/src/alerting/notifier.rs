@@ -56,8 +56,9 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
     let now = d.clock.now() as Millis;
     let list = integrations.get(&due.receiver);
     let target = list.and_then(|l| {
-        l.iter()
-            .position(|i| i.kind().as_str() == due.integration.name && i.index() == due.integration.index)
+        l.iter().position(|i| {
+            i.kind().as_str() == due.integration.name && i.index() == due.integration.index
+        })
     });
     let Some(idx) = target else {
         // A receiver without integrations records only (seed 001's
@@ -94,7 +95,13 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
             .group_labels
             .get("alertname")
             .cloned()
-            .unwrap_or_else(|| due.notification.common_labels.get("alertname").cloned().unwrap_or_default());
+            .unwrap_or_else(|| {
+                due.notification
+                    .common_labels
+                    .get("alertname")
+                    .cloned()
+                    .unwrap_or_default()
+            });
         let what = match due.kind {
             DueKind::Acknowledge => "acknowledgement".to_string(),
             DueKind::Notify => format!(
@@ -104,12 +111,8 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
                 due.notification.reason
             ),
         };
-        let result = receivers::retry::deliver(
-            integration,
-            &due.notification,
-            action,
-            &policy,
-            |attempt| {
+        let result =
+            receivers::retry::deliver(integration, &due.notification, action, &policy, |attempt| {
                 let kind = match attempt.outcome {
                     receivers::retry::Outcome::Delivered => "notified",
                     receivers::retry::Outcome::Skipped => "notify-skipped",
@@ -159,9 +162,8 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
                 if let Err(e) = a.store.append(&[entry]) {
                     tracing::warn!("{e}");
                 }
-            },
-        )
-        .await;
+            })
+            .await;
         match result {
             Ok(()) => {
                 let now = d.clock.now() as Millis;

@@ -36,10 +36,7 @@ pub fn start(
     let mut running = Vec::new();
     for GroupDef { file, spec } in &loaded.groups {
         let mut group = Group::new(spec, file, loaded.eval_interval);
-        let saved = match states
-            .iter()
-            .find(|(f, g, _)| f == file && *g == spec.name)
-        {
+        let saved = match states.iter().find(|(f, g, _)| f == file && *g == spec.name) {
             Some((_, _, s)) => Some(s.clone()),
             None => a
                 .store
@@ -156,7 +153,8 @@ fn eval(a: &Alerting, d: &Daemon, group: &Mutex<Group>, ts: Millis, interval: i6
         for rule in &g.rules {
             for alert in rule.active_alerts() {
                 if alert.state == State::Firing {
-                    let labels = super::with_external(alert.labels.clone(), &loaded.external_labels);
+                    let labels =
+                        super::with_external(alert.labels.clone(), &loaded.external_labels);
                     values.insert(ferry_alert::alert::fingerprint(&labels), alert.value);
                 }
             }
@@ -171,7 +169,10 @@ fn eval(a: &Alerting, d: &Daemon, group: &Mutex<Group>, ts: Millis, interval: i6
             .iter()
             .map(|t| history_of(t, &g.name, &loaded.external_labels))
             .collect();
-        if let Err(e) = a.store.save(&key(&g.file, &g.name), &g.snapshot(), &history) {
+        if let Err(e) = a
+            .store
+            .save(&key(&g.file, &g.name), &g.snapshot(), &history)
+        {
             tracing::error!("{e}; the alerts of group {} are not saved", g.name);
         }
     }

@@ -22,7 +22,7 @@
 
 mod email;
 mod pagerduty;
-mod retry;
+pub mod retry;
 mod slack;
 mod webhook;
 
