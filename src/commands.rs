@@ -119,8 +119,57 @@ pub fn install_service(
 
 /// `ferry check`: the file parses, validates, and each `listen` is free (or
 /// already served by this daemon for the same service).
+/// `ferry check FILE.yml…`: Prometheus rule files, checked as `promtool
+/// check rules` does (its output; exit 2 on an error, as for any config).
+pub fn check_rules(files: &[PathBuf], output: Output) -> CliResult<()> {
+    let report = ferry_alert::rulefmt::check(files, false);
+    if output == Output::Json {
+        say!(
+            "{}",
+            serde_json::json!({"ok": report.exit_code == 0, "stdout": report.stdout, "stderr": report.stderr})
+        );
+    } else {
+        for line in report.stdout.lines() {
+            say!("{line}");
+        }
+        if report.exit_code == 0 && !report.stderr.is_empty() {
+            eprint!("{}", report.stderr);
+        }
+    }
+    if report.exit_code != 0 {
+        return Err(CliError::usage(report.stderr.trim_end().to_string()));
+    }
+    Ok(())
+}
+
+/// The `[alerting]` of a config file, read and checked (rule files,
+/// routing, receivers): what `ferry serve --config` would run.
+pub fn load_alerting(path: &Path, cfg: &Config) -> CliResult<ferry_server::alerting::Source> {
+    let source = ferry_server::alerting::Source {
+        config_file: Some(path.canonicalize().unwrap_or_else(|_| path.to_path_buf())),
+        config: cfg.alerting.clone(),
+    };
+    match source.load() {
+        Ok(_) => Ok(source),
+        Err(errors) => {
+            let n = errors.len();
+            let list: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
+            Err(CliError::usage(format!(
+                "{}
+[alerting] in {} has {n} problem{}; nothing was changed",
+                list.join("\n"),
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            )))
+        }
+    }
+}
+
 pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliResult<()> {
     let cfg = load_config(path)?;
+    let alerting = load_alerting(path, &cfg)?
+        .load()
+        .unwrap_or_else(|_| unreachable!("checked"));
     let ours: BTreeMap<String, String> = match &client {
         Some(c) => c
             .get::<Vec<ServiceStatus>>("/v1/services")
@@ -170,12 +219,23 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
     match output {
         Output::Json => say!(
             "{}",
-            serde_json::json!({"ok": true, "file": path, "services": cfg.services.keys().collect::<Vec<_>>()})
+            serde_json::json!({
+                "ok": true,
+                "file": path,
+                "services": cfg.services.keys().collect::<Vec<_>>(),
+                "rule_groups": alerting.groups.len(),
+                "rules": alerting.groups.iter().map(|g| g.spec.rules.len()).sum::<usize>(),
+                "warnings": alerting.warnings,
+            })
         ),
         Output::Text => {
+            for w in &alerting.warnings {
+                eprintln!("warning: {w}");
+            }
             let names: Vec<&String> = cfg.services.keys().collect();
+            let rules: usize = alerting.groups.iter().map(|g| g.spec.rules.len()).sum();
             say!(
-                "{}: OK ({} service{}: {})",
+                "{}: OK ({} service{}: {}; {rules} alerting and recording rules, routing from {})",
                 path.display(),
                 names.len(),
                 if names.len() == 1 { "" } else { "s" },
@@ -183,7 +243,8 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                alerting.am_source
             );
         }
     }

@@ -90,6 +90,7 @@ pub async fn run() -> CliResult<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let serve_config = ferry_server::ServeConfig {
+        alerting: Default::default(),
         data_dir: data_dir.clone(),
         api_addr: "127.0.0.1:0".parse().expect("literal address"),
         api_limits: Default::default(),

@@ -72,10 +72,17 @@ enum Command {
         force: bool,
     },
     /// Validate ferry.toml (exit 2 with every problem, each with file:line).
+    ///
+    /// Also the rule files and the routing of its `[alerting]`. With FILEs,
+    /// check those Prometheus rule files instead, as `promtool check
+    /// rules` does.
     Check {
         /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
+        /// Prometheus rule files to check (instead of the config).
+        #[arg(value_name = "RULE_FILE")]
+        rules: Vec<PathBuf>,
     },
     /// Run the daemon: API, proxies, supervisor, probes.
     ///
@@ -396,7 +403,10 @@ async fn run(cli: Cli) -> CliResult<()> {
     let client = || Client::discover(cli.api.as_deref(), cli.token.as_deref(), &cli.data_dir);
     match &cli.command {
         Command::Init { config, force } => commands::init(config, *force),
-        Command::Check { config } => commands::check(config, client().ok(), cli.output).await,
+        Command::Check { rules, .. } if !rules.is_empty() => {
+            commands::check_rules(rules, cli.output)
+        }
+        Command::Check { config, .. } => commands::check(config, client().ok(), cli.output).await,
         Command::Serve {
             api_addr,
             api_max_connections,
@@ -410,9 +420,19 @@ async fn run(cli: Cli) -> CliResult<()> {
             query_max_samples,
             query_timeout,
         } => {
-            let metrics = match config {
-                Some(path) => commands::load_config(path)?.metrics,
-                None => Default::default(),
+            let (metrics, alerting) = match config {
+                Some(path) => {
+                    let cfg = commands::load_config(path)?;
+                    let alerting = commands::load_alerting(path, &cfg)?;
+                    (cfg.metrics, alerting)
+                }
+                None => {
+                    let source = ferry_server::alerting::Source::default();
+                    if let Err(errors) = source.load() {
+                        return Err(CliError::failed(errors.join("\n")));
+                    }
+                    (Default::default(), source)
+                }
             };
             init_logging(cli.log_format, "info");
             let data_plane = match data_plane {
@@ -435,6 +455,7 @@ async fn run(cli: Cli) -> CliResult<()> {
                 data_plane,
                 scrape_interval: *scrape_interval,
                 metrics,
+                alerting,
                 tsdb: ferry_server::tsdb::TsdbOptions {
                     retention: *metrics_retention,
                     retention_bytes: metrics_retention_size.unwrap_or(0),
@@ -455,7 +476,10 @@ async fn run(cli: Cli) -> CliResult<()> {
                     let code = match e {
                         ferry_server::ServeError::Bind { .. }
                         | ferry_server::ServeError::AlreadyRunning { .. }
-                        | ferry_server::ServeError::Key(_) => client::EXIT_USAGE,
+                        | ferry_server::ServeError::Key(_)
+                        | ferry_server::ServeError::Alerting(
+                            ferry_server::alerting::AlertingError::Config(_),
+                        ) => client::EXIT_USAGE,
                         _ => client::EXIT_FAILED,
                     };
                     CliError {

@@ -592,6 +592,26 @@ impl Dispatcher {
         Ok(became)
     }
 
+    /// Withdraws an acknowledgement; false when there was none.
+    pub fn unack(&mut self, fp: Fingerprint, now: Millis) -> bool {
+        if !self.ack_valid(fp, now) {
+            return false;
+        }
+        self.acks.remove(&fp);
+        let labels = self
+            .alerts
+            .get(&fp)
+            .map(|s| s.alert.labels.clone())
+            .unwrap_or_default();
+        self.events.push(Event {
+            at: now,
+            fingerprint: fp,
+            labels,
+            kind: EventKind::AckEnded,
+        });
+        true
+    }
+
     fn ack_valid(&self, fp: Fingerprint, now: Millis) -> bool {
         match (self.acks.get(&fp), self.alerts.get(&fp)) {
             (Some(a), Some(s)) => {

@@ -54,6 +54,9 @@ pub struct ServeConfig {
     pub metrics: ferry_core::metrics_config::MetricsConfig,
     /// Retention of the metrics store and limits of its queries.
     pub tsdb: tsdb::TsdbOptions,
+    /// `[alerting]` of the config given to `ferry serve --config`, and
+    /// that file (re-read by `ferry alerts reload`).
+    pub alerting: alerting::Source,
 }
 
 /// Where the proxies run.
@@ -105,6 +108,8 @@ pub enum ServeError {
     Daemon(#[from] daemon::DaemonError),
     #[error("API server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Alerting(#[from] alerting::AlertingError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
@@ -543,6 +548,14 @@ pub async fn serve(
         },
     ));
     let maintenance = tokio::spawn(maintain_metrics(d.clone()));
+    let alerting = Arc::new(alerting::Alerting::open(
+        &data_dir,
+        config.alerting.clone(),
+        &format!("http://{addr}"),
+        d.clock.now() as i64,
+    )?);
+    let _ = d.alerting.set(alerting.clone());
+    let alert_tasks = alerting.start(&d);
     let (how_tx, how_rx) = tokio::sync::oneshot::channel();
     let reconcile = tokio::spawn(
         d.clone()
@@ -561,6 +574,10 @@ pub async fn serve(
     let _ = reconcile.await;
     collector.abort();
     maintenance.abort();
+    for t in alert_tasks {
+        t.abort();
+    }
+    alerting.stop();
     for sender in senders {
         sender.abort();
     }

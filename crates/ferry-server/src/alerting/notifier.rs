@@ -51,7 +51,8 @@ pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
     }
 }
 
-fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, due: Due) {
+fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
+    due.notification.external_url = a.external_url();
     let integrations = a.receivers.load_full();
     let now = d.clock.now() as Millis;
     let list = integrations.get(&due.receiver);

@@ -61,6 +61,8 @@ pub struct Daemon {
     pub remote_write: crate::remote_write::Senders,
     /// The alerts firing now, which roll releases back.
     pub alerts: crate::alerting::board::Board,
+    /// Rules, notifications, silences (set once `serve` has its address).
+    pub alerting: std::sync::OnceLock<Arc<crate::alerting::Alerting>>,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
     /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
@@ -250,6 +252,7 @@ impl Daemon {
             tsdb,
             remote_write: Default::default(),
             alerts: Default::default(),
+            alerting: Default::default(),
             binary: std::sync::Mutex::new(None),
             exit: tokio::sync::watch::Sender::new(None),
         });

@@ -9,6 +9,7 @@
 //! (the accept loop and its limits) stands alone. Requests without a token
 //! are throttled by `crate::denials`.
 
+mod alerts;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -50,8 +51,31 @@ pub fn router(daemon: Arc<Daemon>, limits: server::ApiLimits) -> Router {
         .route("/api/v1/label/{name}/values", get(promql::label_values))
         .route("/api/v1/metadata", get(promql::metadata))
         .route("/api/v1/status/buildinfo", get(promql::buildinfo))
-        .route("/api/v1/rules", get(promql::rules))
-        .route("/api/v1/alerts", get(promql::alerts))
+        .route("/api/v1/rules", get(alerts::prom_rules))
+        .route("/api/v1/alerts", get(alerts::prom_alerts))
+        .route(
+            "/api/v2/alerts",
+            get(alerts::get_alerts).post(alerts::post_alerts),
+        )
+        .route("/api/v2/alerts/groups", get(alerts::get_groups))
+        .route(
+            "/api/v2/silences",
+            get(alerts::get_silences).post(alerts::post_silence),
+        )
+        .route(
+            "/api/v2/silence/{id}",
+            get(alerts::get_silence).delete(alerts::delete_silence),
+        )
+        .route("/api/v2/receivers", get(alerts::get_receivers))
+        .route("/api/v2/status", get(alerts::get_status))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/alerts/history", get(alerts::history))
+        .route("/v1/alerts/reload", post(alerts::reload))
+        .route(
+            "/v1/alerts/{id}/ack",
+            post(alerts::ack).delete(alerts::unack),
+        )
+        .route("/v1/alerts/{id}/resolve", post(alerts::resolve))
         .route(
             "/api/v1/query_exemplars",
             get(promql::exemplars).post(promql::exemplars),

@@ -410,16 +410,6 @@ pub async fn buildinfo() -> Response {
     }))
 }
 
-/// `/api/v1/rules`: none until alerting exists.
-pub async fn rules() -> Response {
-    success(json!({ "groups": [] }))
-}
-
-/// `/api/v1/alerts`: none until alerting exists.
-pub async fn alerts() -> Response {
-    success(json!({ "alerts": [] }))
-}
-
 /// `/api/v1/query_exemplars`: no exemplars are stored.
 pub async fn exemplars() -> Response {
     success(json!([]))
