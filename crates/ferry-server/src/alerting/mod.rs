@@ -231,6 +231,13 @@ impl Alerting {
         ))
     }
 
+    /// Would a reload succeed? (Read and check the config file again,
+    /// applying nothing.)
+    pub fn check_reload(&self) -> Result<(), Vec<String>> {
+        let source = lock(&self.source).reread()?;
+        source.load().map(|_| ())
+    }
+
     /// Take alerts in (from rules, or pushed), save, and wake the
     /// notifier.
     pub fn receive(&self, alerts: Vec<Alert>, now: Millis) -> Result<(), store::AlertStoreError> {
@@ -407,4 +414,136 @@ pub(crate) fn http_client() -> reqwest::Client {
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .unwrap_or_default()
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Alerting {
+    /// Alert state on `/metrics`: alerts by name, state and severity; rule
+    /// evaluations; notifications by receiver, integration and outcome;
+    /// alerts pushed to Alertmanagers.
+    pub fn render_metrics(&self, now: Millis) -> String {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::new();
+        // Rule alerts by state (pending ones exist only there).
+        let mut by_state: BTreeMap<(String, &'static str, String), u64> = BTreeMap::new();
+        for g in lock(&self.groups).iter() {
+            let g = lock(&g.group);
+            for rule in &g.rules {
+                for a in rule.active_alerts() {
+                    let sev = a.labels.get("severity").cloned().unwrap_or_default();
+                    *by_state
+                        .entry((rule.name().to_string(), a.state.as_str(), sev))
+                        .or_default() += 1;
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_rule_alerts Alerts of Ferry's rules by name, state (pending, firing) and severity.\n# TYPE ferry_rule_alerts gauge"
+        );
+        for ((name, state, sev), n) in &by_state {
+            let _ = writeln!(
+                out,
+                "ferry_rule_alerts{{alertname=\"{}\",state=\"{state}\",severity=\"{}\"}} {n}",
+                escape_label(name),
+                escape_label(sev)
+            );
+        }
+        // Every alert the notifier holds (rules' and pushed ones).
+        let mut notifier: BTreeMap<(String, &'static str, String), u64> = BTreeMap::new();
+        for v in lock(&self.dispatcher).alerts(now) {
+            if v.resolved {
+                continue;
+            }
+            let state = if v.acked.is_some() {
+                "acknowledged"
+            } else if !v.silenced_by.is_empty() {
+                "silenced"
+            } else if !v.inhibited_by.is_empty() {
+                "inhibited"
+            } else if v.state == ferry_alert::dispatch::AlertState::Suppressed {
+                "muted"
+            } else {
+                "active"
+            };
+            let sev = v.alert.labels.get("severity").cloned().unwrap_or_default();
+            *notifier
+                .entry((v.alert.name().to_string(), state, sev))
+                .or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_alerts Firing alerts held by the notifier by name, state (active, silenced, inhibited, muted, acknowledged) and severity.\n# TYPE ferry_alerts gauge"
+        );
+        for ((name, state, sev), n) in &notifier {
+            let _ = writeln!(
+                out,
+                "ferry_alerts{{alertname=\"{}\",state=\"{state}\",severity=\"{}\"}} {n}",
+                escape_label(name),
+                escape_label(sev)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_rule_evaluations_total Rule evaluations.\n# TYPE ferry_rule_evaluations_total counter\nferry_rule_evaluations_total {}",
+            self.counters.evaluations.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_rule_evaluation_failures_total Rule evaluations that failed (health err).\n# TYPE ferry_rule_evaluation_failures_total counter\nferry_rule_evaluation_failures_total {}",
+            self.counters.evaluation_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_alerts_received_total Alerts pushed to POST /api/v2/alerts.\n# TYPE ferry_alerts_received_total counter\nferry_alerts_received_total {}",
+            self.counters.received.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_notifications_total Notification attempts by receiver, integration and outcome (delivered, retrying, gave up, skipped).\n# TYPE ferry_notifications_total counter"
+        );
+        for ((receiver, integration, outcome), n) in lock(&self.counters.notifications).iter() {
+            let _ = writeln!(
+                out,
+                "ferry_notifications_total{{receiver=\"{}\",integration=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape_label(receiver),
+                escape_label(integration)
+            );
+        }
+        let pushed = self.pusher().counters();
+        for (family, help, pick) in [
+            (
+                "ferry_alertmanager_alerts_sent_total",
+                "Alerts pushed to an Alertmanager.",
+                0usize,
+            ),
+            (
+                "ferry_alertmanager_errors_total",
+                "Failed pushes to an Alertmanager.",
+                1,
+            ),
+            (
+                "ferry_alertmanager_alerts_dropped_total",
+                "Alerts not pushed to an Alertmanager (queue full or push failed).",
+                2,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            for (url, sent, errors, dropped) in &pushed {
+                let v = [sent, errors, dropped][pick];
+                let _ = writeln!(
+                    out,
+                    "{family}{{alertmanager=\"{}\"}} {v}",
+                    escape_label(url)
+                );
+            }
+        }
+        out
+    }
 }

@@ -158,6 +158,12 @@ pub async fn shutdown(
 pub async fn render_metrics(d: &Daemon) -> String {
     let dataplane = d.core.lock().await.dataplane.clone();
     let report = dataplane.fresh_report().await;
+    let alerting = d
+        .alerting
+        .get()
+        .map(|a| a.render_metrics(d.clock.now() as i64))
+        .unwrap_or_default();
     d.snapshot().metrics.with_proxies(&report).render()
         + &crate::remote_write::render(&d.remote_write)
+        + &alerting
 }

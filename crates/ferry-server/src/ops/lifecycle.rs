@@ -36,6 +36,14 @@ pub async fn upgrade(
             ));
         }
     };
+    // The new control plane reads the config file again; one it would
+    // refuse must not replace this one.
+    if let Some(Err(errors)) = d.alerting.get().map(|a| a.check_reload()) {
+        return audit.reject(OpError::Conflict(format!(
+            "the config file has errors, so a new control plane would not start; fix them first:\n{}",
+            errors.join("\n")
+        )));
+    }
     if !binary.is_absolute() {
         return audit.reject(OpError::BadRequest(format!(
             "binary: {} is not an absolute path",
