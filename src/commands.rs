@@ -709,6 +709,17 @@ pub async fn status(
     if list.is_empty() {
         say!("no services deployed yet; try `ferry deploy web --version v1`");
     }
+    // Alerts pending and firing, shown under the service they are about
+    // (its `service` or `job` label); the rest on one line at the end.
+    let alerts: Vec<serde_json::Value> = client
+        .get::<serde_json::Value>("/v1/alerts")
+        .await
+        .ok()
+        .and_then(|v| v["alerts"].as_array().cloned())
+        .unwrap_or_default();
+    let about = |a: &serde_json::Value, name: &str| {
+        a["labels"]["service"].as_str() == Some(name) || a["labels"]["job"].as_str() == Some(name)
+    };
     for s in &list {
         let serving = s
             .instances
@@ -731,6 +742,30 @@ pub async fn status(
         );
         if let Some(why) = &s.proxy_error {
             say!("  NOT SERVING: {why}");
+        }
+        for a in alerts.iter().filter(|a| about(a, &s.name)) {
+            let mut notes = Vec::new();
+            if a["ack"].is_object() {
+                notes.push("acknowledged");
+            }
+            if a["silenced_by"].as_array().is_some_and(|v| !v.is_empty()) {
+                notes.push("silenced");
+            }
+            if a["inhibited_by"].as_array().is_some_and(|v| !v.is_empty()) {
+                notes.push("inhibited");
+            }
+            say!(
+                "  ALERT {} {} ({}){}  id {}",
+                a["name"].as_str().unwrap_or(""),
+                a["state"].as_str().unwrap_or(""),
+                a["labels"]["severity"].as_str().unwrap_or("-"),
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", notes.join(", "))
+                },
+                a["id"].as_str().unwrap_or("")
+            );
         }
         if let Some(r) = &s.rollout {
             say!(
@@ -780,6 +815,19 @@ pub async fn status(
                     .filter(|_| i.state != ferry_api::InstanceState::Serving)
                     .or(i.last_probe.as_deref())
                     .unwrap_or("-")
+            );
+        }
+    }
+    if service.is_none() {
+        let other: Vec<&serde_json::Value> = alerts
+            .iter()
+            .filter(|a| !list.iter().any(|s| about(a, &s.name)))
+            .collect();
+        if !other.is_empty() {
+            let firing = other.iter().filter(|a| a["state"] == "firing").count();
+            say!(
+                "alerts: {firing} firing, {} pending, not about a service (`ferry alerts` lists them)",
+                other.len() - firing
             );
         }
     }
