@@ -234,16 +234,23 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
             }
             let names: Vec<&String> = cfg.services.keys().collect();
             let rules: usize = alerting.groups.iter().map(|g| g.spec.rules.len()).sum();
+            let services = if names.is_empty() {
+                "no services".to_string()
+            } else {
+                format!(
+                    "{} service{}: {}",
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" },
+                    names
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             say!(
-                "{}: OK ({} service{}: {}; {rules} alerting and recording rules, routing from {})",
+                "{}: OK ({services}; {rules} alerting and recording rules, routing from {})",
                 path.display(),
-                names.len(),
-                if names.len() == 1 { "" } else { "s" },
-                names
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
                 alerting.am_source
             );
         }

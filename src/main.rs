@@ -119,8 +119,11 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = scrape_interval_arg)]
         scrape_interval: std::time::Duration,
         /// A ferry.toml whose `[metrics]` table (extra scrape targets,
-        /// remote_write) the daemon uses; read at start, so a change takes a
-        /// restart (SIGTERM and `ferry serve` again: traffic goes on).
+        /// remote_write) and `[alerting]` table (rule files, routing,
+        /// receivers, Alertmanagers) the daemon uses; read at start, so a
+        /// `[metrics]` change takes a restart (SIGTERM and `ferry serve`
+        /// again: traffic goes on) and an `[alerting]` change `ferry alerts
+        /// reload`.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// How long the metrics store (`<data-dir>/metrics`) keeps samples.

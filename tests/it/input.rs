@@ -85,7 +85,10 @@ fn rejected_configs_exit_2_with_file_line_and_key_and_change_nothing() {
 
     std::fs::write(&path, &good).unwrap();
     let out = env.ferry_ok(&["check"]);
-    assert!(out.contains("OK (1 service: web)"), "{out}");
+    assert!(
+        out.contains("OK (1 service: web; 13 alerting and recording rules, routing from built-in)"),
+        "{out}"
+    );
 }
 
 #[test]
