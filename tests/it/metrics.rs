@@ -151,10 +151,21 @@ fn promql_over_the_daemons_own_metrics() {
         "{meta}"
     );
     assert_eq!(get("/api/v1/status/buildinfo")["status"], "success");
+    // The built-in rules (seed 001's thresholds), in Prometheus's shape.
+    let groups = get("/api/v1/rules")["data"]["groups"].clone();
+    let names: Vec<(&str, &str)> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap(), g["file"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        get("/api/v1/rules")["data"]["groups"],
-        serde_json::json!([])
+        names,
+        [("ferry_host", "built-in"), ("ferry_services", "built-in")],
+        "{groups}"
     );
+    assert_eq!(groups[0]["rules"][0]["name"], "HostCpuWarning", "{groups}");
+    assert_eq!(groups[0]["rules"][0]["type"], "alerting", "{groups}");
     assert_eq!(
         get("/api/v1/alerts")["data"]["alerts"],
         serde_json::json!([])
