@@ -597,6 +597,12 @@ impl Dispatcher {
         if !self.ack_valid(fp, now) {
             return false;
         }
+        self.end_ack(fp, now);
+        true
+    }
+
+    /// Forget `fp`'s acknowledgement and say so in the events.
+    fn end_ack(&mut self, fp: Fingerprint, now: Millis) {
         self.acks.remove(&fp);
         let labels = self
             .alerts
@@ -609,7 +615,6 @@ impl Dispatcher {
             labels,
             kind: EventKind::AckEnded,
         });
-        true
     }
 
     fn ack_valid(&self, fp: Fingerprint, now: Millis) -> bool {
@@ -711,18 +716,7 @@ impl Dispatcher {
             .filter(|fp| !self.ack_valid(*fp, now))
             .collect();
         for fp in ended {
-            self.acks.remove(&fp);
-            let labels = self
-                .alerts
-                .get(&fp)
-                .map(|s| s.alert.labels.clone())
-                .unwrap_or_default();
-            self.events.push(Event {
-                at: now,
-                fingerprint: fp,
-                labels,
-                kind: EventKind::AckEnded,
-            });
+            self.end_ack(fp, now);
         }
     }
 

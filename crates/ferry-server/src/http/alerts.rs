@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferry_alert::alert::{Alert, LabelSet, Millis};
+use ferry_alert::alert::{Alert, Fingerprint, LabelSet, Millis};
 use ferry_alert::dispatch::{AlertState, AlertView};
 use ferry_alert::silence::{Silence, SilenceFilter};
 use serde::Deserialize;
@@ -265,6 +265,16 @@ fn filters(q: &AlertsQuery) -> Result<Vec<ferry_alert::matcher::Matcher>, String
     Ok(out)
 }
 
+/// The query string of a list request and its `filter` matchers, or the
+/// 400 answer.
+fn parsed_query(
+    raw: Option<&str>,
+) -> Result<(AlertsQuery, Vec<ferry_alert::matcher::Matcher>), Response> {
+    let q = alerts_query(raw).map_err(|e| am_error(StatusCode::BAD_REQUEST, e))?;
+    let f = filters(&q).map_err(|e| am_error(StatusCode::BAD_REQUEST, e))?;
+    Ok((q, f))
+}
+
 /// `GET /api/v2/alerts`.
 pub async fn get_alerts(
     State(d): State<Arc<Daemon>>,
@@ -273,13 +283,9 @@ pub async fn get_alerts(
     let Some(a) = d.alerting.get() else {
         return Json(json!([])).into_response();
     };
-    let q = match alerts_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
-    };
-    let f = match filters(&q) {
-        Ok(f) => f,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
+    let (q, f) = match parsed_query(raw.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let views = lock(&a.dispatcher).alerts(now(&d));
     let out: Vec<Value> = views
@@ -298,13 +304,9 @@ pub async fn get_groups(
     let Some(a) = d.alerting.get() else {
         return Json(json!([])).into_response();
     };
-    let q = match alerts_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
-    };
-    let f = match filters(&q) {
-        Ok(f) => f,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
+    let (q, f) = match parsed_query(raw.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let t = now(&d);
     let disp = lock(&a.dispatcher);
@@ -351,13 +353,9 @@ pub async fn get_silences(
     let Some(a) = d.alerting.get() else {
         return Json(json!([])).into_response();
     };
-    let q = match alerts_query(raw.as_deref()) {
-        Ok(q) => q,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
-    };
-    let f = match filters(&q) {
-        Ok(f) => f,
-        Err(e) => return am_error(StatusCode::BAD_REQUEST, e),
+    let (_, f) = match parsed_query(raw.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let t = now(&d);
     let disp = lock(&a.dispatcher);
@@ -653,6 +651,49 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// What an action on one alert decided: the answer, or a refusal.
+type Acted = Result<Value, ApiError>;
+
+/// Act on alert `id` (an ID or a unique prefix) under the dispatcher's
+/// lock: audited either way; the state saved and the notifier woken when
+/// `act` succeeds.
+fn on_alert(
+    d: &Daemon,
+    headers: &HeaderMap,
+    id: &str,
+    action: &str,
+    detail: Value,
+    act: impl FnOnce(&mut ferry_alert::dispatch::Dispatcher, Fingerprint, Millis, &str) -> Acted,
+) -> ApiResult<Json<Value>> {
+    let a = alerting(d)?;
+    let who = actor(headers);
+    let audit = Audit::new(d, &who, action, id, detail);
+    let t = now(d);
+    let answer = a.find(id, t).map_err(ApiError::not_found).and_then(|fp| {
+        let mut disp = lock(&a.dispatcher);
+        let answer = act(&mut disp, fp, t, &who.audit)?;
+        a.save_dispatcher(&mut disp, t).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        Ok(answer)
+    });
+    match answer {
+        Ok(v) => {
+            audit.record(v["message"].as_str().unwrap_or("done"));
+            a.wake.notify_one();
+            Ok(Json(v))
+        }
+        Err(e) => {
+            audit.record(&format!("rejected: {}", e.message));
+            Err(e)
+        }
+    }
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "conflict", message)
+}
+
 /// `POST /v1/alerts/{id}/ack`.
 pub async fn ack(
     State(d): State<Arc<Daemon>>,
@@ -660,8 +701,6 @@ pub async fn ack(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let a = alerting(&d)?;
-    let who = actor(&headers);
     let req: AckRequest = if body.is_empty() {
         AckRequest {
             comment: None,
@@ -670,55 +709,27 @@ pub async fn ack(
     } else {
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid body: {e}")))?
     };
-    let audit = Audit::new(
-        &d,
-        &who,
-        "ack-alert",
-        &id,
-        json!({"comment": req.comment, "for_seconds": req.for_seconds}),
-    );
-    let t = now(&d);
-    let fp = a.find(&id, t).map_err(|e| {
-        audit.record(&format!("rejected: {e}"));
-        ApiError::not_found(e)
-    })?;
     if req.for_seconds == Some(0) || req.for_seconds.is_some_and(|s| s > 365 * 86_400) {
-        audit.record("rejected: bad duration");
         return Err(bad_request("for_seconds must be between 1 and 31536000"));
     }
-    let until = req.for_seconds.map(|s| t + s as i64 * 1000);
-    let by = who.audit.clone();
-    let comment = req.comment.clone().unwrap_or_default();
-    let groups = {
-        let mut disp = lock(&a.dispatcher);
-        let r = disp.ack(fp, &by, &comment, until, t);
-        if r.is_ok() {
-            a.save_dispatcher(&mut disp, t).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-        }
-        r
-    }
-    .map_err(|e| {
-        audit.record(&format!("rejected: {e}"));
-        ApiError::new(StatusCode::CONFLICT, "conflict", e)
-    })?;
-    audit.record("acknowledged");
-    a.wake.notify_one();
-    let message = format!(
-        "alert {fp} acknowledged{}: no repeat notifications until it resolves{}",
-        if groups.is_empty() {
-            ""
-        } else {
-            " (receivers that know acknowledgements are told)"
-        },
-        until
-            .map(|u| format!(" or {}", time(u)))
-            .unwrap_or_default()
-    );
-    Ok(Json(
-        json!({"id": fp.to_string(), "message": message, "until": until}),
-    ))
+    let detail = json!({"comment": req.comment, "for_seconds": req.for_seconds});
+    on_alert(&d, &headers, &id, "ack-alert", detail, |disp, fp, t, by| {
+        let until = req.for_seconds.map(|s| t + s as i64 * 1000);
+        let comment = req.comment.clone().unwrap_or_default();
+        let groups = disp.ack(fp, by, &comment, until, t).map_err(conflict)?;
+        let message = format!(
+            "alert {fp} acknowledged{}: no repeat notifications until it resolves{}",
+            if groups.is_empty() {
+                ""
+            } else {
+                " (receivers that know acknowledgements are told)"
+            },
+            until
+                .map(|u| format!(" or {}", time(u)))
+                .unwrap_or_default()
+        );
+        Ok(json!({"id": fp.to_string(), "message": message, "until": until}))
+    })
 }
 
 /// `DELETE /v1/alerts/{id}/ack`.
@@ -727,33 +738,21 @@ pub async fn unack(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let a = alerting(&d)?;
-    let who = actor(&headers);
-    let audit = Audit::new(&d, &who, "unack-alert", &id, json!({}));
-    let t = now(&d);
-    let fp = a.find(&id, t).map_err(|e| {
-        audit.record(&format!("rejected: {e}"));
-        ApiError::not_found(e)
-    })?;
-    let done = {
-        let mut disp = lock(&a.dispatcher);
-        let r = disp.unack(fp, t);
-        let _ = a.save_dispatcher(&mut disp, t);
-        r
-    };
-    if !done {
-        audit.record("rejected: not acknowledged");
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("alert {fp} is not acknowledged"),
-        ));
-    }
-    audit.record("unacknowledged");
-    a.wake.notify_one();
-    Ok(Json(
-        json!({"id": fp.to_string(), "message": format!("alert {fp}: acknowledgement withdrawn")}),
-    ))
+    on_alert(
+        &d,
+        &headers,
+        &id,
+        "unack-alert",
+        json!({}),
+        |disp, fp, t, _| {
+            if !disp.unack(fp, t) {
+                return Err(conflict(format!("alert {fp} is not acknowledged")));
+            }
+            Ok(
+                json!({"id": fp.to_string(), "message": format!("alert {fp}: acknowledgement withdrawn")}),
+            )
+        },
+    )
 }
 
 /// `POST /v1/alerts/{id}/resolve`.
@@ -762,38 +761,22 @@ pub async fn resolve(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let a = alerting(&d)?;
-    let who = actor(&headers);
-    let audit = Audit::new(&d, &who, "resolve-alert", &id, json!({}));
-    let t = now(&d);
-    let fp = a.find(&id, t).map_err(|e| {
-        audit.record(&format!("rejected: {e}"));
-        ApiError::not_found(e)
-    })?;
-    let done = {
-        let mut disp = lock(&a.dispatcher);
-        let r = disp.resolve(fp, &who.audit, t);
-        if r {
-            a.save_dispatcher(&mut disp, t).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-        }
-        r
-    };
-    if !done {
-        audit.record("rejected: already resolved");
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("alert {fp} is already resolved"),
-        ));
-    }
-    audit.record("resolved");
-    a.wake.notify_one();
-    Ok(Json(json!({
-        "id": fp.to_string(),
-        "message": format!("alert {fp} resolved; receivers are told, and it fires again only if its source fires it anew"),
-    })))
+    on_alert(
+        &d,
+        &headers,
+        &id,
+        "resolve-alert",
+        json!({}),
+        |disp, fp, t, by| {
+            if !disp.resolve(fp, by, t) {
+                return Err(conflict(format!("alert {fp} is already resolved")));
+            }
+            Ok(json!({
+                "id": fp.to_string(),
+                "message": format!("alert {fp} resolved; receivers are told, and it fires again only if its source fires it anew"),
+            }))
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]
