@@ -2,6 +2,7 @@
 //! alerting tests.
 
 use super::harness::*;
+use super::prometheus::which;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
