@@ -347,3 +347,173 @@ fn bad_rule_files_are_rejected_with_file_and_line() {
     }
     assert!(bad >= 5, "{bad} bad files");
 }
+
+/// Run `ferry serve --config ferry.toml` in `env`'s dir and expect it to
+/// exit (not serve); returns (exit code, output).
+fn serve_refused(env: &Env) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(FERRY)
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--config", "ferry.toml"])
+        .env("FERRY_DATA_DIR", env.data_dir())
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut text = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+            return (status.code(), text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("ferry serve with a broken [alerting] kept running");
+}
+
+const GOOD_RULES: &str = r#"groups:
+- name: g
+  rules:
+  - alert: First
+    expr: vector(1)
+"#;
+
+#[test]
+fn broken_config_refuses_to_start_and_a_broken_reload_keeps_the_old_rules() {
+    let hook = Hook::start();
+    // A broken rule file: the daemon does not start.
+    let env = prepare(
+        &alerting_toml(""),
+        &[
+            (
+                "rules/a.yml",
+                "groups:\n- name: g\n  rules:\n  - alert: X\n    expr: vector(1) +\n",
+            ),
+            ("am.yml", &one_hook_am(&hook.url(), "1h")),
+        ],
+    );
+    let (code, text) = serve_refused(&env);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("a.yml:5"), "file:line of the bad expr: {text}");
+    assert!(!env.data_dir().join("api.json").exists(), "nothing started");
+
+    // A route naming an unknown receiver: refused too.
+    write_file(&env, "rules/a.yml", GOOD_RULES);
+    write_file(
+        &env,
+        "am.yml",
+        &format!(
+            r#"route:
+  receiver: hook
+  routes:
+  - receiver: nobody
+    matchers: ['alertname="X"']
+receivers:
+- name: hook
+  webhook_configs:
+  - url: {}
+"#,
+            hook.url()
+        ),
+    );
+    let (code, text) = serve_refused(&env);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("nobody"), "names the receiver: {text}");
+    assert!(!env.data_dir().join("api.json").exists(), "nothing started");
+
+    // A good config starts.
+    write_file(&env, "am.yml", &one_hook_am(&hook.url(), "1h"));
+    let mut env = env;
+    start_with_config(&mut env);
+    wait_for(Duration::from_secs(10), "rule First loaded", || {
+        rule_names(&env) == ["First"]
+    });
+
+    // A broken reload: exit 2 with file:line, the old rules keep running.
+    write_file(
+        &env,
+        "rules/a.yml",
+        &format!("{GOOD_RULES}  - alert: Second\n    expr: sum(\n"),
+    );
+    let text = env.ferry_code(&["alerts", "reload"], 2);
+    assert!(text.contains("a.yml:"), "file:line: {text}");
+    assert!(text.contains("running config stays"), "{text}");
+    assert_eq!(rule_names(&env), ["First"]);
+    wait_for(Duration::from_secs(10), "First still notified", || {
+        !hook.with("First", "firing").is_empty()
+    });
+
+    // Fixed: it applies.
+    write_file(
+        &env,
+        "rules/a.yml",
+        &format!("{GOOD_RULES}  - alert: Second\n    expr: vector(2)\n"),
+    );
+    let text = env.ferry_ok(&["alerts", "reload"]);
+    assert!(text.contains("reloaded"), "{text}");
+    assert_eq!(rule_names(&env), ["First", "Second"]);
+    wait_for(Duration::from_secs(10), "Second notified", || {
+        !hook.with("Second", "firing").is_empty()
+    });
+    // The reload kept First's state: no second firing notification for it.
+    assert_eq!(hook.with("First", "firing").len(), 1, "{:?}", hook.all());
+}
+
+#[test]
+fn template_errors_show_in_the_annotation_and_bad_pushes_get_400() {
+    let hook = Hook::start();
+    let env = start(
+        &alerting_toml(""),
+        &[
+            (
+                "rules/t.yml",
+                r#"groups:
+- name: t
+  rules:
+  - alert: BadTemplate
+    expr: vector(3)
+    annotations:
+      summary: 'value {{ $value | humanizeDuration }} then {{ humanize "not a number" }}'
+      good: 'fine {{ $value }}'
+"#,
+            ),
+            ("am.yml", &one_hook_am(&hook.url(), "1h")),
+        ],
+    );
+    wait_for(Duration::from_secs(15), "BadTemplate notified", || {
+        !hook.with("BadTemplate", "firing").is_empty()
+    });
+    let n = hook.with("BadTemplate", "firing")[0].clone();
+    let summary = n["alerts"][0]["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("<error expanding template: "),
+        "{summary}"
+    );
+    assert_eq!(n["alerts"][0]["annotations"]["good"], "fine 3", "{n}");
+
+    let post = |body: &str| {
+        let r = http()
+            .post(format!("{}/api/v2/alerts", env.api()))
+            .bearer_auth(env.token())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (code, text) = post(r#"[{"labels":{}}]"#);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        !text.is_empty() && !text.trim_start().starts_with('{'),
+        "a string body: {text}"
+    );
+    assert!(text.contains("label"), "{text}");
+    let (code, text) = post(r#"[{"annotations":{"a":"b"}}]"#);
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = post(r#"[{"labels":{"alertname":"Pushed"}}]"#);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.is_empty(), "{text}");
+}

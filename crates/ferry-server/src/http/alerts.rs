@@ -49,7 +49,9 @@ fn time(ms: Millis) -> String {
 
 /// Alertmanager's errors: a status and a plain string.
 fn am_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
+    let mut resp = (status, message.into()).into_response();
+    resp.extensions_mut().insert(super::PlainError);
+    resp
 }
 
 // ---- Prometheus: /api/v1/rules, /api/v1/alerts ----
