@@ -517,3 +517,247 @@ fn template_errors_show_in_the_annotation_and_bad_pushes_get_400() {
     assert_eq!(code, 200, "{text}");
     assert!(text.is_empty(), "{text}");
 }
+
+#[test]
+fn alerts_are_pushed_to_a_real_alertmanager_and_resolve_there() {
+    let am = Alertmanager::start(
+        free_port(),
+        "route:\n  receiver: 'null'\nreceivers:\n- name: 'null'\n",
+    );
+    let hook = Hook::start();
+    let gauge = Gauge::start(r#"cond_value{x="pushed"}"#, 7);
+    let env = start(
+        &format!(
+            "{}{}",
+            gauge.scrape_toml("cond"),
+            alerting_toml(&format!("alertmanagers = [\"{}\"]", am.url))
+        ),
+        &[
+            ("rules/cond.yml", COND_RULES),
+            ("am.yml", &one_hook_am(&hook.url(), "1h")),
+        ],
+    );
+    let in_am = |am: &Alertmanager| {
+        am.alerts()
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "CondHigh")
+    };
+    wait_for(Duration::from_secs(20), "the alert in Alertmanager", || {
+        in_am(&am).is_some()
+    });
+    let a = in_am(&am).unwrap();
+    assert_eq!(a["labels"]["x"], "pushed", "{a}");
+    assert_eq!(a["labels"]["team"], "t-pushed", "{a}");
+    assert_eq!(a["annotations"]["summary"], "x=pushed value=7", "{a}");
+    assert_eq!(a["status"]["state"], "active", "{a}");
+    assert!(
+        a["generatorURL"]
+            .as_str()
+            .is_some_and(|g| g.starts_with(&env.api())),
+        "{a}"
+    );
+
+    gauge.set(0);
+    wait_for(
+        Duration::from_secs(20),
+        "the alert to resolve in Alertmanager",
+        || in_am(&am).is_none(),
+    );
+    assert!(
+        !am.log().contains("level=error"),
+        "Alertmanager took every push: {}",
+        am.log()
+    );
+}
+
+#[test]
+fn a_real_prometheus_uses_ferry_as_its_alertmanager() {
+    let hook = Hook::start();
+    let env = start(
+        &alerting_toml(""),
+        &[("am.yml", &one_hook_am(&hook.url(), "1h"))],
+    );
+    let rules = env.dir.path().join("prom-rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n- name: p\n  rules:\n  - alert: FromPrometheus\n    expr: vector(1)\n    for: 0s\n    labels:\n      severity: critical\n    annotations:\n      summary: 'from prometheus {{ $value }}'\n",
+    )
+    .unwrap();
+    let target = env.api().trim_start_matches("http://").to_string();
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: ["{rules}"]
+alerting:
+  alertmanagers:
+  - api_version: v2
+    authorization:
+      credentials: {token}
+    static_configs:
+    - targets: ["{target}"]
+"#,
+        rules = rules.display(),
+        token = env.token(),
+    );
+    let prom = Prometheus::start(free_port(), &config, &["--rules.alert.resend-delay=1s"]);
+    let pushed = || {
+        let v = api_get(&env, "/api/v2/alerts");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["labels"]["alertname"] == "FromPrometheus")
+            .cloned()
+    };
+    wait_for(Duration::from_secs(30), "Prometheus's alert in Ferry", || {
+        pushed().is_some()
+    });
+    let a = pushed().unwrap();
+    assert_eq!(a["labels"]["severity"], "critical", "{a}");
+    assert_eq!(a["annotations"]["summary"], "from prometheus 1", "{a}");
+    assert_eq!(a["status"]["state"], "active", "{a}");
+    assert_eq!(a["receivers"][0]["name"], "hook", "{a}");
+    assert!(
+        a["generatorURL"]
+            .as_str()
+            .is_some_and(|g| g.contains("/graph?g0.expr=vector")),
+        "{a}"
+    );
+    let listed = alert(&env, "FromPrometheus", false).expect("in ferry alerts");
+    assert_eq!(listed["state"], "firing", "{listed}");
+    wait_for(Duration::from_secs(15), "routed to the webhook", || {
+        !hook.with("FromPrometheus", "firing").is_empty()
+    });
+    assert!(
+        !prom.log().contains("Error sending alert"),
+        "Prometheus's pushes all succeeded: {}",
+        prom.log()
+    );
+}
+
+#[test]
+fn a_slow_receiver_delays_nothing_else() {
+    let slow_hits = Arc::new(AtomicUsize::new(0));
+    let hits = slow_hits.clone();
+    let slow = http_server(move |_s| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let fast = Hook::start();
+    let am = format!(
+        r#"route:
+  receiver: fast
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+  - receiver: slow
+    continue: true
+  - receiver: fast
+receivers:
+- name: slow
+  webhook_configs:
+  - url: http://127.0.0.1:{slow}/never
+    timeout: 2s
+- name: fast
+  webhook_configs:
+  - url: {fast}
+"#,
+        fast = fast.url()
+    );
+    let rules = "groups:\n- name: s\n  rules:\n  - alert: Both\n    expr: vector(1)\n";
+    let env = start(
+        &alerting_toml(""),
+        &[("rules/s.yml", rules), ("am.yml", &am)],
+    );
+    // The first evaluation is at most 1s away; group_wait 1s.
+    let started = Instant::now();
+    wait_for(Duration::from_secs(10), "the fast receiver", || {
+        !fast.with("Both", "firing").is_empty()
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "fast receiver notified {took:?} after the daemon was ready"
+    );
+    wait_for(Duration::from_secs(10), "the slow receiver tried", || {
+        slow_hits.load(Ordering::SeqCst) >= 1
+    });
+    // The slow one times out after 2s and is retried.
+    wait_for(Duration::from_secs(15), "a timed-out attempt recorded", || {
+        history(&env, "Both")
+            .iter()
+            .any(|e| e["kind"] == "notify-retrying" && e["receiver"] == "slow/webhook[0]")
+    });
+    assert_eq!(fast.with("Both", "firing").len(), 1, "{:?}", fast.all());
+}
+
+#[test]
+fn webhook_urls_are_secrets_even_when_delivery_fails() {
+    const TOKEN_DEAD: &str = "s3cr3tTokenDeadPort";
+    const TOKEN_500: &str = "s3cr3tToken500Answer";
+    let answer_500 = http_server(|mut s| {
+        let body = "internal error";
+        let _ = write!(
+            s,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let dead = free_port();
+    let am = format!(
+        r#"route:
+  receiver: both
+  group_wait: 1s
+  group_interval: 1s
+receivers:
+- name: both
+  webhook_configs:
+  - url: http://127.0.0.1:{dead}/hooks/{TOKEN_DEAD}
+  - url: http://127.0.0.1:{answer_500}/hooks/{TOKEN_500}?token={TOKEN_500}
+"#
+    );
+    let rules = "groups:\n- name: s\n  rules:\n  - alert: Leaky\n    expr: vector(1)\n";
+    let env = start(
+        &alerting_toml(""),
+        &[("rules/s.yml", rules), ("am.yml", &am)],
+    );
+    wait_for(Duration::from_secs(20), "failed attempts to both", || {
+        let h = history(&env, "Leaky");
+        ["both/webhook[0]", "both/webhook[1]"].iter().all(|r| {
+            h.iter()
+                .any(|e| e["receiver"] == *r && e["kind"] == "notify-retrying")
+        })
+    });
+    let h = env.ferry_ok(&["alerts", "history", "--alert", "Leaky"]);
+    let hj = env.ferry_ok(&["alerts", "history", "--output", "json"]);
+    assert!(h.contains("500"), "the error is shown: {h}");
+    let status = http()
+        .get(format!("{}/api/v2/status", env.api()))
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let metrics = http()
+        .get(format!("{}/metrics", env.api()))
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let check = env.ferry_ok(&["check", "--config", "ferry.toml"]);
+    for (what, text) in [
+        ("history", &h),
+        ("history json", &hj),
+        ("daemon log", &env.daemon_log()),
+        ("/api/v2/status", &status),
+        ("/metrics", &metrics),
+        ("ferry check", &check),
+    ] {
+        for secret in [TOKEN_DEAD, TOKEN_500] {
+            assert!(!text.contains(secret), "{secret} in the {what}:\n{text}");
+        }
+    }
+}
