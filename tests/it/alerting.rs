@@ -761,3 +761,135 @@ receivers:
         }
     }
 }
+
+/// Wait `d`, then say whether `f` held all along (checked every 100 ms).
+fn holds_for(d: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if !f() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+const CLI_RULES: &str = r#"groups:
+- name: cli
+  rules:
+  - alert: Acked
+    expr: vector(1)
+    labels: {severity: warning}
+  - alert: Quiet
+    expr: vector(1)
+    for: 3s
+"#;
+
+#[test]
+fn silences_acks_and_manual_resolve_through_the_cli() {
+    let hook = Hook::start();
+    let env = start(
+        &alerting_toml(""),
+        &[
+            ("rules/cli.yml", CLI_RULES),
+            ("am.yml", &one_hook_am(&hook.url(), "2s")),
+        ],
+    );
+    // Quiet is pending for 3s: silence it before it fires.
+    let out = env.ferry_ok(&[
+        "alerts",
+        "silence",
+        "add",
+        r#"alertname="Quiet""#,
+        "--for",
+        "1h",
+        "--comment",
+        "c",
+    ]);
+    let silence = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let list = env.ferry_ok(&["alerts", "silence", "list"]);
+    assert!(
+        list.contains(&silence) && list.contains(r#"alertname="Quiet""#) && list.contains("active"),
+        "{list}"
+    );
+
+    // Unacknowledged, Acked repeats every 2s.
+    wait_for(Duration::from_secs(15), "Acked notified and repeated", || {
+        hook.with("Acked", "firing").len() >= 2
+    });
+    wait_for(Duration::from_secs(10), "Quiet firing, silenced", || {
+        alert(&env, "Quiet", false).is_some_and(|a| {
+            a["state"] == "firing" && a["silenced_by"][0].as_str() == Some(silence.as_str())
+        })
+    });
+    let text = env.ferry_ok(&["alerts"]);
+    assert!(text.contains(&format!("silenced by {silence}")), "{text}");
+
+    let id = alert(&env, "Acked", false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.ferry_ok(&["alerts", "ack", &id[..8], "--comment", "on it"]);
+    assert!(out.contains("acknowledged"), "{out}");
+    let listed = alert(&env, "Acked", false).unwrap();
+    assert_eq!(listed["ack"]["comment"], "on it", "{listed}");
+    let text = env.ferry_ok(&["alerts"]);
+    assert!(text.contains("acknowledged by") && text.contains("on it"), "{text}");
+    std::thread::sleep(Duration::from_millis(1500)); // one in flight may land
+    let acked_at = hook.with("Acked", "firing").len();
+    assert!(
+        holds_for(Duration::from_secs(6), || hook
+            .with("Acked", "firing")
+            .len()
+            == acked_at),
+        "no repeat while acknowledged: {:?}",
+        hook.all()
+    );
+    assert_eq!(hook.count("Quiet"), 0, "nothing while silenced");
+
+    // The silence ends: Quiet is notified.
+    let out = env.ferry_ok(&["alerts", "silence", "expire", &silence]);
+    assert!(out.contains("expired"), "{out}");
+    wait_for(Duration::from_secs(10), "Quiet notified", || {
+        !hook.with("Quiet", "firing").is_empty()
+    });
+    assert!(!env.ferry_ok(&["alerts", "silence", "list"]).contains(&silence));
+
+    // Resolved by hand: receivers are told, and it stays resolved though
+    // the rule keeps sending the same occurrence.
+    let out = env.ferry_ok(&["alerts", "resolve", &id]);
+    assert!(out.contains("resolved"), "{out}");
+    wait_for(Duration::from_secs(10), "the resolved notification", || {
+        !hook.with("Acked", "resolved").is_empty()
+    });
+    let firing = hook.with("Acked", "firing").len();
+    assert!(
+        holds_for(Duration::from_secs(4), || hook
+            .with("Acked", "firing")
+            .len()
+            == firing
+            && state_of(&env, "Acked").as_deref() == Some("resolved")),
+        "stays resolved: {:?} {:?}",
+        hook.all(),
+        alert(&env, "Acked", true)
+    );
+    let h = kinds(&history(&env, "Acked"));
+    assert!(h.iter().any(|k| k == "acknowledged"), "{h:?}");
+    assert!(h.iter().any(|k| k == "resolved"), "{h:?}");
+
+    // Bad IDs.
+    let out = env.ferry_code(&["alerts", "ack", "not-an-id"], 2);
+    assert!(out.contains("is not an alert ID"), "{out}");
+    let out = env.ferry_code(&["alerts", "resolve", "ffffffffffffffff"], 2);
+    assert!(out.contains("no alert ffffffffffffffff"), "{out}");
+    let out = env.ferry_code(&["alerts", "unack", "0"], 2);
+    assert!(out.contains("alert"), "{out}");
+    let out = env.ferry_code(&["alerts", "silence", "expire", "no-such-silence"], 2);
+    assert!(out.contains("no-such-silence"), "{out}");
+    let out = env.ferry_code(&["alerts", "silence", "add", "alertname=", "--comment", "x"], 2);
+    assert!(out.contains("matcher"), "{out}");
+}

@@ -510,12 +510,14 @@ pub async fn delete_silence(
         }
         Err(e) => {
             audit.record(&format!("rejected: {e}"));
-            let status = if e.to_string().contains("not found") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            am_error(status, e.to_string())
+            match e {
+                // Name the ID: "silence not found" alone does not say which.
+                ferry_alert::silence::SilenceError::NotFound => am_error(
+                    StatusCode::NOT_FOUND,
+                    format!("silence {id} not found"),
+                ),
+                e => am_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
         }
     }
 }
