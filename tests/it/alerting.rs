@@ -893,3 +893,109 @@ fn silences_acks_and_manual_resolve_through_the_cli() {
     let out = env.ferry_code(&["alerts", "silence", "add", "alertname=", "--comment", "x"], 2);
     assert!(out.contains("matcher"), "{out}");
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn kill_9_neither_pages_twice_nor_forgets_silences_acks_for_progress_or_history() {
+    let hook = Hook::start();
+    let rules = r#"groups:
+- name: d
+  rules:
+  - alert: Paged
+    expr: vector(1)
+  - alert: Muted
+    expr: vector(1)
+    for: 2s
+  - alert: Slow
+    expr: vector(1)
+    for: 8s
+"#;
+    let mut env = start(
+        &alerting_toml(""),
+        &[
+            ("rules/d.yml", rules),
+            ("am.yml", &one_hook_am(&hook.url(), "1h")),
+        ],
+    );
+    let out = env.ferry_ok(&[
+        "alerts",
+        "silence",
+        "add",
+        r#"alertname="Muted""#,
+        "--comment",
+        "maintenance",
+    ]);
+    let silence = out.split_whitespace().nth(1).unwrap().to_string();
+    wait_for(Duration::from_secs(10), "Slow pending", || {
+        alert(&env, "Slow", false).is_some_and(|a| a["state"] == "pending")
+    });
+    let pending_since = alert(&env, "Slow", false).unwrap()["since"]
+        .as_i64()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "Paged notified", || {
+        hook.with("Paged", "firing").len() == 1
+    });
+    let id = alert(&env, "Paged", false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ferry_ok(&["alerts", "ack", &id, "--comment", "on it"]);
+    wait_for(Duration::from_secs(10), "Muted firing, silenced", || {
+        alert(&env, "Muted", false).is_some_and(|a| a["state"] == "firing")
+    });
+    // Slow has waited about 4 of its 8 seconds.
+    let kill_at = pending_since + 4000;
+    std::thread::sleep(Duration::from_millis((kill_at - now_ms()).max(0) as u64));
+    assert_eq!(
+        alert(&env, "Slow", false).unwrap()["state"],
+        "pending",
+        "killed before Slow fires"
+    );
+    env.kill9();
+    start_with_config(&mut env);
+
+    wait_for(Duration::from_secs(20), "Slow to fire after the restart", || {
+        !hook.with("Slow", "firing").is_empty()
+    });
+    let fired = history(&env, "Slow")
+        .into_iter()
+        .find(|e| e["kind"] == "rule-firing")
+        .expect("rule-firing in the history");
+    let waited = fired["at"].as_i64().unwrap() - pending_since;
+    assert!(
+        (7_000..10_500).contains(&waited),
+        "Slow fired {waited} ms after it became pending (for: 8s); the restart must not start its `for` over"
+    );
+    let slow = alert(&env, "Slow", false).unwrap();
+    assert_eq!(slow["state"], "firing", "{slow}");
+
+    // No duplicate page, the ack and the silence survive.
+    assert!(
+        holds_for(Duration::from_secs(3), || hook.with("Paged", "firing").len() == 1),
+        "Paged was paged again after the restart: {:?}",
+        hook.all()
+    );
+    let paged = alert(&env, "Paged", false).unwrap();
+    assert_eq!(paged["id"], id.as_str(), "{paged}");
+    assert_eq!(paged["ack"]["comment"], "on it", "{paged}");
+    let muted = alert(&env, "Muted", false).unwrap();
+    assert_eq!(muted["silenced_by"][0], silence.as_str(), "{muted}");
+    assert_eq!(hook.count("Muted"), 0, "{:?}", hook.all());
+    let list = env.ferry_ok(&["alerts", "silence", "list"]);
+    assert!(list.contains(&silence) && list.contains("maintenance"), "{list}");
+
+    // The history from before the kill is still there.
+    let h = history(&env, "Paged");
+    assert!(
+        h.iter()
+            .any(|e| e["kind"] == "notified" && e["at"].as_i64().unwrap() < kill_at),
+        "{h:?}"
+    );
+    assert!(h.iter().any(|e| e["kind"] == "acknowledged"), "{h:?}");
+}
