@@ -38,7 +38,10 @@ impl Alertmanager {
                 "--config.file={}",
                 dir.path().join("alertmanager.yml").display()
             ))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -512,10 +512,9 @@ pub async fn delete_silence(
             audit.record(&format!("rejected: {e}"));
             match e {
                 // Name the ID: "silence not found" alone does not say which.
-                ferry_alert::silence::SilenceError::NotFound => am_error(
-                    StatusCode::NOT_FOUND,
-                    format!("silence {id} not found"),
-                ),
+                ferry_alert::silence::SilenceError::NotFound => {
+                    am_error(StatusCode::NOT_FOUND, format!("silence {id} not found"))
+                }
                 e => am_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
