@@ -1062,3 +1062,24 @@ fn kill_9_neither_pages_twice_nor_forgets_silences_acks_for_progress_or_history(
     );
     assert!(h.iter().any(|e| e["kind"] == "acknowledged"), "{h:?}");
 }
+
+#[test]
+fn history_by_alert_name_shows_notifications_of_groups_not_by_alertname() {
+    let hook = Hook::start();
+    let am = one_hook_am(&hook.url(), "1h").replace("[alertname]", "[severity]");
+    let rules = "groups:\n- name: m\n  rules:\n  - alert: One\n    expr: vector(1)\n    labels: {severity: page}\n  - alert: Two\n    expr: vector(2)\n    labels: {severity: page}\n";
+    let env = start(
+        &alerting_toml(""),
+        &[("rules/m.yml", rules), ("am.yml", &am)],
+    );
+    wait_for(Duration::from_secs(15), "one notification for both", || {
+        hook.all()
+            .iter()
+            .any(|n| n["alerts"].as_array().is_some_and(|a| a.len() == 2))
+    });
+    for name in ["One", "Two"] {
+        wait_for(Duration::from_secs(5), "the attempt in the history", || {
+            history(&env, name).iter().any(|e| e["kind"] == "notified")
+        });
+    }
+}
