@@ -3,6 +3,8 @@
 mod it {
     pub mod harness;
 
+    mod alerting;
+    pub mod alertmanager;
     mod api;
     mod canary;
     mod cli;

@@ -2,6 +2,7 @@
 //! alerting tests.
 
 use super::harness::*;
+use super::prometheus::which;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -37,7 +38,10 @@ impl Alertmanager {
                 "--config.file={}",
                 dir.path().join("alertmanager.yml").display()
             ))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::from(log.try_clone().unwrap()))

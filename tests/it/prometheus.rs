@@ -108,7 +108,7 @@ scrape_configs:
     p
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
+pub(super) fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

@@ -53,12 +53,17 @@ pub fn glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
     if !name.contains(['*', '?']) {
         return Ok(vec![pattern.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(if dir.as_os_str().is_empty() {
+    let entries = match std::fs::read_dir(if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    })
-    .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }) {
+        Ok(e) => e,
+        // As Prometheus's glob: a directory that does not exist (yet)
+        // matches nothing, which the caller warns about.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
@@ -258,6 +263,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["a.yml", "b.yml"]);
         assert!(glob(&dir.path().join("*/x.yml")).is_err());
+        assert!(glob(&dir.path().join("missing/*.yml")).unwrap().is_empty());
     }
 
     #[test]

@@ -103,6 +103,20 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
                     .cloned()
                     .unwrap_or_default()
             });
+        // Every alert name in the notification: a group need not be by
+        // alertname (`group_by: [severity]`, or none), and `ferry alerts
+        // history --alert NAME` must show each alert's notifications.
+        let mut names: Vec<String> = due
+            .notification
+            .alerts
+            .iter()
+            .filter_map(|al| al.labels.get("alertname").cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if names.is_empty() {
+            names.push(name.clone());
+        }
         let what = match due.kind {
             DueKind::Acknowledge => "acknowledgement".to_string(),
             DueKind::Notify => format!(
@@ -143,13 +157,14 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
                     ))
                     .or_default() += 1;
                 }
-                let entry = NewEntry {
-                    at: d.clock.now() as Millis,
+                let at = d.clock.now() as Millis;
+                let entries: Vec<NewEntry> = names.iter().map(|alertname| NewEntry {
+                    at,
                     kind: kind.to_string(),
-                    alertname: name.clone(),
+                    alertname: alertname.clone(),
                     fingerprint: String::new(),
                     receiver: format!("{}/{}", attempt.receiver, attempt.integration),
-                    message,
+                    message: message.clone(),
                     detail: serde_json::json!({
                         "group_key": due.group_key,
                         "attempt": attempt.attempt,
@@ -159,8 +174,8 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
                         "firing": due.firing.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
                         "resolved": due.resolved.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
                     }),
-                };
-                if let Err(e) = a.store.append(&[entry]) {
+                }).collect();
+                if let Err(e) = a.store.append(&entries) {
                     tracing::warn!("{e}");
                 }
             })

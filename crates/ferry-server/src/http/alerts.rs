@@ -49,7 +49,9 @@ fn time(ms: Millis) -> String {
 
 /// Alertmanager's errors: a status and a plain string.
 fn am_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
+    let mut resp = (status, message.into()).into_response();
+    resp.extensions_mut().insert(super::PlainError);
+    resp
 }
 
 // ---- Prometheus: /api/v1/rules, /api/v1/alerts ----
@@ -506,12 +508,13 @@ pub async fn delete_silence(
         }
         Err(e) => {
             audit.record(&format!("rejected: {e}"));
-            let status = if e.to_string().contains("not found") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            am_error(status, e.to_string())
+            match e {
+                // Name the ID: "silence not found" alone does not say which.
+                ferry_alert::silence::SilenceError::NotFound => {
+                    am_error(StatusCode::NOT_FOUND, format!("silence {id} not found"))
+                }
+                e => am_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
         }
     }
 }

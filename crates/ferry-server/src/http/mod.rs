@@ -149,10 +149,20 @@ async fn request_timeout(
     }
 }
 
+/// Marks an error response whose plain-text body is meant (Alertmanager's
+/// API v2), so that [`json_errors`] does not rewrite it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlainError;
+
 /// Errors raised by the HTTP framework before a handler runs (a body over
 /// the size limit, a path parameter or query that does not parse) come as
 /// plain text; give them the API's one error shape.
 async fn json_errors(resp: Response) -> Response {
+    // Alertmanager's API answers errors with a plain string, and its
+    // clients (Prometheus, amtool) expect that: leave those alone.
+    if resp.extensions().get::<PlainError>().is_some() {
+        return resp;
+    }
     let status = resp.status();
     let is_json = resp
         .headers()
