@@ -271,9 +271,10 @@ fn filters(q: &AlertsQuery) -> Result<Vec<ferry_alert::matcher::Matcher>, String
 /// 400 answer.
 fn parsed_query(
     raw: Option<&str>,
-) -> Result<(AlertsQuery, Vec<ferry_alert::matcher::Matcher>), Response> {
-    let q = alerts_query(raw).map_err(|e| am_error(StatusCode::BAD_REQUEST, e))?;
-    let f = filters(&q).map_err(|e| am_error(StatusCode::BAD_REQUEST, e))?;
+) -> Result<(AlertsQuery, Vec<ferry_alert::matcher::Matcher>), Box<Response>> {
+    let bad = |e: String| Box::new(am_error(StatusCode::BAD_REQUEST, e));
+    let q = alerts_query(raw).map_err(bad)?;
+    let f = filters(&q).map_err(bad)?;
     Ok((q, f))
 }
 
@@ -287,7 +288,7 @@ pub async fn get_alerts(
     };
     let (q, f) = match parsed_query(raw.as_deref()) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let views = lock(&a.dispatcher).alerts(now(&d));
     let out: Vec<Value> = views
@@ -308,7 +309,7 @@ pub async fn get_groups(
     };
     let (q, f) = match parsed_query(raw.as_deref()) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let t = now(&d);
     let disp = lock(&a.dispatcher);
@@ -357,7 +358,7 @@ pub async fn get_silences(
     };
     let (_, f) = match parsed_query(raw.as_deref()) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let t = now(&d);
     let disp = lock(&a.dispatcher);
