@@ -495,8 +495,11 @@ pub async fn serve(
     .await?;
     let reloadable = binary.is_some();
     d.set_binary(binary);
-    if reloadable {
-        // SIGHUP upgrades in place, as `ferry upgrade` does.
+    {
+        // SIGHUP upgrades in place, as `ferry upgrade` does (the new
+        // control plane reads the config again); with the proxies inside
+        // the daemon, which cannot be upgraded in place, it reloads
+        // `[alerting]`, as `ferry alerts reload` does.
         let d = d.clone();
         tokio::spawn(async move {
             let Ok(mut hup) =
@@ -505,6 +508,17 @@ pub async fn serve(
                 return;
             };
             while hup.recv().await.is_some() {
+                if !reloadable {
+                    match d.alerting.get().map(|a| a.reload(&d)) {
+                        Some(Ok(message)) => tracing::info!("SIGHUP: {message}"),
+                        Some(Err(errors)) => tracing::error!(
+                            "SIGHUP: the alerting config has errors; the running one stays:\n{}",
+                            errors.join("\n")
+                        ),
+                        None => {}
+                    }
+                    continue;
+                }
                 let actor = ops::Actor::admin("SIGHUP");
                 match ops::lifecycle::upgrade(&d, Default::default(), &actor).await {
                     Ok(a) => tracing::info!("SIGHUP: {}", a.message),

@@ -286,4 +286,86 @@ mod tests {
             }
         }
     }
+
+    fn names(l: &Loaded) -> Vec<String> {
+        l.groups
+            .iter()
+            .flat_map(|g| g.spec.rules.iter().map(|r| r.name().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn builtin_rules_are_replaced_or_disabled_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mine.yml"),
+            "groups:\n  - name: mine\n    rules:\n      - alert: HostCpuWarning\n        expr: vector(1) > 2\n        labels: {severity: warning}\n",
+        )
+        .unwrap();
+        let cfg = AlertingConfig {
+            rule_files: vec!["*.yml".into()],
+            disable_rules: vec!["TargetDown".into()],
+            ..Default::default()
+        };
+        let l = load(&cfg, dir.path()).unwrap();
+        let n = names(&l);
+        assert_eq!(
+            n.iter().filter(|x| *x == "HostCpuWarning").count(),
+            1,
+            "{n:?}"
+        );
+        let mine = l.groups.iter().find(|g| g.spec.name == "mine").unwrap();
+        assert_eq!(mine.spec.rules[0].expr, "vector(1) > 2");
+        assert!(!n.contains(&"TargetDown".to_string()), "{n:?}");
+        assert!(n.contains(&"HostCpuCritical".to_string()), "{n:?}");
+        // The default routing: the guide's four receivers.
+        assert_eq!(l.am_source, "built-in");
+        assert!(l.am.receivers.iter().any(|r| r.name == "pagerduty"));
+
+        let typo = AlertingConfig {
+            disable_rules: vec!["HostCpuWarnin".into()],
+            ..Default::default()
+        };
+        let errs = load(&typo, dir.path()).unwrap_err();
+        assert!(
+            errs[0].contains("no rule named \"HostCpuWarnin\""),
+            "{errs:?}"
+        );
+        let none = AlertingConfig {
+            builtin_rules: false,
+            ..Default::default()
+        };
+        assert!(load(&none, dir.path()).unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn an_alertmanager_yml_is_used_as_it_is_and_its_errors_have_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            "route:\n  receiver: team\n  routes:\n    - matchers: ['severity=\"critical\"']\n      receiver: pager\nreceivers:\n  - name: team\n    webhook_configs: [{url: 'http://127.0.0.1:1/x'}]\n  - name: pager\n",
+        )
+        .unwrap();
+        let cfg = AlertingConfig {
+            alertmanager_config: Some("alertmanager.yml".into()),
+            ..Default::default()
+        };
+        let l = load(&cfg, dir.path()).unwrap();
+        assert!(l.am_source.ends_with("alertmanager.yml"));
+        assert_eq!(l.am.receivers.len(), 2);
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            "route:\n  receiver: team\n  group_wait: soon\nreceivers:\n  - name: team\n",
+        )
+        .unwrap();
+        let errs = load(&cfg, dir.path()).unwrap_err();
+        assert!(errs[0].contains("alertmanager.yml:3:"), "{errs:?}");
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            "route:\n  receiver: nobody\nreceivers:\n  - name: team\n",
+        )
+        .unwrap();
+        let errs = load(&cfg, dir.path()).unwrap_err();
+        assert!(errs[0].contains("nobody"), "{errs:?}");
+    }
 }
