@@ -3,6 +3,7 @@
 mod it {
     pub mod harness;
 
+    mod alert_rollback;
     mod api;
     mod canary;
     mod cli;
