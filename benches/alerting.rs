@@ -397,10 +397,15 @@ struct EvalRound {
 
 /// Every group's (name, lastEvaluation) → evaluationTime (ms), and the
 /// number of firing alerts and unhealthy rules.
-fn read_rules(api: &Api, seen: &mut HashMap<(String, String), f64>) -> (usize, usize) {
+fn read_rules(
+    api: &Api,
+    seen: &mut HashMap<(String, String), f64>,
+    by_kind: &mut [usize; RULES_PER_GROUP],
+) -> (usize, usize) {
     let Some(v) = api.get("/api/v1/rules") else {
         return (0, 0);
     };
+    *by_kind = [0; RULES_PER_GROUP];
     let (mut firing, mut bad) = (0, 0);
     for g in v["data"]["groups"].as_array().into_iter().flatten() {
         let name = g["name"].as_str().unwrap_or_default().to_string();
@@ -414,12 +419,22 @@ fn read_rules(api: &Api, seen: &mut HashMap<(String, String), f64>) -> (usize, u
             if r["health"] != "ok" {
                 bad += 1;
             }
-            firing += r["alerts"]
+            let n = r["alerts"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter(|a| a["state"] == "firing")
                 .count();
+            firing += n;
+            // Firing alerts by rule kind (`Bench{g}x{j}`), to compare.
+            if let Some(j) = r["name"]
+                .as_str()
+                .and_then(|n| n.rsplit_once('x'))
+                .and_then(|(_, j)| j.parse::<usize>().ok())
+                && j < RULES_PER_GROUP
+            {
+                by_kind[j] += n;
+            }
         }
     }
     (firing, bad)
@@ -460,11 +475,12 @@ fn eval_round(out: &Path, prom_bin: &str, window: Duration, tck: f64) -> EvalRou
     std::thread::sleep(Duration::from_secs(20));
     let mut seen: [HashMap<(String, String), f64>; 2] = Default::default();
     // Polled from the start so that every process answers the same reads.
-    let poll = |seen: &mut [HashMap<(String, String), f64>; 2]| {
-        let f = read_rules(&apis[0], &mut seen[0]);
-        read_rules(&apis[1], &mut HashMap::new());
-        let p = read_rules(&apis[2], &mut seen[1]);
-        read_rules(&apis[3], &mut HashMap::new());
+    let mut kinds = [[0; RULES_PER_GROUP]; 2];
+    let mut poll = |seen: &mut [HashMap<(String, String), f64>; 2]| {
+        let f = read_rules(&apis[0], &mut seen[0], &mut kinds[0]);
+        read_rules(&apis[1], &mut HashMap::new(), &mut [0; RULES_PER_GROUP]);
+        let p = read_rules(&apis[2], &mut seen[1], &mut kinds[1]);
+        read_rules(&apis[3], &mut HashMap::new(), &mut [0; RULES_PER_GROUP]);
         (f, p)
     };
     poll(&mut seen);
@@ -478,6 +494,10 @@ fn eval_round(out: &Path, prom_bin: &str, window: Duration, tck: f64) -> EvalRou
     }
     let cpu1: Vec<f64> = pids.iter().map(|p| cpu_s(*p, tck)).collect();
     let window_s = t0.elapsed().as_secs_f64();
+    println!(
+        "firing alerts by rule kind 0..9 at the end: ferry {:?}, prometheus {:?}",
+        kinds[0], kinds[1]
+    );
     let mut cpu = [0.0; 4];
     for i in 0..4 {
         cpu[i] = cpu1[i] - cpu0[i];
