@@ -3,6 +3,7 @@
 mod it {
     pub mod harness;
 
+    mod alert_rollback;
     mod alerting;
     pub mod alertmanager;
     mod api;

@@ -34,8 +34,15 @@ pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
             (due, disp.next_wakeup(now))
         };
         a.publish(&d, now);
+        let mut recorded = false;
         for due in due {
-            spawn_delivery(&a, &d, due);
+            recorded |= spawn_delivery(&a, &d, due);
+        }
+        if recorded {
+            let mut disp = lock(&a.dispatcher);
+            if let Err(e) = a.save_dispatcher(&mut disp, now) {
+                tracing::error!("{e}; the notification log is not saved");
+            }
         }
         if now - last_prune > 3_600_000 {
             last_prune = now;
@@ -51,7 +58,9 @@ pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
     }
 }
 
-fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
+/// Start delivering `due`; true when it was recorded at once instead (a
+/// receiver without integrations), for the caller to save.
+fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) -> bool {
     due.notification.external_url = a.external_url();
     let integrations = a.receivers.load_full();
     let now = d.clock.now() as Millis;
@@ -64,10 +73,8 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
     let Some(idx) = target else {
         // A receiver without integrations records only (seed 001's
         // "info"): the notification counts as sent.
-        let mut disp = lock(&a.dispatcher);
-        disp.record_due(&due, now);
-        let _ = a.save_dispatcher(&mut disp, now);
-        return;
+        lock(&a.dispatcher).record_due(&due, now);
+        return true;
     };
     let flight = (
         due.receiver.clone(),
@@ -75,7 +82,7 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
         due.group_key.clone(),
     );
     if !lock(&a.inflight).insert(flight.clone()) {
-        return;
+        return false;
     }
     let (a, d) = (a.clone(), d.clone());
     tokio::spawn(async move {
@@ -182,12 +189,16 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
             .await;
         match result {
             Ok(()) => {
+                // Recorded now; saved by the notifier loop, which this
+                // wakes below. Not saved here: a save writes the whole
+                // dispatcher state, so one per delivery cost O(alerts)
+                // each, O(alerts²) for a burst, on the runtime's threads
+                // and under the dispatcher's lock (10 000 one-alert
+                // groups took minutes and delayed every receiver). The
+                // loop saves once for all deliveries that ended since it
+                // last ran, milliseconds later.
                 let now = d.clock.now() as Millis;
-                let mut disp = lock(&a.dispatcher);
-                disp.record_due(&due, now);
-                if let Err(e) = a.save_dispatcher(&mut disp, now) {
-                    tracing::error!("{e}; the notification log is not saved");
-                }
+                lock(&a.dispatcher).record_due(&due, now);
             }
             Err(e) => tracing::warn!(
                 "cannot notify {}/{} about {name}: {}",
@@ -199,4 +210,5 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) {
         lock(&a.inflight).remove(&flight);
         a.wake.notify_one();
     });
+    false
 }
