@@ -629,7 +629,20 @@ struct Notify {
     latency_ms: Vec<f64>,
 }
 
-fn notify_run(out: &Path, n: usize, with_dead: bool) -> Notify {
+/// What shares the fast receiver's alerts, on a `continue` route before
+/// it.
+#[derive(Clone, Copy, PartialEq)]
+enum Second {
+    /// Nothing: the fast receiver alone.
+    None,
+    /// Another fast receiver: the same work, no slow one.
+    Fast,
+    /// A receiver that never accepts a connection.
+    Dead,
+}
+
+fn notify_run(out: &Path, n: usize, second: Second) -> Notify {
+    let with_dead = second == Second::Dead;
     // The fast receiver: when each alert id first arrived.
     let arrived: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let posts = Arc::new(AtomicU64::new(0));
@@ -651,18 +664,21 @@ fn notify_run(out: &Path, n: usize, with_dead: bool) -> Notify {
     // The dead one: listens, never accepts.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
-    let dead_route = if with_dead {
+    // The second fast one: answers at once, counts nothing.
+    let second_fast = serve(|_| ("text/plain", Arc::new(String::new())));
+    let second_port = if with_dead { dead_port } else { second_fast };
+    let dead_route = if second != Second::None {
         "  - receiver: dead\n    matchers: ['bench=\"1\"']\n    continue: true\n"
     } else {
         ""
     };
     let am = format!(
-        "route:\n  receiver: fast\n  group_by: ['...']\n  group_wait: 0s\n  group_interval: 5m\n  repeat_interval: 4h\n  routes:\n{dead_route}  - receiver: fast\n    matchers: ['bench=\"1\"']\nreceivers:\n- name: fast\n  webhook_configs: [{{url: 'http://127.0.0.1:{fast}/', send_resolved: false}}]\n- name: dead\n  webhook_configs: [{{url: 'http://127.0.0.1:{dead_port}/', send_resolved: false}}]\n"
+        "route:\n  receiver: fast\n  group_by: ['...']\n  group_wait: 0s\n  group_interval: 5m\n  repeat_interval: 4h\n  routes:\n{dead_route}  - receiver: fast\n    matchers: ['bench=\"1\"']\nreceivers:\n- name: fast\n  webhook_configs: [{{url: 'http://127.0.0.1:{fast}/', send_resolved: false}}]\n- name: dead\n  webhook_configs: [{{url: 'http://127.0.0.1:{second_port}/', send_resolved: false}}]\n"
     );
-    let dir = out.join(if with_dead {
-        "notify/with-dead"
-    } else {
-        "notify/alone"
+    let dir = out.join(match second {
+        Second::Dead => "notify/with-dead",
+        Second::Fast => "notify/with-second-fast",
+        Second::None => "notify/alone",
     });
     let config = "[alerting]\nbuiltin_rules = false\nalertmanager_config = \"am.yml\"\n";
     let ferry = start_ferry_with(&dir, config, &[("am.yml", am)]);
@@ -722,12 +738,12 @@ fn notify_part(out: &Path, report: &mut String) {
         report,
         "notification pipeline ({n} alerts in batches of 500, group_by ['...'], group_wait 0s):"
     );
-    for with_dead in [true, false] {
-        let mut r = notify_run(out, n, with_dead);
-        let what = if with_dead {
-            "fast + dead receiver"
-        } else {
-            "fast receiver alone "
+    for second in [Second::Dead, Second::Fast, Second::None] {
+        let mut r = notify_run(out, n, second);
+        let what = match second {
+            Second::Dead => "fast + dead receiver  ",
+            Second::Fast => "fast + second fast one",
+            Second::None => "fast receiver alone   ",
         };
         let line = format!(
             "  {what}: accepted {:.0} alerts/s; delivered {}/{n} to the fast receiver, {:.0} notifications/s; POST → fast receiver p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",

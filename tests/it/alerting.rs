@@ -149,7 +149,10 @@ fn write_file(env: &Env, path: &str, text: &str) {
 }
 
 fn start_with_config(env: &mut Env) {
-    env.start_daemon_with(&["--config", "ferry.toml", "--scrape-interval", "1s"], &[]);
+    env.start_daemon_with(
+        &["--config", "ferry.toml", "--scrape-interval", "1s"],
+        &[("FERRY_LOG", "info,ferry_server::alerting=debug")],
+    );
     wait_for(Duration::from_secs(20), "alerting to run", || {
         env.ferry(&["alerts"]).status.success()
     });
@@ -304,6 +307,19 @@ fn a_rule_fires_to_a_webhook_with_the_v4_payload_then_resolves() {
     );
     assert_eq!(state_of(&env, "CondHigh").as_deref(), Some("resolved"));
 
+    // Delivery attempts reach the history with the notifier's next save
+    // (at most 200 ms after the delivery).
+    wait_for(
+        Duration::from_secs(5),
+        "both deliveries in the history",
+        || {
+            kinds(&history(&env, "CondHigh"))
+                .iter()
+                .filter(|k| *k == "notified")
+                .count()
+                >= 2
+        },
+    );
     let h = history(&env, "CondHigh");
     let k = kinds(&h);
     for want in [
@@ -1043,7 +1059,18 @@ fn kill_9_neither_pages_twice_nor_forgets_silences_acks_for_progress_or_history(
     );
     let paged = alert(&env, "Paged", false).unwrap();
     assert_eq!(paged["id"], id.as_str(), "{paged}");
-    assert_eq!(paged["ack"]["comment"], "on it", "{paged}");
+    assert_eq!(
+        paged["ack"]["comment"],
+        "on it",
+        "{paged}\n{:?}\n{}",
+        history(&env, "Paged"),
+        std::fs::read_to_string(env.dir.path().join("daemon.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("restored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let muted = alert(&env, "Muted", false).unwrap();
     assert_eq!(muted["silenced_by"][0], silence.as_str(), "{muted}");
     assert_eq!(hook.count("Muted"), 0, "{:?}", hook.all());

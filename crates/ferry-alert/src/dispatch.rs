@@ -150,6 +150,10 @@ pub struct GroupState {
 /// Everything the dispatcher knows, to persist and [`Dispatcher::restore`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// When this copy was taken (set by the caller that saves it; 0:
+    /// unknown, the newest `updated_at` of the alerts is used).
+    #[serde(default)]
+    pub saved_at: Millis,
     pub alerts: Vec<StoredAlert>,
     pub silences: Silences,
     pub acks: Vec<Ack>,
@@ -377,6 +381,22 @@ impl Dispatcher {
     /// means now + `resolve_timeout`. A re-sent alert is merged with the
     /// stored one when their active ranges overlap.
     pub fn put(&mut self, alert: Alert, now: Millis) {
+        self.put_one(alert, now);
+        self.refresh(now);
+    }
+
+    /// [`Dispatcher::put`] for many alerts, with one pass over the store
+    /// at the end instead of one per alert (a Prometheus sends its alerts
+    /// in batches; a rule group sends all of its own at once).
+    pub fn put_all(&mut self, alerts: impl IntoIterator<Item = Alert>, now: Millis) {
+        for a in alerts {
+            self.put_one(a, now);
+        }
+        self.refresh(now);
+    }
+
+    /// Store and route one alert; the caller refreshes states.
+    fn put_one(&mut self, alert: Alert, now: Millis) {
         let mut a = alert;
         if a.starts_at == 0 {
             a.starts_at = if a.ends_at == 0 { now } else { a.ends_at };
@@ -403,7 +423,6 @@ impl Dispatcher {
                         old.alert.generator_url = a.generator_url;
                         old.alert.updated_at = now;
                         self.alerts.insert(fp, old);
-                        self.refresh(now);
                         return;
                     }
                     old.manual_resolve = None;
@@ -430,7 +449,6 @@ impl Dispatcher {
         let labels = stored.alert.labels.clone();
         self.alerts.insert(fp, stored);
         self.route_into_groups(fp, &labels, starts_at, now, None);
-        self.refresh(now);
     }
 
     fn route_into_groups(
@@ -862,11 +880,15 @@ impl Dispatcher {
         resolved: &[Fingerprint],
         now: Millis,
     ) {
-        let gid = self
-            .groups
+        // The group, by the routes to `receiver` (few) rather than by
+        // every group (one per notification in a burst).
+        let mut routes = Vec::new();
+        self.cfg.route.walk(&mut routes);
+        let gid = routes
             .iter()
-            .find(|(_, g)| g.receiver == receiver && g.group_key == group_key)
-            .map(|(k, _)| k.clone());
+            .filter(|r| r.receiver == receiver)
+            .map(|r| (r.idx, group_key.to_string()))
+            .find(|k| self.groups.contains_key(k));
         let repeat = gid
             .as_ref()
             .and_then(|k| self.cfg.route.by_idx(k.0))
@@ -1092,6 +1114,7 @@ impl Dispatcher {
 
     pub fn state(&self) -> State {
         State {
+            saved_at: 0,
             alerts: self.alerts.values().cloned().collect(),
             silences: self.silences.clone(),
             acks: self.acks.values().cloned().collect(),
@@ -1132,10 +1155,30 @@ impl Dispatcher {
                 )
             })
             .collect();
+        // Alerts still active when the state was last saved do not end
+        // because time passed while nobody could re-send them (Ferry's own
+        // rules run in this process): the downtime does not count, so a
+        // source has as long to re-send or resolve each as it had.
+        let saved_at = if state.saved_at > 0 {
+            state.saved_at
+        } else {
+            state
+                .alerts
+                .iter()
+                .map(|s| s.alert.updated_at)
+                .max()
+                .unwrap_or(now)
+        };
         d.alerts = state
             .alerts
             .into_iter()
-            .map(|s| (s.alert.fingerprint(), s))
+            .map(|mut s| {
+                let a = &mut s.alert;
+                if a.ends_at > saved_at && s.manual_resolve.is_none() {
+                    a.ends_at += (now - saved_at).max(0);
+                }
+                (s.alert.fingerprint(), s)
+            })
             .collect();
         d.rebuild_groups(state.groups, now);
         d
@@ -1547,6 +1590,40 @@ time_intervals:
         // Once notified and restored again: nothing more.
         let mut r3 = Dispatcher::restore(cfg(), r2.state(), T0 + 37 * M);
         assert!(tick(&mut r3, T0 + 50 * M).is_empty());
+    }
+
+    #[test]
+    fn downtime_does_not_end_alerts_or_their_acks() {
+        let mut d = Dispatcher::new(cfg());
+        // Valid for 4 s after each re-send, as Ferry's rules send with a
+        // 1 s interval.
+        let a = alert(&[("alertname", "A")], T0, T0 + 4 * S);
+        d.put(a.clone(), T0);
+        d.ack(a.fingerprint(), "ann", "on it", None, T0 + S)
+            .unwrap();
+        // Down from T0 + 2 s to T0 + 10 s: past its endsAt, nobody could
+        // re-send it.
+        let mut st = d.state();
+        st.saved_at = T0 + 2 * S;
+        let mut r = Dispatcher::restore(cfg(), st, T0 + 10 * S);
+        let v = r.alerts(T0 + 10 * S);
+        assert!(!v[0].resolved, "still active after the restart");
+        assert!(v[0].acked.is_some(), "still acknowledged");
+        // Its source re-sends the same occurrence: still acknowledged.
+        let mut again = a.clone();
+        again.ends_at = T0 + 14 * S;
+        r.put(again, T0 + 11 * S);
+        assert!(r.alerts(T0 + 11 * S)[0].acked.is_some());
+        // Not re-sent: it ends once its validity has passed, the downtime
+        // not counted.
+        assert!(r.alerts(T0 + 20 * S)[0].resolved);
+        // An alert that had ended before the save stays ended.
+        let mut e = Dispatcher::new(cfg());
+        e.put(alert(&[("alertname", "B")], T0, T0 + S), T0);
+        let mut st = e.state();
+        st.saved_at = T0 + 5 * S;
+        let r = Dispatcher::restore(cfg(), st, T0 + 10 * S);
+        assert!(r.alerts(T0 + 10 * S)[0].resolved);
     }
 
     #[test]

@@ -90,11 +90,12 @@ impl Inhibitor {
     where
         I: IntoIterator<Item = (Fingerprint, &'a Alert)> + Clone,
     {
-        let own = crate::alert::fingerprint(target);
+        let mut own = None;
         for r in &self.rules {
             if !all_match(&r.target, target) {
                 continue;
             }
+            let own = *own.get_or_insert_with(|| crate::alert::fingerprint(target));
             let two_sided = all_match(&r.source, target);
             let want = r.equal_values(target);
             let mut best: Option<Fingerprint> = None;

@@ -99,6 +99,17 @@ pub struct Alerting {
     pub(crate) inflight: Mutex<HashSet<(String, String, String)>>,
     /// The value of each firing rule alert when last evaluated.
     pub(crate) values: Mutex<HashMap<Fingerprint, f64>>,
+    /// The dispatcher changed since the notifier last saved it.
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
+    /// History lines (delivery attempts) written with the next save.
+    history: Mutex<Vec<NewEntry>>,
+    /// Copies of the dispatcher's state are numbered under its lock; the
+    /// store keeps the newest written (a copy made before an ack must not
+    /// overwrite the ack when its write comes second).
+    state_seq: std::sync::atomic::AtomicU64,
+    saved_seq: Mutex<u64>,
+    /// Deliveries in flight per receiver integration.
+    limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub counters: Counters,
 }
 
@@ -138,7 +149,24 @@ impl Alerting {
             .compile()
             .map_err(|e| AlertingError::Config(vec![e.to_string()]))?;
         let dispatcher = match store.load::<ferry_alert::dispatch::State>(NOTIFIER_KEY)? {
-            Some(state) => Dispatcher::restore(compiled, state, now),
+            Some(state) => {
+                tracing::info!(
+                    "alerting: {} alerts, {} silences and {} acknowledgements restored (saved {} ms before this start)",
+                    state.alerts.len(),
+                    state.silences.by_id.len(),
+                    state.acks.len(),
+                    now - state.saved_at
+                );
+                for s in &state.alerts {
+                    tracing::debug!(
+                        "restored {} ends {} updated {}",
+                        s.alert.name(),
+                        s.alert.ends_at - now,
+                        s.alert.updated_at - now
+                    );
+                }
+                Dispatcher::restore(compiled, state, now)
+            }
             None => Dispatcher::new(compiled),
         };
         let integrations = receivers::build_receivers(&loaded.am.receivers, &loaded.am.global)
@@ -155,6 +183,11 @@ impl Alerting {
             wake: tokio::sync::Notify::new(),
             inflight: Mutex::new(HashSet::new()),
             values: Mutex::new(HashMap::new()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            history: Mutex::new(Vec::new()),
+            state_seq: std::sync::atomic::AtomicU64::new(1),
+            saved_seq: Mutex::new(0),
+            limits: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         })
     }
@@ -238,35 +271,82 @@ impl Alerting {
         source.load().map(|_| ())
     }
 
-    /// Take alerts in (from rules, or pushed), save, and wake the
-    /// notifier.
-    pub fn receive(&self, alerts: Vec<Alert>, now: Millis) -> Result<(), store::AlertStoreError> {
+    /// Take alerts in (from rules, or pushed) and wake the notifier,
+    /// which saves them before it sends anything about them.
+    pub fn receive(&self, alerts: Vec<Alert>, now: Millis) {
         if alerts.is_empty() {
-            return Ok(());
+            return;
         }
-        {
-            let mut disp = lock(&self.dispatcher);
-            for a in alerts {
-                disp.put(a, now);
-            }
-            self.save_dispatcher(&mut disp, now)?;
-        }
-        self.wake.notify_one();
-        Ok(())
+        lock(&self.dispatcher).put_all(alerts, now);
+        self.mark_dirty();
     }
 
-    /// Save the dispatcher's state with the history of what changed in it.
+    /// Something changed: the notifier saves and looks again.
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Queue history lines for the next save.
+    pub(crate) fn queue_history(&self, entries: Vec<NewEntry>) {
+        lock(&self.history).extend(entries);
+        self.mark_dirty();
+    }
+
+    /// The semaphore bounding deliveries to one receiver integration.
+    pub(crate) fn limit(&self, key: &str, permits: usize) -> Arc<tokio::sync::Semaphore> {
+        lock(&self.limits)
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(permits)))
+            .clone()
+    }
+
+    /// Save the dispatcher's state with the history of what changed in it
+    /// (now, under the caller's lock: for changes a person makes, which
+    /// are answered only once saved).
     pub(crate) fn save_dispatcher(
         &self,
         disp: &mut Dispatcher,
         now: Millis,
     ) -> Result<(), store::AlertStoreError> {
-        let history: Vec<NewEntry> = disp
-            .drain_events()
-            .into_iter()
-            .filter_map(|e| history_of(&e, now))
-            .collect();
-        self.store.save(NOTIFIER_KEY, &disp.state(), &history)
+        let (state, seq) = self.copy_state(disp, now);
+        self.save_state(&state, seq, disp.drain_events(), now)
+    }
+
+    /// A numbered copy of the dispatcher's state at `now` (call under its
+    /// lock).
+    pub(crate) fn copy_state(
+        &self,
+        disp: &Dispatcher,
+        now: Millis,
+    ) -> (ferry_alert::dispatch::State, u64) {
+        let seq = self
+            .state_seq
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let mut state = disp.state();
+        state.saved_at = now;
+        (state, seq)
+    }
+
+    /// Write copy `seq` of the dispatcher's state (unless a newer copy is
+    /// already written), the history of its events and the queued history
+    /// lines, in one transaction.
+    pub(crate) fn save_state(
+        &self,
+        state: &ferry_alert::dispatch::State,
+        seq: u64,
+        events: Vec<ferry_alert::dispatch::Event>,
+        now: Millis,
+    ) -> Result<(), store::AlertStoreError> {
+        let mut history: Vec<NewEntry> = events.iter().filter_map(|e| history_of(e, now)).collect();
+        history.append(&mut lock(&self.history));
+        let mut saved = lock(&self.saved_seq);
+        if seq < *saved {
+            return self.store.append(&history);
+        }
+        self.store.save(NOTIFIER_KEY, state, &history)?;
+        *saved = seq;
+        Ok(())
     }
 
     /// Find one alert by its ID or a unique prefix of it.

@@ -19,40 +19,76 @@ use std::time::Duration;
 /// starting and ending, acks expiring, resolve timeouts).
 const IDLE: Duration = Duration::from_secs(1);
 
+/// Deliveries running at once per receiver integration: a receiver that
+/// hangs holds this many connections, not one per group.
+const PER_INTEGRATION: usize = 16;
+
+/// Saves are at most this often: each writes the whole state, so a burst
+/// of deliveries is saved in one go. A `kill -9` within this much of a
+/// delivery may repeat it after the restart (at least once, never lost);
+/// a change a person makes (silence, ack, resolve) is saved before it is
+/// answered.
+const SAVE_GAP: Duration = Duration::from_millis(200);
+
+/// How long the notifier waits after being woken before it looks, so that
+/// a burst is one pass over the dispatcher rather than one per event.
+const COALESCE: Duration = Duration::from_millis(5);
+
 pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
     let mut last_prune: Millis = 0;
+    let mut last_publish: Millis = 0;
+    let mut last_save: Millis = 0;
+    let mut unsaved = false;
+    let mut events = Vec::new();
     loop {
         let now = d.clock.now() as Millis;
-        let (due, next) = {
+        let dirty = a.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
+        let save_now = now - last_save >= SAVE_GAP.as_millis() as i64;
+        let (due, next, state) = {
             let mut disp = lock(&a.dispatcher);
             let due = disp.flush_due(now);
-            // Saved before anything is sent: what is due is in the state
-            // (the log is written only when a send succeeds).
-            if let Err(e) = a.save_dispatcher(&mut disp, now) {
-                tracing::error!("{e}; alert state is not saved");
-            }
-            (due, disp.next_wakeup(now))
+            events.append(&mut disp.drain_events());
+            unsaved |= dirty || !due.is_empty() || !events.is_empty();
+            // Copied under the lock, written outside it.
+            let state = (unsaved && save_now).then(|| a.copy_state(&disp, now));
+            (due, disp.next_wakeup(now), state)
         };
-        a.publish(&d, now);
+        if dirty || !due.is_empty() || now - last_publish >= IDLE.as_millis() as i64 {
+            last_publish = now;
+            a.publish(&d, now);
+        }
         let mut recorded = false;
         for due in due {
             recorded |= spawn_delivery(&a, &d, due);
         }
-        if recorded {
-            let mut disp = lock(&a.dispatcher);
-            if let Err(e) = a.save_dispatcher(&mut disp, now) {
-                tracing::error!("{e}; the notification log is not saved");
+        if let Some((state, seq)) = state {
+            last_save = now;
+            unsaved = recorded;
+            let (a2, ev) = (a.clone(), std::mem::take(&mut events));
+            let saved =
+                tokio::task::spawn_blocking(move || a2.save_state(&state, seq, ev, now)).await;
+            match saved {
+                Ok(Err(e)) => tracing::error!("{e}; alert state is not saved"),
+                Err(e) => tracing::error!("saving alert state: {e}"),
+                Ok(Ok(())) => {}
             }
+        } else {
+            unsaved |= recorded;
         }
         if now - last_prune > 3_600_000 {
             last_prune = now;
             a.prune(now);
         }
-        let wait = next
+        let mut wait = next
             .map(|t| Duration::from_millis((t - now).clamp(0, IDLE.as_millis() as i64) as u64))
             .unwrap_or(IDLE);
+        if unsaved {
+            wait = wait.min(SAVE_GAP);
+        }
         tokio::select! {
-            _ = a.wake.notified() => {}
+            // Woken: gather what else comes in the next moment (a burst
+            // of deliveries ending, a batch of alerts) into one pass.
+            _ = a.wake.notified() => tokio::time::sleep(COALESCE).await,
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -84,8 +120,15 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) -> bool {
     if !lock(&a.inflight).insert(flight.clone()) {
         return false;
     }
+    let limit = a.limit(
+        &format!("{}/{}", due.receiver, due.integration),
+        PER_INTEGRATION,
+    );
     let (a, d) = (a.clone(), d.clone());
     tokio::spawn(async move {
+        let Ok(_permit) = limit.acquire_owned().await else {
+            return;
+        };
         let integration = &integrations[&due.receiver][idx];
         let action = match due.kind {
             DueKind::Notify => Action::Notify,
@@ -182,21 +225,15 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) -> bool {
                         "resolved": due.resolved.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
                     }),
                 }).collect();
-                if let Err(e) = a.store.append(&entries) {
-                    tracing::warn!("{e}");
-                }
+                a.queue_history(entries);
             })
             .await;
         match result {
             Ok(()) => {
-                // Recorded now; saved by the notifier loop, which this
-                // wakes below. Not saved here: a save writes the whole
-                // dispatcher state, so one per delivery cost O(alerts)
-                // each, O(alerts²) for a burst, on the runtime's threads
-                // and under the dispatcher's lock (10 000 one-alert
-                // groups took minutes and delayed every receiver). The
-                // loop saves once for all deliveries that ended since it
-                // last ran, milliseconds later.
+                // Recorded now; saved by the notifier loop, woken below,
+                // once for every delivery that ended since it last ran (a
+                // save writes the whole state: one per delivery made a
+                // burst quadratic).
                 let now = d.clock.now() as Millis;
                 lock(&a.dispatcher).record_due(&due, now);
             }
@@ -208,7 +245,7 @@ fn spawn_delivery(a: &Arc<Alerting>, d: &Arc<Daemon>, mut due: Due) -> bool {
             ),
         }
         lock(&a.inflight).remove(&flight);
-        a.wake.notify_one();
+        a.mark_dirty();
     });
     false
 }

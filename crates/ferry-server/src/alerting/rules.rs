@@ -180,9 +180,7 @@ fn eval(a: &Alerting, d: &Daemon, group: &Mutex<Group>, ts: Millis, interval: i6
     if !to_send.is_empty() {
         a.pusher().send(&to_send);
         let now = d.clock.now() as Millis;
-        if let Err(e) = a.receive(to_send, now) {
-            tracing::error!("{e}; alerts are not saved");
-        }
+        a.receive(to_send, now);
     }
 }
 
