@@ -100,7 +100,11 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 /// Read and check everything `[alerting]` names; `base` is the config
 /// file's directory (relative paths are relative to it). Every problem
 /// is returned, each naming its file (and line, when known).
-pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
+pub fn load(
+    cfg: &AlertingConfig,
+    base: &Path,
+    config_file: Option<&Path>,
+) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut user: Vec<GroupDef> = Vec::new();
@@ -167,6 +171,8 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
         }
     }
     groups.retain(|g| !g.spec.rules.is_empty());
+    // The text the routing config came from, to put a line on its errors.
+    let mut am_text: Option<String> = None;
     let (am, am_source) = match &cfg.alertmanager_config {
         Some(path) => {
             let full = base.join(path);
@@ -175,7 +181,10 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
                     &full.display().to_string(),
                     &text,
                 ) {
-                    Ok(c) => (c, full.display().to_string()),
+                    Ok(c) => {
+                        am_text = Some(text);
+                        (c, full.display().to_string())
+                    }
                     Err(e) => {
                         errors.push(e.to_string());
                         (Default::default(), String::new())
@@ -192,10 +201,13 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
         }
         None => {
             let mut c = cfg.inline_alertmanager();
-            let source = if c.route.is_some() {
-                "ferry.toml"
-            } else {
-                "built-in"
+            let source = match (c.route.is_some(), config_file) {
+                (true, Some(f)) => {
+                    am_text = std::fs::read_to_string(f).ok();
+                    f.display().to_string()
+                }
+                (true, None) => "ferry.toml".to_string(),
+                (false, _) => "built-in".to_string(),
             };
             if c.route.is_none() {
                 c.route = Some(ferry_alert::config::ferry_default_route());
@@ -208,21 +220,22 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
                     }
                 }
             }
-            (c, source.to_string())
+            (c, source)
         }
     };
+    let at = |e: &dyn std::fmt::Display| located(&am_source, am_text.as_deref(), &e.to_string());
     if errors.is_empty() {
         match am.validate() {
             Ok(notes) => warnings.extend(notes.into_iter().map(|w| format!("{am_source}: {w}"))),
-            Err(e) => errors.push(format!("{am_source}: {e}")),
+            Err(e) => errors.push(at(&e)),
         }
         if errors.is_empty()
             && let Err(e) = am.compile()
         {
-            errors.push(format!("{am_source}: {e}"));
+            errors.push(at(&e));
         }
         if let Err(e) = super::receivers::build_receivers(&am.receivers, &am.global) {
-            errors.push(format!("{am_source}: {e}"));
+            errors.push(at(&e));
         }
     }
     if !errors.is_empty() {
@@ -241,9 +254,71 @@ pub fn load(cfg: &AlertingConfig, base: &Path) -> Result<Loaded, Vec<String>> {
     })
 }
 
+/// `source:LINE: message` for an error found after parsing (an unknown
+/// receiver, a name used twice, a missing field): the line is where the
+/// value the message quotes first stands in `text` (where it stands last,
+/// for a name that is not unique), when it is found.
+fn located(source: &str, text: Option<&str>, message: &str) -> String {
+    let quoted = message
+        .split('"')
+        .nth(1)
+        .filter(|q| !q.is_empty() && !q.contains('\n'));
+    let line = text.zip(quoted).and_then(|(text, q)| {
+        let mut hits = text.lines().enumerate().filter(|(_, l)| {
+            let code = l.split('#').next().unwrap_or("");
+            code.match_indices(q).any(|(i, _)| {
+                let before = code[..i].chars().next_back();
+                let after = code[i + q.len()..].chars().next();
+                let word = |c: Option<char>| {
+                    c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                };
+                !word(before) && !word(after)
+            })
+        });
+        if message.contains("not unique") {
+            hits.last()
+        } else {
+            hits.next()
+        }
+        .map(|(i, _)| i + 1)
+    });
+    match line {
+        Some(n) => format!("{source}:{n}: {message}"),
+        None => format!("{source}: {message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_found_after_parsing_get_the_line_of_what_they_quote() {
+        let text =
+            "route:\n  receiver: team # not team-b\nreceivers:\n  - name: team\n  - name: team\n";
+        assert_eq!(
+            located(
+                "am.yml",
+                Some(text),
+                r#"route: undefined receiver "team" used in route"#
+            ),
+            r#"am.yml:2: route: undefined receiver "team" used in route"#
+        );
+        assert_eq!(
+            located(
+                "am.yml",
+                Some(text),
+                r#"notification config name "team" is not unique"#
+            ),
+            r#"am.yml:5: notification config name "team" is not unique"#
+        );
+        // Not found, or nothing quoted: no line rather than a wrong one.
+        assert_eq!(
+            located("am.yml", Some(text), r#"x "nobody" y"#),
+            r#"am.yml: x "nobody" y"#
+        );
+        assert_eq!(located("am.yml", None, "plain"), "am.yml: plain");
+    }
 
     #[test]
     fn wildcards_in_the_file_name() {
@@ -307,7 +382,7 @@ mod tests {
             disable_rules: vec!["TargetDown".into()],
             ..Default::default()
         };
-        let l = load(&cfg, dir.path()).unwrap();
+        let l = load(&cfg, dir.path(), None).unwrap();
         let n = names(&l);
         assert_eq!(
             n.iter().filter(|x| *x == "HostCpuWarning").count(),
@@ -326,7 +401,7 @@ mod tests {
             disable_rules: vec!["HostCpuWarnin".into()],
             ..Default::default()
         };
-        let errs = load(&typo, dir.path()).unwrap_err();
+        let errs = load(&typo, dir.path(), None).unwrap_err();
         assert!(
             errs[0].contains("no rule named \"HostCpuWarnin\""),
             "{errs:?}"
@@ -335,7 +410,7 @@ mod tests {
             builtin_rules: false,
             ..Default::default()
         };
-        assert!(load(&none, dir.path()).unwrap().groups.is_empty());
+        assert!(load(&none, dir.path(), None).unwrap().groups.is_empty());
     }
 
     #[test]
@@ -350,7 +425,7 @@ mod tests {
             alertmanager_config: Some("alertmanager.yml".into()),
             ..Default::default()
         };
-        let l = load(&cfg, dir.path()).unwrap();
+        let l = load(&cfg, dir.path(), None).unwrap();
         assert!(l.am_source.ends_with("alertmanager.yml"));
         assert_eq!(l.am.receivers.len(), 2);
         std::fs::write(
@@ -358,14 +433,15 @@ mod tests {
             "route:\n  receiver: team\n  group_wait: soon\nreceivers:\n  - name: team\n",
         )
         .unwrap();
-        let errs = load(&cfg, dir.path()).unwrap_err();
+        let errs = load(&cfg, dir.path(), None).unwrap_err();
         assert!(errs[0].contains("alertmanager.yml:3:"), "{errs:?}");
         std::fs::write(
             dir.path().join("alertmanager.yml"),
             "route:\n  receiver: nobody\nreceivers:\n  - name: team\n",
         )
         .unwrap();
-        let errs = load(&cfg, dir.path()).unwrap_err();
+        let errs = load(&cfg, dir.path(), None).unwrap_err();
+        assert!(errs[0].contains("alertmanager.yml:2: "), "{errs:?}");
         assert!(errs[0].contains("nobody"), "{errs:?}");
     }
 }

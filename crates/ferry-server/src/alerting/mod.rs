@@ -53,7 +53,7 @@ impl Source {
 
     /// Read everything `[alerting]` names, checked.
     pub fn load(&self) -> Result<Loaded, Vec<String>> {
-        load::load(&self.config, &self.base())
+        load::load(&self.config, &self.base(), self.config_file.as_deref())
     }
 
     /// Re-read the config file (for a reload).
