@@ -276,15 +276,29 @@ fn parsed_query(
     Ok((q, f))
 }
 
+/// The alerting of a list request and its query, or the answer: an
+/// empty list before alerting runs, 400 for a bad query.
+type ListRequest<'a> = (
+    &'a Arc<Alerting>,
+    AlertsQuery,
+    Vec<ferry_alert::matcher::Matcher>,
+);
+
+fn list_request<'a>(d: &'a Daemon, raw: Option<&str>) -> Result<ListRequest<'a>, Box<Response>> {
+    let a = d
+        .alerting
+        .get()
+        .ok_or_else(|| Box::new(Json(json!([])).into_response()))?;
+    let (q, f) = parsed_query(raw)?;
+    Ok((a, q, f))
+}
+
 /// `GET /api/v2/alerts`.
 pub async fn get_alerts(
     State(d): State<Arc<Daemon>>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
-    let Some(a) = d.alerting.get() else {
-        return Json(json!([])).into_response();
-    };
-    let (q, f) = match parsed_query(raw.as_deref()) {
+    let (a, q, f) = match list_request(&d, raw.as_deref()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -302,10 +316,7 @@ pub async fn get_groups(
     State(d): State<Arc<Daemon>>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
-    let Some(a) = d.alerting.get() else {
-        return Json(json!([])).into_response();
-    };
-    let (q, f) = match parsed_query(raw.as_deref()) {
+    let (a, q, f) = match list_request(&d, raw.as_deref()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -351,10 +362,7 @@ pub async fn get_silences(
     State(d): State<Arc<Daemon>>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
-    let Some(a) = d.alerting.get() else {
-        return Json(json!([])).into_response();
-    };
-    let (_, f) = match parsed_query(raw.as_deref()) {
+    let (a, _, f) = match list_request(&d, raw.as_deref()) {
         Ok(x) => x,
         Err(r) => return *r,
     };
