@@ -218,6 +218,12 @@ deploy_timeout = "2m"           # an instance not ready by then fails the deploy
 # stop_timeout = "10s"          # SIGTERM, then SIGKILL after this long
 # auto_promote = false          # blue-green: switch without `ferry approve`
 # scale_down_delay = "30s"      # blue-green: keep the old set this long (instant rollback)
+# monitor = "5m"                # watch after 100 %: a failure (or an alert) rolls back by itself
+# rollback_on_alerts = ['severity=~"critical|emergency"']   # which alerts about web roll a release back
+
+# [alerting]                    # alerts: built-in rules from the guides are on without this table
+# rule_files = ["rules/*.yml"]  # Prometheus rule files; `ferry check rules/web.yml`
+# alertmanager_config = "alertmanager.yml"   # routing and receivers, Alertmanager's format
 "#;
 
 #[cfg(test)]
