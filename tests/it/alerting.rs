@@ -346,8 +346,8 @@ fn a_rule_fires_to_a_webhook_with_the_v4_payload_then_resolves() {
 
 #[test]
 fn bad_rule_files_are_rejected_with_file_and_line() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/promql-tests/rulefmt");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/ferry-alert/testdata/rulefmt");
     let env = Env::prepare(Spec::default());
     let mut bad = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

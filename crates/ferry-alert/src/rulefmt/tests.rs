@@ -2,10 +2,11 @@ use super::*;
 use std::path::PathBuf;
 
 fn conformance_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/promql-tests/rulefmt");
+    // Prometheus's cases, copied from shared/promql-tests/rulefmt.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/rulefmt");
     assert!(
         dir.is_dir(),
-        "the rulefmt conformance files are missing: {} (shared/ beside the repository)",
+        "the rulefmt conformance files are missing: {}",
         dir.display()
     );
     dir
