@@ -37,7 +37,8 @@
 //! timeout, connections until the connect timeout). The bench POSTs
 //! `FERRY_BENCH_ALERTS` distinct alerts to `/api/v2/alerts` in batches of
 //! 500, then waits for every one to reach the fast webhook. Then the same
-//! without the dead receiver. It reports alerts/s accepted, notifications/s
+//! with a second *fast* receiver in the dead one's place (the same work,
+//! nothing slow), then with the fast one alone. It reports alerts/s accepted, notifications/s
 //! delivered to the fast receiver and the latency from an alert's POST to
 //! its notification (p50, p99, max).
 //!
@@ -51,13 +52,16 @@
 //! evaluation's timestamp) to the last response carrying revision 2 that
 //! a client received.
 
+mod common;
+
+use common::{Proc, clk_tck, cpu_s, free_port, median, percentile};
 use ferry::loadgen::{LoadConfig, LoadGen, Sample};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,19 +83,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 0.5)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() - 1) as f64 * p).round() as usize;
-    v[i]
 }
 
 // ------------------------------------------------------------ the target
@@ -242,28 +233,6 @@ fn rule_file() -> String {
 
 // ------------------------------------------------------------ processes
 
-struct Proc {
-    child: Child,
-    stop: &'static str,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args([self.stop, &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Api {
     base: String,
     token: Option<String>,
@@ -361,23 +330,6 @@ fn start_prometheus(bin: &str, dir: &Path, target: u16, rules: bool) -> (Proc, u
         std::thread::sleep(Duration::from_millis(100));
     }
     (proc, port)
-}
-
-fn clk_tck() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
-/// CPU seconds (user + system) a process used.
-fn cpu_s(pid: u32, tck: f64) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / tck
 }
 
 // ------------------------------------------------------------ evaluation

@@ -25,11 +25,14 @@
 //! samples each stored. Last, a fresh `ferry serve` with no services and
 //! no config runs for `FERRY_BENCH_IDLE` and its RSS is read.
 
+mod common;
+
+use common::{Proc, clk_tck, cpu_s, free_port, median, percentile};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -299,29 +302,6 @@ fn start_target() -> (Arc<Target>, u16) {
 
 // ------------------------------------------------------------ processes
 
-struct Proc {
-    child: Child,
-    /// The signal that stops it and all it started.
-    stop: &'static str,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args([self.stop, &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `ferry serve` in a session of its own (as under a service manager, so
 /// it has a scheduling group of its own as Prometheus does).
 fn start_ferry(dir: &Path, config: Option<&Path>) -> Proc {
@@ -420,14 +400,6 @@ fn start_prometheus(bin: &str, dir: &Path, target_port: u16, port: u16) -> Proc 
 
 // ------------------------------------------------------------ measuring
 
-fn clk_tck() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
 /// `VmRSS` and `VmHWM` of a process, in kB.
 fn rss_kb(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -439,17 +411,6 @@ fn rss_kb(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// CPU seconds (user + system) a process used.
-fn cpu_s(pid: u32, tck: f64) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    (tick(11) + tick(12)) / tck
 }
 
 /// Bytes on disk under `dir`: (allocated, as `du` counts, and apparent).
@@ -484,19 +445,6 @@ struct Snap {
     dp_cpu_s: f64,
     disk: u64,
     disk_apparent: u64,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 0.5)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() - 1) as f64 * p).round() as usize;
-    v[i]
 }
 
 // ------------------------------------------------------------ queries
