@@ -117,8 +117,6 @@ pub fn install_service(
     Ok(())
 }
 
-/// `ferry check`: the file parses, validates, and each `listen` is free (or
-/// already served by this daemon for the same service).
 /// `ferry check FILE.yml…`: Prometheus rule files, checked as `promtool
 /// check rules` does (its output; exit 2 on an error, as for any config).
 pub fn check_rules(files: &[PathBuf], output: Output) -> CliResult<()> {
@@ -144,13 +142,19 @@ pub fn check_rules(files: &[PathBuf], output: Output) -> CliResult<()> {
 
 /// The `[alerting]` of a config file, read and checked (rule files,
 /// routing, receivers): what `ferry serve --config` would run.
-pub fn load_alerting(path: &Path, cfg: &Config) -> CliResult<ferry_server::alerting::Source> {
+pub fn load_alerting(
+    path: &Path,
+    cfg: &Config,
+) -> CliResult<(
+    ferry_server::alerting::Source,
+    ferry_server::alerting::load::Loaded,
+)> {
     let source = ferry_server::alerting::Source {
         config_file: Some(path.canonicalize().unwrap_or_else(|_| path.to_path_buf())),
         config: cfg.alerting.clone(),
     };
     match source.load() {
-        Ok(_) => Ok(source),
+        Ok(loaded) => Ok((source, loaded)),
         Err(errors) => {
             let n = errors.len();
             let list: Vec<String> = errors.iter().map(|e| format!("error: {e}")).collect();
@@ -165,11 +169,12 @@ pub fn load_alerting(path: &Path, cfg: &Config) -> CliResult<ferry_server::alert
     }
 }
 
+/// `ferry check`: the file parses, validates (its `[alerting]` too), and
+/// each `listen` is free (or already served by this daemon for the same
+/// service).
 pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliResult<()> {
     let cfg = load_config(path)?;
-    let alerting = load_alerting(path, &cfg)?
-        .load()
-        .unwrap_or_else(|_| unreachable!("checked"));
+    let (_, alerting) = load_alerting(path, &cfg)?;
     let ours: BTreeMap<String, String> = match &client {
         Some(c) => c
             .get::<Vec<ServiceStatus>>("/v1/services")

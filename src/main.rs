@@ -426,7 +426,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             let (metrics, alerting) = match config {
                 Some(path) => {
                     let cfg = commands::load_config(path)?;
-                    let alerting = commands::load_alerting(path, &cfg)?;
+                    let (alerting, _) = commands::load_alerting(path, &cfg)?;
                     (cfg.metrics, alerting)
                 }
                 None => {

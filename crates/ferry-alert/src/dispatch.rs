@@ -18,7 +18,6 @@ use crate::alert::{Alert, Fingerprint, LabelSet, Millis};
 use crate::config::{Compiled, ReceiverConfig};
 use crate::inhibit::Inhibitor;
 use crate::notify::{Notification, NotifyAlert, Status};
-use crate::route::Route;
 use crate::silence::Silences;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1048,6 +1047,11 @@ impl Dispatcher {
     }
 
     /// Every stored alert with its state, as `GET /api/v2/alerts` shows it.
+    /// The fingerprint of every alert held.
+    pub fn fingerprints(&self) -> impl Iterator<Item = Fingerprint> + '_ {
+        self.alerts.keys().copied()
+    }
+
     pub fn alerts(&self, now: Millis) -> Vec<AlertView> {
         let in_groups: BTreeSet<Fingerprint> = self
             .groups
@@ -1234,11 +1238,6 @@ impl Dispatcher {
             });
         }
         self.groups.retain(|_, g| !g.alerts.is_empty());
-    }
-
-    /// The route tree in use.
-    pub fn route(&self) -> &Route {
-        &self.cfg.route
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::alert::{Alert, LabelSet, Millis};
 use crate::duration::PromDuration;
 use crate::rulefmt::{GroupSpec, RuleKind, RuleSpec};
-use crate::template::{self, AlertData};
+use crate::template::{self, AlertData, query_escape};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -221,15 +221,6 @@ impl Group {
             external_labels: LabelSet::new(),
             external_url: String::new(),
         }
-    }
-
-    /// The query offset for groups that set none
-    /// (`global.rule_query_offset`).
-    pub fn with_default_query_offset(mut self, spec: &GroupSpec, offset: PromDuration) -> Group {
-        if spec.query_offset.is_none() {
-            self.query_offset = offset;
-        }
-        self
     }
 
     /// Evaluate every rule in order at `ts_ms` (queries at
@@ -445,21 +436,6 @@ fn needs_sending(a: &RuleAlert, ts: Millis, resend_delay: i64) -> bool {
     }
     // Never sent: Go's zero time is long before any `ts`.
     a.last_sent_at.is_none_or(|s| s + resend_delay < ts)
-}
-
-/// Go's `url.QueryEscape`.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 const DUP_RECORD: &str =

@@ -80,13 +80,6 @@ impl Template {
         &self.name
     }
 
-    /// Names of the templates it defines (and itself).
-    pub fn template_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.trees.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
-    }
-
     /// Execute against `data`.
     pub fn execute(&self, data: Value, env: &Env<'_>) -> Result<String, String> {
         self.execute_template(&self.name, data, env)

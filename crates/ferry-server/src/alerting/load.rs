@@ -7,6 +7,7 @@ use ferry_alert::duration::PromDuration;
 use ferry_alert::rulefmt::{self, GroupSpec};
 use ferry_core::alerting_config::AlertingConfig;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The built-in rule file (seed 001's thresholds and severities).
 pub const BUILTIN: &str = include_str!("builtin.yml");
@@ -34,7 +35,14 @@ pub struct Loaded {
     pub alertmanagers: Vec<String>,
     /// Not errors, but worth a line in the log (a glob matching nothing).
     pub warnings: Vec<String>,
+    /// `am` compiled for the dispatcher.
+    pub compiled: ferry_alert::config::Compiled,
+    /// `am`'s receivers, ready to send (their `*_file` secrets read).
+    pub integrations: Arc<Integrations>,
 }
+
+/// Each receiver's integrations, by receiver name.
+pub type Integrations = std::collections::BTreeMap<String, Vec<super::receivers::Integration>>;
 
 /// Files matching `pattern`: wildcards (`*`, `?`) in the last path
 /// component only, e.g. `rules/*.yml`; sorted.
@@ -224,24 +232,35 @@ pub fn load(
         }
     };
     let at = |e: &dyn std::fmt::Display| located(&am_source, am_text.as_deref(), &e.to_string());
+    let mut built = None;
     if errors.is_empty() {
         match am.validate() {
             Ok(notes) => warnings.extend(notes.into_iter().map(|w| format!("{am_source}: {w}"))),
             Err(e) => errors.push(at(&e)),
         }
-        if errors.is_empty()
-            && let Err(e) = am.compile()
-        {
-            errors.push(at(&e));
-        }
-        if let Err(e) = super::receivers::build_receivers(&am.receivers, &am.global) {
-            errors.push(at(&e));
-        }
+        let compiled = match errors.is_empty().then(|| am.compile()) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                errors.push(at(&e));
+                None
+            }
+            None => None,
+        };
+        let integrations = match super::receivers::build_receivers(&am.receivers, &am.global) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                errors.push(at(&e));
+                None
+            }
+        };
+        built = compiled.zip(integrations);
     }
-    if !errors.is_empty() {
+    let Some((compiled, integrations)) = built.filter(|_| errors.is_empty()) else {
         return Err(errors);
-    }
+    };
     Ok(Loaded {
+        compiled,
+        integrations: Arc::new(integrations),
         groups,
         am,
         am_source,

@@ -144,10 +144,7 @@ impl Alerting {
             tracing::warn!("alerting: {w}");
         }
         let store = AlertStore::open(&data_dir.join(store::FILE))?;
-        let compiled = loaded
-            .am
-            .compile()
-            .map_err(|e| AlertingError::Config(vec![e.to_string()]))?;
+        let compiled = loaded.compiled.clone();
         let dispatcher = match store.load::<ferry_alert::dispatch::State>(NOTIFIER_KEY)? {
             Some(state) => {
                 tracing::info!(
@@ -169,8 +166,7 @@ impl Alerting {
             }
             None => Dispatcher::new(compiled),
         };
-        let integrations = receivers::build_receivers(&loaded.am.receivers, &loaded.am.global)
-            .map_err(|e| AlertingError::Config(vec![e]))?;
+        let integrations = loaded.integrations.clone();
         Ok(Alerting {
             store,
             source: Mutex::new(source),
@@ -178,7 +174,7 @@ impl Alerting {
             api_url: api_url.to_string(),
             groups: Mutex::new(Vec::new()),
             dispatcher: Mutex::new(dispatcher),
-            receivers: arc_swap::ArcSwap::from_pointee(integrations),
+            receivers: arc_swap::ArcSwap::new(integrations),
             pusher: Mutex::new(Arc::new(push::Pusher::default())),
             wake: tokio::sync::Notify::new(),
             inflight: Mutex::new(HashSet::new()),
@@ -230,9 +226,7 @@ impl Alerting {
     pub fn reload(self: &Arc<Self>, d: &Arc<Daemon>) -> Result<String, Vec<String>> {
         let source = lock(&self.source).reread()?;
         let loaded = source.load()?;
-        let compiled = loaded.am.compile().map_err(|e| vec![e.to_string()])?;
-        let integrations = receivers::build_receivers(&loaded.am.receivers, &loaded.am.global)
-            .map_err(|e| vec![e])?;
+        let (compiled, integrations) = (loaded.compiled.clone(), loaded.integrations.clone());
         // Checked: from here on nothing can fail.
         for w in &loaded.warnings {
             tracing::warn!("alerting: {w}");
@@ -246,7 +240,7 @@ impl Alerting {
             states.push((group.file.clone(), group.name.clone(), group.snapshot()));
         }
         lock(&self.dispatcher).reload(compiled, now);
-        self.receivers.store(Arc::new(integrations));
+        self.receivers.store(integrations);
         let loaded = Arc::new(loaded);
         if loaded.alertmanagers != self.loaded().alertmanagers {
             *lock(&self.pusher) =
@@ -310,7 +304,7 @@ impl Alerting {
         now: Millis,
     ) -> Result<(), store::AlertStoreError> {
         let (state, seq) = self.copy_state(disp, now);
-        self.save_state(&state, seq, disp.drain_events(), now)
+        self.save_state(&state, seq, disp.drain_events())
     }
 
     /// A numbered copy of the dispatcher's state at `now` (call under its
@@ -336,9 +330,8 @@ impl Alerting {
         state: &ferry_alert::dispatch::State,
         seq: u64,
         events: Vec<ferry_alert::dispatch::Event>,
-        now: Millis,
     ) -> Result<(), store::AlertStoreError> {
-        let mut history: Vec<NewEntry> = events.iter().filter_map(|e| history_of(e, now)).collect();
+        let mut history: Vec<NewEntry> = events.iter().filter_map(history_of).collect();
         history.append(&mut lock(&self.history));
         let mut saved = lock(&self.saved_seq);
         if seq < *saved {
@@ -350,7 +343,7 @@ impl Alerting {
     }
 
     /// Find one alert by its ID or a unique prefix of it.
-    pub fn find(&self, id: &str, now: Millis) -> Result<Fingerprint, String> {
+    pub fn find(&self, id: &str) -> Result<Fingerprint, String> {
         let id = id.trim().to_ascii_lowercase();
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(format!(
@@ -359,9 +352,7 @@ impl Alerting {
         }
         let disp = lock(&self.dispatcher);
         let found: Vec<Fingerprint> = disp
-            .alerts(now)
-            .into_iter()
-            .map(|v| v.fingerprint)
+            .fingerprints()
             .filter(|fp| fp.to_string().starts_with(&id))
             .collect();
         match found.as_slice() {
@@ -405,7 +396,7 @@ impl Alerting {
 }
 
 /// A history line for a dispatcher event.
-fn history_of(e: &ferry_alert::dispatch::Event, _now: Millis) -> Option<NewEntry> {
+fn history_of(e: &ferry_alert::dispatch::Event) -> Option<NewEntry> {
     use ferry_alert::dispatch::EventKind as K;
     let name = e.labels.get("alertname").cloned().unwrap_or_default();
     let labels = ferry_metrics::storage::format_labels(&e.labels);
@@ -496,12 +487,6 @@ pub(crate) fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Alerting {
     /// Alert state on `/metrics`: alerts by name, state and severity; rule
     /// evaluations; notifications by receiver, integration and outcome;
@@ -531,8 +516,8 @@ impl Alerting {
             let _ = writeln!(
                 out,
                 "ferry_rule_alerts{{alertname=\"{}\",state=\"{state}\",severity=\"{}\"}} {n}",
-                escape_label(name),
-                escape_label(sev)
+                ferry_proxy::escape_label_value(name),
+                ferry_proxy::escape_label_value(sev)
             );
         }
         // Every alert the notifier holds (rules' and pushed ones).
@@ -565,8 +550,8 @@ impl Alerting {
             let _ = writeln!(
                 out,
                 "ferry_alerts{{alertname=\"{}\",state=\"{state}\",severity=\"{}\"}} {n}",
-                escape_label(name),
-                escape_label(sev)
+                ferry_proxy::escape_label_value(name),
+                ferry_proxy::escape_label_value(sev)
             );
         }
         let _ = writeln!(
@@ -592,8 +577,8 @@ impl Alerting {
             let _ = writeln!(
                 out,
                 "ferry_notifications_total{{receiver=\"{}\",integration=\"{}\",outcome=\"{outcome}\"}} {n}",
-                escape_label(receiver),
-                escape_label(integration)
+                ferry_proxy::escape_label_value(receiver),
+                ferry_proxy::escape_label_value(integration)
             );
         }
         let pushed = self.pusher().counters();
@@ -620,7 +605,7 @@ impl Alerting {
                 let _ = writeln!(
                     out,
                     "{family}{{alertmanager=\"{}\"}} {v}",
-                    escape_label(url)
+                    ferry_proxy::escape_label_value(url)
                 );
             }
         }

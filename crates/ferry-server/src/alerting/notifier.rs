@@ -65,8 +65,7 @@ pub async fn run(a: Arc<Alerting>, d: Arc<Daemon>) {
             last_save = now;
             unsaved = recorded;
             let (a2, ev) = (a.clone(), std::mem::take(&mut events));
-            let saved =
-                tokio::task::spawn_blocking(move || a2.save_state(&state, seq, ev, now)).await;
+            let saved = tokio::task::spawn_blocking(move || a2.save_state(&state, seq, ev)).await;
             match saved {
                 Ok(Err(e)) => tracing::error!("{e}; alert state is not saved"),
                 Err(e) => tracing::error!("saving alert state: {e}"),

@@ -88,10 +88,6 @@ impl Pusher {
         p
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
     /// Queue alerts for every Alertmanager; never waits.
     pub fn send(&self, alerts: &[Alert]) {
         if alerts.is_empty() {

@@ -153,12 +153,6 @@ impl AlertStore {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
-    pub fn delete(&self, key: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM state WHERE key = ?1", [key])?;
-        Ok(())
-    }
-
     pub fn append(&self, history: &[NewEntry]) -> Result<()> {
         if history.is_empty() {
             return Ok(());

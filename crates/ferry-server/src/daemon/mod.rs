@@ -370,8 +370,6 @@ impl Daemon {
         }
     }
 
-    /// One reconcile pass, then a snapshot for API reads (also when the
-    /// pass stopped on a store error, so `/health` says so).
     /// The firing alerts that fail rollout `r`, as its revision's
     /// `rollback_on_alerts` selects them.
     fn alerts_against(&self, core: &Core, r: &Rollout) -> Vec<ferry_core::rollout::AlertObs> {
@@ -392,6 +390,8 @@ impl Daemon {
             .against(&r.service, &matchers, r.started_at as i64)
     }
 
+    /// One reconcile pass, then a snapshot for API reads (also when the
+    /// pass stopped on a store error, so `/health` says so).
     pub async fn tick(self: &Arc<Self>) -> DaemonResult<()> {
         let now = self.clock.now();
         let mut core = self.core.lock().await;

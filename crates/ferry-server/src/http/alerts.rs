@@ -60,24 +60,23 @@ fn prom_success(data: Value) -> Response {
     Json(json!({"status": "success", "data": data})).into_response()
 }
 
-pub async fn prom_rules(State(d): State<Arc<Daemon>>) -> Response {
+/// A copy of every rule group (each locked in turn, briefly: an
+/// evaluation holds its group's lock).
+fn rule_groups(d: &Daemon) -> Vec<ferry_alert::rules::Group> {
     let Some(a) = d.alerting.get() else {
-        return prom_success(json!({"groups": []}));
+        return Vec::new();
     };
-    let groups: Vec<Arc<std::sync::Mutex<ferry_alert::rules::Group>>> =
-        lock(&a.groups).iter().map(|g| g.group.clone()).collect();
-    let locked: Vec<_> = groups.iter().map(|g| lock(g).clone()).collect();
-    let view = ferry_alert::rules::rules_view(locked.iter());
+    let groups: Vec<_> = lock(&a.groups).iter().map(|g| g.group.clone()).collect();
+    groups.iter().map(|g| lock(g).clone()).collect()
+}
+
+pub async fn prom_rules(State(d): State<Arc<Daemon>>) -> Response {
+    let view = ferry_alert::rules::rules_view(rule_groups(&d).iter());
     prom_success(serde_json::to_value(view).unwrap_or_default())
 }
 
 pub async fn prom_alerts(State(d): State<Arc<Daemon>>) -> Response {
-    let Some(a) = d.alerting.get() else {
-        return prom_success(json!({"alerts": []}));
-    };
-    let groups: Vec<_> = lock(&a.groups).iter().map(|g| g.group.clone()).collect();
-    let locked: Vec<_> = groups.iter().map(|g| lock(g).clone()).collect();
-    let view = ferry_alert::rules::alerts_view(locked.iter());
+    let view = ferry_alert::rules::alerts_view(rule_groups(&d).iter());
     prom_success(serde_json::to_value(view).unwrap_or_default())
 }
 
@@ -174,14 +173,15 @@ pub async fn post_alerts(State(d): State<Arc<Daemon>>, body: Bytes) -> Response 
     StatusCode::OK.into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct AlertsQuery {
     active: Option<bool>,
     silenced: Option<bool>,
     inhibited: Option<bool>,
     unprocessed: Option<bool>,
-    receiver: Option<String>,
-    #[serde(default)]
+    /// `receiver=REGEX`, anchored, compiled once per request (`None`
+    /// inside: it does not compile, and matches nothing).
+    receiver: Option<Option<regex::Regex>>,
     filter: Vec<String>,
 }
 
@@ -201,7 +201,7 @@ fn alerts_query(raw: Option<&str>) -> Result<AlertsQuery, String> {
             "silenced" => q.silenced = Some(flag()?),
             "inhibited" => q.inhibited = Some(flag()?),
             "unprocessed" => q.unprocessed = Some(flag()?),
-            "receiver" => q.receiver = Some(v),
+            "receiver" => q.receiver = Some(regex::Regex::new(&format!("^(?:{v})$")).ok()),
             "filter" | "filter[]" => q.filter.push(v),
             _ => {}
         }
@@ -247,9 +247,9 @@ fn selected(v: &AlertView, q: &AlertsQuery, filters: &[ferry_alert::matcher::Mat
         }
     };
     ok && !v.resolved
-        && q.receiver.as_ref().is_none_or(|r| {
-            regex::Regex::new(&format!("^(?:{r})$"))
-                .is_ok_and(|re| v.receivers.iter().any(|x| re.is_match(x)))
+        && q.receiver.as_ref().is_none_or(|re| {
+            re.as_ref()
+                .is_some_and(|re| v.receivers.iter().any(|x| re.is_match(x)))
         })
         && filters.iter().all(|m| m.matches(&v.alert.labels))
 }
@@ -477,10 +477,9 @@ pub async fn post_silence(
         }
         Err(e) => {
             audit.record(&format!("rejected: {e}"));
-            let status = if e.to_string().contains("not found") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
+            let status = match e {
+                ferry_alert::silence::SilenceError::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
             };
             am_error(status, e.to_string())
         }
@@ -580,7 +579,14 @@ pub async fn list(
         let disp = lock(&a.dispatcher);
         (disp.alerts(t), disp.groups(t))
     };
-    let values = lock(&a.values).clone();
+    // Each alert's group key (the first group holding it).
+    let mut group_of: BTreeMap<Fingerprint, &str> = BTreeMap::new();
+    for g in &groups {
+        for fp in &g.alerts {
+            group_of.entry(*fp).or_insert(&g.group_key);
+        }
+    }
+    let values = lock(&a.values);
     let mut out: Vec<Value> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for v in &views {
@@ -588,10 +594,7 @@ pub async fn list(
             continue;
         }
         seen.insert(v.fingerprint);
-        let group = groups
-            .iter()
-            .find(|g| g.alerts.contains(&v.fingerprint))
-            .map(|g| g.group_key.clone());
+        let group = group_of.get(&v.fingerprint);
         out.push(json!({
             "id": v.fingerprint.to_string(),
             "name": v.alert.name(),
@@ -611,6 +614,9 @@ pub async fn list(
             "generator_url": v.alert.generator_url,
         }));
     }
+    // Not held while rule groups are locked: an evaluation takes its
+    // group, then the values.
+    drop(values);
     // Pending alerts are the rules' own until they fire.
     let rule_groups: Vec<_> = lock(&a.groups).iter().map(|g| g.group.clone()).collect();
     for g in rule_groups {
@@ -679,7 +685,7 @@ fn on_alert(
     let who = actor(headers);
     let audit = Audit::new(d, &who, action, id, detail);
     let t = now(d);
-    let answer = a.find(id, t).map_err(ApiError::not_found).and_then(|fp| {
+    let answer = a.find(id).map_err(ApiError::not_found).and_then(|fp| {
         let mut disp = lock(&a.dispatcher);
         let answer = act(&mut disp, fp, t, &who.audit)?;
         a.save_dispatcher(&mut disp, t).map_err(|e| {
