@@ -388,17 +388,14 @@ async fn silence(client: &Client, cmd: &SilenceCmd, output: Output) -> CliResult
             comment,
             author,
         } => {
+            // Serialized as Alertmanager's API takes them: name, value,
+            // isRegex, isEqual.
             let mut parsed = Vec::new();
             for m in matchers {
-                let m = ferry_alert::matcher::Matcher::parse(m)
-                    .map_err(|e| CliError::usage(format!("matcher {m:?}: {e}")))?;
-                use ferry_alert::matcher::MatchOp;
-                parsed.push(json!({
-                    "name": m.name,
-                    "value": m.value,
-                    "isRegex": matches!(m.op, MatchOp::Regex | MatchOp::NotRegex),
-                    "isEqual": matches!(m.op, MatchOp::Equal | MatchOp::Regex),
-                }));
+                parsed.push(
+                    ferry_alert::matcher::Matcher::parse(m)
+                        .map_err(|e| CliError::usage(format!("matcher {m:?}: {e}")))?,
+                );
             }
             let now = now_ms();
             let body = json!({

@@ -149,14 +149,8 @@ impl Client {
         if status.is_success() {
             return Ok(());
         }
-        let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| text.trim().to_string());
-        Err(CliError {
-            code: exit_code(status),
-            message,
-        })
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(refusal(status, &bytes))
     }
 
     /// A query of the Prometheus-compatible API (`/api/v1/...`), posted as
@@ -216,13 +210,19 @@ impl Client {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| CliError::failed(format!("unexpected answer from the daemon ({e})")));
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-        Err(CliError {
-            code: exit_code(status),
-            message,
-        })
+        Err(refusal(status, &bytes))
+    }
+}
+
+/// The daemon's refusal: Ferry's error shape, or a plain-text body (the
+/// Alertmanager-compatible API answers so).
+fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> CliError {
+    let message = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).trim().to_string());
+    CliError {
+        code: exit_code(status),
+        message,
     }
 }
 

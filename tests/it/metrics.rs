@@ -102,7 +102,8 @@ fn promql_over_the_daemons_own_metrics() {
     assert_eq!(r["data"]["result"][0]["value"][1], "3", "{r}");
 
     // What Grafana's query editor asks for: names, values, series,
-    // metadata, the build, and (empty until alerting) rules and alerts.
+    // metadata, the build, the built-in rules, and no alerts (the built-in
+    // ones need minutes of data before any can be pending).
     let get = |path: &str| -> serde_json::Value {
         client
             .get(format!("{}{path}", env.api()))
