@@ -20,6 +20,13 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "is_default_alerting")]
     #[schema(value_type = Object)]
     pub alerting: crate::alerting_config::AlertingConfig,
+    /// Validation suites, run by `ferry validate` and by release gates.
+    #[serde(default, skip_serializing_if = "is_default_validation")]
+    pub validation: crate::validation::ValidationConfig,
+}
+
+fn is_default_validation(v: &crate::validation::ValidationConfig) -> bool {
+    *v == crate::validation::ValidationConfig::default()
 }
 
 fn is_default_alerting(a: &crate::alerting_config::AlertingConfig) -> bool {
@@ -105,6 +112,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = config.metrics.validate();
     problems.extend(config.alerting.validate());
+    let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
+    problems.extend(config.validation.validate(&services));
+    for (name, spec) in &config.services {
+        problems.extend(crate::validation::validate_gates(
+            name,
+            &spec.deploy.validate,
+            &config.validation,
+        ));
+    }
     let mut listens: Vec<(std::net::SocketAddr, &str)> = Vec::new();
     for (name, spec) in &config.services {
         problems.extend(spec.validate(name));
@@ -151,18 +167,46 @@ pub fn positioned(file: &Path, text: &str, problem: &Problem) -> ConfigError {
 }
 
 /// Byte offset of the deepest key of `path` that exists in the document.
+/// A numeric key indexes an array of tables (`[[…checks]]`) or an array.
 pub fn locate(text: &str, path: &[String]) -> Option<usize> {
     let doc = toml_edit::Document::parse(text).ok()?;
-    let mut best = None;
-    let mut item: &toml_edit::Item = doc.as_item();
-    for key in path {
-        let Some((k, next)) = item.as_table_like().and_then(|t| t.get_key_value(key)) else {
-            return best;
-        };
-        best = k.span().or_else(|| next.span()).map(|s| s.start).or(best);
-        item = next;
+    locate_in(doc.as_table(), path, None)
+}
+
+fn locate_in(table: &dyn toml_edit::TableLike, path: &[String], best: Option<usize>) -> Option<usize> {
+    let Some((key, rest)) = path.split_first() else {
+        return best;
+    };
+    let Some((k, item)) = table.get_key_value(key) else {
+        return best;
+    };
+    let best = k.span().or_else(|| item.span()).map(|s| s.start).or(best);
+    locate_item(item, rest, best)
+}
+
+fn locate_item(item: &toml_edit::Item, path: &[String], best: Option<usize>) -> Option<usize> {
+    let Some((key, rest)) = path.split_first() else {
+        return best;
+    };
+    if let Ok(i) = key.parse::<usize>() {
+        if let Some(tables) = item.as_array_of_tables() {
+            let Some(t) = tables.get(i) else { return best };
+            let best = t.span().map(|s| s.start).or(best);
+            return locate_in(t, rest, best);
+        }
+        if let Some(array) = item.as_array() {
+            let Some(v) = array.get(i) else { return best };
+            let best = v.span().map(|s| s.start).or(best);
+            return match v.as_inline_table() {
+                Some(t) => locate_in(t, rest, best),
+                None => best,
+            };
+        }
     }
-    best
+    match item.as_table_like() {
+        Some(t) => locate_in(t, path, best),
+        None => best,
+    }
 }
 
 /// 1-based line and column of a byte offset.

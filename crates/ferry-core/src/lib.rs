@@ -22,6 +22,7 @@ pub mod revision;
 pub mod rollout;
 pub mod spec;
 pub mod time;
+pub mod validation;
 pub mod webhook;
 
 /// Milliseconds since the Unix epoch. The shell reads the clock; the core only

@@ -157,6 +157,11 @@ pub struct DeploySpec {
     /// Absent: `['severity=~"critical|emergency"']`; `[]`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_on_alerts: Option<Vec<String>>,
+    /// Validation suites run inside every release: `before` any new
+    /// instance starts, against the `candidate` before it takes regular
+    /// traffic, and `after` it serves all of it.
+    #[serde(default, skip_serializing_if = "crate::validation::GatesSpec::is_empty")]
+    pub validate: crate::validation::GatesSpec,
 }
 
 impl DeploySpec {
@@ -186,6 +191,7 @@ impl Default for DeploySpec {
             on_failure: crate::canary::OnFailure::Rollback,
             monitor: Dur::default(),
             rollback_on_alerts: None,
+            validate: crate::validation::GatesSpec::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ mod codec;
 pub mod db;
 pub mod eval;
 pub mod exposition;
-mod parse_error;
+pub mod parse_error;
 pub mod promqltest;
 pub mod storage;
 pub mod value;

@@ -1,0 +1,7 @@
+//! `resources`: free disk, memory and CPU headroom on this host.
+use crate::Finding;
+use ferry_core::validation::CheckSpec;
+
+pub(crate) async fn run(_check: &CheckSpec) -> Finding {
+    Finding::fail(None, "not implemented yet")
+}
