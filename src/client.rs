@@ -121,6 +121,11 @@ impl Client {
         }
     }
 
+    /// The API token (for the daemon's own query API).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await

@@ -8,6 +8,7 @@ mod alerts;
 mod client;
 mod demo;
 mod term;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use client::{CliError, CliResult, Client};
@@ -83,6 +84,39 @@ enum Command {
         /// Prometheus rule files to check (instead of the config).
         #[arg(value_name = "RULE_FILE")]
         rules: Vec<PathBuf>,
+    },
+    /// Run validation suites from ferry.toml now, and report what they found.
+    ///
+    /// Checks run concurrently (`[validation] concurrency`, default 8),
+    /// each cut at its timeout. Each ends PASSED, FAILED, WARNING (a
+    /// failure of a `severity = "warning"` check, or a near miss) or
+    /// SKIPPED (`skip_if`). A path such as `url = "/health"` goes through
+    /// the service's proxy; with --revision, to that revision only
+    /// (`X-Ferry-Revision`). `query` checks ask the running daemon's
+    /// metrics (or the check's `prometheus`). Exit 0 when nothing FAILED,
+    /// 1 when something did, 2 for a config or usage error.
+    Validate {
+        /// The config file.
+        #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
+        config: PathBuf,
+        /// A suite to run (repeat for more; default: every suite).
+        #[arg(long = "suite", value_name = "NAME")]
+        suites: Vec<String>,
+        /// The service whose proxy paths go through, when a check and its
+        /// suite name none.
+        #[arg(long)]
+        service: Option<String>,
+        /// Send the service's requests to this revision only (a candidate
+        /// that takes no regular traffic yet).
+        #[arg(long, value_name = "N")]
+        revision: Option<u64>,
+        /// Also write the report to FILE (in --format; default text).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// The report's format: text, json, junit (JUnit XML for CI) or
+        /// markdown. Without --report, the format printed.
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json", "junit", "markdown"])]
+        format: Option<String>,
     },
     /// Run the daemon: API, proxies, supervisor, probes.
     ///
@@ -410,6 +444,24 @@ async fn run(cli: Cli) -> CliResult<()> {
             commands::check_rules(rules, cli.output)
         }
         Command::Check { config, .. } => commands::check(config, client().ok(), cli.output).await,
+        Command::Validate {
+            config,
+            suites,
+            service,
+            revision,
+            report,
+            format,
+        } => {
+            let args = validate::ValidateArgs {
+                config: config.clone(),
+                suites: suites.clone(),
+                service: service.clone(),
+                revision: *revision,
+                report: report.clone(),
+                format: format.clone(),
+            };
+            validate::validate(&args, client().ok(), cli.output).await
+        }
         Command::Serve {
             api_addr,
             api_max_connections,

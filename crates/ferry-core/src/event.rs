@@ -49,6 +49,11 @@ pub enum EventKind {
     Alert,
     /// Blue-green pre-promotion analysis started or passed.
     PrePromotion,
+    /// A validation gate's suites started running.
+    Validating,
+    /// A validation gate's suites finished: the counts, and what failed
+    /// or warned.
+    Validated,
     /// The new revision serves all traffic and is watched.
     Monitoring,
     /// Blue-green: all traffic switched to the new set.
@@ -71,7 +76,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order above.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::Started,
         EventKind::Hook,
         EventKind::Scale,
@@ -86,6 +91,8 @@ impl EventKind {
         EventKind::AnalysisFailed,
         EventKind::Alert,
         EventKind::PrePromotion,
+        EventKind::Validating,
+        EventKind::Validated,
         EventKind::Monitoring,
         EventKind::Switched,
         EventKind::BlastRadius,
@@ -114,6 +121,8 @@ impl EventKind {
             EventKind::AnalysisFailed => "analysis-failed",
             EventKind::Alert => "alert",
             EventKind::PrePromotion => "pre-promotion",
+            EventKind::Validating => "validating",
+            EventKind::Validated => "validated",
             EventKind::Monitoring => "monitoring",
             EventKind::Switched => "switched",
             EventKind::BlastRadius => "blast-radius",

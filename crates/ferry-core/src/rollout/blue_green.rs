@@ -3,7 +3,11 @@
 //! waits for approval, then takes all traffic at once; the old set keeps
 //! running for `scale_down_delay` (instant rollback).
 
-use super::step::{counts, event, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
+use super::step::{
+    counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale,
+};
+use super::validate::{self, Gate};
+use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, RolloutKind, ServiceState};
 use crate::Millis;
 
@@ -24,6 +28,20 @@ pub(super) fn blue_green(
         ));
     }
     let Some(from) = r.from else {
+        // A first deploy: nothing serves yet, so the candidate gate only
+        // keeps the new set out of traffic until it passes.
+        if !validate::done(r, Stage::Candidate) {
+            s.traffic.clear();
+            progress_mark(r, new.available, now);
+            if new.available >= n {
+                match validate::gate(r, Stage::Candidate, now, events) {
+                    Gate::Waiting => {}
+                    Gate::Failed(reason) => fail(s, r, reason, None, obs, now, events),
+                    Gate::Passed => s.traffic = vec![r.to],
+                }
+            }
+            return;
+        }
         s.traffic = vec![r.to];
         if progress_mark(r, new.available, now) {
             events.push(event(
@@ -54,6 +72,15 @@ pub(super) fn blue_green(
     }
     if new.available < n {
         return;
+    }
+    // The candidate gate: the new set, reached by X-Ferry-Revision only.
+    match validate::gate(r, Stage::Candidate, now, events) {
+        Gate::Passed => {}
+        Gate::Waiting => return,
+        Gate::Failed(reason) => {
+            fail(s, r, reason, None, obs, now, events);
+            return;
+        }
     }
     // Pre-promotion analysis: the new set must pass before the switch.
     if r.params.pre_promotion_passes > 0 && r.kind == RolloutKind::Deploy {

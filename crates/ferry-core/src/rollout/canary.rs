@@ -6,7 +6,11 @@
 //! step without a pause still holds `min_step_ms` (one analysis interval),
 //! so that the canary is judged at that weight at least once.
 
-use super::step::{counts, event, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
+use super::step::{
+    counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale,
+};
+use super::validate::{self, Gate};
+use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, ServiceState};
 use crate::Millis;
 use crate::canary::{self, Pause};
@@ -22,7 +26,13 @@ pub(super) fn canary_steps(
     let n = r.params.instances;
     let steps = r.params.steps.clone();
     let total = steps.len();
-    let want_traffic = vec![from, r.to];
+    // The canary is out of regular traffic (reachable by X-Ferry-Revision
+    // only) until a step gives it a weight.
+    let want_traffic = if r.canary.weight > 0 {
+        vec![from, r.to]
+    } else {
+        vec![from]
+    };
     if s.traffic != want_traffic {
         s.traffic = want_traffic;
     }
@@ -46,6 +56,14 @@ pub(super) fn canary_steps(
                 progress_mark(r, available, now);
                 if available < need {
                     return;
+                }
+                // The candidate gate, before the canary's first share of
+                // traffic.
+                if w > 0 && !candidate_passed(s, r, obs, now, events) {
+                    return;
+                }
+                if w > 0 {
+                    s.traffic = vec![from, r.to];
                 }
                 s.weights = [(from, 100 - w), (r.to, w)]
                     .into_iter()
@@ -134,10 +152,32 @@ pub(super) fn canary_steps(
     if available < n {
         return;
     }
+    // No weight step took traffic before: the candidate gate is here.
+    if !candidate_passed(s, r, obs, now, events) {
+        return;
+    }
     s.weights.clear();
     s.traffic = vec![r.to];
     s.stable = Some(r.to);
     set_scale(s, from, 0);
     r.canary.weight = 100;
     reached_full(s, r, now, events);
+}
+
+/// Run (or read) the candidate gate; whether the canary may take traffic.
+fn candidate_passed(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> bool {
+    match validate::gate(r, Stage::Candidate, now, events) {
+        Gate::Passed => true,
+        Gate::Waiting => false,
+        Gate::Failed(reason) => {
+            fail(s, r, reason, None, obs, now, events);
+            false
+        }
+    }
 }

@@ -5,7 +5,9 @@ use super::step::{event, fail, finish, fmt_ms, hold, revert, set_phase};
 use super::{
     Event, EventKind, InstanceObs, Observed, Outcome, Phase, Rollout, RolloutKind, ServiceState,
     Step, blue_green::blue_green, canary::canary_steps, gate, rolling::rolling,
+    validate::{self, Gate},
 };
+use crate::validation::Stage;
 use crate::Millis;
 use crate::analysis::{Measurement, Verdict};
 use crate::canary::OnFailure;
@@ -35,21 +37,32 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
     }
 
     match r.phase {
-        Phase::PreDeploy => match &r.hook {
-            None => {}
-            Some(h) if h.ok => {
-                events.push(event(
-                    EventKind::Hook,
-                    format!("pre_deploy hook succeeded: {}", h.summary),
-                ));
-                set_phase(&mut r, Phase::Progressing, now);
-                r.last_progress_at = now;
-            }
-            Some(h) => {
-                let reason = format!("pre_deploy hook failed: {}", h.summary);
+        Phase::PreDeploy => match validate::gate(&mut r, Stage::Before, now, &mut events) {
+            Gate::Waiting => {}
+            Gate::Failed(reason) => {
                 // Nothing was touched yet: finish at once.
                 finish(&mut s, &mut r, Outcome::Failed, reason, now, &mut events);
             }
+            Gate::Passed if !r.params.has_pre_deploy => {
+                set_phase(&mut r, Phase::Progressing, now);
+                r.last_progress_at = now;
+            }
+            Gate::Passed => match r.hook.clone() {
+                None => {}
+                Some(h) if h.ok => {
+                    events.push(event(
+                        EventKind::Hook,
+                        format!("pre_deploy hook succeeded: {}", h.summary),
+                    ));
+                    set_phase(&mut r, Phase::Progressing, now);
+                    r.last_progress_at = now;
+                }
+                Some(h) => {
+                    let reason = format!("pre_deploy hook failed: {}", h.summary);
+                    // Nothing was touched yet: finish at once.
+                    finish(&mut s, &mut r, Outcome::Failed, reason, now, &mut events);
+                }
+            },
         },
         Phase::Progressing | Phase::AwaitingApproval | Phase::Paused | Phase::Monitoring
             if r.kind == RolloutKind::Deploy && !observed.alerts.is_empty() =>
@@ -116,13 +129,27 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
             {
                 let reason = format!("during the monitoring window: {reason}");
                 fail(&mut s, &mut r, reason, None, obs, now, &mut events);
-            } else if now >= r.phase_since.saturating_add(r.params.monitor_ms) {
-                let reason = format!(
-                    "revision {} served all traffic through its {} monitoring window",
-                    r.to,
-                    fmt_ms(r.params.monitor_ms)
-                );
-                finish(&mut s, &mut r, Outcome::Succeeded, reason, now, &mut events);
+            } else {
+                match validate::gate(&mut r, Stage::After, now, &mut events) {
+                    Gate::Waiting => {}
+                    Gate::Failed(reason) => {
+                        let reason = format!("during the monitoring window: {reason}");
+                        fail(&mut s, &mut r, reason, None, obs, now, &mut events);
+                    }
+                    Gate::Passed if now >= r.phase_since.saturating_add(r.params.monitor_ms) => {
+                        let reason = if r.params.monitor_ms == 0 {
+                            format!("revision {} serves all traffic and passed its after validation", r.to)
+                        } else {
+                            format!(
+                                "revision {} served all traffic through its {} monitoring window",
+                                r.to,
+                                fmt_ms(r.params.monitor_ms)
+                            )
+                        };
+                        finish(&mut s, &mut r, Outcome::Succeeded, reason, now, &mut events);
+                    }
+                    Gate::Passed => {}
+                }
             }
         }
         Phase::Reverting => revert(&mut s, &mut r, obs, now, &mut events),

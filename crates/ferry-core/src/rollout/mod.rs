@@ -21,6 +21,7 @@ mod machine;
 mod plan;
 mod rolling;
 mod step;
+mod validate;
 
 pub use crate::event::{Event, EventKind};
 pub use gate::{Gate, GateRequest};
@@ -31,6 +32,7 @@ use crate::Millis;
 use crate::analysis::Measurement;
 use crate::canary::{CanaryStep, OnFailure};
 use crate::spec::{ServiceSpec, Strategy};
+use crate::validation::{GateRun, GatesSpec, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -172,6 +174,9 @@ pub struct Params {
     /// interval when the spec has checks, else 0).
     #[serde(default)]
     pub min_step_ms: u64,
+    /// The validation gates' suites (`[services.X.deploy.validate]`).
+    #[serde(default, skip_serializing_if = "GatesSpec::is_empty")]
+    pub validate: GatesSpec,
 }
 
 impl Params {
@@ -200,6 +205,7 @@ impl Params {
                 .as_ref()
                 .filter(|a| !a.checks.is_empty())
                 .map_or(0, |a| a.interval.as_millis()),
+            validate: spec.deploy.validate.clone(),
         }
     }
 }
@@ -269,6 +275,13 @@ pub struct Rollout {
     /// Who started it (the API's actor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// The validation gate the rollout waits on: the shell runs its
+    /// suites and records a `GateRun` in `validations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validating: Option<Stage>,
+    /// Every validation gate that ran, in order, with each check's result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validations: Vec<GateRun>,
 }
 
 /// Where a canary is in its steps.
@@ -327,7 +340,9 @@ impl Rollout {
         auto_approve: bool,
         now: Millis,
     ) -> Rollout {
-        let phase = if params.has_pre_deploy && kind == RolloutKind::Deploy {
+        let phase = if kind == RolloutKind::Deploy
+            && (params.has_pre_deploy || !params.validate.before.is_empty())
+        {
             Phase::PreDeploy
         } else {
             Phase::Progressing
@@ -362,7 +377,24 @@ impl Rollout {
             analysis: AnalysisCounters::default(),
             blast_radius: None,
             started_by: None,
+            validating: None,
+            validations: Vec::new(),
         }
+    }
+
+    /// The `pre_deploy` hook is due: in `PreDeploy`, not run yet, and the
+    /// `before` validation (if any) has passed.
+    pub fn wants_hook(&self) -> bool {
+        self.phase == Phase::PreDeploy
+            && self.params.has_pre_deploy
+            && self.hook.is_none()
+            && self.validating.is_none()
+            && (self.params.validate.before.is_empty() || self.gate_run(Stage::Before).is_some())
+    }
+
+    /// The stored run of a validation gate, if it ran.
+    pub fn gate_run(&self, stage: Stage) -> Option<&GateRun> {
+        self.validations.iter().find(|g| g.stage == stage)
     }
 
     pub fn is_done(&self) -> bool {

@@ -89,7 +89,20 @@ fn simulate(state: &ServiceState, r: &Rollout, analysis: Option<&AnalysisSpec>) 
     let rolls = r.strategy == Strategy::Rolling || r.from.is_none();
     for _ in 0..100_000 {
         // People: the hook succeeds, every gate is passed.
-        if r.phase == Phase::PreDeploy && r.hook.is_none() {
+        // Validation gates pass (the plan lists them; it cannot run them).
+        if let Some(stage) = r.validating
+            && r.gate_run(stage).is_none()
+        {
+            r.validations.push(crate::validation::GateRun {
+                stage,
+                suites: r.params.validate.suites(stage).to_vec(),
+                revision: None,
+                started_at: now,
+                finished_at: now,
+                results: Vec::new(),
+            });
+        }
+        if r.wants_hook() {
             r.hook = Some(HookResult {
                 ok: true,
                 summary: "exit status 0".into(),
@@ -143,6 +156,7 @@ fn simulate(state: &ServiceState, r: &Rollout, analysis: Option<&AnalysisSpec>) 
                 // Said once, up front; or the planner's own doing; or too
                 // fine-grained for a plan.
                 EventKind::Hook
+                | EventKind::Validated
                 | EventKind::Approved
                 | EventKind::Promoted
                 | EventKind::Available

@@ -2,7 +2,9 @@
 //! as far as availability allows, batch by batch, until the new revision
 //! runs every instance. Also how any first deploy runs (nothing to keep).
 
-use super::step::{counts, event, progress_mark, reached_full, set_scale};
+use super::step::{counts, event, fail, progress_mark, reached_full, set_scale};
+use super::validate::{self, Gate};
+use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Rollout, ServiceState};
 use crate::Millis;
 
@@ -13,6 +15,9 @@ pub(super) fn rolling(
     now: Millis,
     events: &mut Vec<Event>,
 ) {
+    if !validate::done(r, Stage::Candidate) && !candidate(s, r, obs, now, events) {
+        return;
+    }
     let p = &r.params;
     let n = p.instances;
     let new = counts(s, obs, r.to, p.min_ready_ms, now);
@@ -72,5 +77,42 @@ pub(super) fn rolling(
         s.stable = Some(r.to);
         s.traffic = vec![r.to];
         reached_full(s, r, now, events);
+    }
+}
+
+/// The candidate gate of a rolling deploy: one new instance starts beside
+/// every old one (whatever `max_surge` says), out of regular traffic, and
+/// the candidate suites run against it by `X-Ferry-Revision`. Whether the
+/// deploy may roll on.
+fn candidate(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> bool {
+    let new = counts(s, obs, r.to, r.params.min_ready_ms, now);
+    if new.desired == 0 {
+        set_scale(s, r.to, 1);
+        events.push(event(
+            EventKind::Scale,
+            format!(
+                "revision {} → 1 instance, the candidate: out of regular traffic until it passes its candidate validation",
+                r.to
+            ),
+        ));
+    }
+    s.traffic = r.from.into_iter().collect();
+    progress_mark(r, new.available, now);
+    if new.available == 0 {
+        return false;
+    }
+    match validate::gate(r, Stage::Candidate, now, events) {
+        Gate::Passed => true,
+        Gate::Waiting => false,
+        Gate::Failed(reason) => {
+            fail(s, r, reason, None, obs, now, events);
+            false
+        }
     }
 }

@@ -88,18 +88,23 @@ pub(super) fn reached_full(
     now: Millis,
     events: &mut Vec<Event>,
 ) {
-    if r.params.monitor_ms > 0 && r.from.is_some() {
+    let validate_after = super::validate::wanted(r, crate::validation::Stage::After);
+    if (r.params.monitor_ms > 0 && r.from.is_some()) || validate_after {
         set_phase(r, Phase::Monitoring, now);
         r.analysis.failures = 0;
         r.analysis.inconclusive_in_row = 0;
+        let watch = if r.params.monitor_ms > 0 {
+            format!("watching it for {}", fmt_ms(r.params.monitor_ms))
+        } else {
+            "watching it while its after validation runs".to_string()
+        };
+        let failure = match r.from {
+            Some(from) => format!("a failure rolls back to revision {from}"),
+            None => "a failure stops it: there is no previous revision".to_string(),
+        };
         events.push(event(
             EventKind::Monitoring,
-            format!(
-                "revision {} serves all traffic; watching it for {} (a failure rolls back to revision {})",
-                r.to,
-                fmt_ms(r.params.monitor_ms),
-                r.from.unwrap_or_default()
-            ),
+            format!("revision {} serves all traffic; {watch} ({failure})", r.to),
         ));
         return;
     }

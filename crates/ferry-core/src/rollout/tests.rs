@@ -30,6 +30,7 @@ fn params(n: u32, surge: u32, unavail: u32) -> Params {
         monitor_ms: 0,
         pre_promotion_passes: 0,
         min_step_ms: 0,
+        validate: Default::default(),
     }
 }
 
@@ -1351,4 +1352,255 @@ fn an_alert_does_not_fail_a_rollback() {
     );
     assert_ne!(step.rollout.outcome, Some(Outcome::Failed));
     assert!(step.events.iter().all(|e| e.kind != EventKind::Alert));
+}
+
+// ---- validation gates ----
+
+use crate::validation::{CheckKind, CheckResult, GateRun, GatesSpec, Stage, Status};
+
+fn gated(p: Params, before: &[&str], candidate: &[&str], after: &[&str]) -> Params {
+    Params {
+        validate: GatesSpec {
+            before: before.iter().map(|s| s.to_string()).collect(),
+            candidate: candidate.iter().map(|s| s.to_string()).collect(),
+            after: after.iter().map(|s| s.to_string()).collect(),
+        },
+        ..p
+    }
+}
+
+fn gate_run(stage: Stage, status: Status, at: Millis) -> GateRun {
+    GateRun {
+        stage,
+        suites: vec!["smoke".into()],
+        revision: Some(2),
+        started_at: at,
+        finished_at: at,
+        results: vec![CheckResult {
+            suite: "smoke".into(),
+            name: "home".into(),
+            kind: CheckKind::Http,
+            status,
+            duration_ms: 3,
+            value: Some("500 in 3 ms".into()),
+            reason: "expected status 2xx, got 500".into(),
+            output: None,
+        }],
+    }
+}
+
+/// Drive a rollout as the shell would: when it asks for a gate, the
+/// suites "run" for 300 ms and end with `verdict(stage)`. Returns what
+/// `run` does, plus the stages asked for, in order, and whether revision
+/// 2 was ever in regular traffic before its candidate gate ended.
+fn run_gated(
+    mut s: ServiceState,
+    mut r: Rollout,
+    w: &mut World,
+    verdict: impl Fn(Stage) -> Status,
+) -> (ServiceState, Rollout, Vec<Stage>, bool, Vec<Event>) {
+    let mut now = r.started_at;
+    let mut asked: Vec<Stage> = Vec::new();
+    let mut running: Option<(Stage, Millis)> = None;
+    let mut leaked = false;
+    let mut all = Vec::new();
+    while !r.is_done() {
+        assert!(now < 600_000, "rollout never finished: {r:?}");
+        if let Some((stage, since)) = running
+            && now >= since + 300
+        {
+            r.validations.push(gate_run(stage, verdict(stage), now));
+            running = None;
+        }
+        let step = advance(&s, &r, &seen(&w.instances), now);
+        s = step.state;
+        r = step.rollout;
+        all.extend(step.events);
+        if let Some(stage) = r.validating
+            && running.is_none()
+            && r.gate_run(stage).is_none()
+        {
+            asked.push(stage);
+            running = Some((stage, now));
+        }
+        let candidate_done = r.gate_run(Stage::Candidate).is_some();
+        if !candidate_done && s.traffic.contains(&2) {
+            leaked = true;
+        }
+        w.converge(&s, now);
+        now += 100;
+    }
+    (s, r, asked, leaked, all)
+}
+
+fn strategies() -> Vec<(Strategy, Params)> {
+    let canary = Params {
+        steps: vec![crate::canary::CanaryStep {
+            weight: Some(20),
+            pause: None,
+        }],
+        ..params(3, 1, 0)
+    };
+    let blue_green = Params {
+        auto_promote: true,
+        scale_down_delay_ms: 0,
+        ..params(3, 1, 0)
+    };
+    vec![
+        (Strategy::Rolling, params(3, 1, 0)),
+        (Strategy::Rolling, params(3, 0, 1)),
+        (Strategy::BlueGreen, blue_green),
+        (Strategy::Canary, canary),
+    ]
+}
+
+#[test]
+fn a_candidate_is_validated_out_of_traffic_then_released() {
+    for (strategy, p) in strategies() {
+        let (s, mut w) = steady(3);
+        let r = deploy(1, Some(1), 2, strategy, gated(p, &[], &["smoke"], &[]));
+        let (s, r, asked, leaked, events) = run_gated(s, r, &mut w, |_| Status::Passed);
+        assert_eq!(r.outcome, Some(Outcome::Succeeded), "{strategy:?}: {r:?}");
+        assert_eq!(asked, vec![Stage::Candidate], "{strategy:?}");
+        assert!(!leaked, "{strategy:?}: revision 2 took traffic before its candidate gate ended");
+        assert_eq!(s.traffic, vec![2]);
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert!(kinds.contains(&EventKind::Validating) && kinds.contains(&EventKind::Validated));
+        assert_eq!(r.validations.len(), 1);
+        assert!(r.validating.is_none());
+    }
+}
+
+#[test]
+fn a_failed_candidate_never_takes_traffic_and_the_release_rolls_back() {
+    for (strategy, p) in strategies() {
+        let (s, mut w) = steady(3);
+        let r = deploy(1, Some(1), 2, strategy, gated(p, &[], &["smoke"], &[]));
+        let (s, r, _, leaked, _) = run_gated(s, r, &mut w, |_| Status::Failed);
+        assert_eq!(r.outcome, Some(Outcome::Failed), "{strategy:?}");
+        assert!(!leaked, "{strategy:?}");
+        let reason = r.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("candidate validation failed (1 checks: 0 passed, 1 failed")
+                && reason.contains("smoke/home: expected status 2xx, got 500"),
+            "{strategy:?}: {reason}"
+        );
+        assert_eq!(s.stable, Some(1));
+        assert_eq!(s.traffic, vec![1]);
+        assert_eq!(s.scale, [(1, 3)].into(), "{strategy:?}");
+    }
+}
+
+#[test]
+fn a_failed_before_gate_changes_nothing() {
+    let (s0, mut w) = steady(3);
+    let r = deploy(1, Some(1), 2, Strategy::Rolling, gated(params(3, 1, 0), &["pre"], &["smoke"], &[]));
+    assert_eq!(r.phase, Phase::PreDeploy);
+    let mut s = s0.clone();
+    let mut r2 = r.clone();
+    // While the gate runs, nothing starts.
+    for now in [5_000, 5_100, 5_200] {
+        let step = advance(&s, &r2, &seen(&w.instances), now);
+        assert_eq!(step.state.scale, s0.scale);
+        s = step.state;
+        r2 = step.rollout;
+    }
+    assert_eq!(r2.validating, Some(Stage::Before));
+    let (s, r, asked, _, _) = run_gated(s0.clone(), r, &mut w, |_| Status::Failed);
+    assert_eq!(asked, vec![Stage::Before]);
+    assert_eq!(r.outcome, Some(Outcome::Failed));
+    assert!(r.reason.unwrap().starts_with("before validation failed"));
+    assert_eq!(s.scale, s0.scale);
+    assert_eq!(s.traffic, vec![1]);
+}
+
+#[test]
+fn warnings_do_not_stop_a_release_and_every_gate_runs_in_order() {
+    let (s, mut w) = steady(3);
+    let p = gated(params(3, 1, 0), &["pre"], &["smoke"], &["smoke"]);
+    let r = deploy(1, Some(1), 2, Strategy::Rolling, Params { has_pre_deploy: true, ..p });
+    let mut r = r;
+    r.hook = None;
+    // The hook is due only once the before gate passed.
+    assert!(!r.wants_hook());
+    let (s, r, asked, _, events) = run_gated_with_hook(s, r, &mut w);
+    assert_eq!(asked, vec![Stage::Before, Stage::Candidate, Stage::After]);
+    assert_eq!(r.outcome, Some(Outcome::Succeeded), "{r:?}");
+    assert_eq!(s.stable, Some(2));
+    let validated: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Validated)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(validated.len(), 3);
+    assert!(validated[1].contains("WARNING smoke/home"), "{validated:?}");
+    assert!(r.reason.unwrap().contains("passed its after validation"));
+}
+
+/// `run_gated` with the hook succeeding as soon as it is due, and every
+/// gate ending in a WARNING.
+fn run_gated_with_hook(
+    mut s: ServiceState,
+    mut r: Rollout,
+    w: &mut World,
+) -> (ServiceState, Rollout, Vec<Stage>, bool, Vec<Event>) {
+    let mut now = r.started_at;
+    let mut asked = Vec::new();
+    let mut all = Vec::new();
+    while !r.is_done() {
+        assert!(now < 600_000, "rollout never finished: {r:?}");
+        if r.wants_hook() {
+            r.hook = Some(super::HookResult {
+                ok: true,
+                summary: "exit status 0".into(),
+                output: String::new(),
+            });
+        }
+        if let Some(stage) = r.validating
+            && r.gate_run(stage).is_none()
+        {
+            asked.push(stage);
+            r.validations.push(gate_run(stage, Status::Warning, now));
+        }
+        let step = advance(&s, &r, &seen(&w.instances), now);
+        s = step.state;
+        r = step.rollout;
+        all.extend(step.events);
+        w.converge(&s, now);
+        now += 100;
+    }
+    (s, r, asked, false, all)
+}
+
+#[test]
+fn a_failed_after_gate_rolls_back_and_rollbacks_run_no_gates() {
+    let (s, mut w) = steady(3);
+    let r = deploy(1, Some(1), 2, Strategy::Rolling, gated(params(3, 1, 0), &[], &[], &["smoke"]));
+    let (s, r, asked, _, _) = run_gated(s, r, &mut w, |_| Status::Failed);
+    assert_eq!(asked, vec![Stage::After]);
+    assert_eq!(r.outcome, Some(Outcome::Failed));
+    assert!(
+        r.reason.clone().unwrap().starts_with("during the monitoring window: after validation failed"),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(s.stable, Some(1));
+    assert_eq!(s.traffic, vec![1]);
+
+    let (s, mut w) = steady(3);
+    let back = Rollout::begin(
+        2,
+        "web",
+        RolloutKind::Rollback,
+        Some(1),
+        3,
+        2,
+        Strategy::Rolling,
+        gated(params(3, 1, 0), &["pre"], &["smoke"], &["smoke"]),
+        false,
+        5_000,
+    );
+    let (_, r, asked, _, _) = run_gated(s, back, &mut w, |_| Status::Failed);
+    assert!(asked.is_empty());
+    assert_eq!(r.outcome, Some(Outcome::Succeeded));
 }
