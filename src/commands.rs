@@ -423,6 +423,16 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         monitor,
         base_dir,
         config_file: file.display().to_string(),
+        validation: ferry_core::validation::ValidationConfig {
+            concurrency: cfg.validation.concurrency,
+            suites: spec
+                .deploy
+                .validate
+                .all()
+                .into_iter()
+                .filter_map(|n| Some((n.clone(), cfg.validation.suites.get(&n)?.clone())))
+                .collect(),
+        },
     })
 }
 
@@ -964,6 +974,33 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
             b.requests,
             b.failed
         );
+    }
+    if let Some(stage) = r.validating {
+        say!("  VALIDATING: the {stage} gate's suites are running");
+    }
+    for g in &r.validations {
+        say!(
+            "  {} validation ({}){}: {}",
+            g.stage,
+            g.suites.join(", "),
+            g.revision
+                .map(|n| format!(" against revision {n}"))
+                .unwrap_or_default(),
+            g.summary()
+        );
+        for c in &g.results {
+            let value = c.value.as_deref().map(|v| format!(" [{v}]")).unwrap_or_default();
+            say!(
+                "    {} {:<7} {}/{} ({}, {}){value}: {}",
+                c.status.symbol(),
+                c.status.as_str(),
+                c.suite,
+                c.name,
+                c.kind,
+                ferry_core::validation::report::fmt_duration(c.duration_ms),
+                c.reason
+            );
+        }
     }
     say!("  events:");
     for e in &events {

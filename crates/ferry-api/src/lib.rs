@@ -51,6 +51,14 @@ pub struct DeployRequest {
     pub base_dir: String,
     #[serde(default)]
     pub config_file: String,
+    /// The validation suites the service's gates name
+    /// (`[services.NAME.deploy.validate]`), stored with the revision.
+    #[serde(default, skip_serializing_if = "is_default_validation")]
+    pub validation: ferry_core::validation::ValidationConfig,
+}
+
+fn is_default_validation(v: &ferry_core::validation::ValidationConfig) -> bool {
+    *v == ferry_core::validation::ValidationConfig::default()
 }
 
 /// `POST /v1/services/{name}/rollback` (the body is optional).

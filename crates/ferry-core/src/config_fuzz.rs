@@ -198,6 +198,7 @@ fn accepted(cfg: &Config) -> Result<(), TestCaseError> {
             message: None,
             author: "t".into(),
             created_at: 0,
+            validation: Default::default(),
         };
         prop_assert!(!rev.argv(8080).is_empty());
         prop_assert!(rev.env(8080).contains_key("PORT"));

@@ -22,6 +22,14 @@ pub struct Revision {
     pub message: Option<String>,
     pub author: String,
     pub created_at: Millis,
+    /// The validation suites its gates run (copied from `[validation]`
+    /// when it was deployed, so a later edit never changes a release).
+    #[serde(default, skip_serializing_if = "is_default_validation")]
+    pub validation: crate::validation::ValidationConfig,
+}
+
+fn is_default_validation(v: &crate::validation::ValidationConfig) -> bool {
+    *v == crate::validation::ValidationConfig::default()
 }
 
 impl Revision {

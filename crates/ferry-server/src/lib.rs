@@ -527,6 +527,7 @@ pub async fn serve(
             }
         });
     }
+    let _ = d.api_url.set(format!("http://{}", ferry_validate::connectable(addr)));
     let info = ApiInfo {
         url: format!("http://{addr}"),
         pid: std::process::id(),

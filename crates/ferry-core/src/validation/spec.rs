@@ -696,6 +696,15 @@ fn no_such_service(name: &str, services: &[&str]) -> String {
     }
 }
 
+/// A header that carries a credential.
+fn credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(n.as_str(), "authorization" | "proxy-authorization" | "cookie")
+        || ["token", "key", "secret", "password", "session", "auth"]
+            .iter()
+            .any(|w| n.contains(w))
+}
+
 /// An absolute http(s) URL with a host: the problem, if it is not one.
 pub fn url_problem(url: &str) -> Option<String> {
     let rest = url
@@ -735,6 +744,18 @@ impl CheckSpec {
     fn validate(&self, at: &[String], suite: &SuiteSpec, services: &[&str]) -> Vec<Problem> {
         let mut problems = Vec::new();
         let key = |k: &str| -> Vec<String> { [at, &[k.to_string()]].concat() };
+        for (field, headers) in [("headers", Some(&self.headers)), ("good_headers", self.good_headers.as_ref())] {
+            for (name, value) in headers.into_iter().flatten() {
+                if credential_header(name) && !value.contains("${") {
+                    problems.push(Problem::new(
+                        &[at, &[field.to_string(), name.clone()]].concat(),
+                        format!(
+                            "{field}.{name} holds a literal credential, which would be stored with every release and shown; write it as \"${{NAME}}\" and set NAME in the environment (or the service's env, which is encrypted at rest)"
+                        ),
+                    ));
+                }
+            }
+        }
         let mut bad = |k: &str, m: String| problems.push(Problem::new(&key(k), m));
         if self.name.trim().is_empty() {
             bad("name", "a check needs a name".into());

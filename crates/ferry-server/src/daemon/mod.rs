@@ -15,7 +15,7 @@ use crate::snapshot::Snapshot;
 use ferry_core::Millis;
 use ferry_core::revision::Revision;
 use ferry_core::rollout::{
-    self, BlastRadius, Event, EventKind, HookResult, Observed, Phase, Rollout, ServiceState,
+    self, BlastRadius, Event, EventKind, HookResult, Observed, Rollout, ServiceState,
 };
 use ferry_core::spec::Strategy;
 use ferry_store::{Change, Store};
@@ -34,6 +34,7 @@ mod analyse;
 mod hooks;
 mod publish;
 mod route;
+mod validate;
 
 pub struct Daemon {
     pub store: Arc<dyn Store>,
@@ -65,6 +66,9 @@ pub struct Daemon {
     pub alerting: std::sync::OnceLock<Arc<crate::alerting::Alerting>>,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
+    /// The API's own URL (`http://127.0.0.1:7070`), for validation
+    /// `query` checks; set once `serve` has bound it.
+    pub api_url: std::sync::OnceLock<String>,
     /// Set by `ferry shutdown` and `ferry upgrade`: how `serve` ends.
     exit: tokio::sync::watch::Sender<Option<crate::Exit>>,
 }
@@ -83,6 +87,10 @@ pub struct Core {
     /// hook is never run twice).
     hook_results: BTreeMap<u64, HookResult>,
     hooks_running: BTreeSet<u64>,
+    /// Validation gates whose suites run now, by rollout.
+    validations_running: BTreeSet<(u64, ferry_core::validation::Stage)>,
+    /// Gate runs whose commit failed, committed by a later tick.
+    gate_results: BTreeMap<u64, ferry_core::validation::GateRun>,
     sampler: Sampler,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
@@ -239,6 +247,8 @@ impl Daemon {
                 dataplane,
                 hook_results: BTreeMap::new(),
                 hooks_running: BTreeSet::new(),
+                validations_running: BTreeSet::new(),
+                gate_results: BTreeMap::new(),
                 sampler: Sampler::default(),
                 last_round: BTreeMap::new(),
                 store_problem: None,
@@ -254,6 +264,7 @@ impl Daemon {
             alerts: Default::default(),
             alerting: Default::default(),
             binary: std::sync::Mutex::new(None),
+            api_url: std::sync::OnceLock::new(),
             exit: tokio::sync::watch::Sender::new(None),
         });
         {
@@ -317,7 +328,7 @@ impl Daemon {
         let ids: Vec<u64> = core
             .rollouts
             .values()
-            .filter(|r| r.phase == Phase::PreDeploy && r.hook.is_none())
+            .filter(|r| r.wants_hook())
             .map(|r| r.id)
             .collect();
         for id in ids {
@@ -404,6 +415,9 @@ impl Daemon {
         if !core.hook_results.is_empty() {
             self.record_hooks(core, now)?;
         }
+        if !core.gate_results.is_empty() {
+            self.record_gates(core, now)?;
+        }
         let names: Vec<String> = core.states.keys().cloned().collect();
         for name in names {
             let state = core.states[&name].clone();
@@ -412,13 +426,11 @@ impl Daemon {
                 .and_then(|id| core.rollouts.get(&id).cloned())
             {
                 Some(r) => {
-                    if r.phase == Phase::PreDeploy
-                        && r.hook.is_none()
-                        && !core.hooks_running.contains(&r.id)
-                    {
+                    if r.wants_hook() && !core.hooks_running.contains(&r.id) {
                         core.hooks_running.insert(r.id);
                         self.clone().spawn_hook(r.clone());
                     }
+                    self.start_gate(core, &r);
                     let measurements = self.analyse(core, &r, now);
                     let observed = Observed {
                         instances: core.driver.observe(&name),
@@ -508,6 +520,8 @@ impl Daemon {
                         core.rollouts.remove(&r.id);
                         core.last_round.remove(&r.id);
                         core.hook_results.remove(&r.id);
+                        core.gate_results.remove(&r.id);
+                        core.validations_running.retain(|(id, _)| *id != r.id);
                         if core.hooks_running.contains(&r.id) {
                             // Aborted while its hook runs: stop the hook too.
                             tokio::spawn(core.driver.stop_job(&format!("hook-{}", r.id)));

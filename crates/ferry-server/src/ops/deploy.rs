@@ -82,6 +82,7 @@ pub fn validate(name: &str, req: &DeployRequest) -> OpResult<()> {
             message: "--message is longer than 4096 bytes".into(),
         });
     }
+    problems.extend(validation_problems(name, req));
     if problems.is_empty() {
         return Ok(());
     }
@@ -94,6 +95,28 @@ pub fn validate(name: &str, req: &DeployRequest) -> OpResult<()> {
         message: format!("the deploy request is invalid: {summary}"),
         problems,
     })
+}
+
+/// The suites a deploy carries must be valid, and hold every suite its
+/// gates name. A suite may name only this service (the daemon reaches
+/// other services through their own proxies, which it knows too).
+fn validation_problems(name: &str, req: &DeployRequest) -> Vec<Problem> {
+    let gates = &req.spec.deploy.validate;
+    let mut problems = Vec::new();
+    let mut services: Vec<String> = req
+        .validation
+        .suites
+        .values()
+        .flat_map(|s| s.service.iter().chain(s.checks.iter().filter_map(|c| c.service.as_ref())))
+        .cloned()
+        .collect();
+    services.push(name.to_string());
+    services.sort();
+    services.dedup();
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    problems.extend(req.validation.validate(&names));
+    problems.extend(ferry_core::validation::validate_gates(name, gates, &req.validation));
+    problems
 }
 
 /// Where the service may listen: its serving revision's address if it has
@@ -288,6 +311,7 @@ pub async fn deploy(
                     message: req.message.clone(),
                     author: actor.name.clone(),
                     created_at: now,
+                    validation: req.validation.clone(),
                 }),
                 rollout,
                 ended: concluded.clone(),
