@@ -989,7 +989,11 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
             g.summary()
         );
         for c in &g.results {
-            let value = c.value.as_deref().map(|v| format!(" [{v}]")).unwrap_or_default();
+            let value = c
+                .value
+                .as_deref()
+                .map(|v| format!(" [{v}]"))
+                .unwrap_or_default();
             say!(
                 "    {} {:<7} {}/{} ({}, {}){value}: {}",
                 c.status.symbol(),

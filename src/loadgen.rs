@@ -5,13 +5,13 @@ pub use ferry_validate::loadgen::*;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo_app::{self, DemoAppConfig};
     use bytes::Bytes;
-    use hyper_util::rt::TokioIo;
     use http::{HeaderValue, Request};
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::time::Duration;
-    use crate::demo_app::{self, DemoAppConfig};
-    use std::convert::Infallible;
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
 

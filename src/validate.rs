@@ -18,14 +18,16 @@ pub struct ValidateArgs {
     pub format: Option<String>,
 }
 
-pub async fn validate(args: &ValidateArgs, client: Option<Client>, output: Output) -> CliResult<()> {
+pub async fn validate(
+    args: &ValidateArgs,
+    client: Option<Client>,
+    output: Output,
+) -> CliResult<()> {
     let cfg = load_config(&args.config)?;
     let format = match args.format.as_deref() {
         None => None,
         Some(f) => Some(Format::parse(f).ok_or_else(|| {
-            CliError::usage(format!(
-                "--format {f}: write text, json, junit or markdown"
-            ))
+            CliError::usage(format!("--format {f}: write text, json, junit or markdown"))
         })?),
     };
     if cfg.validation.suites.is_empty() {
@@ -99,7 +101,8 @@ pub async fn validate(args: &ValidateArgs, client: Option<Client>, output: Outpu
         .collect();
     let started_at = now_ms();
     let started = std::time::Instant::now();
-    let results = ferry_validate::run_suites(&runs, cfg.validation.concurrency, Arc::new(ctx)).await;
+    let results =
+        ferry_validate::run_suites(&runs, cfg.validation.concurrency, Arc::new(ctx)).await;
     let mut title = format!(
         "suite{} {}",
         if names.len() == 1 { "" } else { "s" },
@@ -153,7 +156,10 @@ fn write_report(path: &Path, text: &str) -> CliResult<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let fail = |e: std::io::Error| {
-        CliError::failed(format!("cannot write the report to {}: {e}", path.display()))
+        CliError::failed(format!(
+            "cannot write the report to {}: {e}",
+            path.display()
+        ))
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
     std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(fail)?;

@@ -26,4 +26,5 @@ mod it {
     mod release_ux;
     mod remote_write;
     mod systemd;
+    mod validation;
 }

@@ -173,7 +173,11 @@ pub fn locate(text: &str, path: &[String]) -> Option<usize> {
     locate_in(doc.as_table(), path, None)
 }
 
-fn locate_in(table: &dyn toml_edit::TableLike, path: &[String], best: Option<usize>) -> Option<usize> {
+fn locate_in(
+    table: &dyn toml_edit::TableLike,
+    path: &[String],
+    best: Option<usize>,
+) -> Option<usize> {
     let Some((key, rest)) = path.split_first() else {
         return best;
     };

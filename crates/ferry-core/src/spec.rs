@@ -160,7 +160,10 @@ pub struct DeploySpec {
     /// Validation suites run inside every release: `before` any new
     /// instance starts, against the `candidate` before it takes regular
     /// traffic, and `after` it serves all of it.
-    #[serde(default, skip_serializing_if = "crate::validation::GatesSpec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::validation::GatesSpec::is_empty"
+    )]
     pub validate: crate::validation::GatesSpec,
 }
 

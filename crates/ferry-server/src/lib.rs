@@ -527,7 +527,9 @@ pub async fn serve(
             }
         });
     }
-    let _ = d.api_url.set(format!("http://{}", ferry_validate::connectable(addr)));
+    let _ = d
+        .api_url
+        .set(format!("http://{}", ferry_validate::connectable(addr)));
     let info = ApiInfo {
         url: format!("http://{addr}"),
         pid: std::process::id(),

@@ -129,19 +129,26 @@ fn judge_http(check: &CheckSpec, a: &Answer) -> Vec<String> {
     if let Some(max) = check.max_latency {
         let max_ms = max.0.as_secs_f64() * 1000.0;
         if a.latency_ms > max_ms {
-            problems.push(format!("took {}, more than max_latency {max}", ms(a.latency_ms)));
+            problems.push(format!(
+                "took {}, more than max_latency {max}",
+                ms(a.latency_ms)
+            ));
         }
     }
     if let Some(want) = &check.expect_body
         && !a.body.contains(want.as_str())
     {
-        problems.push(format!("the body does not contain \"{want}\"{}", excerpt(&a.body)));
+        problems.push(format!(
+            "the body does not contain \"{want}\"{}",
+            excerpt(&a.body)
+        ));
     }
     if let Some(re) = &check.expect_body_regex {
         match regex::Regex::new(re) {
-            Ok(r) if !r.is_match(&a.body) => {
-                problems.push(format!("the body does not match /{re}/{}", excerpt(&a.body)))
-            }
+            Ok(r) if !r.is_match(&a.body) => problems.push(format!(
+                "the body does not match /{re}/{}",
+                excerpt(&a.body)
+            )),
             Ok(_) => {}
             Err(e) => problems.push(format!("/{re}/ is not a regular expression: {e}")),
         }
@@ -163,7 +170,11 @@ fn judge_http(check: &CheckSpec, a: &Answer) -> Vec<String> {
         }
     }
     for (name, want) in &check.expect_headers {
-        match a.headers.get(name.as_str()).map(|v| v.to_str().unwrap_or("")) {
+        match a
+            .headers
+            .get(name.as_str())
+            .map(|v| v.to_str().unwrap_or(""))
+        {
             None => problems.push(format!("no `{name}` header")),
             Some(got) if want != "*" && got != want => {
                 problems.push(format!("header `{name}` is \"{got}\", expected \"{want}\""))
@@ -246,7 +257,11 @@ fn display_name(lower: &str) -> String {
     }
 }
 
-pub(crate) async fn security_headers(check: &CheckSpec, suite: &SuiteSpec, ctx: &Context) -> Finding {
+pub(crate) async fn security_headers(
+    check: &CheckSpec,
+    suite: &SuiteSpec,
+    ctx: &Context,
+) -> Finding {
     let (answer, shown) = match send(check, suite, ctx, &check.headers).await {
         Ok(a) => a,
         Err(e) => return Finding::fail(None, e),
@@ -260,7 +275,17 @@ pub(crate) async fn security_headers(check: &CheckSpec, suite: &SuiteSpec, ctx: 
         required.len()
     ));
     if problems.is_empty() {
-        Finding::pass(value, format!("{shown} carries {}", required.iter().map(|h| display_name(h)).collect::<Vec<_>>().join(", ")))
+        Finding::pass(
+            value,
+            format!(
+                "{shown} carries {}",
+                required
+                    .iter()
+                    .map(|h| display_name(h))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
     } else {
         Finding::fail(value, format!("{shown}: {}", problems.join("; ")))
     }
@@ -320,7 +345,10 @@ pub(crate) async fn auth(check: &CheckSpec, suite: &SuiteSpec, ctx: &Context) ->
                 } else {
                     "with bad credentials"
                 };
-                problems.push(format!("a request {what} got {}, expected 401 or 403", a.status));
+                problems.push(format!(
+                    "a request {what} got {}, expected 401 or 403",
+                    a.status
+                ));
             }
         }
     }
@@ -340,7 +368,17 @@ pub(crate) async fn auth(check: &CheckSpec, suite: &SuiteSpec, ctx: &Context) ->
     }
     let value = Some(seen.join(", "));
     if problems.is_empty() {
-        Finding::pass(value, format!("{shown_url} refuses requests without credentials{}", if check.good_headers.is_some() { " and lets good ones in" } else { "" }))
+        Finding::pass(
+            value,
+            format!(
+                "{shown_url} refuses requests without credentials{}",
+                if check.good_headers.is_some() {
+                    " and lets good ones in"
+                } else {
+                    ""
+                }
+            ),
+        )
     } else {
         Finding::fail(value, format!("{shown_url}: {}", problems.join("; ")))
     }
@@ -368,9 +406,16 @@ mod tests {
     #[test]
     fn http_judges_status_body_json_headers_and_latency() {
         let mut c = CheckSpec::new("api", CheckKind::Http);
-        let ok = answer(200, r#"{"status":"ok","db":{"up":true},"items":[{"id":7}]}"#, &[("content-type", "application/json")]);
+        let ok = answer(
+            200,
+            r#"{"status":"ok","db":{"up":true},"items":[{"id":7}]}"#,
+            &[("content-type", "application/json")],
+        );
         assert!(judge_http(&c, &ok).is_empty());
-        assert_eq!(judge_http(&c, &answer(500, "", &[])), vec!["expected status 2xx, got 500"]);
+        assert_eq!(
+            judge_http(&c, &answer(500, "", &[])),
+            vec!["expected status 2xx, got 500"]
+        );
         c.expect_status = Some(StatusExpect::Many(vec![200, 204]));
         c.expect_body = Some("\"ok\"".into());
         c.expect_body_regex = Some(r#""id":\d+"#.into());
@@ -387,11 +432,22 @@ mod tests {
         c.expect_json.insert("missing".into(), serde_json::json!(1));
         let p = judge_http(&c, &ok);
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].starts_with("took 5.0 ms, more than max_latency 1ms"), "{p:?}");
+        assert!(
+            p[0].starts_with("took 5.0 ms, more than max_latency 1ms"),
+            "{p:?}"
+        );
         assert_eq!(p[1], "the JSON has no field `missing`");
         let p = judge_http(&c, &answer(200, "plain", &[]));
-        assert!(p.iter().any(|x| x.contains("does not contain \"\\\"ok\\\"\"") || x.contains("does not contain")), "{p:?}");
-        assert!(p.iter().any(|x| x.starts_with("the body is not JSON")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|x| x.contains("does not contain \"\\\"ok\\\"\"")
+                    || x.contains("does not contain")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with("the body is not JSON")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|x| x == "no `content-type` header"), "{p:?}");
     }
 
@@ -400,11 +456,18 @@ mod tests {
         let c = CheckSpec::new("h", CheckKind::SecurityHeaders);
         let req = required_headers(&c, true);
         assert_eq!(req[0], "strict-transport-security");
-        let a = answer(200, "", &[
-            ("x-content-type-options", "sniff"),
-            ("content-security-policy", "default-src 'self'; frame-ancestors 'none'"),
-            ("strict-transport-security", "max-age=0"),
-        ]);
+        let a = answer(
+            200,
+            "",
+            &[
+                ("x-content-type-options", "sniff"),
+                (
+                    "content-security-policy",
+                    "default-src 'self'; frame-ancestors 'none'",
+                ),
+                ("strict-transport-security", "max-age=0"),
+            ],
+        );
         assert_eq!(
             judge_security(&req, &a.headers),
             vec![
@@ -414,6 +477,9 @@ mod tests {
             ]
         );
         let none = answer(200, "", &[]);
-        assert_eq!(judge_security(&required_headers(&c, false), &none.headers).len(), 4);
+        assert_eq!(
+            judge_security(&required_headers(&c, false), &none.headers).len(),
+            4
+        );
     }
 }

@@ -8,8 +8,8 @@
 
 mod command;
 mod http_check;
-pub mod loadgen;
 mod load;
+pub mod loadgen;
 mod query;
 mod resources;
 mod tcp;
@@ -153,7 +153,11 @@ pub struct SuiteRun {
 
 /// Run every check of `suites`, at most `concurrency` at a time; results
 /// come back in the order the checks are declared.
-pub async fn run_suites(suites: &[SuiteRun], concurrency: u32, ctx: Arc<Context>) -> Vec<CheckResult> {
+pub async fn run_suites(
+    suites: &[SuiteRun],
+    concurrency: u32,
+    ctx: Arc<Context>,
+) -> Vec<CheckResult> {
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1) as usize));
     let mut tasks = Vec::new();
     for suite in suites {
@@ -179,7 +183,12 @@ pub async fn run_suites(suites: &[SuiteRun], concurrency: u32, ctx: Arc<Context>
 
 /// Run one check: skip it if `skip_if` says so, cut it at its timeout,
 /// and apply its severity.
-pub async fn run_check(suite_name: &str, suite: &SuiteSpec, check: &CheckSpec, ctx: &Context) -> CheckResult {
+pub async fn run_check(
+    suite_name: &str,
+    suite: &SuiteSpec,
+    check: &CheckSpec,
+    ctx: &Context,
+) -> CheckResult {
     let started = Instant::now();
     let finding = match skip_reason(check, ctx) {
         Some(why) => Finding::skip(why),
@@ -189,7 +198,10 @@ pub async fn run_check(suite_name: &str, suite: &SuiteSpec, check: &CheckSpec, c
                 Ok(f) => f,
                 Err(_) => Finding::fail(
                     None,
-                    format!("did not finish within its timeout ({}); cut", check.timeout()),
+                    format!(
+                        "did not finish within its timeout ({}); cut",
+                        check.timeout()
+                    ),
                 ),
             }
         }

@@ -47,11 +47,12 @@ pub(crate) async fn run(check: &CheckSpec, ctx: &Context) -> Finding {
 /// `(labels as Prometheus prints them, value)` of an instant query's
 /// result.
 fn samples(data: &serde_json::Value) -> Result<Vec<(String, f64)>, String> {
-    let number = |v: &serde_json::Value| -> Option<f64> {
-        v.get(1)?.as_str()?.parse::<f64>().ok()
-    };
+    let number = |v: &serde_json::Value| -> Option<f64> { v.get(1)?.as_str()?.parse::<f64>().ok() };
     match data["resultType"].as_str() {
-        Some("scalar") => Ok(vec![(String::new(), number(&data["result"]).ok_or("a scalar without a value")?)]),
+        Some("scalar") => Ok(vec![(
+            String::new(),
+            number(&data["result"]).ok_or("a scalar without a value")?,
+        )]),
         Some("vector") => {
             let mut out = Vec::new();
             for s in data["result"].as_array().into_iter().flatten() {
@@ -65,7 +66,10 @@ fn samples(data: &serde_json::Value) -> Result<Vec<(String, f64)>, String> {
                         format!("{{{}}}", parts.join(", "))
                     })
                     .unwrap_or_default();
-                out.push((labels, number(&s["value"]).ok_or("a sample without a value")?));
+                out.push((
+                    labels,
+                    number(&s["value"]).ok_or("a sample without a value")?,
+                ));
             }
             Ok(out)
         }
@@ -82,7 +86,10 @@ fn judge(check: &CheckSpec, query: &str, values: &[(String, f64)]) -> Finding {
         return match check.empty.as_deref() {
             Some("pass") => Finding::pass(Some("no series".into()), reason),
             Some("skip") => Finding::skip(reason),
-            _ => Finding::fail(Some("no series".into()), format!("{reason} (set empty = \"pass\" if that is fine)")),
+            _ => Finding::fail(
+                Some("no series".into()),
+                format!("{reason} (set empty = \"pass\" if that is fine)"),
+            ),
         };
     }
     let shown = |v: f64| format!("{v}");
@@ -93,16 +100,26 @@ fn judge(check: &CheckSpec, query: &str, values: &[(String, f64)]) -> Finding {
         format!("{} series, max {}", values.len(), shown(max))
     };
     for (labels, v) in values {
-        let at = if labels.is_empty() || labels == "{}" { String::new() } else { format!("{labels} ") };
+        let at = if labels.is_empty() || labels == "{}" {
+            String::new()
+        } else {
+            format!("{labels} ")
+        };
         if let Some(min) = check.min
             && (*v < min || v.is_nan())
         {
-            return Finding::fail(Some(value), format!("`{query}`: {at}= {} is below min {min}", shown(*v)));
+            return Finding::fail(
+                Some(value),
+                format!("`{query}`: {at}= {} is below min {min}", shown(*v)),
+            );
         }
         if let Some(max) = check.max
             && (*v > max || v.is_nan())
         {
-            return Finding::fail(Some(value), format!("`{query}`: {at}= {} is above max {max}", shown(*v)));
+            return Finding::fail(
+                Some(value),
+                format!("`{query}`: {at}= {} is above max {max}", shown(*v)),
+            );
         }
     }
     let bounds = match (check.min, check.max) {
@@ -133,7 +150,8 @@ mod tests {
         assert_eq!(f.value.as_deref(), Some("2 series, max 0.07"));
         c.max = Some(0.1);
         assert_eq!(judge(&c, "err", &v).status, Status::Passed);
-        let scalar = samples(&serde_json::json!({"resultType":"scalar","result":[1.0,"3"]})).unwrap();
+        let scalar =
+            samples(&serde_json::json!({"resultType":"scalar","result":[1.0,"3"]})).unwrap();
         c.min = Some(5.0);
         assert_eq!(judge(&c, "s", &scalar).reason, "`s`: = 3 is below min 5");
         assert_eq!(judge(&c, "e", &[]).status, Status::Failed);

@@ -3,13 +3,11 @@
 //! waits for approval, then takes all traffic at once; the old set keeps
 //! running for `scale_down_delay` (instant rollback).
 
-use super::step::{
-    counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale,
-};
+use super::step::{counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
 use super::validate::{self, Gate};
-use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, RolloutKind, ServiceState};
 use crate::Millis;
+use crate::validation::Stage;
 
 pub(super) fn blue_green(
     s: &mut ServiceState,

@@ -6,14 +6,12 @@
 //! step without a pause still holds `min_step_ms` (one analysis interval),
 //! so that the canary is judged at that weight at least once.
 
-use super::step::{
-    counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale,
-};
+use super::step::{counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
 use super::validate::{self, Gate};
-use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, ServiceState};
 use crate::Millis;
 use crate::canary::{self, Pause};
+use crate::validation::Stage;
 
 pub(super) fn canary_steps(
     s: &mut ServiceState,

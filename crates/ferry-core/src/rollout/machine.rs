@@ -4,14 +4,18 @@
 use super::step::{event, fail, finish, fmt_ms, hold, revert, set_phase};
 use super::{
     Event, EventKind, InstanceObs, Observed, Outcome, Phase, Rollout, RolloutKind, ServiceState,
-    Step, blue_green::blue_green, canary::canary_steps, gate, rolling::rolling,
+    Step,
+    blue_green::blue_green,
+    canary::canary_steps,
+    gate,
+    rolling::rolling,
     validate::{self, Gate},
 };
-use crate::validation::Stage;
 use crate::Millis;
 use crate::analysis::{Measurement, Verdict};
 use crate::canary::OnFailure;
 use crate::spec::Strategy;
+use crate::validation::Stage;
 
 /// Decide the next step of `rollout` given what was observed at `now`.
 /// Pure: the same inputs always give the same outputs.
@@ -138,7 +142,10 @@ pub fn advance(state: &ServiceState, rollout: &Rollout, observed: &Observed, now
                     }
                     Gate::Passed if now >= r.phase_since.saturating_add(r.params.monitor_ms) => {
                         let reason = if r.params.monitor_ms == 0 {
-                            format!("revision {} serves all traffic and passed its after validation", r.to)
+                            format!(
+                                "revision {} serves all traffic and passed its after validation",
+                                r.to
+                            )
                         } else {
                             format!(
                                 "revision {} served all traffic through its {} monitoring window",

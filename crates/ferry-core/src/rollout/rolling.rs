@@ -4,9 +4,9 @@
 
 use super::step::{counts, event, fail, progress_mark, reached_full, set_scale};
 use super::validate::{self, Gate};
-use crate::validation::Stage;
 use super::{Event, EventKind, InstanceObs, Rollout, ServiceState};
 use crate::Millis;
+use crate::validation::Stage;
 
 pub(super) fn rolling(
     s: &mut ServiceState,

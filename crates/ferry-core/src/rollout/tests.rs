@@ -1462,7 +1462,10 @@ fn a_candidate_is_validated_out_of_traffic_then_released() {
         let (s, r, asked, leaked, events) = run_gated(s, r, &mut w, |_| Status::Passed);
         assert_eq!(r.outcome, Some(Outcome::Succeeded), "{strategy:?}: {r:?}");
         assert_eq!(asked, vec![Stage::Candidate], "{strategy:?}");
-        assert!(!leaked, "{strategy:?}: revision 2 took traffic before its candidate gate ended");
+        assert!(
+            !leaked,
+            "{strategy:?}: revision 2 took traffic before its candidate gate ended"
+        );
         assert_eq!(s.traffic, vec![2]);
         let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
         assert!(kinds.contains(&EventKind::Validating) && kinds.contains(&EventKind::Validated));
@@ -1494,7 +1497,13 @@ fn a_failed_candidate_never_takes_traffic_and_the_release_rolls_back() {
 #[test]
 fn a_failed_before_gate_changes_nothing() {
     let (s0, mut w) = steady(3);
-    let r = deploy(1, Some(1), 2, Strategy::Rolling, gated(params(3, 1, 0), &["pre"], &["smoke"], &[]));
+    let r = deploy(
+        1,
+        Some(1),
+        2,
+        Strategy::Rolling,
+        gated(params(3, 1, 0), &["pre"], &["smoke"], &[]),
+    );
     assert_eq!(r.phase, Phase::PreDeploy);
     let mut s = s0.clone();
     let mut r2 = r.clone();
@@ -1518,7 +1527,16 @@ fn a_failed_before_gate_changes_nothing() {
 fn warnings_do_not_stop_a_release_and_every_gate_runs_in_order() {
     let (s, mut w) = steady(3);
     let p = gated(params(3, 1, 0), &["pre"], &["smoke"], &["smoke"]);
-    let r = deploy(1, Some(1), 2, Strategy::Rolling, Params { has_pre_deploy: true, ..p });
+    let r = deploy(
+        1,
+        Some(1),
+        2,
+        Strategy::Rolling,
+        Params {
+            has_pre_deploy: true,
+            ..p
+        },
+    );
     let mut r = r;
     r.hook = None;
     // The hook is due only once the before gate passed.
@@ -1575,12 +1593,21 @@ fn run_gated_with_hook(
 #[test]
 fn a_failed_after_gate_rolls_back_and_rollbacks_run_no_gates() {
     let (s, mut w) = steady(3);
-    let r = deploy(1, Some(1), 2, Strategy::Rolling, gated(params(3, 1, 0), &[], &[], &["smoke"]));
+    let r = deploy(
+        1,
+        Some(1),
+        2,
+        Strategy::Rolling,
+        gated(params(3, 1, 0), &[], &[], &["smoke"]),
+    );
     let (s, r, asked, _, _) = run_gated(s, r, &mut w, |_| Status::Failed);
     assert_eq!(asked, vec![Stage::After]);
     assert_eq!(r.outcome, Some(Outcome::Failed));
     assert!(
-        r.reason.clone().unwrap().starts_with("during the monitoring window: after validation failed"),
+        r.reason
+            .clone()
+            .unwrap()
+            .starts_with("during the monitoring window: after validation failed"),
         "{:?}",
         r.reason
     );

@@ -20,7 +20,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(title: String, started_at: Millis, duration_ms: u64, results: Vec<CheckResult>) -> Report {
+    pub fn new(
+        title: String,
+        started_at: Millis,
+        duration_ms: u64,
+        results: Vec<CheckResult>,
+    ) -> Report {
         let summary = Summary::of(&results);
         Report {
             title,
@@ -209,7 +214,11 @@ fn junit(report: &Report) -> String {
                 xml(&format!("{suite}.{}", r.kind)),
                 secs(r.duration_ms)
             );
-            let value = r.value.as_deref().map(|v| format!(" [{v}]")).unwrap_or_default();
+            let value = r
+                .value
+                .as_deref()
+                .map(|v| format!(" [{v}]"))
+                .unwrap_or_default();
             match r.status {
                 Status::Passed => {
                     let _ = writeln!(out, "/>");
@@ -220,7 +229,11 @@ fn junit(report: &Report) -> String {
                         ">\n      <failure message=\"{}\" type=\"{}\">{}</failure>",
                         xml(&r.reason),
                         r.kind,
-                        xml(&format!("{}{value}\n{}", r.reason, r.output.as_deref().unwrap_or("")))
+                        xml(&format!(
+                            "{}{value}\n{}",
+                            r.reason,
+                            r.output.as_deref().unwrap_or("")
+                        ))
                     );
                     let _ = writeln!(out, "    </testcase>");
                 }
@@ -260,7 +273,10 @@ fn markdown(report: &Report) -> String {
         fmt_duration(report.duration_ms),
         crate::time::rfc3339(report.started_at)
     );
-    let _ = writeln!(out, "| Result | Suite | Check | Kind | Time | Value | Reason |");
+    let _ = writeln!(
+        out,
+        "| Result | Suite | Check | Kind | Time | Value | Reason |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for r in &report.results {
         let _ = writeln!(
@@ -304,9 +320,24 @@ mod tests {
             1500,
             vec![
                 result("smoke", "home", Status::Passed, "status 200"),
-                result("smoke", "api <v2>", Status::Failed, "expected 200, got 500 & \"oops\""),
-                result("security", "headers", Status::Warning, "missing Content-Security-Policy"),
-                result("security", "tls", Status::Skipped, "skipped: $NO_TLS is set"),
+                result(
+                    "smoke",
+                    "api <v2>",
+                    Status::Failed,
+                    "expected 200, got 500 & \"oops\"",
+                ),
+                result(
+                    "security",
+                    "headers",
+                    Status::Warning,
+                    "missing Content-Security-Policy",
+                ),
+                result(
+                    "security",
+                    "tls",
+                    Status::Skipped,
+                    "skipped: $NO_TLS is set",
+                ),
             ],
         )
     }
@@ -314,7 +345,10 @@ mod tests {
     #[test]
     fn text_report_has_symbols_and_a_summary_line_last() {
         let t = render(&sample(), Format::Text);
-        assert!(t.contains("✅ PASSED  home (http, 12ms) [200]: status 200"), "{t}");
+        assert!(
+            t.contains("✅ PASSED  home (http, 12ms) [200]: status 200"),
+            "{t}"
+        );
         assert!(t.contains("❌ FAILED  api <v2>"), "{t}");
         assert!(t.contains("⚠️ WARNING headers"), "{t}");
         assert!(t.contains("⏭️ SKIPPED tls"), "{t}");
@@ -328,10 +362,19 @@ mod tests {
     #[test]
     fn junit_counts_and_escapes() {
         let x = render(&sample(), Format::Junit);
-        assert!(x.contains("tests=\"4\" failures=\"1\" errors=\"0\" skipped=\"1\""), "{x}");
+        assert!(
+            x.contains("tests=\"4\" failures=\"1\" errors=\"0\" skipped=\"1\""),
+            "{x}"
+        );
         assert!(x.contains("name=\"api &lt;v2&gt;\""), "{x}");
-        assert!(x.contains("message=\"expected 200, got 500 &amp; &quot;oops&quot;\""), "{x}");
-        assert!(x.contains("<skipped message=\"skipped: $NO_TLS is set\"/>"), "{x}");
+        assert!(
+            x.contains("message=\"expected 200, got 500 &amp; &quot;oops&quot;\""),
+            "{x}"
+        );
+        assert!(
+            x.contains("<skipped message=\"skipped: $NO_TLS is set\"/>"),
+            "{x}"
+        );
         assert_eq!(x.matches("<testsuite ").count(), 2);
         assert_eq!(x.matches("<testcase ").count(), 4);
     }

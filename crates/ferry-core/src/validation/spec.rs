@@ -45,7 +45,9 @@ pub struct SuiteSpec {
 }
 
 /// What a check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Http,
@@ -208,8 +210,12 @@ impl StatusExpect {
                 .iter()
                 .find(|s| !ok(**s))
                 .map(|s| format!("{s} is not an HTTP status")),
-            StatusExpect::Class(c) if !matches!(c.as_str(), "1xx" | "2xx" | "3xx" | "4xx" | "5xx") => {
-                Some(format!("\"{c}\" is not a status class; write e.g. \"2xx\" or 200 or [200, 204]"))
+            StatusExpect::Class(c)
+                if !matches!(c.as_str(), "1xx" | "2xx" | "3xx" | "4xx" | "5xx") =>
+            {
+                Some(format!(
+                    "\"{c}\" is not a status class; write e.g. \"2xx\" or 200 or [200, 204]"
+                ))
             }
             _ => None,
         }
@@ -510,11 +516,12 @@ impl CheckSpec {
 
     /// The service a path URL goes through: the check's, the suite's, or
     /// the one the run is for.
-    pub fn service_for<'a>(&'a self, suite: &'a SuiteSpec, run: Option<&'a str>) -> Option<&'a str> {
-        self.service
-            .as_deref()
-            .or(suite.service.as_deref())
-            .or(run)
+    pub fn service_for<'a>(
+        &'a self,
+        suite: &'a SuiteSpec,
+        run: Option<&'a str>,
+    ) -> Option<&'a str> {
+        self.service.as_deref().or(suite.service.as_deref()).or(run)
     }
 
     /// A path (through a service's proxy) rather than an absolute URL.
@@ -564,7 +571,9 @@ impl GatesSpec {
 }
 
 /// When in a release a gate runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Before,
@@ -635,7 +644,10 @@ impl ValidationConfig {
         if self.concurrency == 0 || self.concurrency > 256 {
             problems.push(Problem::new(
                 &[base[0].clone(), "concurrency".into()],
-                format!("concurrency = {} must be between 1 and 256", self.concurrency),
+                format!(
+                    "concurrency = {} must be between 1 and 256",
+                    self.concurrency
+                ),
             ));
         }
         for (name, suite) in &self.suites {
@@ -675,7 +687,10 @@ impl SuiteSpec {
             if seen.contains(&check.name.as_str()) {
                 problems.push(Problem::new(
                     &[at.clone(), vec!["name".into()]].concat(),
-                    format!("two checks of this suite are named \"{}\"; give each its own name", check.name),
+                    format!(
+                        "two checks of this suite are named \"{}\"; give each its own name",
+                        check.name
+                    ),
                 ));
             }
             seen.push(&check.name);
@@ -699,10 +714,12 @@ fn no_such_service(name: &str, services: &[&str]) -> String {
 /// A header that carries a credential.
 fn credential_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    matches!(n.as_str(), "authorization" | "proxy-authorization" | "cookie")
-        || ["token", "key", "secret", "password", "session", "auth"]
-            .iter()
-            .any(|w| n.contains(w))
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || ["token", "key", "secret", "password", "session", "auth"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 /// An absolute http(s) URL with a host: the problem, if it is not one.
@@ -729,7 +746,11 @@ pub fn url_problem(url: &str) -> Option<String> {
 pub fn address_problem(address: &str) -> Option<String> {
     let (host, port) = match address.rsplit_once(':') {
         Some(hp) => hp,
-        None => return Some(format!("\"{address}\" has no port; write host:port, e.g. \"db.internal:5432\"")),
+        None => {
+            return Some(format!(
+                "\"{address}\" has no port; write host:port, e.g. \"db.internal:5432\""
+            ));
+        }
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Some(format!("\"{address}\" has no host; write host:port"));
@@ -744,7 +765,10 @@ impl CheckSpec {
     fn validate(&self, at: &[String], suite: &SuiteSpec, services: &[&str]) -> Vec<Problem> {
         let mut problems = Vec::new();
         let key = |k: &str| -> Vec<String> { [at, &[k.to_string()]].concat() };
-        for (field, headers) in [("headers", Some(&self.headers)), ("good_headers", self.good_headers.as_ref())] {
+        for (field, headers) in [
+            ("headers", Some(&self.headers)),
+            ("good_headers", self.good_headers.as_ref()),
+        ] {
             for (name, value) in headers.into_iter().flatten() {
                 if credential_header(name) && !value.contains("${") {
                     problems.push(Problem::new(
@@ -788,7 +812,10 @@ impl CheckSpec {
             && skip.env.is_none()
             && skip.unset.is_none()
         {
-            bad("skip_if", "skip_if needs `env` or `unset` (an environment variable's name)".into());
+            bad(
+                "skip_if",
+                "skip_if needs `env` or `unset` (an environment variable's name)".into(),
+            );
         }
         let needs_url = matches!(
             self.kind,
@@ -796,7 +823,13 @@ impl CheckSpec {
         );
         if needs_url {
             match &self.url {
-                None => bad("url", format!("a {} check needs `url` (an absolute URL, or a path such as \"/health\" sent through a service's proxy)", self.kind)),
+                None => bad(
+                    "url",
+                    format!(
+                        "a {} check needs `url` (an absolute URL, or a path such as \"/health\" sent through a service's proxy)",
+                        self.kind
+                    ),
+                ),
                 Some(u) if u.starts_with('/') => {
                     if let Some(s) = &self.service
                         && !services.contains(&s.as_str())
@@ -807,7 +840,9 @@ impl CheckSpec {
                 }
                 Some(u) if self.kind == CheckKind::Load => bad(
                     "url",
-                    format!("a load check only targets a service's own proxy: write a path such as \"/\" (with `service`), not \"{u}\""),
+                    format!(
+                        "a load check only targets a service's own proxy: write a path such as \"/\" (with `service`), not \"{u}\""
+                    ),
                 ),
                 Some(u) => {
                     if let Some(p) = url_problem(u) {
@@ -818,7 +853,12 @@ impl CheckSpec {
             if let Some(m) = &self.method
                 && (m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()))
             {
-                bad("method", format!("\"{m}\" is not an HTTP method; write it in capitals, e.g. \"GET\" or \"POST\""));
+                bad(
+                    "method",
+                    format!(
+                        "\"{m}\" is not an HTTP method; write it in capitals, e.g. \"GET\" or \"POST\""
+                    ),
+                );
             }
         }
         match self.kind {
@@ -831,19 +871,29 @@ impl CheckSpec {
                 if let Some(re) = &self.expect_body_regex
                     && let Err(e) = regex::Regex::new(re)
                 {
-                    bad("expect_body_regex", format!("`{re}` is not a regular expression: {e}"));
+                    bad(
+                        "expect_body_regex",
+                        format!("`{re}` is not a regular expression: {e}"),
+                    );
                 }
             }
             CheckKind::SecurityHeaders => {
                 if let Some(r) = &self.require
                     && r.is_empty()
                 {
-                    bad("require", "require is empty; list headers, or leave it out for the default set".into());
+                    bad(
+                        "require",
+                        "require is empty; list headers, or leave it out for the default set"
+                            .into(),
+                    );
                 }
             }
             CheckKind::Auth => {}
             CheckKind::Tls | CheckKind::Tcp => match &self.address {
-                None => bad("address", format!("a {} check needs `address = \"host:port\"`", self.kind)),
+                None => bad(
+                    "address",
+                    format!("a {} check needs `address = \"host:port\"`", self.kind),
+                ),
                 Some(a) => {
                     if let Some(p) = address_problem(a) {
                         bad("address", p);
@@ -854,25 +904,49 @@ impl CheckSpec {
                 if let Some(r) = self.rate
                     && !(r > 0.0 && r.is_finite())
                 {
-                    bad("rate", format!("rate = {r} must be a positive number of requests per second"));
+                    bad(
+                        "rate",
+                        format!("rate = {r} must be a positive number of requests per second"),
+                    );
                 }
                 if let Some(c) = self.concurrency
                     && (c == 0 || c > defaults::MAX_LOAD_CONCURRENCY)
                 {
-                    bad("concurrency", format!("concurrency = {c} must be between 1 and {}", defaults::MAX_LOAD_CONCURRENCY));
+                    bad(
+                        "concurrency",
+                        format!(
+                            "concurrency = {c} must be between 1 and {}",
+                            defaults::MAX_LOAD_CONCURRENCY
+                        ),
+                    );
                 }
                 if let Some(d) = self.duration
                     && (d.is_zero() || d > defaults::MAX_LOAD)
                 {
-                    bad("duration", format!("duration = \"{d}\" must be more than 0 and at most {}", defaults::MAX_LOAD));
+                    bad(
+                        "duration",
+                        format!(
+                            "duration = \"{d}\" must be more than 0 and at most {}",
+                            defaults::MAX_LOAD
+                        ),
+                    );
                 }
                 if let Some(e) = self.max_error_rate
                     && !(0.0..=100.0).contains(&e)
                 {
-                    bad("max_error_rate", format!("max_error_rate = {e} is a percentage (0-100)"));
+                    bad(
+                        "max_error_rate",
+                        format!("max_error_rate = {e} is a percentage (0-100)"),
+                    );
                 }
                 if self.timeout.is_some_and(|t| t <= self.load_duration()) {
-                    bad("timeout", format!("timeout must be longer than the load's duration ({})", self.load_duration()));
+                    bad(
+                        "timeout",
+                        format!(
+                            "timeout must be longer than the load's duration ({})",
+                            self.load_duration()
+                        ),
+                    );
                 }
             }
             CheckKind::Resources => {
@@ -885,14 +959,20 @@ impl CheckSpec {
                         if let Some(v) = v
                             && !(0.0..=100.0).contains(&v)
                         {
-                            bad(&format!("{name}_{k}"), format!("{name}_{k} = {v} is a percentage used (0-100)"));
+                            bad(
+                                &format!("{name}_{k}"),
+                                format!("{name}_{k} = {v} is a percentage used (0-100)"),
+                            );
                         }
                     }
                 }
             }
             CheckKind::Query => {
                 match &self.query {
-                    None => bad("query", "a query check needs `query` (a PromQL expression)".into()),
+                    None => bad(
+                        "query",
+                        "a query check needs `query` (a PromQL expression)".into(),
+                    ),
                     Some(q) => {
                         if let Err(e) = ferry_metrics::parse_error::parse(q) {
                             bad("query", format!("`{q}` is not PromQL: {e}"));
@@ -910,12 +990,22 @@ impl CheckSpec {
                 if let Some(e) = &self.empty
                     && !matches!(e.as_str(), "fail" | "pass" | "skip")
                 {
-                    bad("empty", format!("empty = \"{e}\"; write \"fail\", \"pass\" or \"skip\""));
+                    bad(
+                        "empty",
+                        format!("empty = \"{e}\"; write \"fail\", \"pass\" or \"skip\""),
+                    );
                 }
             }
             CheckKind::Command => match &self.command {
-                None => bad("command", "a command check needs `command` (a program and its arguments)".into()),
-                Some(c) if c.argv(|s| s.to_string()).first().is_none_or(|a| a.trim().is_empty()) => {
+                None => bad(
+                    "command",
+                    "a command check needs `command` (a program and its arguments)".into(),
+                ),
+                Some(c)
+                    if c.argv(|s| s.to_string())
+                        .first()
+                        .is_none_or(|a| a.trim().is_empty()) =>
+                {
                     bad("command", "command is empty".into())
                 }
                 _ => {}

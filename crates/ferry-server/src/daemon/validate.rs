@@ -37,7 +37,7 @@ impl Daemon {
                 None => missing.push(n.clone()),
             }
         }
-        let services = core
+        let mut services: std::collections::BTreeMap<String, std::net::SocketAddr> = core
             .states
             .keys()
             .cloned()
@@ -45,6 +45,10 @@ impl Daemon {
             .into_iter()
             .filter_map(|name| Some((name.clone(), core.service_listen(&name)?)))
             .collect();
+        // A first deploy: the proxy will listen where the new revision says.
+        if let Some(addr) = rev.spec.listen_addr() {
+            services.entry(r.service.clone()).or_insert(addr);
+        }
         let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
         env.extend(rev.spec.env.clone());
         env.extend(rev.overrides.clone());

@@ -107,7 +107,11 @@ fn validation_problems(name: &str, req: &DeployRequest) -> Vec<Problem> {
         .validation
         .suites
         .values()
-        .flat_map(|s| s.service.iter().chain(s.checks.iter().filter_map(|c| c.service.as_ref())))
+        .flat_map(|s| {
+            s.service
+                .iter()
+                .chain(s.checks.iter().filter_map(|c| c.service.as_ref()))
+        })
         .cloned()
         .collect();
     services.push(name.to_string());
@@ -115,7 +119,11 @@ fn validation_problems(name: &str, req: &DeployRequest) -> Vec<Problem> {
     services.dedup();
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     problems.extend(req.validation.validate(&names));
-    problems.extend(ferry_core::validation::validate_gates(name, gates, &req.validation));
+    problems.extend(ferry_core::validation::validate_gates(
+        name,
+        gates,
+        &req.validation,
+    ));
     problems
 }
 
