@@ -103,7 +103,8 @@ enum Command {
         #[arg(long = "suite", value_name = "NAME")]
         suites: Vec<String>,
         /// The service whose proxy paths go through, when a check and its
-        /// suite name none.
+        /// suite name none (default: the file's only service, or the only
+        /// one whose `deploy.validate` runs the suite).
         #[arg(long)]
         service: Option<String>,
         /// Send the service's requests to this revision only (a candidate

@@ -94,9 +94,15 @@ pub async fn validate(
     };
     let runs: Vec<SuiteRun> = names
         .iter()
-        .map(|n| SuiteRun {
-            name: n.clone(),
-            spec: cfg.validation.suites[n].clone(),
+        .map(|n| {
+            let mut spec = cfg.validation.suites[n].clone();
+            if args.service.is_none() && spec.service.is_none() {
+                spec.service = default_service(&cfg, n);
+            }
+            SuiteRun {
+                name: n.clone(),
+                spec,
+            }
         })
         .collect();
     let started_at = now_ms();
@@ -145,6 +151,24 @@ pub async fn validate(
             "validation failed: {} FAILED",
             rep.summary.failed
         )))
+    }
+}
+
+/// The service a suite's paths go through when neither it nor --service
+/// says: the file's only service, or the only one whose gates run it.
+fn default_service(cfg: &ferry_core::config::Config, suite: &str) -> Option<String> {
+    if cfg.services.len() == 1 {
+        return cfg.services.keys().next().cloned();
+    }
+    let gated: Vec<&String> = cfg
+        .services
+        .iter()
+        .filter(|(_, s)| s.deploy.validate.all().iter().any(|n| n == suite))
+        .map(|(n, _)| n)
+        .collect();
+    match gated.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
     }
 }
 

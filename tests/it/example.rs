@@ -57,4 +57,21 @@ async fn the_documented_example_deploys_and_rolls_python_http_server() {
     let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
         .into_owned();
     assert!(environ.contains("GREETING=hello") && environ.contains("PORT="));
+    // Both releases passed the example's candidate gate (http.server sends
+    // no security headers: a WARNING, which does not stop a release).
+    let e = env.clone();
+    let record = blocking(move || e.json(&["rollout", "2"])).await;
+    let gate = &record["rollout"]["validations"][0];
+    assert_eq!(gate["stage"], "candidate", "{record}");
+    let statuses: Vec<&str> = gate["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["status"].as_str())
+        .collect();
+    assert_eq!(statuses, vec!["PASSED", "WARNING"], "{record}");
+    // And `ferry validate` runs the same suite now: warnings exit 0.
+    let e = env.clone();
+    let out = blocking(move || e.ferry_ok(&["validate"])).await;
+    assert!(out.contains("1 passed, 0 failed, 1 warning"), "{out}");
 }

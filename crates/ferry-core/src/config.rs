@@ -268,6 +268,35 @@ deploy_timeout = "2m"           # an instance not ready by then fails the deploy
 # scale_down_delay = "30s"      # blue-green: keep the old set this long (instant rollback)
 # monitor = "5m"                # watch after 100 %: a failure (or an alert) rolls back by itself
 # rollback_on_alerts = ['severity=~"critical|emergency"']   # which alerts about web roll a release back
+# Validation suites inside every release: `before` any new instance starts,
+# against the `candidate` (by X-Ferry-Revision) before it takes regular
+# traffic, `after` it serves all of it. A FAILED check rolls the release back.
+validate = { candidate = ["smoke"] }
+
+# Validation suites: run them now with `ferry validate [--suite smoke]`.
+# Kinds: http, security_headers, auth, tls, tcp, load, resources, query,
+# command. A path goes through the service's proxy.
+[[validation.suites.smoke.checks]]
+name = "health"
+kind = "http"
+url = "/health"
+expect_status = 200
+expect_body = "ok"
+max_latency = "500ms"
+
+[[validation.suites.smoke.checks]]
+name = "headers"                # missing security headers are a WARNING
+kind = "security_headers"
+url = "/"
+
+# [[validation.suites.security.checks]]
+# name = "certificate"
+# kind = "tls"
+# address = "example.com:443"   # valid for the name, expiring in > 30 days (WARNING), > 7 (FAILED)
+# [[validation.suites.data.checks]]
+# name = "migrations"
+# kind = "command"              # exit 0 PASSED, 1 FAILED, 2 WARNING, 77 SKIPPED
+# command = ["./check-migrations"]
 
 # [alerting]                    # alerts: built-in rules from the guides are on without this table
 # rule_files = ["rules/*.yml"]  # Prometheus rule files; `ferry check rules/web.yml`
