@@ -1,4 +1,4 @@
-//! What the process benchmarks (`metrics_store`, `alerting`) share:
+//! What the process benchmarks (`metrics_store`, `alerting`, `validation`) share:
 //! processes stopped on drop, free ports, CPU time from `/proc`, and
 //! medians. Included with `mod common;`.
 

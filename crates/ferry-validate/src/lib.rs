@@ -245,7 +245,7 @@ fn skip_reason(check: &CheckSpec, ctx: &Context) -> Option<String> {
         return Some(format!("skipped: ${name} is set"));
     }
     if let Some(name) = &skip.unset
-        && !ctx.env.get(name).is_some_and(|v| !v.is_empty())
+        && ctx.env.get(name).is_none_or(|v| v.is_empty())
     {
         return Some(format!("skipped: ${name} is not set"));
     }
