@@ -813,6 +813,15 @@ pub async fn status(
             if let Some(p) = &r.rollout.paused {
                 say!("  PAUSED: {p}");
             }
+            if let Some(stage) = r.rollout.validating {
+                say!(
+                    "  VALIDATING: {stage} suites {} are running",
+                    r.rollout.params.validate.suites(stage).join(", ")
+                );
+            }
+            for g in &r.rollout.validations {
+                say!("  {} validation: {}", g.stage, g.summary());
+            }
         }
         say!(
             "  {:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  LAST PROBE",
