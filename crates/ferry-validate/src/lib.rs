@@ -261,7 +261,7 @@ async fn run_kind(check: &CheckSpec, suite: &SuiteSpec, ctx: &Context) -> Findin
         K::Tls => tls::run(check, ctx).await,
         K::Tcp => tcp::run(check).await,
         K::Load => load::run(check, suite, ctx).await,
-        K::Resources => resources::run(check).await,
+        K::Resources => resources::run(check, ctx).await,
         K::Query => query::run(check, ctx).await,
         K::Command => command::run(check, ctx).await,
     }

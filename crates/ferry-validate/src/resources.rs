@@ -13,8 +13,13 @@ use std::time::Duration;
 /// How far apart the two /proc/stat samples are.
 const CPU_SAMPLE: Duration = Duration::from_millis(200);
 
-pub(crate) async fn run(check: &CheckSpec) -> Finding {
-    let path = check.path.clone().unwrap_or_else(|| "/".to_string());
+pub(crate) async fn run(check: &CheckSpec, ctx: &crate::Context) -> Finding {
+    // A relative path is the config file's directory's, as elsewhere.
+    let path = match check.path.as_deref() {
+        None => "/".to_string(),
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => ctx.base_dir.join(p).display().to_string(),
+    };
     // statvfs can block on a dead network mount: off the runtime's
     // threads, so the check's timeout still cuts it.
     let disk = tokio::task::spawn_blocking({
@@ -307,17 +312,30 @@ mod tests {
         assert_eq!(df_percent(0, 0, 0), 0.0);
     }
 
+    fn ctx() -> crate::Context {
+        crate::Context {
+            services: Default::default(),
+            service: None,
+            revision: None,
+            base_dir: "/no/such".into(),
+            env: Default::default(),
+            metrics_api: None,
+            http: crate::Context::client(),
+        }
+    }
+
     #[tokio::test]
     async fn this_host_is_measured() {
-        let f = run(&CheckSpec::new("host", CheckKind::Resources)).await;
+        let f = run(&CheckSpec::new("host", CheckKind::Resources), &ctx()).await;
         let value = f.value.expect("a value");
         assert!(
             value.starts_with("cpu ") && value.ends_with(" % used"),
             "{value}"
         );
         let mut c = CheckSpec::new("host", CheckKind::Resources);
-        c.path = Some("/no/such/dir".into());
-        let f = run(&c).await;
+        // Relative to the config file's directory.
+        c.path = Some("dir".into());
+        let f = run(&c, &ctx()).await;
         assert_eq!(f.status, Status::Failed);
         assert_eq!(
             f.reason,
