@@ -527,6 +527,8 @@ impl Daemon {
                             tokio::spawn(core.driver.stop_job(&format!("hook-{}", r.id)));
                         }
                     } else {
+                        // A gate this step asked for starts now, not a tick later.
+                        self.start_gate(core, &step.rollout);
                         core.rollouts.insert(r.id, step.rollout);
                     }
                     core.states.insert(name.clone(), step.state);
