@@ -689,4 +689,63 @@ mod tests {
         assert_eq!(millis(Duration::from_millis(240)), "240 ms");
         assert_eq!(millis(Duration::from_millis(1500)), "1.50 s");
     }
+
+    /// How fast the load check can go against a trivial keep-alive server,
+    /// next to wrk against the same server: 3 rounds of 5 s, 64
+    /// connections each, medians printed. A measurement, not an assertion:
+    /// `cargo test -p ferry-validate --release -- --ignored ceiling_vs_wrk --nocapture`.
+    #[test]
+    #[ignore = "a measurement; needs wrk and a release build"]
+    fn ceiling_vs_wrk() {
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let server_rt = runtime();
+        let server = server_rt.block_on(serve(|_| async { answer(200, "ok", None) }));
+        let client_rt = runtime();
+        let ctx = ctx(server.addr);
+        let mut check = check();
+        check.concurrency = Some(64);
+        check.duration = Some(Dur::secs(5));
+        let url = format!("http://{}/", server.addr);
+
+        let (mut ours, mut wrk) = (Vec::new(), Vec::new());
+        for round in 1..=3 {
+            let (config, limits) = plan(&check, &SuiteSpec::default(), &ctx).unwrap();
+            let (report, elapsed) = client_rt.block_on(drive(config));
+            let rate = (report.ok + report.failed) as f64 / elapsed.as_secs_f64();
+            let finding = judge(&limits, &report, elapsed);
+            println!(
+                "round {round}: load check {rate:.0} req/s: {}",
+                finding.value.unwrap()
+            );
+            ours.push(rate);
+
+            let out = std::process::Command::new("wrk")
+                .args(["-t2", "-c64", "-d5s", &url])
+                .output()
+                .expect("wrk runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rate: f64 = text
+                .lines()
+                .find_map(|line| line.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"));
+            println!("round {round}: wrk {rate:.0} req/s");
+            wrk.push(rate);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (ours, wrk) = (median(&mut ours), median(&mut wrk));
+        println!(
+            "median: load check {ours:.0} req/s, wrk {wrk:.0} req/s, ratio {:.2}",
+            ours / wrk
+        );
+    }
 }
