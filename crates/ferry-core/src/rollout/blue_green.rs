@@ -3,8 +3,8 @@
 //! waits for approval, then takes all traffic at once; the old set keeps
 //! running for `scale_down_delay` (instant rollback).
 
-use super::step::{counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
-use super::validate::{self, Gate};
+use super::step::{counts, event, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
+use super::validate;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, RolloutKind, ServiceState};
 use crate::Millis;
 use crate::validation::Stage;
@@ -31,12 +31,8 @@ pub(super) fn blue_green(
         if !validate::done(r, Stage::Candidate) {
             s.traffic.clear();
             progress_mark(r, new.available, now);
-            if new.available >= n {
-                match validate::gate(r, Stage::Candidate, now, events) {
-                    Gate::Waiting => {}
-                    Gate::Failed(reason) => fail(s, r, reason, None, obs, now, events),
-                    Gate::Passed => s.traffic = vec![r.to],
-                }
+            if new.available >= n && validate::candidate_passed(s, r, obs, now, events) {
+                s.traffic = vec![r.to];
             }
             return;
         }
@@ -72,13 +68,8 @@ pub(super) fn blue_green(
         return;
     }
     // The candidate gate: the new set, reached by X-Ferry-Revision only.
-    match validate::gate(r, Stage::Candidate, now, events) {
-        Gate::Passed => {}
-        Gate::Waiting => return,
-        Gate::Failed(reason) => {
-            fail(s, r, reason, None, obs, now, events);
-            return;
-        }
+    if !validate::candidate_passed(s, r, obs, now, events) {
+        return;
     }
     // Pre-promotion analysis: the new set must pass before the switch.
     if r.params.pre_promotion_passes > 0 && r.kind == RolloutKind::Deploy {

@@ -6,12 +6,11 @@
 //! step without a pause still holds `min_step_ms` (one analysis interval),
 //! so that the canary is judged at that weight at least once.
 
-use super::step::{counts, event, fail, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
-use super::validate::{self, Gate};
+use super::step::{counts, event, fmt_ms, progress_mark, reached_full, set_phase, set_scale};
+use super::validate;
 use super::{Event, EventKind, InstanceObs, Phase, Rollout, ServiceState};
 use crate::Millis;
 use crate::canary::{self, Pause};
-use crate::validation::Stage;
 
 pub(super) fn canary_steps(
     s: &mut ServiceState,
@@ -57,7 +56,7 @@ pub(super) fn canary_steps(
                 }
                 // The candidate gate, before the canary's first share of
                 // traffic.
-                if w > 0 && !candidate_passed(s, r, obs, now, events) {
+                if w > 0 && !validate::candidate_passed(s, r, obs, now, events) {
                     return;
                 }
                 if w > 0 {
@@ -151,7 +150,7 @@ pub(super) fn canary_steps(
         return;
     }
     // No weight step took traffic before: the candidate gate is here.
-    if !candidate_passed(s, r, obs, now, events) {
+    if !validate::candidate_passed(s, r, obs, now, events) {
         return;
     }
     s.weights.clear();
@@ -160,22 +159,4 @@ pub(super) fn canary_steps(
     set_scale(s, from, 0);
     r.canary.weight = 100;
     reached_full(s, r, now, events);
-}
-
-/// Run (or read) the candidate gate; whether the canary may take traffic.
-fn candidate_passed(
-    s: &mut ServiceState,
-    r: &mut Rollout,
-    obs: &[InstanceObs],
-    now: Millis,
-    events: &mut Vec<Event>,
-) -> bool {
-    match validate::gate(r, Stage::Candidate, now, events) {
-        Gate::Passed => true,
-        Gate::Waiting => false,
-        Gate::Failed(reason) => {
-            fail(s, r, reason, None, obs, now, events);
-            false
-        }
-    }
 }

@@ -2,8 +2,8 @@
 //! as far as availability allows, batch by batch, until the new revision
 //! runs every instance. Also how any first deploy runs (nothing to keep).
 
-use super::step::{counts, event, fail, progress_mark, reached_full, set_scale};
-use super::validate::{self, Gate};
+use super::step::{counts, event, progress_mark, reached_full, set_scale};
+use super::validate;
 use super::{Event, EventKind, InstanceObs, Rollout, ServiceState};
 use crate::Millis;
 use crate::validation::Stage;
@@ -107,12 +107,5 @@ fn candidate(
     if new.available == 0 {
         return false;
     }
-    match validate::gate(r, Stage::Candidate, now, events) {
-        Gate::Passed => true,
-        Gate::Waiting => false,
-        Gate::Failed(reason) => {
-            fail(s, r, reason, None, obs, now, events);
-            false
-        }
-    }
+    validate::candidate_passed(s, r, obs, now, events)
 }

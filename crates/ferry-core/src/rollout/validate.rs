@@ -4,8 +4,8 @@
 //! gate by setting `Rollout::validating`; the shell runs its suites and
 //! stores a `GateRun`; the next `advance` reads it here.
 
-use super::step::event;
-use super::{Event, EventKind, Rollout, RolloutKind};
+use super::step::{event, fail};
+use super::{Event, EventKind, InstanceObs, Rollout, RolloutKind, ServiceState};
 use crate::Millis;
 use crate::validation::Stage;
 
@@ -66,5 +66,24 @@ pub(super) fn gate(r: &mut Rollout, stage: Stage, now: Millis, events: &mut Vec<
             run.summary()
         )),
         None => Gate::Passed,
+    }
+}
+
+/// The candidate gate where a strategy meets it: run or read it, and fail
+/// the rollout (the usual revert) on a FAILED. Whether it may go on.
+pub(super) fn candidate_passed(
+    s: &mut ServiceState,
+    r: &mut Rollout,
+    obs: &[InstanceObs],
+    now: Millis,
+    events: &mut Vec<Event>,
+) -> bool {
+    match gate(r, Stage::Candidate, now, events) {
+        Gate::Passed => true,
+        Gate::Waiting => false,
+        Gate::Failed(reason) => {
+            fail(s, r, reason, None, obs, now, events);
+            false
+        }
     }
 }
