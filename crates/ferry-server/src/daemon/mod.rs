@@ -430,7 +430,6 @@ impl Daemon {
                         core.hooks_running.insert(r.id);
                         self.clone().spawn_hook(r.clone());
                     }
-                    self.start_gate(core, &r);
                     let measurements = self.analyse(core, &r, now);
                     let observed = Observed {
                         instances: core.driver.observe(&name),
@@ -527,8 +526,6 @@ impl Daemon {
                             tokio::spawn(core.driver.stop_job(&format!("hook-{}", r.id)));
                         }
                     } else {
-                        // A gate this step asked for starts now, not a tick later.
-                        self.start_gate(core, &step.rollout);
                         core.rollouts.insert(r.id, step.rollout);
                     }
                     core.states.insert(name.clone(), step.state);
@@ -569,6 +566,17 @@ impl Daemon {
             tracing::info!("{note}");
         }
         self.route(core, now).await;
+        // Gates start once the proxies serve this tick's plan (a
+        // candidate must be reachable by X-Ferry-Revision first).
+        let waiting: Vec<Rollout> = core
+            .rollouts
+            .values()
+            .filter(|r| r.validating.is_some())
+            .cloned()
+            .collect();
+        for r in &waiting {
+            self.start_gate(core, r);
+        }
         Ok(())
     }
 }
