@@ -213,15 +213,7 @@ mod tests {
     use std::time::Instant;
 
     fn ctx(dir: &Path) -> Context {
-        Context {
-            services: Default::default(),
-            service: None,
-            revision: None,
-            base_dir: dir.to_path_buf(),
-            env: std::env::vars().collect(),
-            metrics_api: None,
-            http: Context::client(),
-        }
+        Context::for_tests(dir)
     }
 
     fn shell(script: &str) -> CheckSpec {

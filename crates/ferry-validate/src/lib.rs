@@ -54,6 +54,21 @@ impl Context {
             .unwrap_or_default()
     }
 
+    /// A context for this crate's tests: no services, the process's
+    /// environment, relative paths under `base_dir`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(base_dir: &std::path::Path) -> Context {
+        Context {
+            services: BTreeMap::new(),
+            service: None,
+            revision: None,
+            base_dir: base_dir.to_path_buf(),
+            env: std::env::vars().collect(),
+            metrics_api: None,
+            http: Context::client(),
+        }
+    }
+
     /// `${NAME}` in `text` replaced by the variable's value (empty when
     /// unset); `$${` stands for a literal `${`.
     pub fn expand(&self, text: &str) -> String {

@@ -310,11 +310,7 @@ mod tests {
         Context {
             services: [("web".into(), addr)].into(),
             service: Some("web".into()),
-            revision: None,
-            base_dir: std::env::temp_dir(),
-            env: Default::default(),
-            metrics_api: None,
-            http: Context::client(),
+            ..Context::for_tests(&std::env::temp_dir())
         }
     }
 

@@ -313,15 +313,7 @@ mod tests {
     }
 
     fn ctx() -> crate::Context {
-        crate::Context {
-            services: Default::default(),
-            service: None,
-            revision: None,
-            base_dir: "/no/such".into(),
-            env: Default::default(),
-            metrics_api: None,
-            http: crate::Context::client(),
-        }
+        crate::Context::for_tests(std::path::Path::new("/no/such"))
     }
 
     #[tokio::test]

@@ -651,15 +651,7 @@ mod tests {
     }
 
     fn ctx(dir: &Path) -> Context {
-        Context {
-            services: Default::default(),
-            service: None,
-            revision: None,
-            base_dir: dir.to_path_buf(),
-            env: std::env::vars().collect(),
-            metrics_api: None,
-            http: Context::client(),
-        }
+        Context::for_tests(dir)
     }
 
     fn check(address: &str, server_name: Option<&str>, ca_file: Option<&str>) -> CheckSpec {
