@@ -363,7 +363,9 @@ url = "/"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_that_fails_its_smoke_suite_never_takes_traffic() {
+    let (hook, announced) = receiver();
     let env = Arc::new(Env::start(Spec {
+        extra: format!(r#"webhooks = [ {{ url = "http://127.0.0.1:{hook}/hook" }} ]"#),
         instances: 2,
         strategy: "blue-green",
         scale_down_delay: "0s",
@@ -473,6 +475,88 @@ async fn a_candidate_that_fails_its_smoke_suite_never_takes_traffic() {
         .filter_map(|g| g["stage"].as_str())
         .collect();
     assert_eq!(stages, vec!["candidate", "after"], "{first}");
+
+    // Warnings are announced without stopping anything: v1's gates went to
+    // the webhook as `validated` events naming the missing headers.
+    let e = env.clone();
+    blocking(move || {
+        wait_for(Duration::from_secs(10), "the validated events", || {
+            announced
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| b["event"] == "validated")
+                .count()
+                >= 3
+        });
+        let got = announced.lock().unwrap().clone();
+        let first: Vec<&str> = got
+            .iter()
+            .filter(|b| b["event"] == "validated" && b["rollout"] == 1)
+            .filter_map(|b| b["message"].as_str())
+            .collect();
+        assert_eq!(first.len(), 2, "{got:?}");
+        assert!(
+            first
+                .iter()
+                .all(|m| m.contains("1 warning") && m.contains("WARNING smoke/headers")),
+            "{first:?}"
+        );
+        drop(e);
+    })
+    .await;
+}
+
+#[test]
+fn query_checks_ask_the_daemons_metrics() {
+    let env = Env::start(Spec {
+        tail: r#"
+[validation.suites.metrics]
+[[validation.suites.metrics.checks]]
+name = "scraped"
+kind = "query"
+query = 'up{job="ferry"}'
+min = 1
+[[validation.suites.metrics.checks]]
+name = "too-high"
+kind = "query"
+query = "vector(2)"
+max = 1
+[[validation.suites.metrics.checks]]
+name = "nothing"
+kind = "query"
+query = "absent_metric_for_the_test"
+max = 0
+empty = "skip"
+"#
+        .into(),
+        ..Spec::default()
+    });
+    wait_for(Duration::from_secs(30), "the daemon's first scrape", || {
+        let out = env.ferry(&["validate", "--suite", "metrics", "--output", "json"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        r["results"][0]["status"] == "PASSED"
+    });
+    let out = env.ferry(&["validate", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by = |name: &str| {
+        r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("scraped")["status"], "PASSED", "{r}");
+    assert_eq!(by("too-high")["status"], "FAILED", "{r}");
+    assert_eq!(
+        by("too-high")["reason"],
+        "`vector(2)`: = 2 is above max 1",
+        "{r}"
+    );
+    assert_eq!(by("nothing")["status"], "SKIPPED", "{r}");
 }
 
 #[test]
