@@ -173,6 +173,8 @@ fn gate(out: &Path, rounds: usize) {
     let mut plain = Vec::new();
     let mut gated = Vec::new();
     let mut gate_run = Vec::new();
+    let mut plain_inside = Vec::new();
+    let mut gated_inside = Vec::new();
     let mut version = 0;
     for round in 0..rounds {
         let order = if round % 2 == 0 {
@@ -188,24 +190,29 @@ fn gate(out: &Path, rounds: usize) {
             let (ok, text) = ferry(&dir, &["deploy", "web", "--version", &v]);
             let took = started.elapsed().as_secs_f64();
             assert!(ok, "{text}");
+            // The command's first line: `rollout N: blue-green revision …`.
+            let id: u64 = text
+                .split_whitespace()
+                .skip_while(|w| *w != "rollout")
+                .nth(1)
+                .and_then(|n| n.trim_end_matches(':').parse().ok())
+                .unwrap_or_else(|| panic!("no rollout id in {text}"));
+            let (_, record) = ferry(&dir, &["rollout", &id.to_string(), "--output", "json"]);
+            let record: serde_json::Value = serde_json::from_str(record.trim()).unwrap();
+            let r = &record["rollout"];
+            let inside =
+                (r["finished_at"].as_f64().unwrap() - r["started_at"].as_f64().unwrap()) / 1000.0;
             if with_gate {
                 gated.push(took);
-                // The command's first line: `rollout N: blue-green revision …`.
-                let id: u64 = text
-                    .split_whitespace()
-                    .skip_while(|w| *w != "rollout")
-                    .nth(1)
-                    .and_then(|n| n.trim_end_matches(':').parse().ok())
-                    .unwrap_or_else(|| panic!("no rollout id in {text}"));
-                let (_, record) = ferry(&dir, &["rollout", &id.to_string(), "--output", "json"]);
-                let record: serde_json::Value = serde_json::from_str(record.trim()).unwrap();
-                let g = &record["rollout"]["validations"][0];
+                gated_inside.push(inside);
+                let g = &r["validations"][0];
                 let results = g["results"].as_array().map_or(0, Vec::len);
                 assert_eq!(results, 10, "{record}");
                 let ms = g["finished_at"].as_f64().unwrap() - g["started_at"].as_f64().unwrap();
                 gate_run.push(ms / 1000.0);
             } else {
                 plain.push(took);
+                plain_inside.push(inside);
             }
             eprintln!(
                 "round {round}: {v} {} in {took:.3} s",
@@ -216,12 +223,17 @@ fn gate(out: &Path, rounds: usize) {
     let p = median(&mut plain);
     let g = median(&mut gated);
     let r = median(&mut gate_run);
-    println!("gate: blue-green deploy, 2 instances, {rounds} rounds");
-    println!("  without gates:                 median {p:.3} s");
-    println!("  with a 10-check candidate gate: median {g:.3} s");
+    let pi = median(&mut plain_inside);
+    let gi = median(&mut gated_inside);
+    println!("gate: blue-green deploy, 2 instances, {rounds} rounds (medians)");
+    println!("                                  `ferry deploy`   rollout start → end");
+    println!("  without gates:                  {p:.3} s          {pi:.3} s");
+    println!("  with a 10-check candidate gate: {g:.3} s          {gi:.3} s");
     println!(
-        "  added by the gate:              {:.3} s (the gate's own run: median {r:.3} s)",
-        g - p
+        "  added by the gate:              {:.3} s          {:.3} s (the checks themselves: {:.3} s)",
+        g - p,
+        gi - pi,
+        r
     );
 }
 
