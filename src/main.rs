@@ -114,9 +114,10 @@ enum Command {
         /// Also write the report to FILE (in --format; default text).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
-        /// The report's format: text, json, junit (JUnit XML for CI) or
-        /// markdown. Without --report, the format printed.
-        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json", "junit", "markdown"])]
+        /// The report's format: text, json, junit (JUnit XML for CI),
+        /// markdown or html (one self-contained page). Without --report,
+        /// the format printed.
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json", "junit", "markdown", "html"])]
         format: Option<String>,
     },
     /// Run the daemon: API, proxies, supervisor, probes.

@@ -27,7 +27,9 @@ pub async fn validate(
     let format = match args.format.as_deref() {
         None => None,
         Some(f) => Some(Format::parse(f).ok_or_else(|| {
-            CliError::usage(format!("--format {f}: write text, json, junit or markdown"))
+            CliError::usage(format!(
+                "--format {f}: write text, json, junit, markdown or html"
+            ))
         })?),
     };
     if cfg.validation.suites.is_empty() {

@@ -260,6 +260,20 @@ fn ferry_validate_reports_every_check_against_real_servers() {
         "{md}"
     );
 
+    // HTML to a file: one page, the failures marked.
+    let out = run(&[
+        "--suite",
+        "smoke",
+        "--format",
+        "html",
+        "--report",
+        "report.html",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let page = std::fs::read_to_string(env.dir.path().join("report.html")).unwrap();
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert_eq!(page.matches("<tr class=\"FAILED\">").count(), 2, "{page}");
+
     // Usage errors exit 2 and name the fix.
     let out = run(&["--suite", "nope"]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,5 +1,6 @@
 //! Reports of a validation run: text (the guide's symbols, a summary line
-//! last), JSON, JUnit XML (for CI systems) and Markdown.
+//! last), JSON, JUnit XML (for CI systems), Markdown and HTML (one
+//! self-contained page).
 
 use super::result::{CheckResult, Status, Summary};
 use crate::Millis;
@@ -56,6 +57,7 @@ pub enum Format {
     Json,
     Junit,
     Markdown,
+    Html,
 }
 
 impl Format {
@@ -65,6 +67,7 @@ impl Format {
             "json" => Some(Format::Json),
             "junit" => Some(Format::Junit),
             "markdown" | "md" => Some(Format::Markdown),
+            "html" => Some(Format::Html),
             _ => None,
         }
     }
@@ -80,6 +83,7 @@ pub fn render(report: &Report, format: Format) -> String {
         }
         Format::Junit => junit(report),
         Format::Markdown => markdown(report),
+        Format::Html => html(report),
     }
 }
 
@@ -295,6 +299,53 @@ fn markdown(report: &Report) -> String {
     out
 }
 
+/// One page, no scripts or outside resources: it can be mailed or kept
+/// as a build artifact.
+fn html(report: &Report) -> String {
+    let mut out =
+        String::from("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    let _ = writeln!(out, "<title>Validation of {}</title>", xml(&report.title));
+    out.push_str(
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+         td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}\
+         tr.FAILED{background:#fdd}tr.WARNING{background:#ffd}tr.SKIPPED{color:#777}\
+         pre{margin:0;white-space:pre-wrap}</style>\n</head>\n<body>\n",
+    );
+    let _ = writeln!(out, "<h1>Validation of {}</h1>", xml(&report.title));
+    let _ = writeln!(
+        out,
+        "<p><strong>{}</strong>: {} in {} ({})</p>",
+        verdict(&report.summary),
+        report.summary,
+        fmt_duration(report.duration_ms),
+        crate::time::rfc3339(report.started_at)
+    );
+    out.push_str("<table>\n<tr><th>Result</th><th>Suite</th><th>Check</th><th>Kind</th><th>Time</th><th>Value</th><th>Reason</th></tr>\n");
+    for r in &report.results {
+        let output = r
+            .output
+            .as_deref()
+            .filter(|o| !o.trim().is_empty() && r.status != Status::Passed)
+            .map(|o| format!("<pre>{}</pre>", xml(o.trim_end()).replace("&#10;", "\n")))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "<tr class=\"{}\"><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{output}</td></tr>",
+            r.status,
+            r.status.symbol(),
+            r.status,
+            xml(&r.suite),
+            xml(&r.name),
+            r.kind,
+            fmt_duration(r.duration_ms),
+            xml(r.value.as_deref().unwrap_or("")),
+            xml(&r.reason)
+        );
+    }
+    out.push_str("</table>\n</body>\n</html>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +435,24 @@ mod tests {
         let m = render(&sample(), Format::Markdown);
         assert!(m.contains("| ❌ FAILED | smoke | api <v2> | http |"), "{m}");
         assert!(m.starts_with("# Validation of suite smoke against web"));
+    }
+
+    #[test]
+    fn html_escapes_everything_it_quotes() {
+        let h = render(&sample(), Format::Html);
+        assert!(h.starts_with("<!doctype html>"));
+        assert!(
+            h.contains(
+                "<tr class=\"FAILED\"><td>❌ FAILED</td><td>smoke</td><td>api &lt;v2&gt;</td>"
+            ),
+            "{h}"
+        );
+        assert!(
+            h.contains("expected 200, got 500 &amp; &quot;oops&quot;"),
+            "{h}"
+        );
+        assert!(!h.contains("<v2>"), "{h}");
+        assert!(h.trim_end().ends_with("</html>"));
     }
 
     #[test]
