@@ -592,3 +592,39 @@ fn a_dry_run_lists_the_gates() {
         "{out}"
     );
 }
+
+#[test]
+fn validate_revision_reaches_one_revision_by_x_ferry_revision() {
+    let env = Env::start(Spec {
+        instances: 1,
+        strategy: "blue-green",
+        scale_down_delay: "60s",
+        deploy_extra: "auto_promote = true".into(),
+        tail: r#"
+[validation.suites.version]
+[[validation.suites.version.checks]]
+name = "is-v1"
+kind = "http"
+url = "/"
+expect_body = "hello from v1"
+"#
+        .into(),
+        ..Spec::default()
+    });
+    env.ferry_ok(&["deploy", "web", "--version", "v1"]);
+    env.ferry_ok(&["deploy", "web", "--version", "v2"]);
+    // Regular traffic is on v2; v1 keeps running for its scale-down delay.
+    let out = env.ferry_code(&["validate", "--service", "web"], 1);
+    assert!(
+        out.contains("the body does not contain \"hello from v1\" (it starts \"hello from v2\")"),
+        "{out}"
+    );
+    let out = env.ferry_ok(&["validate", "--service", "web", "--revision", "1"]);
+    assert!(out.contains("✅ PASSED  is-v1"), "{out}");
+    assert!(
+        out.contains("Validation of suite version against web (revision 1)"),
+        "{out}"
+    );
+    let out = env.ferry_code(&["validate", "--revision", "1"], 2);
+    assert!(out.contains("--revision needs --service"), "{out}");
+}
