@@ -209,11 +209,14 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
         .ok()
         .and_then(|f| f.parent().map(Path::to_path_buf))
         .unwrap_or_default();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     for (name, spec) in &cfg.services {
         for p in missing_programs(name, spec, &base_dir) {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
             problems.push(format!("error: {}", config::positioned(path, &text, &p)));
         }
+    }
+    for p in missing_check_files(&cfg.validation, &base_dir) {
+        problems.push(format!("error: {}", config::positioned(path, &text, &p)));
     }
     if !problems.is_empty() {
         return Err(CliError::usage(format!(
@@ -263,20 +266,41 @@ pub async fn check(path: &Path, client: Option<Client>, output: Output) -> CliRe
     Ok(())
 }
 
-/// The programs a service runs (its command, its `pre_deploy` hook) that
-/// cannot be found: a relative or absolute path that is not an executable
-/// file, or a bare name on no directory of `PATH`. Programs whose name
-/// depends on `{version}` (or whose workdir does) are known only at deploy
-/// time and are not checked.
+/// Why `program` cannot be run from `dir` (an executable file for a path,
+/// a name on PATH otherwise), if it cannot.
+fn program_problem(program: &str, dir: &Path, who: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        executable(&dir.join(program))
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|d| executable(&d.join(program)))
+        })
+    };
+    if found {
+        return None;
+    }
+    let wherein = if program.contains('/') {
+        format!(
+            "is not an executable file (relative paths start from {})",
+            dir.display()
+        )
+    } else {
+        format!("is not on PATH ({who} see the daemon's PATH)")
+    };
+    Some(format!("`{program}` {wherein}; install it or fix the path"))
+}
+
+/// Programs of a service's `command` and `pre_deploy` that do not exist
+/// (names that depend on `{version}` are checked at deploy).
 fn missing_programs(
     name: &str,
     spec: &ferry_core::spec::ServiceSpec,
     base_dir: &Path,
 ) -> Vec<ferry_core::spec::Problem> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     let workdir = spec.workdir.as_deref().map(|w| base_dir.join(w));
     let mut problems = Vec::new();
     let commands = [
@@ -290,30 +314,66 @@ fn missing_programs(
         let Some(program) = argv.first().filter(|p| !p.contains('{')) else {
             continue;
         };
-        let found = if program.contains('/') {
-            let dir = workdir.as_deref().unwrap_or(base_dir);
-            if dir.to_string_lossy().contains('{') && !program.starts_with('/') {
-                continue;
-            }
-            executable(&dir.join(program))
-        } else {
-            std::env::var_os("PATH").is_some_and(|paths| {
-                std::env::split_paths(&paths).any(|d| executable(&d.join(program)))
-            })
-        };
-        if !found {
-            let wherein = if program.contains('/') {
-                format!(
-                    "is not an executable file (relative paths start from {})",
-                    workdir.as_deref().unwrap_or(base_dir).display()
-                )
-            } else {
-                "is not on PATH (instances see the daemon's PATH)".to_string()
-            };
+        let dir = workdir.as_deref().unwrap_or(base_dir);
+        if program.contains('/') && dir.to_string_lossy().contains('{') && !program.starts_with('/')
+        {
+            continue;
+        }
+        if let Some(message) = program_problem(program, dir, "instances") {
             problems.push(ferry_core::spec::Problem {
                 path: vec!["services".into(), name.into(), key.into()],
-                message: format!("`{program}` {wherein}; install it or fix the path"),
+                message,
             });
+        }
+    }
+    problems
+}
+
+/// Validation checks that cannot run here: a `command` check's program
+/// that does not exist, a `ca_file` that cannot be read.
+fn missing_check_files(
+    validation: &ferry_core::validation::ValidationConfig,
+    base_dir: &Path,
+) -> Vec<ferry_core::spec::Problem> {
+    let mut problems = Vec::new();
+    for (suite, spec) in &validation.suites {
+        for (i, check) in spec.checks.iter().enumerate() {
+            let at = |key: &str| -> Vec<String> {
+                vec![
+                    "validation".into(),
+                    "suites".into(),
+                    suite.clone(),
+                    "checks".into(),
+                    i.to_string(),
+                    key.into(),
+                ]
+            };
+            if let Some(ferry_core::spec::CommandSpec::Argv(argv)) = &check.command
+                && let Some(program) = argv.first().filter(|p| !p.contains("${"))
+            {
+                let dir = check
+                    .workdir
+                    .as_deref()
+                    .map_or_else(|| base_dir.to_path_buf(), |w| base_dir.join(w));
+                if let Some(message) = program_problem(program, &dir, "checks") {
+                    problems.push(ferry_core::spec::Problem {
+                        path: at("command"),
+                        message,
+                    });
+                }
+            }
+            if let Some(ca) = &check.ca_file
+                && let Err(e) = std::fs::metadata(base_dir.join(ca))
+            {
+                problems.push(ferry_core::spec::Problem {
+                    path: at("ca_file"),
+                    message: format!(
+                        "cannot read {} ({e}); relative paths start from {}",
+                        base_dir.join(ca).display(),
+                        base_dir.display()
+                    ),
+                });
+            }
         }
     }
     problems

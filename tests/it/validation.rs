@@ -308,6 +308,15 @@ name = "d"
 kind = "http"
 url = "/"
 headers = { Authorization = "Bearer literal" }
+[[validation.suites.smoke.checks]]
+name = "e"
+kind = "command"
+command = ["./no-such-checker", "--all"]
+[[validation.suites.smoke.checks]]
+name = "f"
+kind = "tls"
+address = "127.0.0.1:443"
+ca_file = "certs/missing-ca.pem"
 "#
         .into(),
         ..Spec::default()
@@ -336,6 +345,30 @@ headers = { Authorization = "Bearer literal" }
         find("checks.3.headers.Authorization").contains("literal credential"),
         "{out}"
     );
+    // What only the machine can tell: a program and a file that are not there.
+    let fixed = text
+        .replace("ftp://example.com/", "http://example.com/")
+        .replace("service = \"api\"\n", "")
+        .replace("\"example.com\"", "\"example.com:443\"")
+        .replace("Bearer literal", "Bearer ${TOKEN}")
+        .replace("\"smoke\", \"missing\"", "\"smoke\"");
+    std::fs::write(env.dir.path().join("ferry.toml"), &fixed).unwrap();
+    let fixed_line = fixed
+        .lines()
+        .position(|l| l.contains("./no-such-checker"))
+        .unwrap()
+        + 1;
+    let out = env.ferry_code(&["check"], 2);
+    assert!(
+        out.contains(&format!("ferry.toml:{fixed_line}:"))
+            && out.contains("checks.4.command: `./no-such-checker` is not an executable file"),
+        "{out}"
+    );
+    assert!(
+        out.contains("checks.5.ca_file: cannot read") && out.contains("missing-ca.pem"),
+        "{out}"
+    );
+    std::fs::write(env.dir.path().join("ferry.toml"), &text).unwrap();
     let gate = find("validate.candidate.1");
     assert!(
         gate.contains(&format!("ferry.toml:{}:", line_of("validate = {")))
