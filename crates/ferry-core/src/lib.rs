@@ -20,6 +20,7 @@ pub mod records;
 pub mod redact;
 pub mod revision;
 pub mod rollout;
+pub mod slo;
 pub mod spec;
 pub mod time;
 pub mod validation;

@@ -165,6 +165,15 @@ pub struct DeploySpec {
         skip_serializing_if = "crate::validation::GatesSpec::is_empty"
     )]
     pub validate: crate::validation::GatesSpec,
+    /// What a deploy does when an SLO's error budget is spent: `block`
+    /// (refuse; `--override-budget --reason` goes ahead), `warn` (the
+    /// default) or `off`. Rollbacks are never blocked.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub budget_policy: crate::slo::BudgetPolicy,
+}
+
+fn is_default_policy(p: &crate::slo::BudgetPolicy) -> bool {
+    *p == crate::slo::BudgetPolicy::default()
 }
 
 impl DeploySpec {
@@ -195,6 +204,7 @@ impl Default for DeploySpec {
             monitor: Dur::default(),
             rollback_on_alerts: None,
             validate: crate::validation::GatesSpec::default(),
+            budget_policy: crate::slo::BudgetPolicy::default(),
         }
     }
 }
@@ -240,6 +250,9 @@ pub struct ServiceSpec {
     /// "/metrics"); the daemon scrapes it into its metrics store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// Service level objectives, measured from the proxy's own counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slo: Vec<crate::slo::SloSpec>,
 }
 
 fn is_default_proxy(p: &crate::proxy_spec::ProxySpec) -> bool {
@@ -451,6 +464,18 @@ impl ServiceSpec {
                     "service name `{name}` is not allowed; use lowercase letters, digits, `-` and `_` (at most 63), starting with a letter or digit"
                 ),
             ));
+        }
+        let mut slo_names: Vec<String> = Vec::new();
+        for (i, slo) in self.slo.iter().enumerate() {
+            p.extend(slo.validate(&at(&["slo", &i.to_string()])));
+            let n = slo.name();
+            if slo_names.contains(&n) {
+                p.push(Problem::new(
+                    &at(&["slo", &i.to_string(), "name"]),
+                    format!("two SLOs of this service are named \"{n}\"; give each its own `name`"),
+                ));
+            }
+            slo_names.push(n);
         }
         for (i, text) in self.deploy.rollback_on_alerts.iter().flatten().enumerate() {
             if let Err(e) = ferry_alert::matcher::Matcher::parse(text) {
