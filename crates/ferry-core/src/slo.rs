@@ -225,7 +225,7 @@ impl SloSpec {
     pub fn validate(&self, at: &[String]) -> Vec<Problem> {
         let mut p = Vec::new();
         let key = |k: &str| -> Vec<String> { [at, &[k.to_string()]].concat() };
-        if !(self.objective > 0.0 && self.objective < 100.0) || !self.objective.is_finite() {
+        if !(self.objective > 0.0 && self.objective < 100.0) {
             p.push(Problem::new(
                 &key("objective"),
                 format!(
