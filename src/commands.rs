@@ -411,6 +411,9 @@ pub struct DeployArgs {
     /// window ends.
     pub until_serving: bool,
     pub monitor: Option<String>,
+    /// Go ahead over a spent error budget, saying why.
+    pub override_budget: bool,
+    pub reason: Option<String>,
     pub config: PathBuf,
 }
 
@@ -493,6 +496,8 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
                 .filter_map(|n| Some((n.clone(), cfg.validation.suites.get(&n)?.clone())))
                 .collect(),
         },
+        override_budget: args.override_budget,
+        override_reason: args.reason.clone(),
     })
 }
 
@@ -1375,4 +1380,29 @@ fn sparkline(values: &[f64]) -> String {
             }
         })
         .collect()
+}
+
+/// `ferry slo [SERVICE]`.
+pub async fn slo(client: &Client, service: Option<&str>, output: Output) -> CliResult<()> {
+    let path = match service {
+        Some(s) => format!("/v1/slo?service={s}"),
+        None => "/v1/slo".to_string(),
+    };
+    let statuses: Vec<ferry_core::slo::SloStatus> = client.get(&path).await?;
+    match output {
+        Output::Json => {
+            for s in &statuses {
+                say!("{}", serde_json::to_string(s).unwrap_or_default());
+            }
+        }
+        Output::Text if statuses.is_empty() => say!(
+            "no SLOs: declare them per service with [[services.NAME.slo]] (see README, \"SLOs and delivery metrics\")"
+        ),
+        Output::Text => {
+            for line in ferry_core::slo::render_text(&statuses).trim_end().lines() {
+                say!("{line}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -147,6 +147,8 @@ fn deploy_args(config: &Path, version: &str, strategy: &str, set: &[&str]) -> De
         detach: false,
         until_serving: false,
         monitor: None,
+        override_budget: false,
+        reason: None,
         config: config.to_path_buf(),
     }
 }

@@ -276,9 +276,27 @@ enum Command {
         /// all traffic, instead of following the window to its end.
         #[arg(long, conflicts_with = "detach")]
         until_serving: bool,
+        /// Deploy although an SLO's error budget is spent and the service's
+        /// `budget_policy` is "block". Needs --reason; audited.
+        #[arg(long, requires = "reason")]
+        override_budget: bool,
+        /// Why the error budget is overridden (kept in the audit log).
+        #[arg(long, value_name = "TEXT", requires = "override_budget")]
+        reason: Option<String>,
         /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
+    },
+    /// Show each SLO: the SLI now and over its window, the error budget
+    /// left (share and time), burn rates, and when the budget runs out.
+    ///
+    /// SLOs are declared per service (`[[services.NAME.slo]]`) and measured
+    /// from the proxy's own counters in the daemon's metrics store. The
+    /// budget is (1 - objective) x window: 99.95 % over 30 days allows
+    /// 21m 36s of failure.
+    Slo {
+        /// Only this service's SLOs.
+        service: Option<String>,
     },
     /// Show services, their instances and any rollout in progress.
     Status {
@@ -594,9 +612,13 @@ async fn run(cli: Cli) -> CliResult<()> {
             detach,
             monitor,
             until_serving,
+            override_budget,
+            reason,
             config,
         } => {
             let args = DeployArgs {
+                override_budget: *override_budget,
+                reason: reason.clone(),
                 until_serving: *until_serving,
                 monitor: monitor.clone(),
                 service: service.clone(),
@@ -613,6 +635,7 @@ async fn run(cli: Cli) -> CliResult<()> {
             commands::build_deploy(&args)?;
             commands::deploy(&client()?, &args, cli.output).await
         }
+        Command::Slo { service } => commands::slo(&client()?, service.as_deref(), cli.output).await,
         Command::Status { service } => {
             commands::status(client(), &cli.data_dir, service.as_deref(), cli.output).await
         }

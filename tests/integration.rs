@@ -25,6 +25,7 @@ mod it {
     mod proxy;
     mod release_ux;
     mod remote_write;
+    mod slo;
     mod systemd;
     mod validation;
 }

@@ -55,6 +55,14 @@ pub struct DeployRequest {
     /// (`[services.NAME.deploy.validate]`), stored with the revision.
     #[serde(default, skip_serializing_if = "is_default_validation")]
     pub validation: ferry_core::validation::ValidationConfig,
+    /// Deploy although an SLO's error budget is spent and the service's
+    /// `budget_policy` is `block`; needs `override_reason`. Audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub override_budget: bool,
+    /// Why the budget is overridden (kept in the audit log and the
+    /// rollout's first event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
 }
 
 fn is_default_validation(v: &ferry_core::validation::ValidationConfig) -> bool {

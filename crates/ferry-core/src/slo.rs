@@ -421,8 +421,11 @@ pub fn human_ms(ms: f64) -> String {
         return "never".into();
     }
     let neg = ms < 0.0;
-    let s = (ms.abs() / 1000.0).round() as u64;
-    let text = if s < 60 {
+    let exact = ms.abs() / 1000.0;
+    let s = exact.round() as u64;
+    let text = if exact < 10.0 {
+        trim((exact * 10.0).round() / 10.0) + "s"
+    } else if s < 60 {
         format!("{s}s")
     } else if s < 3600 {
         format!("{}m {}s", s / 60, s % 60)

@@ -17,6 +17,7 @@ pub mod proxy_config;
 pub mod registry;
 pub mod remote_write;
 pub mod scrape;
+pub mod slo;
 pub mod snapshot;
 #[cfg(test)]
 mod store_faults;
@@ -565,6 +566,17 @@ pub async fn serve(
         },
     ));
     let maintenance = tokio::spawn(maintain_metrics(d.clone()));
+    // The SLOs' statuses for `/metrics`, every 10 s.
+    let slo_cache = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            loop {
+                let statuses = slo::statuses(&d, None).await;
+                d.slo_cache.store(Arc::new(statuses));
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        })
+    };
     let alerting = Arc::new(alerting::Alerting::open(
         &data_dir,
         config.alerting.clone(),
@@ -591,6 +603,7 @@ pub async fn serve(
     let _ = reconcile.await;
     collector.abort();
     maintenance.abort();
+    slo_cache.abort();
     for t in alert_tasks {
         t.abort();
     }

@@ -90,6 +90,9 @@ pub struct Alerting {
     /// The API's URL: the default external URL.
     api_url: String,
     pub(crate) groups: Mutex<Vec<rules::Running>>,
+    /// The rule groups generated from services' SLOs (`crate::slo`),
+    /// evaluated with the loaded ones.
+    pub(crate) slo_groups: Mutex<Vec<load::GroupDef>>,
     pub(crate) dispatcher: Mutex<Dispatcher>,
     pub(crate) receivers: arc_swap::ArcSwap<BTreeMap<String, Vec<receivers::Integration>>>,
     pusher: Mutex<Arc<push::Pusher>>,
@@ -173,6 +176,7 @@ impl Alerting {
             loaded: Mutex::new(Arc::new(loaded)),
             api_url: api_url.to_string(),
             groups: Mutex::new(Vec::new()),
+            slo_groups: Mutex::new(Vec::new()),
             dispatcher: Mutex::new(dispatcher),
             receivers: arc_swap::ArcSwap::new(integrations),
             pusher: Mutex::new(Arc::new(push::Pusher::default())),
@@ -232,13 +236,7 @@ impl Alerting {
             tracing::warn!("alerting: {w}");
         }
         let now = d.clock.now() as Millis;
-        let kept: Vec<rules::Running> = lock(&self.groups).drain(..).collect();
-        let mut states = Vec::new();
-        for g in kept {
-            g.task.abort();
-            let group = lock(&g.group);
-            states.push((group.file.clone(), group.name.clone(), group.snapshot()));
-        }
+        let states = self.stop_groups();
         lock(&self.dispatcher).reload(compiled, now);
         self.receivers.store(integrations);
         let loaded = Arc::new(loaded);
@@ -256,6 +254,28 @@ impl Alerting {
             loaded.groups.len(),
             loaded.am_source
         ))
+    }
+
+    /// Stop every rule group, keeping the state of its alerts for the
+    /// groups that replace it.
+    fn stop_groups(&self) -> Vec<(String, String, Vec<ferry_alert::rules::AlertState>)> {
+        let kept: Vec<rules::Running> = lock(&self.groups).drain(..).collect();
+        let mut states = Vec::new();
+        for g in kept {
+            g.task.abort();
+            let group = lock(&g.group);
+            states.push((group.file.clone(), group.name.clone(), group.snapshot()));
+        }
+        states
+    }
+
+    /// Replace the SLO rule groups (the services' SLOs changed) and
+    /// restart the groups; alerts keep their state.
+    pub fn set_slo_groups(self: &Arc<Self>, d: &Arc<Daemon>, groups: Vec<load::GroupDef>) {
+        *lock(&self.slo_groups) = groups;
+        let states = self.stop_groups();
+        let loaded = self.loaded();
+        rules::start(self, d, &loaded, states);
     }
 
     /// Would a reload succeed? (Read and check the config file again,

@@ -34,7 +34,8 @@ pub fn start(
 ) {
     let now = d.clock.now() as Millis;
     let mut running = Vec::new();
-    for GroupDef { file, spec } in &loaded.groups {
+    let slo = lock(&a.slo_groups).clone();
+    for GroupDef { file, spec } in loaded.groups.iter().chain(slo.iter()) {
         let mut group = Group::new(spec, file, loaded.eval_interval);
         let saved = match states.iter().find(|(f, g, _)| f == file && *g == spec.name) {
             Some((_, _, s)) => Some(s.clone()),

@@ -66,6 +66,8 @@ pub struct Daemon {
     pub alerting: std::sync::OnceLock<Arc<crate::alerting::Alerting>>,
     /// The binary data planes (and an upgraded control plane) start from.
     binary: std::sync::Mutex<Option<PathBuf>>,
+    /// The SLOs' last computed statuses, for `/metrics`.
+    pub slo_cache: arc_swap::ArcSwap<Vec<ferry_core::slo::SloStatus>>,
     /// The API's own URL (`http://127.0.0.1:7070`), for validation
     /// `query` checks; set once `serve` has bound it.
     pub api_url: std::sync::OnceLock<String>,
@@ -91,6 +93,9 @@ pub struct Core {
     validations_running: BTreeSet<(u64, ferry_core::validation::Stage)>,
     /// Gate runs whose commit failed, committed by a later tick.
     gate_results: BTreeMap<u64, ferry_core::validation::GateRun>,
+    /// The services' SLOs the alerting engine has rules for (as JSON, to
+    /// notice a change).
+    slo_key: String,
     sampler: Sampler,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
@@ -249,6 +254,7 @@ impl Daemon {
                 hooks_running: BTreeSet::new(),
                 validations_running: BTreeSet::new(),
                 gate_results: BTreeMap::new(),
+                slo_key: String::new(),
                 sampler: Sampler::default(),
                 last_round: BTreeMap::new(),
                 store_problem: None,
@@ -265,6 +271,7 @@ impl Daemon {
             alerting: Default::default(),
             binary: std::sync::Mutex::new(None),
             api_url: std::sync::OnceLock::new(),
+            slo_cache: Default::default(),
             exit: tokio::sync::watch::Sender::new(None),
         });
         {
@@ -577,7 +584,31 @@ impl Daemon {
         for r in &waiting {
             self.start_gate(core, r);
         }
+        self.sync_slo_rules(core);
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// When the serving revisions' SLOs changed, give the alerting engine
+    /// their burn-rate rules.
+    fn sync_slo_rules(self: &Arc<Self>, core: &mut Core) {
+        let Some(alerting) = self.alerting.get() else {
+            return;
+        };
+        let specs = crate::slo::specs(core);
+        let key = serde_json::to_string(&specs).unwrap_or_default();
+        if key == core.slo_key {
+            return;
+        }
+        core.slo_key = key;
+        let groups = crate::slo::rule_groups(&specs);
+        tracing::info!(
+            "SLO rules: {} groups for {} services with SLOs",
+            groups.len(),
+            specs.len()
+        );
+        alerting.set_slo_groups(self, groups);
     }
 }
 

@@ -240,3 +240,41 @@ pub async fn promote(
     let req: PromoteRequest = optional_body(&d, &actor, "promote", &name, &bytes)?;
     gate(d, name, headers, Gate::Promote { full: req.full }).await
 }
+
+/// `GET /v1/slo?service=NAME`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SloQuery {
+    /// Only this service's SLOs.
+    pub service: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/slo",
+    tag = "ferry",
+    summary = "Every SLO: the SLI now and over its window, the error budget left, burn rates",
+    params(SloQuery),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "One status per SLO of the serving revisions", body = [ferry_core::slo::SloStatus]),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 400, description = "A query parameter does not parse", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn slo(
+    State(d): State<Arc<Daemon>>,
+    axum::extract::Query(q): axum::extract::Query<SloQuery>,
+) -> ApiResult<Json<Vec<ferry_core::slo::SloStatus>>> {
+    if let Some(name) = &q.service {
+        ops::deploy::check_name(name)?;
+        if !d.snapshot().services.contains_key(name) {
+            return Err(ops::OpError::NotFound(format!(
+                "no service `{name}`; `ferry status` lists them"
+            ))
+            .into());
+        }
+    }
+    Ok(Json(crate::slo::statuses(&d, q.service.as_deref()).await))
+}

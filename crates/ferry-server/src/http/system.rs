@@ -166,4 +166,5 @@ pub async fn render_metrics(d: &Daemon) -> String {
     d.snapshot().metrics.with_proxies(&report).render()
         + &crate::remote_write::render(&d.remote_write)
         + &alerting
+        + &crate::slo::render(&d.slo_cache.load())
 }

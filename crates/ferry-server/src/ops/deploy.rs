@@ -22,6 +22,8 @@ pub fn audit_detail(req: &DeployRequest) -> serde_json::Value {
         "dry_run": req.dry_run,
         "monitor": req.monitor.map(|m| m.to_string()),
         "config_file": req.config_file,
+        "override_budget": req.override_budget,
+        "override_reason": req.override_reason,
     })
 }
 
@@ -73,6 +75,21 @@ pub fn validate(name: &str, req: &DeployRequest) -> OpResult<()> {
             path: vec!["base_dir".into()],
             message: "base_dir must be an absolute path".into(),
         });
+    }
+    match (&req.override_reason, req.override_budget) {
+        (None, true) => problems.push(Problem {
+            path: vec!["override_reason".into()],
+            message: "--override-budget needs --reason \"why\" (it is audited)".into(),
+        }),
+        (Some(r), true) if r.trim().is_empty() || r.len() > 1024 => problems.push(Problem {
+            path: vec!["override_reason".into()],
+            message: "--reason must say why, in at most 1024 bytes".into(),
+        }),
+        (Some(_), false) => problems.push(Problem {
+            path: vec!["override_reason".into()],
+            message: "--reason goes with --override-budget".into(),
+        }),
+        _ => {}
     }
     if let Some(m) = &req.message
         && m.len() > 4096
@@ -243,6 +260,21 @@ pub async fn deploy(
     if let Err(e) = check_listen(d, &mut core, name, &req, &state) {
         return audit.reject(e);
     }
+    // The error-budget gate, checked as the rollout starts.
+    let budget_note = match crate::slo::gate(
+        d,
+        &mut core,
+        name,
+        req.spec.deploy.budget_policy,
+        req.override_reason
+            .as_deref()
+            .filter(|_| req.override_budget),
+        &actor.name,
+    ) {
+        Ok(note) => note,
+        Err(refusal) if !req.dry_run => return audit.reject(OpError::Conflict(refusal)),
+        Err(refusal) => Some(format!("this deploy would be refused: {refusal}")),
+    };
     let strategy = req.strategy.unwrap_or(req.spec.deploy.strategy);
     let from_instances = state
         .stable
@@ -278,6 +310,7 @@ pub async fn deploy(
             ));
         }
         let planned = begin(0, number);
+        plan.extend(budget_note.clone());
         plan.extend(rollout::plan(&state, &planned, &req.spec));
         audit.record("ok: nothing changed");
         return Ok(Accepted::Planned(RolloutAccepted {
@@ -327,12 +360,16 @@ pub async fn deploy(
                 started: Event::new(
                     EventKind::Started,
                     format!(
-                        "rollout {id}: {} revision {number} ({}) of `{name}`{}",
+                        "rollout {id}: {} revision {number} ({}) of `{name}`{}{}",
                         ran_as,
                         req.version,
                         state
                             .stable
                             .map(|s| format!(", replacing revision {s}"))
+                            .unwrap_or_default(),
+                        budget_note
+                            .as_ref()
+                            .map(|n| format!("; {n}"))
                             .unwrap_or_default()
                     ),
                 ),

@@ -1,0 +1,241 @@
+//! SLOs in the daemon: each service's SLOs (from its serving revision),
+//! measured against the metrics store; their burn-rate rules, handed to
+//! the alerting engine whenever the serving revisions change; the cached
+//! statuses `/metrics` exports.
+
+use crate::daemon::{Core, Daemon};
+use crate::tsdb::MetricsDb;
+use ferry_core::Millis;
+use ferry_core::slo::{Measured, SloSpec, SloStatus, WINDOWS};
+use std::sync::Arc;
+
+/// The budget gate of a deploy: `Err` with the refusal when a budget is
+/// spent and the policy blocks; `Ok(Some(note))` when the deploy goes on
+/// over a spent budget (warned, or overridden), for its first event.
+pub fn gate(
+    d: &Daemon,
+    core: &mut Core,
+    service: &str,
+    policy: ferry_core::slo::BudgetPolicy,
+    override_reason: Option<&str>,
+    actor: &str,
+) -> Result<Option<String>, String> {
+    use ferry_core::slo::BudgetPolicy;
+    if policy == BudgetPolicy::Off {
+        return Ok(None);
+    }
+    let specs: Vec<(String, Vec<SloSpec>)> = specs(core)
+        .into_iter()
+        .filter(|(n, _)| n == service)
+        .collect();
+    let spent: Vec<SloStatus> = measure_all(d, specs, Some(service))
+        .into_iter()
+        .filter(SloStatus::spent)
+        .collect();
+    if spent.is_empty() {
+        return Ok(None);
+    }
+    let what: Vec<String> = spent.iter().map(SloStatus::line).collect();
+    let what = what.join("; ");
+    match (policy, override_reason) {
+        (BudgetPolicy::Block, None) => Err(format!(
+            "the error budget of `{service}` is spent: {what}. budget_policy = \"block\" refuses deploys until it recovers; roll back with `ferry rollback {service}` (never blocked), or deploy anyway with `--override-budget --reason \"why\"` (audited)"
+        )),
+        (BudgetPolicy::Block, Some(reason)) => Ok(Some(format!(
+            "deployed over a spent error budget, overridden by {actor}: \"{reason}\" ({what})"
+        ))),
+        _ => Ok(Some(format!(
+            "WARNING: the error budget is spent (budget_policy = \"warn\"): {what}"
+        ))),
+    }
+}
+
+/// The SLOs of each service, from its stable revision (else its newest).
+pub fn specs(core: &mut Core) -> Vec<(String, Vec<SloSpec>)> {
+    let names: Vec<String> = core.states.keys().cloned().collect();
+    let mut out = Vec::new();
+    for name in names {
+        let state = &core.states[&name];
+        let Some(number) = state
+            .stable
+            .or_else(|| state.scale.keys().next_back().copied())
+        else {
+            continue;
+        };
+        if let Some(rev) = core.revisions.get(&name, number)
+            && !rev.spec.slo.is_empty()
+        {
+            out.push((name, rev.spec.slo.clone()));
+        }
+    }
+    out
+}
+
+/// A number from an instant query, or `None` (no series, NaN).
+fn number(db: &MetricsDb, query: &str, now: Millis) -> Option<f64> {
+    crate::analysis::query_local(db, query, now as i64).ok()
+}
+
+/// Measure one SLO. `since` is when the service was first released (the
+/// data cannot reach further back).
+pub fn measure(
+    db: &MetricsDb,
+    service: &str,
+    spec: &SloSpec,
+    since: Millis,
+    now: Millis,
+) -> Measured {
+    let window_ms = spec.window.as_millis();
+    let covered_ms = now.saturating_sub(since).min(window_ms);
+    let range = format!("{}s", (window_ms / 1000).max(1));
+    let (bad_q, total_q) = spec.counts(service, &range);
+    let total = number(db, &total_q, now).unwrap_or(0.0);
+    let bad = number(db, &bad_q, now).unwrap_or(0.0).max(0.0);
+    let ratios = WINDOWS
+        .iter()
+        .filter_map(|w| {
+            let r = number(db, &spec.error_ratio(service, w), now)?;
+            r.is_finite().then(|| (w.to_string(), r.clamp(0.0, 1.0)))
+        })
+        .collect();
+    Measured {
+        bad,
+        total,
+        covered_ms,
+        ratios,
+    }
+}
+
+/// The statuses of every SLO (of `service` only, when given).
+pub async fn statuses(d: &Arc<Daemon>, service: Option<&str>) -> Vec<SloStatus> {
+    let specs = {
+        let mut core = d.core.lock().await;
+        specs(&mut core)
+    };
+    measure_all(d, specs, service)
+}
+
+/// The statuses of the SLOs in `specs` (of `service` only, when given).
+pub fn measure_all(
+    d: &Daemon,
+    specs: Vec<(String, Vec<SloSpec>)>,
+    service: Option<&str>,
+) -> Vec<SloStatus> {
+    let now = d.clock.now();
+    let mut out = Vec::new();
+    for (name, slos) in specs {
+        if service.is_some_and(|s| s != name) {
+            continue;
+        }
+        let since = d
+            .store
+            .revisions(&name)
+            .ok()
+            .and_then(|r| r.first().map(|r| r.created_at))
+            .unwrap_or(now);
+        for spec in &slos {
+            let m = measure(&d.tsdb, &name, spec, since, now);
+            out.push(SloStatus::compute(&name, spec, &m));
+        }
+    }
+    out
+}
+
+/// The rule groups of every service's SLOs, for the alerting engine.
+pub fn rule_groups(specs: &[(String, Vec<SloSpec>)]) -> Vec<crate::alerting::load::GroupDef> {
+    let mut groups = Vec::new();
+    for (service, slos) in specs {
+        let Some(text) = ferry_core::slo::rule_file(service, slos) else {
+            continue;
+        };
+        let file = format!("slo:{service}");
+        match ferry_alert::rulefmt::parse(&file, &text) {
+            Ok(f) => {
+                groups.extend(
+                    f.groups
+                        .into_iter()
+                        .map(|spec| crate::alerting::load::GroupDef {
+                            file: file.clone(),
+                            spec,
+                        }),
+                )
+            }
+            Err(errs) => {
+                for e in errs {
+                    tracing::error!("the SLO rules of {service} do not load: {e}");
+                }
+            }
+        }
+    }
+    groups
+}
+
+/// A gauge family: name, help, and the value of one status.
+type Family = (&'static str, &'static str, fn(&SloStatus) -> Option<f64>);
+
+/// `/metrics` gauges from the last computed statuses.
+pub fn render(statuses: &[SloStatus]) -> String {
+    use std::fmt::Write;
+    if statuses.is_empty() {
+        return String::new();
+    }
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    let families: [Family; 4] = [
+        (
+            "ferry_slo_objective_ratio",
+            "The SLO's objective (0.9995 for 99.95 %).",
+            |s| Some(s.objective / 100.0),
+        ),
+        (
+            "ferry_slo_sli_ratio",
+            "The share of good requests over the SLO's window (as far as data reaches).",
+            |s| s.sli_window.map(|v| v / 100.0),
+        ),
+        (
+            "ferry_slo_error_budget_remaining_ratio",
+            "The share of the error budget left (1 = untouched, 0 or less = spent).",
+            |s| Some(s.budget_remaining),
+        ),
+        (
+            "ferry_slo_error_budget_seconds",
+            "The error budget as time: (1 - objective) x window.",
+            |s| Some(s.budget_ms as f64 / 1000.0),
+        ),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in statuses {
+            if let Some(v) = get(s).filter(|v| v.is_finite()) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",slo=\"{}\"}} {v}",
+                    esc(&s.service),
+                    esc(&s.slo)
+                );
+            }
+        }
+    }
+    let name = "ferry_slo_burn_rate";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Error ratio over a window divided by the ratio the objective allows.\n# TYPE {name} gauge"
+    );
+    for s in statuses {
+        for (w, b) in &s.burn_rates {
+            if b.is_finite() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",slo=\"{}\",window=\"{w}\"}} {b}",
+                    esc(&s.service),
+                    esc(&s.slo)
+                );
+            }
+        }
+    }
+    out
+}
