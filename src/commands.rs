@@ -414,6 +414,8 @@ pub struct DeployArgs {
     /// Go ahead over a spent error budget, saying why.
     pub override_budget: bool,
     pub reason: Option<String>,
+    /// `--commit-time` as written.
+    pub commit_time: Option<String>,
     pub config: PathBuf,
 }
 
@@ -475,6 +477,7 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         .unwrap_or(Path::new("/"))
         .display()
         .to_string();
+    let commit_time = commit_time(args.commit_time.as_deref(), &args.version, &base_dir)?;
     Ok(DeployRequest {
         spec: spec.clone(),
         version: args.version.clone(),
@@ -498,7 +501,43 @@ pub fn build_deploy(args: &DeployArgs) -> CliResult<DeployRequest> {
         },
         override_budget: args.override_budget,
         override_reason: args.reason.clone(),
+        commit_time,
     })
+}
+
+/// The change's commit time, ms: `--commit-time` (RFC 3339 or seconds
+/// since 1970), else git's committer time when the version names a commit
+/// of the repository holding the config file, else none.
+fn commit_time(given: Option<&str>, version: &str, dir: &str) -> CliResult<Option<u64>> {
+    if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
+        if let Ok(secs) = t.parse::<u64>() {
+            return Ok(Some(secs * 1000));
+        }
+        return humantime::parse_rfc3339_weak(t)
+            .ok()
+            .and_then(|st| st.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| Some(d.as_millis() as u64))
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "--commit-time {t:?} is not a time; write RFC 3339 (2026-12-06T10:00:00Z) or seconds since 1970"
+                ))
+            });
+    }
+    let looks_like_commit = (7..=40).contains(&version.len())
+        && version.chars().all(|c| c.is_ascii_hexdigit());
+    if !looks_like_commit {
+        return Ok(None);
+    }
+    let out = std::process::Command::new("git")
+        .args(["-C", dir, "show", "-s", "--format=%ct", &format!("{version}^{{commit}}")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    Ok(out
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok())
+        .map(|s| s * 1000))
 }
 
 /// Catch Ctrl-C from before the request is sent, so an interrupt never

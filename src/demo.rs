@@ -149,6 +149,7 @@ fn deploy_args(config: &Path, version: &str, strategy: &str, set: &[&str]) -> De
         monitor: None,
         override_budget: false,
         reason: None,
+        commit_time: None,
         config: config.to_path_buf(),
     }
 }

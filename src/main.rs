@@ -283,6 +283,12 @@ enum Command {
         /// Why the error budget is overridden (kept in the audit log).
         #[arg(long, value_name = "TEXT", requires = "override_budget")]
         reason: Option<String>,
+        /// When the change was committed (RFC 3339, or seconds since
+        /// 1970), for the lead time of `ferry metrics delivery`. Default:
+        /// git's commit time when the version names a commit of the
+        /// config file's repository.
+        #[arg(long, value_name = "TIME", env = "FERRY_COMMIT_TIME")]
+        commit_time: Option<String>,
         /// The config file.
         #[arg(long, short, env = "FERRY_CONFIG", default_value = "ferry.toml")]
         config: PathBuf,
@@ -614,9 +620,11 @@ async fn run(cli: Cli) -> CliResult<()> {
             until_serving,
             override_budget,
             reason,
+            commit_time,
             config,
         } => {
             let args = DeployArgs {
+                commit_time: commit_time.clone(),
                 override_budget: *override_budget,
                 reason: reason.clone(),
                 until_serving: *until_serving,

@@ -63,6 +63,9 @@ pub struct DeployRequest {
     /// rollout's first event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_reason: Option<String>,
+    /// When the change was committed, ms since the epoch (for lead time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<u64>,
 }
 
 fn is_default_validation(v: &ferry_core::validation::ValidationConfig) -> bool {

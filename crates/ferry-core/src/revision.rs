@@ -26,6 +26,10 @@ pub struct Revision {
     /// when it was deployed, so a later edit never changes a release).
     #[serde(default, skip_serializing_if = "is_default_validation")]
     pub validation: crate::validation::ValidationConfig,
+    /// When the change was committed (`--commit-time`, or git's commit
+    /// time when the version is a commit), for lead time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<Millis>,
 }
 
 fn is_default_validation(v: &crate::validation::ValidationConfig) -> bool {

@@ -239,3 +239,62 @@ pub fn render(statuses: &[SloStatus]) -> String {
     }
     out
 }
+
+/// The service's proxy counters now: (requests, 5xx), over every revision.
+pub fn counters(report: &crate::dataplane::Report, service: &str) -> [u64; 2] {
+    report
+        .stats
+        .iter()
+        .filter(|(s, _, _)| s == service)
+        .fold([0, 0], |[n, f], (_, _, snap)| [n + snap.total, f + snap.by_class[4]])
+}
+
+/// What a release did: error rate and latency over its span against the
+/// hour before (from the metrics store), and its failed requests (from the
+/// proxy's counters, exactly, when the start was recorded).
+pub fn impact(
+    db: &MetricsDb,
+    r: &ferry_core::rollout::Rollout,
+    counters_now: [u64; 2],
+    now: Millis,
+) -> ferry_core::rollout::Impact {
+    let svc = format!("\"{}\"", r.service.replace('\\', "\\\\").replace('"', "\\\""));
+    let error_rate = |range: &str, at: Millis| {
+        number(
+            db,
+            &format!(
+                "100 * sum(increase(http_requests_total{{service={svc},status=~\"5..\"}}[{range}])) / sum(increase(http_requests_total{{service={svc}}}[{range}]))"
+            ),
+            at,
+        )
+        .filter(|v| v.is_finite())
+    };
+    let quantile = |q: f64, range: &str, at: Millis| {
+        number(
+            db,
+            &format!(
+                "1000 * histogram_quantile({q}, sum by (le) (increase(http_request_duration_seconds_bucket{{service={svc}}}[{range}])))"
+            ),
+            at,
+        )
+        .filter(|v| v.is_finite())
+    };
+    let span = format!("{}ms", now.saturating_sub(r.started_at).max(1000));
+    let (requests, failed) = match r.start_counters {
+        Some([n0, f0]) => (
+            Some(counters_now[0].saturating_sub(n0)),
+            Some(counters_now[1].saturating_sub(f0)),
+        ),
+        None => (None, None),
+    };
+    ferry_core::rollout::Impact {
+        error_rate_before: error_rate("1h", r.started_at),
+        error_rate_during: error_rate(&span, now),
+        p95_before_ms: quantile(0.95, "1h", r.started_at),
+        p95_during_ms: quantile(0.95, &span, now),
+        p99_before_ms: quantile(0.99, "1h", r.started_at),
+        p99_during_ms: quantile(0.99, &span, now),
+        failed_requests: failed,
+        requests,
+    }
+}

@@ -282,7 +282,54 @@ pub struct Rollout {
     /// Every validation gate that ran, in order, with each check's result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub validations: Vec<GateRun>,
+    /// When the new revision first served all traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_at: Option<Millis>,
+    /// When the rollout was failed or aborted (the revert began); it ends,
+    /// traffic back on the previous revision, at `finished_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Millis>,
+    /// What the release did to the service, filled in by the shell when
+    /// it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Impact>,
+    /// The service's proxy counters (requests, 5xx) when the rollout
+    /// began, filled in by the shell: the failed requests of `impact` are
+    /// counted from here, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_counters: Option<[u64; 2]>,
 }
+
+/// A release's effect on its service, from the proxy's counters in the
+/// metrics store: the hour before it against its own span (start to end,
+/// the monitoring window included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Impact {
+    /// 5xx share, percent (absent: no traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_during: Option<f64>,
+    /// Latency quantiles, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_before_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_during_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_before_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_during_ms: Option<f64>,
+    /// Requests answered 5xx (the proxy's own 502/504 included) while it
+    /// ran; 0 = a zero-downtime release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+}
+
+// Impact holds floats, which are not `Eq`; rollouts compare by `PartialEq`
+// only where it matters, so this records that the floats are never NaN.
+impl Eq for Impact {}
 
 /// Where a canary is in its steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -379,6 +426,10 @@ impl Rollout {
             started_by: None,
             validating: None,
             validations: Vec::new(),
+            full_at: None,
+            failed_at: None,
+            impact: None,
+            start_counters: None,
         }
     }
 

@@ -88,6 +88,7 @@ pub(super) fn reached_full(
     now: Millis,
     events: &mut Vec<Event>,
 ) {
+    r.full_at.get_or_insert(now);
     let validate_after = super::validate::wanted(r, crate::validation::Stage::After);
     if (r.params.monitor_ms > 0 && r.from.is_some()) || validate_after {
         set_phase(r, Phase::Monitoring, now);
@@ -146,6 +147,7 @@ pub(super) fn begin_revert(
     r.failed_instance = instance;
     r.outcome = Some(outcome);
     r.reason = Some(reason.clone());
+    r.failed_at = Some(now);
     r.paused = None;
     r.paused_in = None;
     events.push(event(outcome.event_kind(), reason));

@@ -448,8 +448,17 @@ impl Daemon {
                     {
                         continue;
                     }
+                    if step.rollout.start_counters.is_none() {
+                        let report = core.dataplane.report();
+                        step.rollout.start_counters =
+                            Some(crate::slo::counters(&report, &name));
+                    }
                     if step.rollout.is_done() && !r.is_done() {
                         hooks::add_evidence(&mut step.rollout, core.driver.as_ref());
+                        let report = core.dataplane.report();
+                        let counters = crate::slo::counters(&report, &name);
+                        step.rollout.impact =
+                            Some(crate::slo::impact(&self.tsdb, &step.rollout, counters, now));
                     }
                     let pulled = step
                         .rollout

@@ -24,6 +24,7 @@ pub fn audit_detail(req: &DeployRequest) -> serde_json::Value {
         "config_file": req.config_file,
         "override_budget": req.override_budget,
         "override_reason": req.override_reason,
+        "commit_time": req.commit_time,
     })
 }
 
@@ -90,6 +91,14 @@ pub fn validate(name: &str, req: &DeployRequest) -> OpResult<()> {
             message: "--reason goes with --override-budget".into(),
         }),
         _ => {}
+    }
+    if let Some(t) = req.commit_time
+        && t > 32_503_680_000_000
+    {
+        problems.push(Problem {
+            path: vec!["commit_time".into()],
+            message: format!("commit_time = {t} is not a time in milliseconds since 1970"),
+        });
     }
     if let Some(m) = &req.message
         && m.len() > 4096
@@ -353,6 +362,7 @@ pub async fn deploy(
                     author: actor.name.clone(),
                     created_at: now,
                     validation: req.validation.clone(),
+                    commit_time: req.commit_time,
                 }),
                 rollout,
                 ended: concluded.clone(),
