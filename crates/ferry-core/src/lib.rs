@@ -11,6 +11,7 @@ pub mod canary;
 pub mod config;
 #[cfg(test)]
 mod config_fuzz;
+pub mod delivery;
 pub mod duration;
 pub mod event;
 pub mod metrics_config;
