@@ -523,20 +523,32 @@ fn commit_time(given: Option<&str>, version: &str, dir: &str) -> CliResult<Optio
                 ))
             });
     }
-    let looks_like_commit = (7..=40).contains(&version.len())
-        && version.chars().all(|c| c.is_ascii_hexdigit());
+    let looks_like_commit =
+        (7..=40).contains(&version.len()) && version.chars().all(|c| c.is_ascii_hexdigit());
     if !looks_like_commit {
         return Ok(None);
     }
     let out = std::process::Command::new("git")
-        .args(["-C", dir, "show", "-s", "--format=%ct", &format!("{version}^{{commit}}")])
+        .args([
+            "-C",
+            dir,
+            "show",
+            "-s",
+            "--format=%ct",
+            &format!("{version}^{{commit}}"),
+        ])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output();
     Ok(out
         .ok()
         .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|s| s * 1000))
 }
 
@@ -1088,6 +1100,38 @@ pub async fn rollout(client: &Client, id: u64, output: Output) -> CliResult<()> 
             b.failed
         );
     }
+    let span = |a: u64, b: u64| {
+        humantime::format_duration(Duration::from_millis(b.saturating_sub(a))).to_string()
+    };
+    if let Some(full) = r.full_at {
+        say!("  time to 100 %: {}", span(r.started_at, full));
+    }
+    if let (Some(failed), Some(end)) = (r.failed_at, r.finished_at) {
+        say!(
+            "  rollback time: {} from the decision to traffic back on revision {}",
+            span(failed, end),
+            r.from
+                .map_or_else(|| "(none)".to_string(), |f| f.to_string())
+        );
+    }
+    if let Some(i) = &r.impact {
+        let pct = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2} %"));
+        let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1} ms"));
+        match (i.failed_requests, i.requests) {
+            (Some(0), Some(n)) => say!("  failed requests: 0 of {n} (zero downtime)"),
+            (Some(f), Some(n)) => say!("  failed requests: {f} of {n} answered 5xx while it ran"),
+            _ => {}
+        }
+        say!(
+            "  impact (the hour before → while it ran): error rate {} → {}, p95 {} → {}, p99 {} → {}",
+            pct(i.error_rate_before),
+            pct(i.error_rate_during),
+            ms(i.p95_before_ms),
+            ms(i.p95_during_ms),
+            ms(i.p99_before_ms),
+            ms(i.p99_during_ms)
+        );
+    }
     if let Some(stage) = r.validating {
         say!("  VALIDATING: the {stage} gate's suites are running");
     }
@@ -1439,6 +1483,33 @@ pub async fn slo(client: &Client, service: Option<&str>, output: Output) -> CliR
         ),
         Output::Text => {
             for line in ferry_core::slo::render_text(&statuses).trim_end().lines() {
+                say!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ferry metrics delivery [--service NAME] [--since 30d]`.
+pub async fn delivery(
+    client: &Client,
+    service: Option<&str>,
+    since: &str,
+    output: Output,
+) -> CliResult<()> {
+    ferry_core::duration::parse(since).map_err(|e| CliError::usage(format!("--since: {e}")))?;
+    let mut path = format!("/v1/delivery?since={since}");
+    if let Some(s) = service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let report: ferry_core::delivery::DeliveryReport = client.get(&path).await?;
+    match output {
+        Output::Json => say!("{}", serde_json::to_string(&report).unwrap_or_default()),
+        Output::Text => {
+            for line in ferry_core::delivery::render_text(&report)
+                .trim_end()
+                .lines()
+            {
                 say!("{line}");
             }
         }

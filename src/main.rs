@@ -49,6 +49,28 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum MetricsCmd {
+    /// Delivery metrics: DORA's four keys (deployment frequency, lead
+    /// time for changes, change failure rate, failed-deployment recovery
+    /// time) with the performance band each falls in, and the operations
+    /// guide's deployment metrics (success rate, deployment and rollback
+    /// time, zero-downtime share, response-time and error-rate impact).
+    ///
+    /// Lead time needs a commit time at deploy: `ferry deploy
+    /// --commit-time`, FERRY_COMMIT_TIME, or a version that is a git
+    /// commit. The same figures are gauges on /metrics
+    /// (`ferry_delivery_*`, over 30 days).
+    Delivery {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back (default 30d).
+        #[arg(long, value_name = "DURATION", default_value = "30d")]
+        since: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum DataPlaneArg {
     Process,
@@ -375,6 +397,11 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<alerts::AlertsCmd>,
     },
+    /// Metrics computed from Ferry's own history.
+    Metrics {
+        #[command(subcommand)]
+        cmd: MetricsCmd,
+    },
     /// Query the daemon's own metrics with PromQL (the last 6 hours).
     ///
     /// Without --range: the value of each series now (or at --time), as a
@@ -678,6 +705,9 @@ async fn run(cli: Cli) -> CliResult<()> {
             step,
         } => commands::query(&client()?, expr, time.as_deref(), *range, *step, cli.output).await,
         Command::Alerts { cmd } => alerts::run(&client()?, cmd.as_ref(), cli.output).await,
+        Command::Metrics {
+            cmd: MetricsCmd::Delivery { service, since },
+        } => commands::delivery(&client()?, service.as_deref(), since, cli.output).await,
         Command::RotateKey => {
             let message = ferry_server::rotate_key(&cli.data_dir).map_err(|e| CliError {
                 code: match e {

@@ -11,6 +11,7 @@ mod it {
     mod cli;
     mod crash;
     mod dataplane;
+    mod delivery;
     mod deploys;
     mod example;
     mod failures;

@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod clock;
 pub mod daemon;
 pub mod dataplane;
+pub mod delivery;
 pub mod denials;
 pub mod driver;
 pub mod http;
@@ -566,13 +567,20 @@ pub async fn serve(
         },
     ));
     let maintenance = tokio::spawn(maintain_metrics(d.clone()));
-    // The SLOs' statuses for `/metrics`, every 10 s.
+    // The SLOs' statuses and the delivery metrics for `/metrics`, every 10 s.
     let slo_cache = {
         let d = d.clone();
         tokio::spawn(async move {
             loop {
                 let statuses = slo::statuses(&d, None).await;
                 d.slo_cache.store(Arc::new(statuses));
+                let now = d.clock.now();
+                match delivery::report(&d, None, now.saturating_sub(30 * 86_400_000), now).await {
+                    Ok(r) => d
+                        .delivery_cache
+                        .store(Arc::new(ferry_core::delivery::render_prometheus(&r))),
+                    Err(e) => tracing::warn!("delivery metrics: {e}"),
+                }
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             }
         })

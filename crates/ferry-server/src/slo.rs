@@ -246,7 +246,9 @@ pub fn counters(report: &crate::dataplane::Report, service: &str) -> [u64; 2] {
         .stats
         .iter()
         .filter(|(s, _, _)| s == service)
-        .fold([0, 0], |[n, f], (_, _, snap)| [n + snap.total, f + snap.by_class[4]])
+        .fold([0, 0], |[n, f], (_, _, snap)| {
+            [n + snap.total, f + snap.by_class[4]]
+        })
 }
 
 /// What a release did: error rate and latency over its span against the
@@ -258,7 +260,10 @@ pub fn impact(
     counters_now: [u64; 2],
     now: Millis,
 ) -> ferry_core::rollout::Impact {
-    let svc = format!("\"{}\"", r.service.replace('\\', "\\\\").replace('"', "\\\""));
+    let svc = format!(
+        "\"{}\"",
+        r.service.replace('\\', "\\\\").replace('"', "\\\"")
+    );
     let error_rate = |range: &str, at: Millis| {
         number(
             db,

@@ -68,6 +68,8 @@ pub struct Daemon {
     binary: std::sync::Mutex<Option<PathBuf>>,
     /// The SLOs' last computed statuses, for `/metrics`.
     pub slo_cache: arc_swap::ArcSwap<Vec<ferry_core::slo::SloStatus>>,
+    /// The delivery metrics over 30 days, as `/metrics` text.
+    pub delivery_cache: arc_swap::ArcSwap<String>,
     /// The API's own URL (`http://127.0.0.1:7070`), for validation
     /// `query` checks; set once `serve` has bound it.
     pub api_url: std::sync::OnceLock<String>,
@@ -272,6 +274,7 @@ impl Daemon {
             binary: std::sync::Mutex::new(None),
             api_url: std::sync::OnceLock::new(),
             slo_cache: Default::default(),
+            delivery_cache: Default::default(),
             exit: tokio::sync::watch::Sender::new(None),
         });
         {
@@ -450,8 +453,7 @@ impl Daemon {
                     }
                     if step.rollout.start_counters.is_none() {
                         let report = core.dataplane.report();
-                        step.rollout.start_counters =
-                            Some(crate::slo::counters(&report, &name));
+                        step.rollout.start_counters = Some(crate::slo::counters(&report, &name));
                     }
                     if step.rollout.is_done() && !r.is_done() {
                         hooks::add_evidence(&mut step.rollout, core.driver.as_ref());

@@ -82,6 +82,7 @@ pub fn router(daemon: Arc<Daemon>, limits: server::ApiLimits) -> Router {
         )
         .route("/v1/services", get(services::list))
         .route("/v1/slo", get(services::slo))
+        .route("/v1/delivery", get(services::delivery))
         .route("/v1/services/{name}", get(services::get))
         .route("/v1/services/{name}/history", get(services::history))
         .route(

@@ -47,7 +47,7 @@ pub(super) enum BodyErrors {
         services::get, services::history, services::revision, services::deploy,
         services::rollback, services::approve, services::abort, services::promote,
         services::pause, services::resume, rollouts::get, rollouts::events,
-        rollouts::measurements, services::slo, system::audit, system::upgrade, system::shutdown
+        rollouts::measurements, services::slo, services::delivery, system::audit, system::upgrade, system::shutdown
     ),
     modifiers(&BearerToken)
 )]

@@ -278,3 +278,60 @@ pub async fn slo(
     }
     Ok(Json(crate::slo::statuses(&d, q.service.as_deref()).await))
 }
+
+/// `GET /v1/delivery?service=NAME&since=30d`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// Only this service.
+    pub service: Option<String>,
+    /// How far back, a duration (default 30d, at most 3650d).
+    pub since: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/delivery",
+    tag = "ferry",
+    summary = "Delivery metrics from the rollout history: DORA's four keys with their bands, and the guide's deployment metrics",
+    params(DeliveryQuery),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "Per service and in all", body = ferry_core::delivery::DeliveryReport),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 400, description = "A query parameter does not parse", body = ErrorBody),
+        TokenErrors,
+    )
+)]
+pub async fn delivery(
+    State(d): State<Arc<Daemon>>,
+    axum::extract::Query(q): axum::extract::Query<DeliveryQuery>,
+) -> ApiResult<Json<ferry_core::delivery::DeliveryReport>> {
+    if let Some(name) = &q.service {
+        ops::deploy::check_name(name)?;
+        if !d.snapshot().services.contains_key(name) {
+            return Err(ops::OpError::NotFound(format!(
+                "no service `{name}`; `ferry status` lists them"
+            ))
+            .into());
+        }
+    }
+    let since = match q.since.as_deref() {
+        None => 30 * 86_400_000,
+        Some(text) => match ferry_core::duration::parse(text) {
+            Ok(d) if !d.is_zero() && d.as_millis() <= 3650 * 86_400_000 => d.as_millis(),
+            Ok(_) => {
+                return Err(ops::OpError::BadRequest(format!(
+                    "since={text}: give a duration above 0 and at most 3650d"
+                ))
+                .into());
+            }
+            Err(e) => return Err(ops::OpError::BadRequest(format!("since: {e}")).into()),
+        },
+    };
+    let now = d.clock.now();
+    let report = crate::delivery::report(&d, q.service.as_deref(), now.saturating_sub(since), now)
+        .await
+        .map_err(ops::OpError::from)?;
+    Ok(Json(report))
+}

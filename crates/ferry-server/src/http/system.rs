@@ -167,4 +167,5 @@ pub async fn render_metrics(d: &Daemon) -> String {
         + &crate::remote_write::render(&d.remote_write)
         + &alerting
         + &crate::slo::render(&d.slo_cache.load())
+        + d.delivery_cache.load().as_str()
 }

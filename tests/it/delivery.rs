@@ -1,0 +1,153 @@
+//! Delivery metrics from a known history of real releases: four deploys
+//! (one failing, one rolled back later by hand), two with commit times,
+//! a rollback; the figures worked out here by hand.
+
+use super::harness::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_metrics_match_a_known_history() {
+    let env = Arc::new(Env::start(Spec {
+        instances: 1,
+        deploy_timeout: "3s",
+        ..Spec::default()
+    }));
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let two_hours_ago = (now_s - 7200).to_string();
+    let one_hour_ago = (now_s - 3600).to_string();
+    let e = env.clone();
+    blocking(move || {
+        // v1: committed two hours ago, succeeds.
+        e.ferry_ok(&[
+            "deploy",
+            "web",
+            "--version",
+            "v1",
+            "--commit-time",
+            &two_hours_ago,
+        ]);
+        // v2: never ready, fails after deploy_timeout.
+        e.ferry_code(
+            &[
+                "deploy",
+                "web",
+                "--version",
+                "v2",
+                "--set",
+                "DEMO_NEVER_READY=1",
+            ],
+            1,
+        );
+        // v3: committed an hour ago, succeeds, then is rolled back by hand.
+        e.ferry_ok(&[
+            "deploy",
+            "web",
+            "--version",
+            "v3",
+            "--commit-time",
+            &one_hour_ago,
+        ]);
+        e.ferry_ok(&["rollback", "web"]);
+    })
+    .await;
+    // v4: no commit time; under load, no request fails.
+    let load = load(env.proxy());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = env.clone();
+    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v4"])).await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    let e = env.clone();
+    let (json, text, record) = blocking(move || {
+        (
+            e.json(&["metrics", "delivery", "--service", "web"]),
+            e.ferry_ok(&["metrics", "delivery"]),
+            e.ferry_ok(&["rollout", "5"]),
+        )
+    })
+    .await;
+    let web = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "web")
+        .unwrap()
+        .clone();
+    let c = &web["counts"];
+    // By hand: 4 deploys (v1, v2, v3, v4), 3 succeeded, 1 failed; 1
+    // rollback rollout.
+    assert_eq!(
+        (
+            c["deploys"].as_u64(),
+            c["succeeded"].as_u64(),
+            c["failed"].as_u64(),
+            c["rollbacks"].as_u64()
+        ),
+        (Some(4), Some(3), Some(1), Some(1)),
+        "{web}"
+    );
+    let dora = &web["dora"];
+    // Change failure rate: v2 failed, v3 was rolled back: 2 of 4 = 50 %,
+    // above 45 %: low.
+    assert_eq!(
+        dora["change_failure_rate_pct"].as_f64(),
+        Some(50.0),
+        "{dora}"
+    );
+    assert_eq!(dora["change_failure_band"], "low", "{dora}");
+    // Deployment frequency: 3 successful deploys in 30 days = 0.1/day:
+    // at least one a month, less than one a week: medium.
+    let f = dora["deployment_frequency_per_day"].as_f64().unwrap();
+    assert!((f - 0.1).abs() < 1e-9, "{dora}");
+    assert_eq!(dora["deployment_frequency_band"], "medium", "{dora}");
+    // Lead time: v1 ≈ 2 h, v3 ≈ 1 h (plus the seconds each took); the
+    // median (nearest rank of 2) is v3's: under a day, elite.
+    assert_eq!(dora["lead_time_count"].as_u64(), Some(2), "{dora}");
+    let lead = dora["lead_time_median_ms"].as_f64().unwrap();
+    assert!((3_600_000.0..3_700_000.0).contains(&lead), "{dora}");
+    assert_eq!(dora["lead_time_band"], "elite", "{dora}");
+    // Success rate: 3 of 4 = 75 %.
+    assert_eq!(
+        web["deployment"]["success_rate_pct"].as_f64(),
+        Some(75.0),
+        "{web}"
+    );
+    // Every deploy's failed requests are known (counted from the proxy):
+    // none failed.
+    assert_eq!(
+        web["deployment"]["zero_downtime_pct"].as_f64(),
+        Some(100.0),
+        "{web}"
+    );
+    assert!(
+        text.contains("change failure rate") && text.contains("50"),
+        "{text}"
+    );
+    // The rollout's own record: time to 100 % and failed requests.
+    assert!(record.contains("time to 100 %:"), "{record}");
+    assert!(
+        record.contains("failed requests: 0 of ") && record.contains("(zero downtime)"),
+        "{record}"
+    );
+
+    // And on /metrics (refreshed every 10 s).
+    let e = env.clone();
+    blocking(move || {
+        wait_for(Duration::from_secs(20), "the delivery gauges", || {
+            let m = reqwest::blocking::Client::new()
+                .get(format!("{}/metrics", e.api()))
+                .bearer_auth(e.token())
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            m.lines()
+                .any(|l| l == "ferry_delivery_change_failure_ratio{service=\"web\"} 0.5")
+        });
+    })
+    .await;
+}
