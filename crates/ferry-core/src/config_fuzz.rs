@@ -199,6 +199,7 @@ fn accepted(cfg: &Config) -> Result<(), TestCaseError> {
             author: "t".into(),
             created_at: 0,
             validation: Default::default(),
+            commit_time: None,
         };
         prop_assert!(!rev.argv(8080).is_empty());
         prop_assert!(rev.env(8080).contains_key("PORT"));

@@ -210,13 +210,13 @@ impl SloSpec {
                 self.objective,
                 self.good().join(", "),
                 self.bad().join(", "),
-                self.window
+                window_text(self.window)
             ),
             SloKind::Latency => format!(
                 "{} % of requests answered within {} over {}",
                 self.objective,
                 self.threshold.map_or("?".into(), |t| t.to_string()),
-                self.window
+                window_text(self.window)
             ),
         }
     }
@@ -400,6 +400,23 @@ pub fn rule_file(service: &str, slos: &[SloSpec]) -> Option<String> {
     Some(y)
 }
 
+/// A window as people write it: `30d`, `6h`, `90m`.
+pub fn window_text(d: Dur) -> String {
+    let s = d.0.as_secs();
+    if s > 0 && d.0.subsec_nanos() == 0 {
+        if s % 86_400 == 0 {
+            return format!("{}d", s / 86_400);
+        }
+        if s % 3600 == 0 {
+            return format!("{}h", s / 3600);
+        }
+        if s % 60 == 0 {
+            return format!("{}m", s / 60);
+        }
+    }
+    d.to_string()
+}
+
 fn pct(p: f64) -> String {
     format!("{} %", trim(p))
 }
@@ -505,7 +522,7 @@ impl SloStatus {
             slo: spec.name(),
             kind: spec.kind,
             objective: spec.objective,
-            window: spec.window.to_string(),
+            window: window_text(spec.window),
             window_ms,
             describe: spec.describe(),
             sli_now: m
@@ -560,12 +577,8 @@ pub fn render_text(statuses: &[SloStatus]) -> String {
         } else {
             String::new()
         };
-        out.push_str(&format!(
-            "  SLI over {}:{}{}{covered}\n",
-            s.window,
-            " ".repeat(12usize.saturating_sub(s.window.len())),
-            opt(s.sli_window)
-        ));
+        let label = format!("SLI over {}:", s.window);
+        out.push_str(&format!("  {label:<20}{}{covered}\n", opt(s.sli_window)));
         out.push_str(&format!(
             "  error budget:       {} of requests = {} of {}\n",
             pct_ratio(s.budget_ratio),
