@@ -404,13 +404,13 @@ pub fn rule_file(service: &str, slos: &[SloSpec]) -> Option<String> {
 pub fn window_text(d: Dur) -> String {
     let s = d.0.as_secs();
     if s > 0 && d.0.subsec_nanos() == 0 {
-        if s % 86_400 == 0 {
+        if s.is_multiple_of(86_400) {
             return format!("{}d", s / 86_400);
         }
-        if s % 3600 == 0 {
+        if s.is_multiple_of(3600) {
             return format!("{}h", s / 3600);
         }
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             return format!("{}m", s / 60);
         }
     }
