@@ -298,6 +298,11 @@ url = "/"
 # kind = "command"              # exit 0 PASSED, 1 FAILED, 2 WARNING, 77 SKIPPED
 # command = ["./check-migrations"]
 
+# [[services.web.slo]]          # `ferry slo`: the SLI, the error budget, burn-rate alerts
+# kind = "availability"         # 2xx, 3xx, 404 good; 5xx failed (or "latency" with threshold)
+# objective = 99.9              # percent, over window = "30d"
+# (and under [services.web.deploy]: budget_policy = "block" refuses deploys once it is spent)
+
 # [alerting]                    # alerts: built-in rules from the guides are on without this table
 # rule_files = ["rules/*.yml"]  # Prometheus rule files; `ferry check rules/web.yml`
 # alertmanager_config = "alertmanager.yml"   # routing and receivers, Alertmanager's format
