@@ -151,3 +151,92 @@ async fn delivery_metrics_match_a_known_history() {
     })
     .await;
 }
+
+/// A version that names a git commit gets the commit's time, for lead
+/// time; `--commit-time` wins over it; a bad one is a usage error.
+#[test]
+fn a_git_commit_version_carries_its_commit_time() {
+    let env = Env::start(Spec {
+        instances: 1,
+        ..Spec::default()
+    });
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(env.dir.path())
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "ferry.toml"]);
+    git(&["commit", "-q", "-m", "the change"]);
+    let hash = git(&["rev-parse", "--short", "HEAD"]);
+    env.ferry_ok(&["deploy", "web", "--version", &hash]);
+    let rev = env.json(&["status", "web"]);
+    let number = rev["stable"].as_u64().unwrap();
+    let text = env.ferry_ok(&["history", "web", "-o", "json"]);
+    assert!(text.contains(&hash), "{text}");
+    let body: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/services/web/revisions/{number}", env.api()))
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    // 2026-01-02T03:04:05Z
+    assert_eq!(
+        body["commit_time"].as_u64(),
+        Some(1_767_323_045_000),
+        "{body}"
+    );
+    env.ferry_ok(&[
+        "deploy",
+        "web",
+        "--version",
+        "v2",
+        "--commit-time",
+        "2026-01-03T00:00:00Z",
+    ]);
+    let body: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}/v1/services/web/revisions/{}",
+            env.api(),
+            number + 1
+        ))
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        body["commit_time"].as_u64(),
+        Some(1_767_398_400_000),
+        "{body}"
+    );
+    let out = env.ferry_code(
+        &[
+            "deploy",
+            "web",
+            "--version",
+            "v3",
+            "--commit-time",
+            "yesterday",
+        ],
+        2,
+    );
+    assert!(
+        out.contains("--commit-time \"yesterday\" is not a time"),
+        "{out}"
+    );
+}
