@@ -197,3 +197,59 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
     })
     .await;
 }
+
+/// A latency SLO counts the requests answered within its threshold from
+/// the proxy's histogram: a service answering in 300 ms fails a "95 %
+/// within 250 ms" objective.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_slo_counts_slow_answers_from_the_proxys_histogram() {
+    let mut env = Env::prepare(Spec {
+        instances: 1,
+        tail: r#"
+[[services.web.slo]]
+name = "fast"
+kind = "latency"
+objective = 95
+threshold = "250ms"
+window = "1h"
+"#
+        .into(),
+        ..Spec::default()
+    });
+    env.start_daemon_with(&["--config", "ferry.toml", "--scrape-interval", "1s"], &[]);
+    let env = Arc::new(env);
+    let e = env.clone();
+    blocking(move || {
+        e.ferry_ok(&[
+            "deploy",
+            "web",
+            "--version",
+            "v1",
+            "--set",
+            "DEMO_LATENCY_MS=300",
+        ])
+    })
+    .await;
+    let load = load(env.proxy());
+    let e = env.clone();
+    let status = blocking(move || {
+        let mut last = serde_json::Value::Null;
+        wait_for(Duration::from_secs(30), "the latency SLI", || {
+            let out = e.ferry(&["slo", "web", "-o", "json"]);
+            last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            last["sli_now"].as_f64().is_some() && last["total"].as_f64().unwrap_or(0.0) > 20.0
+        });
+        last
+    })
+    .await;
+    let _ = load.stop().await;
+    assert_eq!(status["slo"], "fast", "{status}");
+    // Every answer took 300 ms, over the 250 ms bound: no request is good.
+    assert!(status["sli_now"].as_f64().unwrap() < 1.0, "{status}");
+    assert!(
+        status["budget_remaining"].as_f64().unwrap() < 0.0,
+        "{status}"
+    );
+    // 5 % of an hour.
+    assert_eq!(status["budget_ms"], 180_000, "{status}");
+}
