@@ -139,12 +139,7 @@ async fn delivery_metrics_match_a_known_history() {
     let e = env.clone();
     blocking(move || {
         wait_for(Duration::from_secs(20), "the delivery gauges", || {
-            let m = reqwest::blocking::Client::new()
-                .get(format!("{}/metrics", e.api()))
-                .bearer_auth(e.token())
-                .send()
-                .and_then(|r| r.text())
-                .unwrap_or_default();
+            let m = e.metrics_text();
             m.lines()
                 .any(|l| l == "ferry_delivery_change_failure_ratio{service=\"web\"} 0.5")
         });

@@ -293,6 +293,16 @@ scale_down_delay = "{scale_down_delay}"
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The daemon's `/metrics` text (empty when it cannot be read).
+    pub fn metrics_text(&self) -> String {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", self.api()))
+            .bearer_auth(self.token())
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("token"))
             .unwrap()

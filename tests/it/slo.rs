@@ -184,12 +184,7 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
     let e = env.clone();
     blocking(move || {
         wait_for(Duration::from_secs(20), "the SLO gauges", || {
-            let m = reqwest::blocking::Client::new()
-                .get(format!("{}/metrics", e.api()))
-                .bearer_auth(e.token())
-                .send()
-                .and_then(|r| r.text())
-                .unwrap_or_default();
+            let m = e.metrics_text();
             m.lines().any(|l| {
                 l.starts_with("ferry_slo_error_budget_remaining_ratio{service=\"web\",slo=\"availability\"} -")
             })

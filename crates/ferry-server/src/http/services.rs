@@ -268,13 +268,7 @@ pub async fn slo(
     axum::extract::Query(q): axum::extract::Query<SloQuery>,
 ) -> ApiResult<Json<Vec<ferry_core::slo::SloStatus>>> {
     if let Some(name) = &q.service {
-        ops::deploy::check_name(name)?;
-        if !d.snapshot().services.contains_key(name) {
-            return Err(ops::OpError::NotFound(format!(
-                "no service `{name}`; `ferry status` lists them"
-            ))
-            .into());
-        }
+        known_service(&d, name)?;
     }
     Ok(Json(crate::slo::statuses(&d, q.service.as_deref()).await))
 }
@@ -308,13 +302,7 @@ pub async fn delivery(
     axum::extract::Query(q): axum::extract::Query<DeliveryQuery>,
 ) -> ApiResult<Json<ferry_core::delivery::DeliveryReport>> {
     if let Some(name) = &q.service {
-        ops::deploy::check_name(name)?;
-        if !d.snapshot().services.contains_key(name) {
-            return Err(ops::OpError::NotFound(format!(
-                "no service `{name}`; `ferry status` lists them"
-            ))
-            .into());
-        }
+        known_service(&d, name)?;
     }
     let since = match q.since.as_deref() {
         None => 30 * 86_400_000,
@@ -334,4 +322,16 @@ pub async fn delivery(
         .await
         .map_err(ops::OpError::from)?;
     Ok(Json(report))
+}
+
+/// A service the daemon knows (a valid name, deployed at least once).
+fn known_service(d: &Daemon, name: &str) -> ApiResult<()> {
+    ops::deploy::check_name(name)?;
+    if !d.snapshot().services.contains_key(name) {
+        return Err(ops::OpError::NotFound(format!(
+            "no service `{name}`; `ferry status` lists them"
+        ))
+        .into());
+    }
+    Ok(())
 }
