@@ -221,4 +221,24 @@ async fn an_alert_already_firing_or_an_empty_rollback_on_alerts_rolls_nothing_ba
         "WebErrors never fired during v3's window: {firing:?}"
     );
     assert_eq!(status["version"], "v3", "{status}");
+    // The release stood, but its record keeps the critical alert that
+    // fired while it was watched: a change failure in delivery metrics.
+    let e = env.clone();
+    let (record, delivery) =
+        blocking(move || (e.json(&["rollout", "3"]), e.json(&["metrics", "delivery"]))).await;
+    let alert = record["rollout"]["critical_alert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(alert.contains("WebErrors"), "{record}");
+    let web = delivery["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "web")
+        .unwrap()
+        .clone();
+    assert!(
+        web["dora"]["change_failures"].as_u64().unwrap() >= 1,
+        "{web}"
+    );
 }

@@ -19,12 +19,13 @@ pub fn facts(d: &Daemon, services: &[String]) -> Result<Vec<ReleaseFacts>, Store
                 .iter()
                 .find(|rev| rev.number == r.to)
                 .and_then(|rev| rev.commit_time);
-            // An alert about the service failed it, or fired while it ran.
-            let critical_alert = d
-                .store
-                .rollout_events(r.id, 0)?
-                .iter()
-                .any(|e| e.kind == EventKind::Alert);
+            // A critical alert about the service fired while it ran or was
+            // watched (recorded by the loop), or an alert failed it.
+            let critical_alert = r.critical_alert.is_some()
+                || d.store
+                    .rollout_events(r.id, 0)?
+                    .iter()
+                    .any(|e| e.kind == EventKind::Alert);
             out.push(ReleaseFacts {
                 service: name.clone(),
                 rollout: r.id,

@@ -298,6 +298,11 @@ pub struct Rollout {
     /// counted from here, exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_counters: Option<[u64; 2]>,
+    /// A critical or emergency alert about the service that fired while
+    /// the release ran or was watched, whether or not it rolled it back
+    /// (filled in by the shell; a change failure in delivery metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_alert: Option<String>,
 }
 
 /// A release's effect on its service, from the proxy's counters in the
@@ -430,6 +435,7 @@ impl Rollout {
             failed_at: None,
             impact: None,
             start_counters: None,
+            critical_alert: None,
         }
     }
 

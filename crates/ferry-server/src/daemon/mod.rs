@@ -411,6 +411,23 @@ impl Daemon {
             .against(&r.service, &matchers, r.started_at as i64)
     }
 
+    /// A critical or emergency alert about `r`'s service that fired since
+    /// it began, whatever `rollback_on_alerts` says, for its record.
+    fn critical_alert(&self, r: &Rollout) -> Option<String> {
+        if r.kind != ferry_core::rollout::RolloutKind::Deploy
+            || r.is_done()
+            || r.critical_alert.is_some()
+        {
+            return None;
+        }
+        let critical =
+            ferry_alert::matcher::Matcher::parse(r#"severity=~"critical|emergency""#).ok()?;
+        self.alerts
+            .against(&r.service, &[critical], r.started_at as i64)
+            .first()
+            .map(|a| a.describe())
+    }
+
     /// One reconcile pass, then a snapshot for API reads (also when the
     /// pass stopped on a store error, so `/health` says so).
     pub async fn tick(self: &Arc<Self>) -> DaemonResult<()> {
@@ -447,6 +464,9 @@ impl Daemon {
                         alerts: self.alerts_against(core, &r),
                     };
                     let mut step = rollout::advance(&state, &r, &observed, now);
+                    if let Some(alert) = self.critical_alert(&r) {
+                        step.rollout.critical_alert = Some(alert);
+                    }
                     if step.rollout == r && step.state == state && observed.measurements.is_empty()
                     {
                         continue;
