@@ -61,7 +61,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -304,32 +304,10 @@ fn start_prometheus(bin: &str, dir: &Path, target: u16, rules: bool) -> (Proc, u
         config.push_str("rule_files: ['rules.yml']\n");
     }
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let child = Command::new("setsid")
-        .arg(bin)
-        .arg("--config.file=prometheus.yml")
-        .arg("--storage.tsdb.path=data")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc {
-        child,
-        stop: "-TERM",
-    };
-    let url = format!("http://127.0.0.1:{port}/-/ready");
-    let started = Instant::now();
-    while !reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prometheus start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (proc, port)
+    (
+        common::prometheus(bin, dir, &dir.join("prometheus.yml"), port),
+        port,
+    )
 }
 
 // ------------------------------------------------------------ evaluation
@@ -476,37 +454,13 @@ fn start_ferry_with(dir: &Path, config: &str, files: &[(&str, String)]) -> Proc 
         std::fs::write(dir.join(name), text).unwrap();
     }
     std::fs::write(dir.join("ferry.toml"), config).unwrap();
-    let child = Command::new("setsid")
-        .arg(FERRY)
-        .args([
-            "serve",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--config",
-            "ferry.toml",
-        ])
-        .env("FERRY_DATA_DIR", dir.join("data"))
-        .env("FERRY_LOG", "warn")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("ferry.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc {
-        child,
-        stop: "-INT",
-    };
-    let started = Instant::now();
-    while !dir.join("data/api.json").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "ferry start: {}",
-            std::fs::read_to_string(dir.join("ferry.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    proc
+    common::ferry_serve(
+        FERRY,
+        dir,
+        &["--config", "ferry.toml"],
+        &[("FERRY_LOG", "warn")],
+        true,
+    )
 }
 
 fn eval_part(out: &Path, report: &mut String) {
@@ -758,32 +712,13 @@ evaluation_interval = "1s"
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rules.yml"), rules).unwrap();
     std::fs::write(dir.join("ferry.toml"), &config).unwrap();
-    let child = Command::new(FERRY)
-        .args([
-            "serve",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--config",
-            "ferry.toml",
-            "--scrape-interval",
-            "1s",
-        ])
-        .env("FERRY_DATA_DIR", dir.join("data"))
-        .env("FERRY_LOG", "warn")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("ferry.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _daemon = Proc {
-        child,
-        stop: "-INT",
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("data/api.json").exists() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _daemon = common::ferry_serve(
+        FERRY,
+        &dir,
+        &["--config", "ferry.toml", "--scrape-interval", "1s"],
+        &[("FERRY_LOG", "warn")],
+        false,
+    );
     ferry_cli(&dir, &["deploy", "web", "--version", "v1"]);
     let mut lc = LoadConfig::new(([127, 0, 0, 1], port).into());
     lc.connections = 8;

@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -305,29 +305,15 @@ fn start_target() -> (Arc<Target>, u16) {
 /// `ferry serve` in a session of its own (as under a service manager, so
 /// it has a scheduling group of its own as Prometheus does).
 fn start_ferry(dir: &Path, config: Option<&Path>) -> Proc {
-    let mut cmd = Command::new("setsid");
-    cmd.arg(FERRY)
-        .args(["serve", "--api-addr", "127.0.0.1:0"])
-        .env("FERRY_DATA_DIR", dir.join("data"))
-        .env("FERRY_LOG", "warn")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("ferry.log")).unwrap());
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let proc = Proc {
-        child: cmd.spawn().unwrap(),
-        // SIGINT stops the control plane and the data plane.
-        stop: "-INT",
+    let config = config.map(|c| c.display().to_string());
+    let args: Vec<&str> = match &config {
+        Some(c) => vec!["--config", c],
+        None => Vec::new(),
     };
-    let api = dir.join("data/api.json");
-    let started = Instant::now();
-    while !api.exists() || !dir.join("data/dataplane.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "ferry start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let proc = common::ferry_serve(FERRY, dir, &args, &[("FERRY_LOG", "warn")], true);
+    common::wait_for("the data plane", Duration::from_secs(30), || {
+        dir.join("data/dataplane.json").exists()
+    });
     proc
 }
 
@@ -367,35 +353,7 @@ fn start_prometheus(bin: &str, dir: &Path, target_port: u16, port: u16) -> Proc 
         ),
     )
     .unwrap();
-    let child = Command::new("setsid")
-        .arg(bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc {
-        child,
-        stop: "-TERM",
-    };
-    let url = format!("http://127.0.0.1:{port}/-/ready");
-    let started = Instant::now();
-    while !reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prometheus start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    proc
+    common::prometheus(bin, dir, &config, port)
 }
 
 // ------------------------------------------------------------ measuring

@@ -27,7 +27,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{Proc, free_port, median};
+use common::{Proc, ferry_serve, free_port, median, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,17 +36,6 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn ferry(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -153,21 +142,7 @@ fn gate(out: &Path, rounds: usize) {
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     std::fs::write(dir.join("ferry.toml"), config(port, false)).unwrap();
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    let _daemon = Proc {
-        child: Command::new(FERRY)
-            .args(["serve", "--api-addr", "127.0.0.1:0"])
-            .env("FERRY_DATA_DIR", dir.join("data"))
-            .current_dir(&dir)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-        stop: "-INT",
-    };
-    wait_for("api.json", Duration::from_secs(20), || {
-        dir.join("data/api.json").exists()
-    });
+    let _daemon = ferry_serve(FERRY, &dir, &[], &[], false);
     let (ok, text) = ferry(&dir, &["deploy", "web", "--version", "v0"]);
     assert!(ok, "{text}");
     let mut plain = Vec::new();

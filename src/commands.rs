@@ -1497,8 +1497,10 @@ pub async fn delivery(
     since: &str,
     output: Output,
 ) -> CliResult<()> {
-    ferry_core::duration::parse(since).map_err(|e| CliError::usage(format!("--since: {e}")))?;
-    let mut path = format!("/v1/delivery?since={since}");
+    let since =
+        ferry_core::duration::parse(since).map_err(|e| CliError::usage(format!("--since: {e}")))?;
+    // In milliseconds: "1h 30m" has a space, which a URL cannot carry.
+    let mut path = format!("/v1/delivery?since={}ms", since.as_millis());
     if let Some(s) = service {
         path.push_str(&format!("&service={s}"));
     }

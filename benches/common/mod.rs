@@ -63,3 +63,84 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     let i = ((v.len() - 1) as f64 * p).round() as usize;
     v[i]
 }
+
+/// Wait until `f` holds, checking every 50 ms; panic after `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `ferry serve --api-addr 127.0.0.1:0` with `args`, in `dir` (data in
+/// `dir/data`, log in `dir/ferry.log`), with `envs`; in a session of its
+/// own when `session` (as under a service manager). SIGINT stops it, the
+/// data plane included. Returns once the daemon wrote `api.json`.
+pub fn ferry_serve(
+    ferry: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    session: bool,
+) -> Proc {
+    let mut cmd = if session {
+        let mut c = Command::new("setsid");
+        c.arg(ferry);
+        c
+    } else {
+        Command::new(ferry)
+    };
+    cmd.args(["serve", "--api-addr", "127.0.0.1:0"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("FERRY_DATA_DIR", dir.join("data"))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("ferry.log")).unwrap());
+    let proc = Proc {
+        child: cmd.spawn().unwrap(),
+        stop: "-INT",
+    };
+    wait_for(
+        "ferry serve to start",
+        std::time::Duration::from_secs(30),
+        || dir.join("data/api.json").exists(),
+    );
+    proc
+}
+
+/// Prometheus with `config`, storing in `dir/data`, on 127.0.0.1:`port`,
+/// in a session of its own; returns once it says it is ready.
+pub fn prometheus(bin: &str, dir: &std::path::Path, config: &std::path::Path, port: u16) -> Proc {
+    let child = Command::new("setsid")
+        .arg(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc {
+        child,
+        stop: "-TERM",
+    };
+    let url = format!("http://127.0.0.1:{port}/-/ready");
+    wait_for(
+        "prometheus to be ready",
+        std::time::Duration::from_secs(30),
+        || reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()),
+    );
+    proc
+}

@@ -148,56 +148,51 @@ impl SloSpec {
         Self::statuses(&self.bad_status, &["5xx"])
     }
 
-    /// The PromQL of the error ratio of `service` over `range` (e.g.
-    /// `5m`): bad requests ÷ requests that count (good + bad); for
-    /// latency, 1 − within threshold ÷ all.
-    pub fn error_ratio(&self, service: &str, range: &str) -> String {
+    /// The series the SLO divides, as selectors: the bad requests
+    /// (availability) or those within the threshold (latency), and all
+    /// the requests that count.
+    fn selectors(&self, service: &str) -> (String, String) {
         let svc = promql_string(service);
         match self.kind {
             SloKind::Availability => {
                 let bad = status_regex(&self.bad());
                 let all = status_regex(&[self.good(), self.bad()].concat());
-                format!(
-                    "sum(rate(http_requests_total{{service={svc},status=~\"{bad}\"}}[{range}])) / sum(rate(http_requests_total{{service={svc},status=~\"{all}\"}}[{range}]))"
+                (
+                    format!("http_requests_total{{service={svc},status=~\"{bad}\"}}"),
+                    format!("http_requests_total{{service={svc},status=~\"{all}\"}}"),
                 )
             }
             SloKind::Latency => {
                 let le = self.threshold.and_then(le_of).unwrap_or("+Inf");
-                format!(
-                    "1 - sum(rate(http_request_duration_seconds_bucket{{service={svc},le=\"{le}\"}}[{range}])) / sum(rate(http_request_duration_seconds_count{{service={svc}}}[{range}]))"
+                (
+                    format!("http_request_duration_seconds_bucket{{service={svc},le=\"{le}\"}}"),
+                    format!("http_request_duration_seconds_count{{service={svc}}}"),
                 )
             }
+        }
+    }
+
+    /// The PromQL of the error ratio of `service` over `range` (e.g.
+    /// `5m`): bad requests ÷ requests that count (good + bad); for
+    /// latency, 1 − within threshold ÷ all.
+    pub fn error_ratio(&self, service: &str, range: &str) -> String {
+        let (part, all) = self.selectors(service);
+        let ratio = format!("sum(rate({part}[{range}])) / sum(rate({all}[{range}]))");
+        match self.kind {
+            SloKind::Availability => ratio,
+            SloKind::Latency => format!("1 - {ratio}"),
         }
     }
 
     /// Bad and counted requests over `range`, as two queries (for the
     /// budget over the whole window).
     pub fn counts(&self, service: &str, range: &str) -> (String, String) {
-        let svc = promql_string(service);
+        let (part, all) = self.selectors(service);
+        let part = format!("sum(increase({part}[{range}]))");
+        let all = format!("sum(increase({all}[{range}]))");
         match self.kind {
-            SloKind::Availability => {
-                let bad = status_regex(&self.bad());
-                let all = status_regex(&[self.good(), self.bad()].concat());
-                (
-                    format!(
-                        "sum(increase(http_requests_total{{service={svc},status=~\"{bad}\"}}[{range}]))"
-                    ),
-                    format!(
-                        "sum(increase(http_requests_total{{service={svc},status=~\"{all}\"}}[{range}]))"
-                    ),
-                )
-            }
-            SloKind::Latency => {
-                let le = self.threshold.and_then(le_of).unwrap_or("+Inf");
-                (
-                    format!(
-                        "sum(increase(http_request_duration_seconds_count{{service={svc}}}[{range}])) - sum(increase(http_request_duration_seconds_bucket{{service={svc},le=\"{le}\"}}[{range}]))"
-                    ),
-                    format!(
-                        "sum(increase(http_request_duration_seconds_count{{service={svc}}}[{range}]))"
-                    ),
-                )
-            }
+            SloKind::Availability => (part, all),
+            SloKind::Latency => (format!("{all} - {part}"), all),
         }
     }
 
@@ -334,7 +329,7 @@ fn status_regex(list: &[String]) -> String {
 }
 
 /// A PromQL double-quoted string.
-fn promql_string(s: &str) -> String {
+pub fn promql_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 

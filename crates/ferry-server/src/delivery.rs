@@ -5,7 +5,7 @@
 use crate::daemon::Daemon;
 use ferry_core::Millis;
 use ferry_core::delivery::{self, DeliveryReport, ReleaseFacts};
-use ferry_core::rollout::{EventKind, Outcome, Rollout, RolloutKind};
+use ferry_core::rollout::{Outcome, Rollout, RolloutKind};
 use ferry_store::StoreError;
 
 /// The facts of every rollout of `services`.
@@ -19,13 +19,6 @@ pub fn facts(d: &Daemon, services: &[String]) -> Result<Vec<ReleaseFacts>, Store
                 .iter()
                 .find(|rev| rev.number == r.to)
                 .and_then(|rev| rev.commit_time);
-            // A critical alert about the service fired while it ran or was
-            // watched (recorded by the loop), or an alert failed it.
-            let critical_alert = r.critical_alert.is_some()
-                || d.store
-                    .rollout_events(r.id, 0)?
-                    .iter()
-                    .any(|e| e.kind == EventKind::Alert);
             out.push(ReleaseFacts {
                 service: name.clone(),
                 rollout: r.id,
@@ -41,7 +34,10 @@ pub fn facts(d: &Daemon, services: &[String]) -> Result<Vec<ReleaseFacts>, Store
                     .filter(|_| r.outcome != Some(Outcome::Succeeded)),
                 commit_time,
                 failed_requests: r.impact.as_ref().and_then(|i| i.failed_requests),
-                critical_alert,
+                // A critical alert about the service fired while it ran or
+                // was watched (recorded by the loop; one that failed it
+                // counts through the outcome too).
+                critical_alert: r.critical_alert.is_some(),
                 rolled_back_later_at: rolled_back_later(r, &rollouts),
                 impact: r.impact.as_ref().and_then(|i| {
                     Some(delivery::Impact {
@@ -72,6 +68,16 @@ fn rolled_back_later(r: &Rollout, all: &[Rollout]) -> Option<Millis> {
         })
         .filter_map(|b| b.finished_at)
         .min()
+}
+
+/// What changes when a rollout starts or ends: each service's stable
+/// revision and rollout in progress.
+pub async fn history_key(d: &Daemon) -> Vec<(String, Option<u64>, Option<u64>)> {
+    let core = d.core.lock().await;
+    core.states
+        .values()
+        .map(|s| (s.name.clone(), s.stable, s.active_rollout))
+        .collect()
 }
 
 /// The report over `[since, until)` for `service` (all when `None`).

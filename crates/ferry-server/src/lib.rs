@@ -567,19 +567,28 @@ pub async fn serve(
         },
     ));
     let maintenance = tokio::spawn(maintain_metrics(d.clone()));
-    // The SLOs' statuses and the delivery metrics for `/metrics`, every 10 s.
+    // The SLOs' statuses for `/metrics`, every 10 s; the delivery metrics
+    // when a rollout started or ended (they read the whole history from
+    // the store), and every 10 minutes as their 30-day window slides.
     let slo_cache = {
         let d = d.clone();
         tokio::spawn(async move {
+            let mut history_seen = None;
             loop {
                 let statuses = slo::statuses(&d, None).await;
                 d.slo_cache.store(Arc::new(statuses));
                 let now = d.clock.now();
-                match delivery::report(&d, None, now.saturating_sub(30 * 86_400_000), now).await {
-                    Ok(r) => d
-                        .delivery_cache
-                        .store(Arc::new(ferry_core::delivery::render_prometheus(&r))),
-                    Err(e) => tracing::warn!("delivery metrics: {e}"),
+                let history = (delivery::history_key(&d).await, now / 600_000);
+                if history_seen.as_ref() != Some(&history) {
+                    let since = now.saturating_sub(30 * 86_400_000);
+                    match delivery::report(&d, None, since, now).await {
+                        Ok(r) => {
+                            d.delivery_cache
+                                .store(Arc::new(ferry_core::delivery::render_prometheus(&r)));
+                            history_seen = Some(history);
+                        }
+                        Err(e) => tracing::warn!("delivery metrics: {e}"),
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             }

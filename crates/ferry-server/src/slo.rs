@@ -50,25 +50,29 @@ pub fn gate(
     }
 }
 
-/// The SLOs of each service, from its stable revision (else its newest).
+/// The revision that defines each service's SLOs: its stable one, else
+/// its newest. Revisions never change, so this names the SLOs.
+pub fn serving(core: &Core) -> Vec<(String, u64)> {
+    core.states
+        .iter()
+        .filter_map(|(name, state)| {
+            let number = state
+                .stable
+                .or_else(|| state.scale.keys().next_back().copied())?;
+            Some((name.clone(), number))
+        })
+        .collect()
+}
+
+/// The SLOs of each service, from its serving revision.
 pub fn specs(core: &mut Core) -> Vec<(String, Vec<SloSpec>)> {
-    let names: Vec<String> = core.states.keys().cloned().collect();
-    let mut out = Vec::new();
-    for name in names {
-        let state = &core.states[&name];
-        let Some(number) = state
-            .stable
-            .or_else(|| state.scale.keys().next_back().copied())
-        else {
-            continue;
-        };
-        if let Some(rev) = core.revisions.get(&name, number)
-            && !rev.spec.slo.is_empty()
-        {
-            out.push((name, rev.spec.slo.clone()));
-        }
-    }
-    out
+    serving(core)
+        .into_iter()
+        .filter_map(|(name, number)| {
+            let rev = core.revisions.get(&name, number)?;
+            (!rev.spec.slo.is_empty()).then(|| (name, rev.spec.slo.clone()))
+        })
+        .collect()
 }
 
 /// A number from an instant query, or `None` (no series, NaN).
@@ -260,10 +264,7 @@ pub fn impact(
     counters_now: [u64; 2],
     now: Millis,
 ) -> ferry_core::rollout::Impact {
-    let svc = format!(
-        "\"{}\"",
-        r.service.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    let svc = ferry_core::slo::promql_string(&r.service);
     let error_rate = |range: &str, at: Millis| {
         number(
             db,

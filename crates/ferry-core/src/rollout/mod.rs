@@ -220,7 +220,8 @@ pub struct HookResult {
 }
 
 /// One rollout. Persisted; `advance` returns its next value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// `PartialEq` only: its `impact` holds floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rollout {
     pub id: u64,
     pub service: String,
@@ -331,10 +332,6 @@ pub struct Impact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
 }
-
-// Impact holds floats, which are not `Eq`; rollouts compare by `PartialEq`
-// only where it matters, so this records that the floats are never NaN.
-impl Eq for Impact {}
 
 /// Where a canary is in its steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -568,7 +565,7 @@ impl AlertObs {
 }
 
 /// What `advance` decided: the next stored state and what to tell people.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub state: ServiceState,
     pub rollout: Rollout,

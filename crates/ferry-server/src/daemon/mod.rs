@@ -95,9 +95,9 @@ pub struct Core {
     validations_running: BTreeSet<(u64, ferry_core::validation::Stage)>,
     /// Gate runs whose commit failed, committed by a later tick.
     gate_results: BTreeMap<u64, ferry_core::validation::GateRun>,
-    /// The services' SLOs the alerting engine has rules for (as JSON, to
-    /// notice a change).
-    slo_key: String,
+    /// The revisions whose SLOs the alerting engine has rules for (see
+    /// `slo::serving`), to notice a change.
+    slo_key: Vec<(String, u64)>,
     sampler: Sampler,
     /// When each rollout's analysis last started a round.
     last_round: BTreeMap<u64, Millis>,
@@ -256,7 +256,7 @@ impl Daemon {
                 hooks_running: BTreeSet::new(),
                 validations_running: BTreeSet::new(),
                 gate_results: BTreeMap::new(),
-                slo_key: String::new(),
+                slo_key: Vec::new(),
                 sampler: Sampler::default(),
                 last_round: BTreeMap::new(),
                 store_problem: None,
@@ -420,10 +420,14 @@ impl Daemon {
         {
             return None;
         }
-        let critical =
-            ferry_alert::matcher::Matcher::parse(r#"severity=~"critical|emergency""#).ok()?;
+        static CRITICAL: std::sync::LazyLock<Vec<ferry_alert::matcher::Matcher>> =
+            std::sync::LazyLock::new(|| {
+                ferry_alert::matcher::Matcher::parse(r#"severity=~"critical|emergency""#)
+                    .into_iter()
+                    .collect()
+            });
         self.alerts
-            .against(&r.service, &[critical], r.started_at as i64)
+            .against(&r.service, &CRITICAL, r.started_at as i64)
             .first()
             .map(|a| a.describe())
     }
@@ -627,12 +631,12 @@ impl Daemon {
         let Some(alerting) = self.alerting.get() else {
             return;
         };
-        let specs = crate::slo::specs(core);
-        let key = serde_json::to_string(&specs).unwrap_or_default();
+        let key = crate::slo::serving(core);
         if key == core.slo_key {
             return;
         }
         core.slo_key = key;
+        let specs = crate::slo::specs(core);
         let groups = crate::slo::rule_groups(&specs);
         tracing::info!(
             "SLO rules: {} groups for {} services with SLOs",
