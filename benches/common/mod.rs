@@ -1,6 +1,7 @@
 //! What the process benchmarks (`metrics_store`, `alerting`, `validation`) share:
-//! processes stopped on drop, free ports, CPU time from `/proc`, and
-//! medians. Included with `mod common;`.
+//! processes stopped on drop, `ferry serve` and Prometheus started and
+//! waited for, free ports, CPU time from `/proc`, and medians. Included
+//! with `mod common;`.
 
 use std::net::TcpListener;
 use std::process::{Child, Command};
