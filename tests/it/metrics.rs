@@ -167,10 +167,26 @@ fn promql_over_the_daemons_own_metrics() {
     );
     assert_eq!(groups[0]["rules"][0]["name"], "HostCpuWarning", "{groups}");
     assert_eq!(groups[0]["rules"][0]["type"], "alerting", "{groups}");
-    assert_eq!(
-        get("/api/v1/alerts")["data"]["alerts"],
-        serde_json::json!([])
-    );
+    // The service is healthy, so no service rule is pending or firing. The
+    // host rules judge the machine the test runs on, which a busy or
+    // nearly full CI host can trip; those may be there, in Prometheus's shape.
+    let alerts = get("/api/v1/alerts");
+    assert_eq!(alerts["status"], "success", "{alerts}");
+    for alert in alerts["data"]["alerts"]
+        .as_array()
+        .expect("an alerts array")
+    {
+        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
+        assert!(
+            name.starts_with("Host") && alert["labels"].get("service").is_none(),
+            "only the host's own rules may be active: {alerts}"
+        );
+        assert!(
+            matches!(alert["state"].as_str(), Some("pending" | "firing")),
+            "{alert}"
+        );
+        assert!(alert["activeAt"].is_string(), "{alert}");
+    }
     let (status, body) = post(&env, "/api/v1/series", &[], true);
     assert_eq!(
         (status, body["errorType"].as_str()),
