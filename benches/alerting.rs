@@ -52,9 +52,11 @@
 //! evaluation's timestamp) to the last response carrying revision 2 that
 //! a client received.
 
+// Not every helper is used here (the query ones are the other benches').
+#[allow(dead_code)]
 mod common;
 
-use common::{Proc, clk_tck, cpu_s, free_port, median, percentile};
+use common::{Proc, clk_tck, cpu_s, env_or, free_port, median, percentile};
 use ferry::loadgen::{LoadConfig, LoadGen, Sample};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -73,10 +75,6 @@ const PER_METRIC: usize = 100;
 const SHARDS: usize = 10;
 const GROUPS: usize = 100;
 const RULES_PER_GROUP: usize = 10;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()

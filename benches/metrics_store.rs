@@ -25,9 +25,14 @@
 //! samples each stored. Last, a fresh `ferry serve` with no services and
 //! no config runs for `FERRY_BENCH_IDLE` and its RSS is read.
 
+// Not every helper is used here (`ferry_cli` is the other benches').
+#[allow(dead_code)]
 mod common;
 
-use common::{Proc, clk_tck, cpu_s, free_port, median, percentile};
+use common::{
+    Endpoint, Proc, clk_tck, cpu_s, env_or, ferry_api, free_port, median, percentile,
+    query_endpoints,
+};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -317,27 +322,6 @@ fn start_ferry(dir: &Path, config: Option<&Path>) -> Proc {
     proc
 }
 
-struct FerryApi {
-    url: String,
-    token: String,
-}
-
-fn ferry_api(dir: &Path) -> FerryApi {
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("data/api.json")).unwrap()).unwrap();
-    FerryApi {
-        url: info["url"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_string(),
-        token: std::fs::read_to_string(dir.join("data/token"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    }
-}
-
 fn dataplane_pid(dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(dir.join("data/dataplane.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -406,38 +390,6 @@ struct Snap {
 }
 
 // ------------------------------------------------------------ queries
-
-struct Endpoint {
-    base: String,
-    token: Option<String>,
-    client: reqwest::blocking::Client,
-}
-
-impl Endpoint {
-    /// One request: (milliseconds, the answer's `data`).
-    fn run(&self, path: &str, params: &[(&str, String)]) -> (f64, serde_json::Value) {
-        let started = Instant::now();
-        let mut req = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .query(params);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().unwrap();
-        let status = resp.status();
-        let body = resp.bytes().unwrap();
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "{}{path} {params:?}: {status} {}",
-            self.base,
-            String::from_utf8_lossy(&body[..body.len().min(500)])
-        );
-        (ms, v["data"].clone())
-    }
-}
 
 struct Query {
     name: &'static str,
@@ -543,8 +495,7 @@ fn stored_samples(e: &Endpoint, job: &str, window_s: i64, t: i64) -> f64 {
 }
 
 fn env_duration(name: &str, default: &str) -> Duration {
-    humantime::parse_duration(&std::env::var(name).unwrap_or_else(|_| default.to_string()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    humantime::parse_duration(&env_or(name, default)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn now_s() -> i64 {
@@ -691,22 +642,7 @@ fn main() {
 
     // Queries, at one evaluation time, alternating which tool goes first.
     let fapi = ferry_api(&ferry_dir);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .unwrap();
-    let endpoints = [
-        Endpoint {
-            base: fapi.url.clone(),
-            token: Some(fapi.token.clone()),
-            client: client.clone(),
-        },
-        Endpoint {
-            base: format!("http://127.0.0.1:{prom_port}"),
-            token: None,
-            client,
-        },
-    ];
+    let endpoints = query_endpoints(&fapi, prom_port);
     let mut lat: Vec<[Vec<f64>; 2]> = QUERIES.iter().map(|_| [vec![], vec![]]).collect();
     let mut shapes = vec![[(0, 0); 2]; QUERIES.len()];
     let mut sums = vec![[f64::NAN; 2]; QUERIES.len()];

@@ -27,33 +27,15 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{Proc, ferry_serve, free_port, median, wait_for};
+use common::{Proc, env_or, ferry_cli, ferry_serve, free_port, median, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
 fn ferry(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(FERRY)
-        .args(args)
-        .env("FERRY_DATA_DIR", dir.join("data"))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    ferry_cli(FERRY, dir, args)
 }
 
 const SMOKE: &str = r#"

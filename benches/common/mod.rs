@@ -1,6 +1,7 @@
-//! What the process benchmarks (`metrics_store`, `alerting`, `validation`) share:
-//! processes stopped on drop, `ferry serve` and Prometheus started and
-//! waited for, free ports, CPU time from `/proc`, and medians. Included
+//! What the process benchmarks (`metrics_store`, `alerting`, `validation`,
+//! `slo`) share: processes stopped on drop, `ferry serve` and Prometheus
+//! started and waited for, free ports, CPU time from `/proc`, medians, and
+//! timed queries against a Prometheus-style API. Included
 //! with `mod common;`.
 
 use std::net::TcpListener;
@@ -144,4 +145,106 @@ pub fn prometheus(bin: &str, dir: &std::path::Path, config: &std::path::Path, po
         || reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()),
     );
     proc
+}
+
+/// Where a `ferry serve` in `dir` answers, and its admin token.
+pub struct FerryApi {
+    pub url: String,
+    pub token: String,
+}
+
+pub fn ferry_api(dir: &std::path::Path) -> FerryApi {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data/api.json")).unwrap()).unwrap();
+    FerryApi {
+        url: info["url"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string(),
+        token: std::fs::read_to_string(dir.join("data/token"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// A Prometheus-style query API (Ferry's with a bearer token).
+pub struct Endpoint {
+    pub base: String,
+    pub token: Option<String>,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Endpoint {
+    /// One request: (milliseconds, the answer's `data`).
+    pub fn run(&self, path: &str, params: &[(&str, String)]) -> (f64, serde_json::Value) {
+        let started = std::time::Instant::now();
+        let mut req = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .query(params);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status();
+        let body = resp.bytes().unwrap();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "{}{path} {params:?}: {status} {}",
+            self.base,
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        );
+        (ms, v["data"].clone())
+    }
+}
+
+/// The variable `name` from the environment, or `default`.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The `ferry` CLI (`ferry` is its path) against the daemon whose data is
+/// in `dir/data`: whether it exited 0, and its standard output followed by
+/// its standard error.
+pub fn ferry_cli(ferry: &str, dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(ferry)
+        .args(args)
+        .env("FERRY_DATA_DIR", dir.join("data"))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Ferry's query API (with its token) and Prometheus's on
+/// 127.0.0.1:`prom_port`, in that order, with a 300 s request timeout.
+pub fn query_endpoints(ferry: &FerryApi, prom_port: u16) -> [Endpoint; 2] {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .unwrap();
+    [
+        Endpoint {
+            base: ferry.url.clone(),
+            token: Some(ferry.token.clone()),
+            client: client.clone(),
+        },
+        Endpoint {
+            base: format!("http://127.0.0.1:{prom_port}"),
+            token: None,
+            client,
+        },
+    ]
 }
