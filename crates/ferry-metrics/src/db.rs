@@ -783,6 +783,22 @@ impl Db {
         self.blocks.len()
     }
 
+    /// The earliest time (ms) the store may hold a sample at: the oldest
+    /// block's start, else the head's oldest chunk's; `None` when empty.
+    /// Retention (by age or size) moves it forward.
+    pub fn oldest(&self) -> Option<i64> {
+        if let Some(b) = self.blocks.first() {
+            return Some(b.mint);
+        }
+        self.head
+            .values()
+            .filter_map(|s| match s.closed.first() {
+                Some(c) => Some(c.mint),
+                None => (!s.open.is_empty()).then(|| s.open.mint()),
+            })
+            .min()
+    }
+
     /// Flush the log to disk (at shutdown).
     pub fn sync(&self) -> Result<(), DbError> {
         let wal_dir = self.dir.join("wal");
@@ -992,7 +1008,9 @@ mod tests {
     fn blocks_merge_and_retention_deletes_old_ones() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), opts()).unwrap();
+        assert_eq!(db.oldest(), None, "an empty store");
         fill(&mut db, 0, 60 * 14);
+        assert_eq!(db.oldest(), Some(0));
         // 6-minute spans are merged once they end.
         assert!(
             db.blocks.iter().any(|b| b.maxt - b.mint == 360_000),
@@ -1038,6 +1056,8 @@ mod tests {
         );
         let first = all(&db, "m")[0].1[0].0;
         assert!(first > 0, "the oldest samples went first");
+        let oldest = db.oldest().unwrap();
+        assert!(oldest > 0 && oldest <= first, "{oldest} {first}");
     }
 
     #[test]

@@ -80,8 +80,9 @@ fn number(db: &MetricsDb, query: &str, now: Millis) -> Option<f64> {
     crate::analysis::query_local(db, query, now as i64).ok()
 }
 
-/// Measure one SLO. `since` is when the service was first released (the
-/// data cannot reach further back).
+/// Measure one SLO. `since` is when the service was first released: the
+/// data reaches back to then, or to the oldest sample the store still
+/// keeps (its retention, 15 d by default), whichever is later.
 pub fn measure(
     db: &MetricsDb,
     service: &str,
@@ -89,8 +90,9 @@ pub fn measure(
     since: Millis,
     now: Millis,
 ) -> Measured {
+    let kept_since = db.oldest().map_or(now, |t| t.max(0) as Millis);
     let window_ms = spec.window.as_millis();
-    let covered_ms = now.saturating_sub(since).min(window_ms);
+    let covered_ms = now.saturating_sub(since.max(kept_since)).min(window_ms);
     let range = format!("{}s", (window_ms / 1000).max(1));
     let (bad_q, total_q) = spec.counts(service, &range);
     let total = number(db, &total_q, now).unwrap_or(0.0);
@@ -302,5 +304,60 @@ pub fn impact(
         p99_during_ms: quantile(0.99, &span, now),
         failed_requests: failed,
         requests,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn requests(db: &MetricsDb, t_ms: i64, value: f64) {
+        let labels: BTreeMap<String, String> = [
+            ("__name__", "http_requests_total"),
+            ("service", "web"),
+            ("status", "200"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        db.ingest_target(
+            "t",
+            vec![(Arc::new(labels), t_ms, value)],
+            BTreeMap::new(),
+            t_ms,
+        );
+    }
+
+    #[test]
+    fn the_window_is_covered_only_as_far_back_as_the_store_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetricsDb::open(dir.path(), &crate::tsdb::TsdbOptions::default()).unwrap();
+        let spec: SloSpec =
+            serde_json::from_value(serde_json::json!({"kind": "availability", "objective": 99.9}))
+                .unwrap();
+        let day: Millis = 86_400_000;
+        let now = 40 * day;
+        // Nothing stored: nothing covered, whenever the service began.
+        assert_eq!(measure(&db, "web", &spec, 0, now).covered_ms, 0);
+        // Samples from day 38 on, of a service released on day 1: the
+        // data, not the release, bounds what the SLI saw.
+        for i in 0..=20 {
+            requests(&db, (38 * day + i * 3_600_000) as i64, (i * 100) as f64);
+        }
+        let m = measure(&db, "web", &spec, day, now);
+        assert!(
+            (2 * day - 3_600_000..=2 * day).contains(&m.covered_ms),
+            "{}",
+            m.covered_ms
+        );
+        assert!(m.total > 0.0, "{m:?}");
+        // A service released after the oldest sample: its release bounds it.
+        let m = measure(&db, "web", &spec, 39 * day, now);
+        assert_eq!(m.covered_ms, day);
+        // Never more than the window.
+        let m = measure(&db, "web", &spec, 0, 400 * day);
+        assert!(m.covered_ms <= spec.window.as_millis());
     }
 }

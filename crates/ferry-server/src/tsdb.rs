@@ -302,6 +302,12 @@ impl MetricsDb {
         out
     }
 
+    /// The earliest time (ms) a sample may still be stored at (retention
+    /// removes older ones); `None` while the store is empty.
+    pub fn oldest(&self) -> Option<i64> {
+        self.read().oldest()
+    }
+
     /// Flush the log (at shutdown).
     pub fn sync(&self) {
         if let Err(e) = self
