@@ -163,21 +163,18 @@ fn backfill(metrics_dir: &Path, openmetrics: &Path, end: i64, steps: i64) -> usi
     let start = end - (steps - 1) * STEP_S;
     let mut history = History::new();
     // Per series (in `samples()` order): its name, labels and values.
-    let mut columns: Vec<(String, String, Vec<f64>)> = Vec::new();
+    let mut columns: Vec<(String, String, Vec<f64>)> = history
+        .samples()
+        .into_iter()
+        .map(|(name, labels, _)| {
+            let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            (name, text.join(","), Vec::new())
+        })
+        .collect();
     for i in 0..steps {
         history.step(i);
         let t_ms = (start + i * STEP_S) * 1000;
         let samples = history.samples();
-        if columns.is_empty() {
-            columns = samples
-                .iter()
-                .map(|(name, labels, _)| {
-                    let text: Vec<String> =
-                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                    (name.clone(), text.join(","), Vec::new())
-                })
-                .collect();
-        }
         let batch = samples
             .into_iter()
             .zip(columns.iter_mut())
@@ -202,7 +199,6 @@ fn backfill(metrics_dir: &Path, openmetrics: &Path, end: i64, steps: i64) -> usi
 
     let mut f = BufWriter::new(std::fs::File::create(openmetrics).unwrap());
     let mut names: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
-    names.dedup();
     names.sort();
     names.dedup();
     for name in names {

@@ -57,8 +57,7 @@ async fn delivery_metrics_match_a_known_history() {
     // v4: no commit time; under load, no request fails.
     let load = load(env.proxy());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let e = env.clone();
-    blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v4"])).await;
+    ferry_async(&env, &["deploy", "web", "--version", "v4"], 0).await;
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
 
@@ -182,13 +181,7 @@ fn a_git_commit_version_carries_its_commit_time() {
     let number = rev["stable"].as_u64().unwrap();
     let text = env.ferry_ok(&["history", "web", "-o", "json"]);
     assert!(text.contains(&hash), "{text}");
-    let body: serde_json::Value = reqwest::blocking::Client::new()
-        .get(format!("{}/v1/services/web/revisions/{number}", env.api()))
-        .bearer_auth(env.token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let body = revision(&env, number);
     // 2026-01-02T03:04:05Z
     assert_eq!(
         body["commit_time"].as_u64(),
@@ -203,17 +196,7 @@ fn a_git_commit_version_carries_its_commit_time() {
         "--commit-time",
         "2026-01-03T00:00:00Z",
     ]);
-    let body: serde_json::Value = reqwest::blocking::Client::new()
-        .get(format!(
-            "{}/v1/services/web/revisions/{}",
-            env.api(),
-            number + 1
-        ))
-        .bearer_auth(env.token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let body = revision(&env, number + 1);
     assert_eq!(
         body["commit_time"].as_u64(),
         Some(1_767_398_400_000),
@@ -234,4 +217,15 @@ fn a_git_commit_version_carries_its_commit_time() {
         out.contains("--commit-time \"yesterday\" is not a time"),
         "{out}"
     );
+}
+
+/// Revision `number` of `web`, as the API returns it.
+fn revision(env: &Env, number: u64) -> serde_json::Value {
+    reqwest::blocking::Client::new()
+        .get(format!("{}/v1/services/web/revisions/{number}", env.api()))
+        .bearer_auth(env.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
 }

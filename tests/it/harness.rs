@@ -428,6 +428,18 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// `ferry ARGS` off the async runtime, expecting exit `code`; returns
+/// stdout + stderr.
+pub async fn ferry_async(env: &std::sync::Arc<Env>, args: &[&str], code: i32) -> String {
+    let env = env.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.ferry_code(&args, code)
+    })
+    .await
+}
+
 /// A tiny webhook receiver: records each POSTed JSON body.
 pub fn receiver() -> (
     u16,

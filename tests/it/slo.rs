@@ -49,21 +49,17 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
     });
     env.start_daemon_with(&["--config", "ferry.toml", "--scrape-interval", "1s"], &[]);
     let env = Arc::new(env);
-    let e = env.clone();
-    blocking(move || {
-        e.ferry_ok(&[
-            "deploy",
-            "web",
-            "--version",
-            "v1",
-            "--set",
-            "DEMO_FAILURE_RATE=0.5",
-        ])
-    })
-    .await;
+    let v1 = [
+        "deploy",
+        "web",
+        "--version",
+        "v1",
+        "--set",
+        "DEMO_FAILURE_RATE=0.5",
+    ];
+    ferry_async(&env, &v1, 0).await;
     // The generated rules are loaded beside the others.
-    let e = env.clone();
-    let rules = blocking(move || e.ferry_ok(&["alerts", "rules"])).await;
+    let rules = ferry_async(&env, &["alerts", "rules"], 0).await;
     assert!(
         rules.contains("ferry_slo_web") && rules.contains("ErrorBudgetBurn"),
         "{rules}"
@@ -123,8 +119,7 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
     );
 
     // A spent budget blocks a deploy...
-    let e = env.clone();
-    let out = blocking(move || e.ferry_code(&["deploy", "web", "--version", "v2"], 1)).await;
+    let out = ferry_async(&env, &["deploy", "web", "--version", "v2"], 1).await;
     assert!(
         out.contains("the error budget of `web` is spent")
             && out.contains("budget_policy = \"block\"")
@@ -132,28 +127,11 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
         "{out}"
     );
     // ... unless overridden, with a reason, which the audit log keeps.
-    let e = env.clone();
-    let out = blocking(move || {
-        e.ferry_code(
-            &["deploy", "web", "--version", "v2", "--override-budget"],
-            2,
-        )
-    })
-    .await;
+    let v2 = ["deploy", "web", "--version", "v2", "--override-budget"];
+    let out = ferry_async(&env, &v2, 2).await;
     assert!(out.contains("--reason"), "{out}");
-    let e = env.clone();
-    blocking(move || {
-        e.ferry_ok(&[
-            "deploy",
-            "web",
-            "--version",
-            "v2",
-            "--override-budget",
-            "--reason",
-            "the fix for the outage",
-        ])
-    })
-    .await;
+    let reason = ["--reason", "the fix for the outage"];
+    ferry_async(&env, &[&v2[..], &reason[..]].concat(), 0).await;
     let e = env.clone();
     let (audit, record) = blocking(move || {
         (
@@ -173,8 +151,7 @@ async fn a_burning_budget_pages_blocks_deploys_and_never_blocks_a_rollback() {
     );
 
     // A rollback is never blocked.
-    let e = env.clone();
-    let out = blocking(move || e.ferry_ok(&["rollback", "web"])).await;
+    let out = ferry_async(&env, &["rollback", "web"], 0).await;
     assert!(
         out.contains("succeeded") || out.contains("revision 1"),
         "{out}"
@@ -213,18 +190,15 @@ window = "1h"
     });
     env.start_daemon_with(&["--config", "ferry.toml", "--scrape-interval", "1s"], &[]);
     let env = Arc::new(env);
-    let e = env.clone();
-    blocking(move || {
-        e.ferry_ok(&[
-            "deploy",
-            "web",
-            "--version",
-            "v1",
-            "--set",
-            "DEMO_LATENCY_MS=300",
-        ])
-    })
-    .await;
+    let v1 = [
+        "deploy",
+        "web",
+        "--version",
+        "v1",
+        "--set",
+        "DEMO_LATENCY_MS=300",
+    ];
+    ferry_async(&env, &v1, 0).await;
     let load = load(env.proxy());
     let e = env.clone();
     let status = blocking(move || {

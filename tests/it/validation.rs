@@ -422,29 +422,22 @@ async fn a_candidate_that_fails_its_smoke_suite_never_takes_traffic() {
         tail: SMOKE.into(),
         ..Spec::default()
     }));
-    let e = env.clone();
-    let out = blocking(move || e.ferry_ok(&["deploy", "web", "--version", "v1"])).await;
+    let out = ferry_async(&env, &["deploy", "web", "--version", "v1"], 0).await;
     assert!(out.contains("succeeded"), "{out}");
     let load = load(env.proxy());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // v2 answers every `/` with 500: its candidate gate fails, and it
     // never takes a user's request.
-    let e = env.clone();
-    let out = blocking(move || {
-        e.ferry_code(
-            &[
-                "deploy",
-                "web",
-                "--version",
-                "v2",
-                "--set",
-                "DEMO_FAILURE_RATE=1",
-            ],
-            1,
-        )
-    })
-    .await;
+    let v2 = [
+        "deploy",
+        "web",
+        "--version",
+        "v2",
+        "--set",
+        "DEMO_FAILURE_RATE=1",
+    ];
+    let out = ferry_async(&env, &v2, 1).await;
     assert!(out.contains("candidate validation failed"), "{out}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.stop().await;
